@@ -1,0 +1,433 @@
+//! The IPAM service as the gRPC layer sees it: each method runs one core operation under the state
+//! lock, writes its mutation to sled and queues it for group commit in the same critical section
+//! (so commits queue in revision order), then waits — outside the lock — until it is durable.
+//! Storage failure is fatal: memory may be ahead of disk, so the service stops taking writes and
+//! asks the process to shut down and reload from disk.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use routeplane_net::{Cidr, Family};
+use routeplane_runtime::shutdown::Shutdown;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::commit::{Commit, CommitStats, Feed, WatchStart, run_flusher};
+use crate::error::{IpamError, Result};
+use crate::model::{Node, Revision, ServiceIp};
+use crate::state::{CoreConfig, IpamState, Mutation, PodPoolView};
+use crate::store::Store;
+
+/// Tuning that is not part of the allocation model.
+#[derive(Debug, Clone)]
+pub struct IpamOptions {
+    /// Flush before acknowledging (off only for benchmarks: acknowledged writes may then be lost).
+    pub durable: bool,
+    /// Events kept in memory for Watch resumption.
+    pub watch_history: usize,
+    /// Events a watcher may lag behind before it is cut off.
+    pub watch_buffer: usize,
+    /// Nodes per snapshot message.
+    pub snapshot_chunk: usize,
+}
+
+impl Default for IpamOptions {
+    fn default() -> Self {
+        IpamOptions {
+            durable: true,
+            watch_history: 10_000,
+            watch_buffer: 4096,
+            snapshot_chunk: 500,
+        }
+    }
+}
+
+pub struct Ipam {
+    state: Mutex<IpamState>,
+    store: Arc<Store>,
+    commits: mpsc::UnboundedSender<Commit>,
+    feed: Arc<Feed>,
+    stats: Arc<CommitStats>,
+    failed: AtomicBool,
+    shutdown: Shutdown,
+    options: IpamOptions,
+}
+
+/// One item of a Watch stream, before conversion to the wire.
+pub enum WatchItem {
+    Snapshot {
+        revision: Revision,
+        nodes: Vec<Node>,
+        services: Vec<ServiceIp>,
+        first: bool,
+        last: bool,
+    },
+    Event(Arc<crate::model::RevisionedEvent>),
+}
+
+impl Ipam {
+    /// Loads storage, rebuilds the core, and starts the flusher and the lease clock.
+    pub fn start(
+        config: CoreConfig,
+        store: Store,
+        options: IpamOptions,
+        shutdown: Shutdown,
+    ) -> Result<(Arc<Ipam>, Vec<String>)> {
+        let persisted = store.load()?;
+        let (state, warnings) = IpamState::restore(config, persisted, Instant::now())?;
+        let feed = Arc::new(Feed::new(
+            state.revision(),
+            state.nodes().cloned().collect(),
+            state.service_ips().cloned().collect(),
+            options.watch_history,
+            options.watch_buffer,
+        ));
+        let stats = Arc::new(CommitStats::default());
+        stats
+            .durable_revision
+            .store(state.revision(), Ordering::Relaxed);
+        let store = Arc::new(store);
+        let (commits, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_flusher(
+            rx,
+            store.clone(),
+            feed.clone(),
+            stats.clone(),
+            options.durable,
+        ));
+        let ipam = Arc::new(Ipam {
+            state: Mutex::new(state),
+            store,
+            commits,
+            feed,
+            stats,
+            failed: AtomicBool::new(false),
+            shutdown,
+            options,
+        });
+        tokio::spawn(run_lease_clock(Arc::downgrade(&ipam)));
+        Ok((ipam, warnings))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, IpamState> {
+        // Core operations validate before they change anything, so a panic mid-way is a bug that
+        // leaves at worst a half-updated index; refusing all further service would be worse.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn fail(&self, e: &IpamError) -> IpamError {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(error = %e, "storage failed: refusing writes and shutting down so that a restart reloads from disk");
+            self.shutdown.trigger();
+        }
+        IpamError::Storage(format!(
+            "{e}; routeplane-ipam is restarting to reload its state from disk"
+        ))
+    }
+
+    /// Runs `op` on the core; persists and queues its mutation; returns once it is durable. An
+    /// operation that changed nothing still waits until what it returns is durable.
+    async fn commit<T>(
+        &self,
+        op: impl FnOnce(&mut IpamState) -> Result<(T, Option<Mutation>)>,
+    ) -> Result<T> {
+        if self.has_failed() {
+            return Err(IpamError::Storage(
+                "an earlier write failed; routeplane-ipam is restarting".into(),
+            ));
+        }
+        let wait = {
+            let mut state = self.lock();
+            let (out, mutation) = op(&mut state)?;
+            let revision = state.revision();
+            let event = match mutation {
+                Some(m) => {
+                    self.store.apply(&m).map_err(|e| self.fail(&e))?;
+                    m.event
+                }
+                None if self.stats.durable_revision.load(Ordering::Relaxed) >= revision => {
+                    return Ok(out);
+                }
+                None => None,
+            };
+            let (done, wait) = oneshot::channel();
+            self.commits
+                .send(Commit {
+                    revision,
+                    event,
+                    done: Some(done),
+                })
+                .map_err(|_| {
+                    IpamError::Storage("the commit queue is closed: shutting down".into())
+                })?;
+            (out, wait)
+        };
+        match wait.1.await {
+            Ok(Ok(())) => Ok(wait.0),
+            Ok(Err(e)) => Err(self.fail(&e)),
+            Err(_) => Err(IpamError::Storage(
+                "the committer stopped before this change was durable".into(),
+            )),
+        }
+    }
+
+    fn read<T>(&self, op: impl FnOnce(&IpamState) -> Result<T>) -> Result<T> {
+        op(&self.lock())
+    }
+
+    /// Expires leases; run by the lease clock. Does not wait for durability (nobody is waiting).
+    fn expire_leases(&self, now: Instant) {
+        let mut state = self.lock();
+        for m in state.expire_leases(now) {
+            if let Err(e) = self.store.apply(&m) {
+                self.fail(&e);
+                return;
+            }
+            if let Some(crate::model::Event::NodeUpdated(n)) = &m.event {
+                tracing::warn!(node = %n.name, "lease expired: node is NotReady");
+            }
+            let _ = self.commits.send(Commit {
+                revision: m.revision,
+                event: m.event,
+                done: None,
+            });
+        }
+    }
+
+    pub async fn register_node(
+        &self,
+        name: &str,
+        addresses: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Node> {
+        self.commit(|s| s.register_node(name, addresses, labels, Instant::now()))
+            .await
+    }
+
+    pub fn node(&self, name: &str) -> Result<Node> {
+        self.read(|s| s.node(name).cloned())
+    }
+
+    pub fn nodes(&self) -> Vec<Node> {
+        self.lock().nodes().cloned().collect()
+    }
+
+    pub async fn delete_node(&self, name: &str, force: bool) -> Result<(Node, u64)> {
+        self.commit(|s| {
+            s.delete_node(name, force)
+                .map(|(n, c, m)| ((n, c), Some(m)))
+        })
+        .await
+    }
+
+    /// Returns the lease TTL and whether the node came back from NotReady.
+    pub async fn keep_alive(&self, name: &str) -> Result<(Duration, bool)> {
+        self.commit(|s| {
+            let ttl = s.lease_ttl();
+            s.keep_alive(name, Instant::now())
+                .map(|(back, m)| ((ttl, back), m))
+        })
+        .await
+    }
+
+    pub async fn allocate_pod_ip(
+        &self,
+        node: &str,
+        owner: &str,
+        family: Option<Family>,
+    ) -> Result<Vec<IpAddr>> {
+        self.commit(|s| s.allocate_pod_ip(node, owner, family))
+            .await
+    }
+
+    pub async fn release_pod_ip(&self, node: &str, owner: &str) -> Result<Vec<IpAddr>> {
+        self.commit(|s| s.release_pod_ip(node, owner)).await
+    }
+
+    pub fn pod_ips(&self, node: &str) -> Result<BTreeMap<String, Vec<IpAddr>>> {
+        self.read(|s| s.pod_ips(node).cloned())
+    }
+
+    pub async fn allocate_service_ip(
+        &self,
+        service: &str,
+        pool: Option<&str>,
+        ip: Option<IpAddr>,
+        family: Option<Family>,
+    ) -> Result<ServiceIp> {
+        self.commit(|s| s.allocate_service_ip(service, pool, ip, family))
+            .await
+    }
+
+    pub async fn release_service_ip(&self, service: &str) -> Result<Option<ServiceIp>> {
+        self.commit(|s| s.release_service_ip(service)).await
+    }
+
+    pub fn service_ips(&self) -> Vec<ServiceIp> {
+        self.lock().service_ips().cloned().collect()
+    }
+
+    /// Pod pools, and LoadBalancer pools as (config, total, used).
+    pub fn pools(
+        &self,
+    ) -> (
+        Vec<PodPoolView>,
+        Vec<(routeplane_config::AddressPool, u128, u128)>,
+    ) {
+        let s = self.lock();
+        let services = s
+            .service_pools()
+            .map(|p| (p.config.clone(), p.total(), p.used()))
+            .collect();
+        (s.pod_pools(), services)
+    }
+
+    pub fn pod_ip_count(&self) -> u64 {
+        self.lock().pod_ip_count()
+    }
+
+    pub async fn add_pool_cidr(&self, cidr: Cidr, mask: Option<u8>) -> Result<PodPoolView> {
+        self.commit(|s| s.add_pool_cidr(cidr, mask)).await
+    }
+
+    pub async fn drain_pool_cidr(&self, cidr: Cidr, drained: bool) -> Result<PodPoolView> {
+        self.commit(|s| s.drain_pool_cidr(cidr, drained)).await
+    }
+
+    /// The change feed: snapshot or replay, then live events, until the client goes, the server
+    /// stops, or the watcher falls behind (then an ABORTED error naming the revision to resume from).
+    pub fn watch(self: &Arc<Self>, from: Revision) -> mpsc::Receiver<Result<WatchItem>> {
+        let (tx, rx) = mpsc::channel(64);
+        let (start, live) = self.feed.subscribe(from);
+        let chunk = self.options.snapshot_chunk.max(1);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let last = match start {
+                WatchStart::Snapshot {
+                    revision,
+                    nodes,
+                    services,
+                } => {
+                    if send_snapshot(&tx, revision, nodes, services, chunk)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    revision
+                }
+                WatchStart::Replay(events) => {
+                    let mut last = from;
+                    for e in events {
+                        last = e.revision;
+                        if tx.send(Ok(WatchItem::Event(e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    last
+                }
+            };
+            forward_live(tx, live, last, shutdown).await;
+        });
+        rx
+    }
+}
+
+async fn send_snapshot(
+    tx: &mpsc::Sender<Result<WatchItem>>,
+    revision: Revision,
+    nodes: Vec<Node>,
+    services: Vec<ServiceIp>,
+    chunk: usize,
+) -> std::result::Result<(), ()> {
+    let node_chunks: Vec<Vec<Node>> = nodes.chunks(chunk).map(<[Node]>::to_vec).collect();
+    let count = node_chunks.len().max(1);
+    let mut node_chunks = node_chunks.into_iter();
+    let mut services = Some(services);
+    for i in 0..count {
+        let item = WatchItem::Snapshot {
+            revision,
+            nodes: node_chunks.next().unwrap_or_default(),
+            services: if i + 1 == count {
+                services.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            first: i == 0,
+            last: i + 1 == count,
+        };
+        tx.send(Ok(item)).await.map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+async fn forward_live(
+    tx: mpsc::Sender<Result<WatchItem>>,
+    mut live: broadcast::Receiver<Arc<crate::model::RevisionedEvent>>,
+    mut last: Revision,
+    shutdown: Shutdown,
+) {
+    loop {
+        let received = tokio::select! {
+            r = live.recv() => r,
+            _ = tx.closed() => return,
+            _ = shutdown.wait() => {
+                let _ = tx.send(Err(IpamError::Unavailable(format!("routeplane-ipam is shutting down; resume with fromRevision={last}")))).await;
+                return;
+            }
+        };
+        match received {
+            // Events up to `last` were already in the snapshot or the replay.
+            Ok(e) if e.revision <= last => {}
+            Ok(e) => {
+                last = e.revision;
+                if tx.send(Ok(WatchItem::Event(e))).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let _ = tx
+                    .send(Err(IpamError::Aborted(format!(
+                        "this watcher fell {missed} events behind and was cut off after revision {last}; call Watch again to resume with fromRevision={last}"
+                    ))))
+                    .await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Expires leases a few times per TTL, until the service is dropped.
+async fn run_lease_clock(ipam: std::sync::Weak<Ipam>) {
+    let period = match ipam.upgrade() {
+        Some(i) => {
+            (i.lock().lease_ttl() / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        }
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(ipam) = ipam.upgrade() else { return };
+        if ipam.shutdown.is_triggered() {
+            return;
+        }
+        ipam.expire_leases(Instant::now());
+    }
+}

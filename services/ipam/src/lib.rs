@@ -1,0 +1,24 @@
+//! routeplane IPAM: the only writer of allocation state.
+//!
+//! Contract: nodes get one pod CIDR per enabled family carved from the cluster pool (Cilium's
+//! cluster-pool IPAM); pods get addresses from their node's CIDR, never its network, router or
+//! broadcast address; Services get LoadBalancer IPs from bgp-config's address-pools. No address is
+//! ever held by two owners, across restarts included. Every change is durable in sled before it is
+//! acknowledged (concurrent requests share flushes), and is then published in revision order on the
+//! Watch feed. The domain core (`state`) does no I/O; `store` (sled), `commit` (group commit and the
+//! published view) and `grpc` (tonic) sit around it.
+#![forbid(unsafe_code)]
+
+pub mod address_set;
+pub mod commit;
+pub mod error;
+pub mod grpc;
+pub mod ipam;
+pub mod metrics;
+pub mod model;
+pub mod pod_pools;
+pub mod server;
+pub mod service_pools;
+pub mod settings;
+pub mod state;
+pub mod store;

@@ -1,0 +1,173 @@
+//! Prometheus metrics, read from the live state at scrape time so that allocation pays nothing for
+//! them. Names follow what operators of Cilium's operator and MetalLB's allocator look for.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::ipam::Ipam;
+
+#[derive(Debug)]
+struct IpamCollector(Arc<Ipam>);
+
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ipam")
+    }
+}
+
+/// One gauge family: its descriptor once, then a sample per label set.
+fn gauges(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(&[(&str, String)], i64)],
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+    for (labels, value) in samples {
+        let g = ConstGauge::new(*value);
+        if labels.is_empty() {
+            g.encode(m.encode_family(&Vec::<(&str, &str)>::new())?)?;
+        } else {
+            let set: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            g.encode(m.encode_family(&set)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn clamp(v: u128) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for IpamCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ipam = &self.0;
+        let nodes = ipam.nodes();
+        let ready = nodes.iter().filter(|n| n.ready).count() as i64;
+        let (t, f) = (
+            [("ready", "true".to_string())],
+            [("ready", "false".to_string())],
+        );
+        gauges(
+            &mut e,
+            "routeplane_ipam_nodes",
+            "Registered nodes by readiness",
+            &[(&t, ready), (&f, nodes.len() as i64 - ready)],
+        )?;
+
+        let (pods, services) = ipam.pools();
+        let pod_labels: Vec<[(&str, String); 1]> = pods
+            .iter()
+            .map(|p| [("pool", p.cidr.to_string())])
+            .collect();
+        let per_pool =
+            |value: &dyn Fn(&crate::state::PodPoolView) -> i64| -> Vec<(&[(&str, String)], i64)> {
+                pods.iter()
+                    .zip(&pod_labels)
+                    .map(|(p, l)| (&l[..], value(p)))
+                    .collect()
+            };
+        gauges(
+            &mut e,
+            "routeplane_ipam_pod_cidrs_in_use",
+            "Node pod CIDRs allocated from the pool",
+            &per_pool(&|p| clamp(p.used)),
+        )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_pod_cidrs_free",
+            "Node pod CIDRs still free in the pool",
+            &per_pool(&|p| clamp(p.total - p.used)),
+        )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_pod_ips_in_use",
+            "Pod IPs allocated in the pool's node CIDRs",
+            &per_pool(&|p| clamp(u128::from(p.pod_ips_used))),
+        )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_pool_drained",
+            "1 when the pool gives no new node CIDRs",
+            &per_pool(&|p| i64::from(p.drained)),
+        )?;
+
+        let lb_labels: Vec<[(&str, String); 1]> = services
+            .iter()
+            .map(|(c, _, _)| [("pool", c.name.clone())])
+            .collect();
+        let per_lb = |value: &dyn Fn(u128, u128) -> i64| -> Vec<(&[(&str, String)], i64)> {
+            services
+                .iter()
+                .zip(&lb_labels)
+                .map(|((_, total, used), l)| (&l[..], value(*total, *used)))
+                .collect()
+        };
+        gauges(
+            &mut e,
+            "routeplane_ipam_lb_addresses_in_use_total",
+            "LoadBalancer IPs in use in the address-pool (MetalLB: metallb_allocator_addresses_in_use_total)",
+            &per_lb(&|_, used| clamp(used)),
+        )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_lb_addresses_total",
+            "LoadBalancer IPs the address-pool holds (MetalLB: metallb_allocator_addresses_total)",
+            &per_lb(&|total, _| clamp(total)),
+        )?;
+
+        let stats = ipam.stats();
+        let revision = clamp(u128::from(stats.durable_revision.load(Ordering::Relaxed)));
+        gauges(
+            &mut e,
+            "routeplane_ipam_revision",
+            "Latest durable revision",
+            &[(&[], revision)],
+        )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_watchers",
+            "Open Watch streams",
+            &[(&[], ipam.feed().watchers() as i64)],
+        )?;
+        counter(
+            &mut e,
+            "routeplane_ipam_commits",
+            "Changes made durable (and idempotent repeats that waited for durability)",
+            stats.commits.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "routeplane_ipam_flushes",
+            "sled flushes; commits/flushes is the group-commit factor",
+            stats.flushes.load(Ordering::Relaxed),
+        )?;
+        let secs = stats.flush_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let c = ConstCounter::new(secs);
+        c.encode(e.encode_descriptor(
+            "routeplane_ipam_flush_seconds",
+            "Time spent flushing sled",
+            None,
+            c.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// A registry holding the IPAM collector.
+pub fn registry(ipam: Arc<Ipam>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(IpamCollector(ipam)));
+    registry
+}

@@ -1,0 +1,221 @@
+//! What IPAM hands out and publishes: nodes with their pod CIDRs, pod-IP allocations, Service IPs,
+//! and the events of the Watch feed. Names arriving from clients are validated into newtypes here.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use routeplane_net::{Cidr, Family};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IpamError, Result};
+
+/// A persisted, strictly increasing change counter.
+pub type Revision = u64;
+
+/// A node as IPAM knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    /// One per enabled family, IPv4 first.
+    #[serde(with = "cidr_list")]
+    pub pod_cidrs: Vec<Cidr>,
+    pub ready: bool,
+    /// Revision of the last change to this node.
+    pub revision: Revision,
+}
+
+impl Node {
+    /// The first usable address of each pod CIDR: Cilium's cilium_host address, reserved for the node.
+    pub fn router_ips(&self) -> Vec<IpAddr> {
+        self.pod_cidrs
+            .iter()
+            .filter_map(|c| c.nth_addr(ROUTER_OFFSET))
+            .collect()
+    }
+
+    pub fn cidr_of(&self, family: Family) -> Option<Cidr> {
+        self.pod_cidrs
+            .iter()
+            .copied()
+            .find(|c| c.family() == family)
+    }
+}
+
+/// Offset of the router IP inside a node CIDR (10.5.114.1 in 10.5.114.0/24).
+pub const ROUTER_OFFSET: u128 = 1;
+
+/// A LoadBalancer IP held by a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceIp {
+    pub service: String,
+    pub ip: IpAddr,
+    pub pool: String,
+}
+
+/// One entry of the Watch feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    NodeUpdated(Node),
+    NodeDeleted {
+        name: String,
+        pod_cidrs: Vec<String>,
+    },
+    ServiceIpAssigned(ServiceIp),
+    ServiceIpReleased(ServiceIp),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionedEvent {
+    pub revision: Revision,
+    pub event: Event,
+}
+
+/// Kubernetes node names are DNS subdomains (RFC 1123): that is what the agent will send.
+pub fn validate_node_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(IpamError::InvalidArgument(format!(
+            "node name {name:?} is not valid: use a DNS subdomain of lowercase letters, digits, '-' and '.', at most 253 characters (e.g. \"worker-1\")"
+        )))
+    }
+}
+
+/// Pod-IP owners are opaque (a pod's namespace/name, a container ID) but must be printable and bounded.
+pub fn validate_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() || owner.len() > 512 || owner.chars().any(|c| c.is_control()) {
+        return Err(IpamError::InvalidArgument(format!(
+            "owner {owner:?} is not valid: give a non-empty printable identifier of at most 512 bytes, such as \"default/nginx-7d9c\" or a container ID"
+        )));
+    }
+    Ok(())
+}
+
+/// Services are named "namespace/name", both DNS labels as Kubernetes requires.
+pub fn validate_service(service: &str) -> Result<()> {
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    match service.split_once('/') {
+        Some((ns, name)) if label(ns) && label(name) => Ok(()),
+        _ => Err(IpamError::InvalidArgument(format!(
+            "service {service:?} is not valid: write it as \"namespace/name\" with DNS labels, e.g. \"default/ingress\""
+        ))),
+    }
+}
+
+/// Label keys and values as Kubernetes bounds them (a prefix/name key, a value of at most 63 characters).
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    let valid_chars = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    };
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 317 || !valid_chars(k) {
+            return Err(IpamError::InvalidArgument(format!(
+                "label key {k:?} is not valid: use an optional DNS prefix and a name of letters, digits, '-', '_' and '.', e.g. \"kubernetes/route\""
+            )));
+        }
+        if v.len() > 63 || !valid_chars(v) {
+            return Err(IpamError::InvalidArgument(format!(
+                "label {k}={v:?}: the value is not valid: at most 63 letters, digits, '-', '_' and '.'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Serialises CIDRs as their text so persisted records stay readable.
+mod cidr_list {
+    use routeplane_net::Cidr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(cidrs: &[Cidr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(cidrs.iter().map(|c| c.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kubernetes() {
+        assert!(validate_node_name("worker-1.dc1").is_ok());
+        for bad in ["", "Worker", "-a", "a..b", "a_b", &"x".repeat(254)] {
+            let e = validate_node_name(bad).unwrap_err().to_string();
+            assert!(e.contains("is not valid"), "{bad}: {e}");
+        }
+        assert!(validate_service("default/ingress").is_ok());
+        for bad in ["ingress", "default/", "/x", "Default/x", "a/b/c"] {
+            assert!(validate_service(bad).is_err(), "{bad}");
+        }
+        assert!(validate_owner("default/nginx-7d9c").is_ok());
+        assert!(validate_owner("").is_err());
+        assert!(validate_owner("a\0b").is_err());
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        let ok: BTreeMap<_, _> =
+            [("kubernetes/route".to_string(), "bgp-peer-83".to_string())].into();
+        assert!(validate_labels(&ok).is_ok());
+        let bad: BTreeMap<_, _> = [("k".to_string(), "has space".to_string())].into();
+        assert!(
+            validate_labels(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("k=\"has space\"")
+        );
+    }
+
+    #[test]
+    fn router_ip_is_first_usable_address() {
+        let n = Node {
+            name: "a".into(),
+            addresses: vec![],
+            labels: BTreeMap::new(),
+            pod_cidrs: vec![
+                "10.5.114.0/24".parse().unwrap(),
+                "fd00::100/120".parse().unwrap(),
+            ],
+            ready: true,
+            revision: 1,
+        };
+        assert_eq!(
+            n.router_ips(),
+            vec![
+                "10.5.114.1".parse::<IpAddr>().unwrap(),
+                "fd00::101".parse().unwrap()
+            ]
+        );
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(json.contains("\"10.5.114.0/24\""));
+        assert_eq!(serde_json::from_str::<Node>(&json).unwrap(), n);
+    }
+}

@@ -1,0 +1,86 @@
+//! Startup and shutdown of routeplane-ipam: read the files, open sled, rebuild the state, then serve
+//! gRPC and /metrics until SIGTERM/SIGINT (or a storage failure) stops both.
+
+use std::sync::Arc;
+
+use routeplane_runtime::shutdown::Shutdown;
+use routeplane_runtime::{RuntimeError, bind, grpc, metrics};
+
+use crate::error::IpamError;
+use crate::grpc::IpamGrpc;
+use crate::ipam::Ipam;
+use crate::settings::Cli;
+use crate::store::{Store, filesystem_type};
+
+/// Why the server did not start, or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] routeplane_config::ConfigError),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+pub async fn run(cli: Cli) -> Result<(), ServeError> {
+    let _telemetry = routeplane_runtime::telemetry::init("routeplane-ipam", &cli.telemetry)?;
+    let loaded = cli.load()?;
+    for note in &loaded.notes {
+        tracing::info!("{note}");
+    }
+    std::fs::create_dir_all(&cli.data_dir).map_err(|e| {
+        IpamError::Storage(format!(
+            "cannot create data directory {}: {e}",
+            cli.data_dir.display()
+        ))
+    })?;
+    let fs = filesystem_type(&cli.data_dir).unwrap_or_else(|| "unknown".into());
+    tracing::info!(data_dir = %cli.data_dir.display(), filesystem = %fs, durability = ?cli.durability, "opening state");
+    if fs == "tmpfs" || fs == "ramfs" {
+        tracing::warn!(
+            "the data directory is on {fs}: flushes cost nothing and nothing survives a reboot"
+        );
+    }
+    let store = Store::open(&cli.data_dir)?;
+    let shutdown = Shutdown::on_signals();
+    let (ipam, warnings) = Ipam::start(loaded.core, store, cli.options(), shutdown.clone())?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    {
+        let (pods, lbs) = ipam.pools();
+        for p in pods {
+            tracing::info!(pool = %p.cidr, mask = p.mask, used = %p.used, total = %p.total, source = %p.source, "pod CIDR pool");
+        }
+        for (c, total, used) in lbs {
+            let ranges: Vec<String> = c.addresses.iter().map(ToString::to_string).collect();
+            tracing::info!(pool = %c.name, addresses = %ranges.join(" "), %used, %total, "LoadBalancer pool");
+        }
+    }
+    let grpc_listener = bind(cli.grpc_listen).await?;
+    let metrics_listener = bind(cli.metrics_listen).await?;
+    let registry = Arc::new(crate::metrics::registry(ipam.clone()));
+    let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone()));
+    let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
+    let served = grpc::serve(
+        grpc_listener,
+        "routeplane.ipam.v1.Ipam",
+        routes,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.trigger();
+    if let Ok(Err(e)) = metrics_task.await {
+        tracing::warn!(error = %e, "metrics server stopped with an error");
+    }
+    served?;
+    if ipam.has_failed() {
+        return Err(IpamError::Storage(
+            "stopped after a storage failure; restart to reload state from disk".into(),
+        )
+        .into());
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

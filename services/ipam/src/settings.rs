@@ -1,0 +1,133 @@
+//! The command line of routeplane-ipam (every flag also a ROUTEPLANE_* variable) and how the seed's
+//! files become the core's configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use routeplane_config::{BgpConfig, HelmValues};
+use routeplane_net::Family;
+use routeplane_runtime::telemetry::TelemetryArgs;
+
+use crate::ipam::IpamOptions;
+use crate::state::CoreConfig;
+
+/// routeplane IPAM: cluster-pool pod CIDRs for nodes, pod IPs, and LoadBalancer IPs, kept in sled
+/// and published on a revisioned Watch feed (routeplane.ipam.v1 over gRPC).
+///
+/// With no files it runs on its embedded defaults: the seed's values.yaml (pool 10.5.112.0/21,
+/// /24 per node) and the seed's bgp-config with its LoadBalancer pool moved to 10.5.120.0/21.
+#[derive(Debug, Parser)]
+#[command(name = "routeplane-ipam", version)]
+pub struct Cli {
+    /// Cilium Helm values.yaml: ipam.*, ipv4.enabled and ipv6.enabled are read, other keys are listed as ignored.
+    #[arg(long, env = "ROUTEPLANE_VALUES")]
+    pub values: Option<PathBuf>,
+    /// MetalLB bgp-config (the file, or the ConfigMap as `kubectl get cm bgp-config -oyaml` prints it): its address-pools are the LoadBalancer pools.
+    #[arg(long, env = "ROUTEPLANE_BGP_CONFIG")]
+    pub bgp_config: Option<PathBuf>,
+    /// Where sled keeps the allocation state.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_DATA_DIR",
+        default_value = "/var/lib/routeplane/ipam"
+    )]
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
+    pub grpc_listen: SocketAddr,
+    /// Prometheus /metrics listen address.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9951"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// How long a node stays Ready without a KeepAlive from its agent (e.g. 20s, 1m).
+    #[arg(long, env = "ROUTEPLANE_LEASE_TTL", default_value = "20s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// flush: acknowledge a change only once it is on disk (concurrent changes share flushes).
+    /// none: acknowledge before the flush — for benchmarks only; a crash may lose acknowledged changes.
+    #[arg(long, env = "ROUTEPLANE_DURABILITY", value_enum, default_value_t = Durability::Flush)]
+    pub durability: Durability,
+    /// Events kept in memory so that a watcher can resume without a new snapshot.
+    #[arg(long, env = "ROUTEPLANE_WATCH_HISTORY", default_value_t = 10_000)]
+    pub watch_history: usize,
+    /// Events a watcher may fall behind before it is cut off (and told where to resume).
+    #[arg(long, env = "ROUTEPLANE_WATCH_BUFFER", default_value_t = 4096)]
+    pub watch_buffer: usize,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    Flush,
+    None,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match routeplane_config::parse_go_duration(text) {
+        Some(d) if d >= Duration::from_secs(1) => Ok(d),
+        Some(_) => Err(format!("{text} is too short: a lease needs at least 1s")),
+        None => Err(format!(
+            "{text:?} is not a duration: write it as 20s, 1m or 1m30s"
+        )),
+    }
+}
+
+/// The files as read, with what to tell the operator once at startup.
+pub struct Loaded {
+    pub core: CoreConfig,
+    pub notes: Vec<String>,
+}
+
+impl Cli {
+    pub fn options(&self) -> IpamOptions {
+        IpamOptions {
+            durable: self.durability == Durability::Flush,
+            watch_history: self.watch_history,
+            watch_buffer: self.watch_buffer,
+            ..IpamOptions::default()
+        }
+    }
+
+    pub fn load(&self) -> Result<Loaded, routeplane_config::ConfigError> {
+        let values = match &self.values {
+            Some(p) => HelmValues::load(p)?,
+            None => HelmValues::embedded(),
+        };
+        let bgp = match &self.bgp_config {
+            Some(p) => BgpConfig::load(p)?,
+            None => BgpConfig::embedded(),
+        };
+        let mut notes = values.notes.clone();
+        notes.push(format!(
+            "values.yaml: {}",
+            match (&self.values, values.ignored.is_empty()) {
+                (None, _) => "embedded default (the seed's)".to_string(),
+                (Some(p), true) => p.display().to_string(),
+                (Some(p), false) => format!(
+                    "{} — keys routeplane-ipam does not act on: {}",
+                    p.display(),
+                    values.ignored.join(", ")
+                ),
+            }
+        ));
+        let default_masks = BTreeMap::from([
+            (Family::V4, values.ipv4_pool.mask_size),
+            (Family::V6, values.ipv6_pool.mask_size),
+        ]);
+        Ok(Loaded {
+            core: CoreConfig {
+                pod_pools: values.enabled_pools().into_iter().cloned().collect(),
+                default_masks,
+                service_pools: bgp.address_pools,
+                lease_ttl: self.lease_ttl,
+            },
+            notes,
+        })
+    }
+}

@@ -1,0 +1,716 @@
+//! The IPAM domain core, without I/O: nodes and their pod CIDRs, pod IPs, Service IPs, pools and the
+//! revision. Every operation validates, updates memory, and returns the [`Mutation`] that the caller
+//! must make durable (records to write, the event to publish) — or none when nothing changed, as
+//! for an idempotent repeat. Time comes in as an argument, so leases test without sleeping.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use routeplane_config::{AddressPool, ClusterPool};
+use routeplane_net::{Cidr, Family};
+use serde::{Deserialize, Serialize};
+
+use crate::address_set::AddressSet;
+use crate::error::{IpamError, Result};
+use crate::model::{self, Event, Node, ROUTER_OFFSET, Revision, ServiceIp};
+use crate::pod_pools::PodPools;
+use crate::service_pools::{ServicePool, ServicePools};
+
+/// A record to write or delete, in storage-neutral terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    PutNode(Node),
+    DeleteNode(String),
+    PutPodIps {
+        node: String,
+        owner: String,
+        ips: Vec<IpAddr>,
+    },
+    DeletePodIps {
+        node: String,
+        owner: String,
+    },
+    PutServiceIp(ServiceIp),
+    DeleteServiceIp(String),
+    PutPool(PoolRecord),
+}
+
+/// Runtime pool state that outlives the config file: pools added by AddPoolCidr, and drain flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub cidr: String,
+    pub mask: u8,
+    pub drained: bool,
+    /// True for AddPoolCidr pools, false for a config pool whose drain flag is recorded.
+    pub added: bool,
+}
+
+/// What one operation changed: persisted atomically under `revision`, then `event` is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mutation {
+    pub revision: Revision,
+    pub changes: Vec<Change>,
+    pub event: Option<Event>,
+}
+
+/// Everything read back from storage at startup.
+#[derive(Debug, Default)]
+pub struct Persisted {
+    pub revision: Revision,
+    pub nodes: Vec<Node>,
+    pub pod_ips: Vec<(String, String, Vec<IpAddr>)>,
+    pub service_ips: Vec<ServiceIp>,
+    pub pools: Vec<PoolRecord>,
+}
+
+/// The settings the core is built from.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Cluster pools of the enabled families.
+    pub pod_pools: Vec<ClusterPool>,
+    /// Node CIDR mask per family, for AddPoolCidr without a mask (both families, enabled or not).
+    pub default_masks: BTreeMap<Family, u8>,
+    pub service_pools: Vec<AddressPool>,
+    pub lease_ttl: Duration,
+}
+
+/// A pod CIDR pool as ListPools shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPoolView {
+    pub cidr: Cidr,
+    pub mask: u8,
+    pub total: u128,
+    pub used: u128,
+    pub pod_ips_used: u64,
+    pub drained: bool,
+    pub source: String,
+}
+
+struct NodeEntry {
+    node: Node,
+    lease_deadline: Instant,
+    pods: BTreeMap<String, Vec<IpAddr>>,
+    taken: BTreeMap<Family, AddressSet>,
+}
+
+impl NodeEntry {
+    fn pod_ip_count(&self) -> usize {
+        self.taken.values().map(AddressSet::len).sum()
+    }
+}
+
+pub struct IpamState {
+    families: Vec<Family>,
+    default_masks: BTreeMap<Family, u8>,
+    pod_pools: PodPools,
+    services: ServicePools,
+    nodes: BTreeMap<String, NodeEntry>,
+    revision: Revision,
+    lease_ttl: Duration,
+}
+
+/// Offsets a node CIDR never hands to a pod: the network address, the router IP and, for IPv4,
+/// the broadcast address.
+fn reserved_in(cidr: &Cidr, offset: u128) -> bool {
+    offset == 0
+        || offset == ROUTER_OFFSET
+        || (cidr.family() == Family::V4 && offset == cidr.size() - 1)
+}
+
+impl IpamState {
+    /// Builds the core from config and what storage holds. Returns warnings worth logging once.
+    pub fn restore(
+        config: CoreConfig,
+        persisted: Persisted,
+        now: Instant,
+    ) -> Result<(IpamState, Vec<String>)> {
+        let mut warnings = Vec::new();
+        let mut pod_pools = PodPools::default();
+        let mut families = Vec::new();
+        for pool in &config.pod_pools {
+            families.push(pool.family);
+            for cidr in &pool.cidrs {
+                pod_pools.add(*cidr, pool.mask_size, &pool.source_key)?;
+            }
+        }
+        for record in &persisted.pools {
+            let cidr: Cidr = record
+                .cidr
+                .parse()
+                .map_err(|e| IpamError::Storage(format!("stored pool {:?}: {e}", record.cidr)))?;
+            if record.added && pod_pools.get(&cidr).is_none() {
+                if !families.contains(&cidr.family()) {
+                    warnings.push(format!("pool {cidr} (added by AddPoolCidr) is {} but that family is disabled: it is not used", cidr.family()));
+                    continue;
+                }
+                pod_pools.add(cidr, record.mask, "AddPoolCidr")?;
+            }
+            if pod_pools.get(&cidr).is_some() {
+                pod_pools.set_drained(&cidr, record.drained)?;
+            }
+        }
+        let services = ServicePools::new(&config.service_pools, &pod_pools)?;
+        let mut state = IpamState {
+            families,
+            default_masks: config.default_masks,
+            pod_pools,
+            services,
+            nodes: BTreeMap::new(),
+            revision: persisted.revision,
+            lease_ttl: config.lease_ttl,
+        };
+        for node in persisted.nodes {
+            for cidr in &node.pod_cidrs {
+                if !state.pod_pools.mark(cidr) {
+                    warnings.push(format!(
+                        "node {} keeps pod CIDR {cidr}, which lies in no configured pool",
+                        node.name
+                    ));
+                }
+            }
+            // Every node starts with a full lease: its agent has one TTL to reach the restarted server.
+            let entry = NodeEntry {
+                lease_deadline: now + state.lease_ttl,
+                pods: BTreeMap::new(),
+                taken: node
+                    .pod_cidrs
+                    .iter()
+                    .map(|c| (c.family(), AddressSet::default()))
+                    .collect(),
+                node,
+            };
+            state.nodes.insert(entry.node.name.clone(), entry);
+        }
+        for (node, owner, ips) in persisted.pod_ips {
+            let Some(entry) = state.nodes.get_mut(&node) else {
+                warnings.push(format!(
+                    "pod IPs {ips:?} of {owner} belong to unknown node {node}: ignored"
+                ));
+                continue;
+            };
+            for ip in &ips {
+                let cidr = entry.node.cidr_of(Family::of(*ip));
+                match (
+                    cidr.and_then(|c| c.offset_of(*ip)),
+                    entry.taken.get_mut(&Family::of(*ip)),
+                ) {
+                    (Some(offset), Some(set)) => {
+                        set.insert(offset);
+                    }
+                    _ => warnings.push(format!(
+                        "pod IP {ip} of {owner} is outside node {node}'s pod CIDRs: ignored"
+                    )),
+                }
+            }
+            entry.pods.insert(owner, ips);
+        }
+        for ip in persisted.service_ips {
+            let (service, addr) = (ip.service.clone(), ip.ip);
+            if !state.services.restore(ip) {
+                warnings.push(format!(
+                    "service {service} keeps {addr}, which lies in no configured address-pool"
+                ));
+            }
+        }
+        Ok((state, warnings))
+    }
+
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    fn mutation(&mut self, changes: Vec<Change>, event: Option<Event>) -> Mutation {
+        Mutation {
+            revision: self.revision,
+            changes,
+            event,
+        }
+    }
+
+    fn bump(&mut self) -> Revision {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn entry(&self, name: &str) -> Result<&NodeEntry> {
+        self.nodes.get(name).ok_or_else(|| not_registered(name))
+    }
+
+    // ---- nodes -------------------------------------------------------------------------------
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        Ok(&self.entry(name)?.node)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().map(|e| &e.node)
+    }
+
+    /// Registers or updates a node; allocates a pod CIDR for each enabled family it lacks.
+    pub fn register_node(
+        &mut self,
+        name: &str,
+        addresses: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+        now: Instant,
+    ) -> Result<(Node, Option<Mutation>)> {
+        model::validate_node_name(name)?;
+        model::validate_labels(&labels)?;
+        let addresses: Vec<IpAddr> = addresses
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for addr in &addresses {
+            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+                return Err(IpamError::InvalidArgument(format!(
+                    "node address {addr} is not valid: give the node's unicast address that routers and other nodes reach it at"
+                )));
+            }
+            if let Some(other) = self
+                .nodes
+                .values()
+                .find(|e| e.node.name != name && e.node.addresses.contains(addr))
+            {
+                return Err(IpamError::AlreadyExists(format!(
+                    "address {addr} is already registered by node {}: two nodes cannot share a next hop; delete that node first if it was replaced",
+                    other.node.name
+                )));
+            }
+        }
+        let lease_deadline = now + self.lease_ttl;
+        let existing = self.nodes.get(name).map(|e| e.node.clone());
+        let held: Vec<Family> = existing
+            .iter()
+            .flat_map(|n| n.pod_cidrs.iter().map(|c| c.family()))
+            .collect();
+        let mut new_cidrs = Vec::new();
+        for family in self.families.clone() {
+            if held.contains(&family) {
+                continue;
+            }
+            match self.pod_pools.allocate(family) {
+                Ok(c) => new_cidrs.push(c),
+                Err(e) => {
+                    new_cidrs.iter().for_each(|c| self.pod_pools.release(c));
+                    return Err(e);
+                }
+            }
+        }
+        let mut node = existing.clone().unwrap_or_else(|| Node {
+            name: name.to_string(),
+            addresses: Vec::new(),
+            labels: BTreeMap::new(),
+            pod_cidrs: Vec::new(),
+            ready: true,
+            revision: 0,
+        });
+        node.addresses = addresses;
+        node.labels = labels;
+        node.ready = true;
+        node.pod_cidrs.extend(new_cidrs.iter().copied());
+        node.pod_cidrs.sort_by_key(|c| c.family());
+        let entry = self
+            .nodes
+            .entry(name.to_string())
+            .or_insert_with(|| NodeEntry {
+                node: node.clone(),
+                lease_deadline,
+                pods: BTreeMap::new(),
+                taken: BTreeMap::new(),
+            });
+        entry.lease_deadline = lease_deadline;
+        for c in &new_cidrs {
+            entry.taken.insert(c.family(), AddressSet::default());
+        }
+        if existing.as_ref() == Some(&node) {
+            return Ok((node, None));
+        }
+        let revision = self.bump();
+        node.revision = revision;
+        if let Some(entry) = self.nodes.get_mut(name) {
+            entry.node = node.clone();
+        }
+        let m = self.mutation(
+            vec![Change::PutNode(node.clone())],
+            Some(Event::NodeUpdated(node.clone())),
+        );
+        Ok((node, Some(m)))
+    }
+
+    /// Deletes a node, releasing its pod CIDRs (and, with `force`, its pod IPs).
+    pub fn delete_node(&mut self, name: &str, force: bool) -> Result<(Node, u64, Mutation)> {
+        let entry = self.entry(name)?;
+        let count = entry.pod_ip_count() as u64;
+        if count > 0 && !force {
+            return Err(IpamError::FailedPrecondition(format!(
+                "node {name} still has {count} pod IPs allocated (owners such as {:?}); release them first or delete with force",
+                entry
+                    .pods
+                    .keys()
+                    .next()
+                    .map(String::as_str)
+                    .unwrap_or_default()
+            )));
+        }
+        let Some(entry) = self.nodes.remove(name) else {
+            return Err(not_registered(name));
+        };
+        for c in &entry.node.pod_cidrs {
+            self.pod_pools.release(c);
+        }
+        let mut changes: Vec<Change> = entry
+            .pods
+            .keys()
+            .map(|owner| Change::DeletePodIps {
+                node: name.to_string(),
+                owner: owner.clone(),
+            })
+            .collect();
+        changes.push(Change::DeleteNode(name.to_string()));
+        self.bump();
+        let event = Event::NodeDeleted {
+            name: name.to_string(),
+            pod_cidrs: entry.node.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+        };
+        let m = self.mutation(changes, Some(event));
+        Ok((entry.node, count, m))
+    }
+
+    /// Renews a node's lease; a NotReady node becomes Ready (a published change).
+    pub fn keep_alive(&mut self, name: &str, now: Instant) -> Result<(bool, Option<Mutation>)> {
+        let deadline = now + self.lease_ttl;
+        let entry = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| not_registered(name))?;
+        entry.lease_deadline = deadline;
+        if entry.node.ready {
+            return Ok((false, None));
+        }
+        Ok((true, Some(self.set_ready(name, true))))
+    }
+
+    fn set_ready(&mut self, name: &str, ready: bool) -> Mutation {
+        let revision = self.bump();
+        let node = match self.nodes.get_mut(name) {
+            Some(e) => {
+                e.node.ready = ready;
+                e.node.revision = revision;
+                e.node.clone()
+            }
+            None => return self.mutation(Vec::new(), None),
+        };
+        self.mutation(
+            vec![Change::PutNode(node.clone())],
+            Some(Event::NodeUpdated(node)),
+        )
+    }
+
+    /// Marks every Ready node whose lease ran out NotReady, one mutation each.
+    pub fn expire_leases(&mut self, now: Instant) -> Vec<Mutation> {
+        let expired: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|e| e.node.ready && e.lease_deadline <= now)
+            .map(|e| e.node.name.clone())
+            .collect();
+        expired
+            .iter()
+            .map(|name| self.set_ready(name, false))
+            .collect()
+    }
+
+    // ---- pod IPs -----------------------------------------------------------------------------
+
+    /// Gives `owner` an address of each wanted family from the node's CIDRs. Idempotent per owner.
+    pub fn allocate_pod_ip(
+        &mut self,
+        node: &str,
+        owner: &str,
+        family: Option<Family>,
+    ) -> Result<(Vec<IpAddr>, Option<Mutation>)> {
+        model::validate_owner(owner)?;
+        let entry = self
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| not_registered(node))?;
+        let wanted: Vec<Cidr> = match family {
+            None => entry.node.pod_cidrs.clone(),
+            Some(f) => vec![entry.node.cidr_of(f).ok_or_else(|| {
+                IpamError::FailedPrecondition(format!("node {node} has no {f} pod CIDR: {f} is not enabled in values.yaml (ipv4.enabled / ipv6.enabled)"))
+            })?],
+        };
+        let held = entry.pods.get(owner).cloned().unwrap_or_default();
+        let mut fresh = Vec::new();
+        for cidr in &wanted {
+            if held.iter().any(|ip| cidr.contains_addr(*ip)) {
+                continue;
+            }
+            let set = entry.taken.entry(cidr.family()).or_default();
+            match set
+                .allocate(cidr.size(), |o| reserved_in(cidr, o))
+                .and_then(|o| cidr.nth_addr(o))
+            {
+                Some(ip) => fresh.push(ip),
+                None => {
+                    for ip in &fresh {
+                        release_offset(entry, *ip);
+                    }
+                    let usable =
+                        cidr.size()
+                            .saturating_sub(if cidr.family() == Family::V4 { 3 } else { 2 });
+                    return Err(IpamError::Exhausted(format!(
+                        "node {node}'s pod CIDR {cidr} is full: {usable} of {usable} pod IPs in use; release pod IPs that are gone or use a shorter clusterPool mask size for new nodes"
+                    )));
+                }
+            }
+        }
+        let mut ips: Vec<IpAddr> = held
+            .iter()
+            .chain(&fresh)
+            .copied()
+            .filter(|ip| wanted.iter().any(|c| c.contains_addr(*ip)))
+            .collect();
+        ips.sort_by_key(|ip| Family::of(*ip));
+        if fresh.is_empty() {
+            return Ok((ips, None));
+        }
+        let mut all = held;
+        all.extend(&fresh);
+        all.sort_by_key(|ip| Family::of(*ip));
+        entry.pods.insert(owner.to_string(), all.clone());
+        self.bump();
+        let change = Change::PutPodIps {
+            node: node.to_string(),
+            owner: owner.to_string(),
+            ips: all,
+        };
+        Ok((ips, Some(self.mutation(vec![change], None))))
+    }
+
+    pub fn release_pod_ip(
+        &mut self,
+        node: &str,
+        owner: &str,
+    ) -> Result<(Vec<IpAddr>, Option<Mutation>)> {
+        let entry = self
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| not_registered(node))?;
+        let Some(ips) = entry.pods.remove(owner) else {
+            return Ok((Vec::new(), None));
+        };
+        for ip in &ips {
+            release_offset(entry, *ip);
+        }
+        self.bump();
+        let change = Change::DeletePodIps {
+            node: node.to_string(),
+            owner: owner.to_string(),
+        };
+        Ok((ips, Some(self.mutation(vec![change], None))))
+    }
+
+    pub fn pod_ips(&self, node: &str) -> Result<&BTreeMap<String, Vec<IpAddr>>> {
+        Ok(&self.entry(node)?.pods)
+    }
+
+    // ---- Service IPs -------------------------------------------------------------------------
+
+    pub fn allocate_service_ip(
+        &mut self,
+        service: &str,
+        pool: Option<&str>,
+        ip: Option<IpAddr>,
+        family: Option<Family>,
+    ) -> Result<(ServiceIp, Option<Mutation>)> {
+        model::validate_service(service)?;
+        let (assigned, new) = self.services.allocate(service, pool, ip, family)?;
+        if !new {
+            return Ok((assigned, None));
+        }
+        self.bump();
+        let m = self.mutation(
+            vec![Change::PutServiceIp(assigned.clone())],
+            Some(Event::ServiceIpAssigned(assigned.clone())),
+        );
+        Ok((assigned, Some(m)))
+    }
+
+    pub fn release_service_ip(
+        &mut self,
+        service: &str,
+    ) -> Result<(Option<ServiceIp>, Option<Mutation>)> {
+        model::validate_service(service)?;
+        let Some(released) = self.services.release(service) else {
+            return Ok((None, None));
+        };
+        self.bump();
+        let m = self.mutation(
+            vec![Change::DeleteServiceIp(service.to_string())],
+            Some(Event::ServiceIpReleased(released.clone())),
+        );
+        Ok((Some(released), Some(m)))
+    }
+
+    pub fn service_ips(&self) -> impl Iterator<Item = &ServiceIp> {
+        self.services.all()
+    }
+
+    // ---- pools -------------------------------------------------------------------------------
+
+    pub fn pod_pools(&self) -> Vec<PodPoolView> {
+        self.pod_pools
+            .iter()
+            .map(|p| self.pool_view(&p.cidr))
+            .collect()
+    }
+
+    fn pool_view(&self, cidr: &Cidr) -> PodPoolView {
+        let pod_ips_used = self
+            .nodes
+            .values()
+            .flat_map(|e| {
+                e.node
+                    .pod_cidrs
+                    .iter()
+                    .filter(|c| cidr.overlaps(c))
+                    .map(|c| e.taken.get(&c.family()).map_or(0, AddressSet::len) as u64)
+            })
+            .sum();
+        // Callers pass a CIDR taken from pod_pools, so the pool exists.
+        let pool = self.pod_pools.get(cidr);
+        PodPoolView {
+            cidr: *cidr,
+            mask: pool.map_or(0, |p| p.mask),
+            total: pool.map_or(0, |p| p.total()),
+            used: pool.map_or(0, |p| p.used()),
+            pod_ips_used,
+            drained: pool.is_some_and(|p| p.drained),
+            source: pool.map(|p| p.source.clone()).unwrap_or_default(),
+        }
+    }
+
+    pub fn service_pools(&self) -> impl Iterator<Item = &ServicePool> {
+        self.services.pools()
+    }
+
+    pub fn pod_ip_count(&self) -> u64 {
+        self.nodes.values().map(|e| e.pod_ip_count() as u64).sum()
+    }
+
+    /// Adds a pool CIDR at runtime. Idempotent for the same CIDR and mask.
+    pub fn add_pool_cidr(
+        &mut self,
+        cidr: Cidr,
+        mask: Option<u8>,
+    ) -> Result<(PodPoolView, Option<Mutation>)> {
+        let family = cidr.family();
+        let mask = match mask {
+            Some(m) => m,
+            None => *self.default_masks.get(&family).ok_or_else(|| {
+                IpamError::InvalidArgument(format!(
+                    "no default mask size for {family}: give maskSize"
+                ))
+            })?,
+        };
+        if !self.families.contains(&family) {
+            return Err(IpamError::FailedPrecondition(format!(
+                "{cidr} is {family}, which is not enabled in values.yaml ({}: false): its node CIDRs would never be used",
+                if family == Family::V4 {
+                    "ipv4.enabled"
+                } else {
+                    "ipv6.enabled"
+                }
+            )));
+        }
+        if let Some(existing) = self.pod_pools.get(&cidr) {
+            if existing.mask == mask {
+                return Ok((self.pool_view(&cidr), None));
+            }
+            return Err(IpamError::AlreadyExists(format!(
+                "pool {cidr} already exists with mask size /{}; a pool's mask size cannot change",
+                existing.mask
+            )));
+        }
+        if let Some((name, range)) = self.services.range_overlapping(&cidr) {
+            return Err(IpamError::InvalidArgument(format!(
+                "{cidr} overlaps LoadBalancer address-pool {name:?} ({range}): an address in both could be given to a pod and to a Service"
+            )));
+        }
+        self.pod_pools
+            .add(cidr, mask, "AddPoolCidr")
+            .map_err(|e| IpamError::InvalidArgument(e.to_string()))?;
+        // Nodes that kept a CIDR from an earlier pool here must not see it handed out again.
+        let held: Vec<Cidr> = self
+            .nodes
+            .values()
+            .flat_map(|e| e.node.pod_cidrs.clone())
+            .collect();
+        for c in &held {
+            self.pod_pools.mark(c);
+        }
+        self.bump();
+        let record = PoolRecord {
+            cidr: cidr.to_string(),
+            mask,
+            drained: false,
+            added: true,
+        };
+        let m = self.mutation(vec![Change::PutPool(record)], None);
+        Ok((self.pool_view(&cidr), Some(m)))
+    }
+
+    pub fn drain_pool_cidr(
+        &mut self,
+        cidr: Cidr,
+        drained: bool,
+    ) -> Result<(PodPoolView, Option<Mutation>)> {
+        let pool = self.pod_pools.get(&cidr).ok_or_else(|| {
+            let names: Vec<String> = self.pod_pools.iter().map(|p| p.cidr.to_string()).collect();
+            IpamError::NotFound(format!(
+                "pool CIDR {cidr} does not exist; pool CIDRs are: {}",
+                names.join(", ")
+            ))
+        })?;
+        if pool.drained == drained {
+            return Ok((self.pool_view(&cidr), None));
+        }
+        let added = pool.source == "AddPoolCidr";
+        let mask = pool.mask;
+        self.pod_pools.set_drained(&cidr, drained)?;
+        self.bump();
+        let record = PoolRecord {
+            cidr: cidr.to_string(),
+            mask,
+            drained,
+            added,
+        };
+        let m = self.mutation(vec![Change::PutPool(record)], None);
+        Ok((self.pool_view(&cidr), Some(m)))
+    }
+}
+
+fn release_offset(entry: &mut NodeEntry, ip: IpAddr) {
+    let family = Family::of(ip);
+    if let (Some(cidr), Some(set)) = (entry.node.cidr_of(family), entry.taken.get_mut(&family))
+        && let Some(o) = cidr.offset_of(ip)
+    {
+        set.remove(o);
+    }
+}
+
+fn not_registered(name: &str) -> IpamError {
+    IpamError::NotFound(format!(
+        "node {name:?} is not registered; its route agent registers it (RegisterNode)"
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,481 @@
+use super::*;
+
+const SEED_VALUES: &str = include_str!("../../../../examples/seed/values.yaml");
+
+fn config(values: &str, lb: &str) -> CoreConfig {
+    let v = routeplane_config::HelmValues::parse(values, "t").unwrap();
+    CoreConfig {
+        pod_pools: v.enabled_pools().into_iter().cloned().collect(),
+        default_masks: [
+            (Family::V4, v.ipv4_pool.mask_size),
+            (Family::V6, v.ipv6_pool.mask_size),
+        ]
+        .into(),
+        service_pools: routeplane_config::BgpConfig::parse(lb, "t")
+            .unwrap()
+            .address_pools,
+        lease_ttl: Duration::from_secs(10),
+    }
+}
+
+const LB: &str = "address-pools:\n- {name: default, protocol: bgp, addresses: [10.5.120.0/21]}\n";
+
+fn seed() -> IpamState {
+    IpamState::restore(
+        config(SEED_VALUES, LB),
+        Persisted::default(),
+        Instant::now(),
+    )
+    .unwrap()
+    .0
+}
+
+fn dual() -> IpamState {
+    let values = format!("{SEED_VALUES}\nipv6:\n  enabled: true\n");
+    IpamState::restore(config(&values, LB), Persisted::default(), Instant::now())
+        .unwrap()
+        .0
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn register(s: &mut IpamState, name: &str, addr: &str) -> Node {
+    s.register_node(name, vec![ip(addr)], BTreeMap::new(), Instant::now())
+        .unwrap()
+        .0
+}
+
+/// Folds mutations into what a store would hold, as sled does in store.rs.
+#[derive(Default)]
+struct MemStore {
+    revision: Revision,
+    nodes: BTreeMap<String, Node>,
+    pods: BTreeMap<(String, String), Vec<IpAddr>>,
+    services: BTreeMap<String, ServiceIp>,
+    pools: BTreeMap<String, PoolRecord>,
+}
+
+impl MemStore {
+    fn apply(&mut self, m: &Mutation) {
+        assert!(m.revision > self.revision, "revisions strictly increase");
+        self.revision = m.revision;
+        for c in &m.changes {
+            match c.clone() {
+                Change::PutNode(n) => {
+                    self.nodes.insert(n.name.clone(), n);
+                }
+                Change::DeleteNode(n) => {
+                    self.nodes.remove(&n);
+                }
+                Change::PutPodIps { node, owner, ips } => {
+                    self.pods.insert((node, owner), ips);
+                }
+                Change::DeletePodIps { node, owner } => {
+                    self.pods.remove(&(node, owner));
+                }
+                Change::PutServiceIp(s) => {
+                    self.services.insert(s.service.clone(), s);
+                }
+                Change::DeleteServiceIp(s) => {
+                    self.services.remove(&s);
+                }
+                Change::PutPool(p) => {
+                    self.pools.insert(p.cidr.clone(), p);
+                }
+            }
+        }
+    }
+
+    fn persisted(&self) -> Persisted {
+        Persisted {
+            revision: self.revision,
+            nodes: self.nodes.values().cloned().collect(),
+            pod_ips: self
+                .pods
+                .iter()
+                .map(|((n, o), ips)| (n.clone(), o.clone(), ips.clone()))
+                .collect(),
+            service_ips: self.services.values().cloned().collect(),
+            pools: self.pools.values().cloned().collect(),
+        }
+    }
+}
+
+#[test]
+fn nine_nodes_on_the_seed_pool_the_ninth_is_refused() {
+    let mut s = seed();
+    for i in 0..8 {
+        let n = register(&mut s, &format!("node-{i}"), &format!("10.4.94.{}", 10 + i));
+        assert_eq!(
+            n.pod_cidrs,
+            vec![format!("10.5.{}.0/24", 112 + i).parse::<Cidr>().unwrap()]
+        );
+        assert_eq!(n.router_ips(), vec![ip(&format!("10.5.{}.1", 112 + i))]);
+    }
+    let err = s
+        .register_node(
+            "node-8",
+            vec![ip("10.4.94.18")],
+            BTreeMap::new(),
+            Instant::now(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, IpamError::Exhausted(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("the IPv4 cluster pool is full: 10.5.112.0/21 (/24 per node: 8 of 8 in use)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("AddPoolCidr") && msg.contains("clusterPoolIPv4PodCIDRList"),
+        "{msg}"
+    );
+    assert!(
+        s.node("node-8").is_err(),
+        "a refused node is not half-registered"
+    );
+}
+
+#[test]
+fn register_is_idempotent_and_updates_keep_the_cidr() {
+    let mut s = seed();
+    let (first, m) = s
+        .register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), Instant::now())
+        .unwrap();
+    let m = m.unwrap();
+    assert_eq!(m.event, Some(Event::NodeUpdated(first.clone())));
+    let (again, none) = s
+        .register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), Instant::now())
+        .unwrap();
+    assert_eq!((again, none), (first.clone(), None));
+    let labels: BTreeMap<_, _> =
+        [("kubernetes/route".to_string(), "bgp-peer-83".to_string())].into();
+    let (moved, m2) = s
+        .register_node("a", vec![ip("10.4.83.10")], labels.clone(), Instant::now())
+        .unwrap();
+    assert_eq!(moved.pod_cidrs, first.pod_cidrs);
+    assert_eq!(moved.labels, labels);
+    assert!(m2.unwrap().revision > m.revision);
+}
+
+#[test]
+fn two_nodes_cannot_share_an_address() {
+    let mut s = seed();
+    register(&mut s, "a", "10.4.94.10");
+    let e = s
+        .register_node("b", vec![ip("10.4.94.10")], BTreeMap::new(), Instant::now())
+        .unwrap_err();
+    assert!(
+        matches!(e, IpamError::AlreadyExists(_))
+            && e.to_string().contains("already registered by node a"),
+        "{e}"
+    );
+    let e = s
+        .register_node("b", vec![ip("127.0.0.1")], BTreeMap::new(), Instant::now())
+        .unwrap_err();
+    assert!(matches!(e, IpamError::InvalidArgument(_)), "{e}");
+}
+
+#[test]
+fn pod_ips_skip_network_router_and_broadcast() {
+    let mut s = seed();
+    let n = register(&mut s, "a", "10.4.94.10");
+    let (first, m) = s.allocate_pod_ip("a", "default/p0", None).unwrap();
+    assert_eq!(first, vec![ip("10.5.112.2")]);
+    assert!(
+        m.unwrap().event.is_none(),
+        "pod IPs advance the revision but are not published"
+    );
+    assert_eq!(
+        s.allocate_pod_ip("a", "default/p0", None).unwrap(),
+        (first, None),
+        "idempotent per owner"
+    );
+    let mut seen = BTreeSet::new();
+    for i in 1..253 {
+        let (ips, _) = s
+            .allocate_pod_ip("a", &format!("default/p{i}"), None)
+            .unwrap();
+        assert!(seen.insert(ips[0]), "{} handed out twice", ips[0]);
+    }
+    assert!(
+        !seen.contains(&ip("10.5.112.0"))
+            && !seen.contains(&ip("10.5.112.1"))
+            && !seen.contains(&ip("10.5.112.255"))
+    );
+    let e = s.allocate_pod_ip("a", "default/full", None).unwrap_err();
+    assert!(
+        e.to_string().contains("10.5.112.0/24 is full: 253 of 253"),
+        "{e}"
+    );
+    let (released, _) = s.release_pod_ip("a", "default/p7").unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(
+        s.allocate_pod_ip("a", "default/late", None).unwrap().0,
+        released
+    );
+    assert_eq!(
+        s.release_pod_ip("a", "default/nobody").unwrap(),
+        (vec![], None)
+    );
+    assert!(matches!(
+        s.allocate_pod_ip("ghost", "x", None),
+        Err(IpamError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.allocate_pod_ip("a", "x", Some(Family::V6)),
+        Err(IpamError::FailedPrecondition(_))
+    ));
+    assert_eq!(n.pod_cidrs.len(), 1);
+}
+
+#[test]
+fn dual_stack_nodes_and_pods() {
+    let mut s = dual();
+    let n = register(&mut s, "a", "10.4.94.10");
+    assert_eq!(
+        n.pod_cidrs,
+        vec![
+            "10.5.112.0/24".parse().unwrap(),
+            "fd00::/120".parse::<Cidr>().unwrap()
+        ]
+    );
+    let (ips, _) = s.allocate_pod_ip("a", "p", None).unwrap();
+    assert_eq!(ips, vec![ip("10.5.112.2"), ip("fd00::2")]);
+    let (v6, m) = s.allocate_pod_ip("a", "q", Some(Family::V6)).unwrap();
+    assert_eq!(v6, vec![ip("fd00::3")]);
+    assert!(m.is_some());
+    let (both, m) = s.allocate_pod_ip("a", "q", None).unwrap();
+    assert_eq!(
+        both,
+        vec![ip("10.5.112.3"), ip("fd00::3")],
+        "the missing family is added"
+    );
+    assert!(m.is_some());
+}
+
+#[test]
+fn delete_refuses_with_pods_then_frees_the_cidr() {
+    let mut s = seed();
+    let a = register(&mut s, "a", "10.4.94.10");
+    s.allocate_pod_ip("a", "p", None).unwrap();
+    let e = s.delete_node("a", false).unwrap_err();
+    assert!(
+        matches!(e, IpamError::FailedPrecondition(_)) && e.to_string().contains("1 pod IPs"),
+        "{e}"
+    );
+    let (gone, count, m) = s.delete_node("a", true).unwrap();
+    assert_eq!((gone.pod_cidrs.clone(), count), (a.pod_cidrs.clone(), 1));
+    assert!(m.changes.contains(&Change::DeletePodIps {
+        node: "a".into(),
+        owner: "p".into()
+    }));
+    assert!(matches!(m.event, Some(Event::NodeDeleted { .. })));
+    for i in 0..8 {
+        register(&mut s, &format!("n{i}"), &format!("10.4.94.{}", 20 + i));
+    }
+    assert!(
+        s.nodes().any(|n| n.pod_cidrs == a.pod_cidrs),
+        "the freed CIDR is reused only after the delete"
+    );
+}
+
+#[test]
+fn leases_expire_to_not_ready_and_renew() {
+    let mut s = seed();
+    let t0 = Instant::now();
+    s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    assert!(s.expire_leases(t0 + Duration::from_secs(9)).is_empty());
+    assert_eq!(
+        s.keep_alive("a", t0 + Duration::from_secs(9)).unwrap(),
+        (false, None)
+    );
+    assert!(
+        s.expire_leases(t0 + Duration::from_secs(18)).is_empty(),
+        "renewed at 9s, so alive until 19s"
+    );
+    let expired = s.expire_leases(t0 + Duration::from_secs(19));
+    assert_eq!(expired.len(), 1);
+    assert!(matches!(&expired[0].event, Some(Event::NodeUpdated(n)) if !n.ready));
+    assert!(
+        s.expire_leases(t0 + Duration::from_secs(30)).is_empty(),
+        "NotReady is reported once"
+    );
+    let (back, m) = s.keep_alive("a", t0 + Duration::from_secs(31)).unwrap();
+    assert!(back);
+    assert!(matches!(m.unwrap().event, Some(Event::NodeUpdated(n)) if n.ready));
+    assert!(matches!(
+        s.keep_alive("ghost", t0),
+        Err(IpamError::NotFound(_))
+    ));
+}
+
+#[test]
+fn restored_state_hands_out_nothing_twice() {
+    let mut s = dual();
+    let mut store = MemStore::default();
+    let mut record = |m: Option<Mutation>| {
+        if let Some(m) = m {
+            store.apply(&m);
+        }
+    };
+    for i in 0..3 {
+        record(
+            s.register_node(
+                &format!("n{i}"),
+                vec![ip(&format!("10.4.94.{}", 10 + i))],
+                BTreeMap::new(),
+                Instant::now(),
+            )
+            .unwrap()
+            .1,
+        );
+    }
+    for i in 0..10 {
+        record(s.allocate_pod_ip("n1", &format!("p{i}"), None).unwrap().1);
+    }
+    record(s.release_pod_ip("n1", "p3").unwrap().1);
+    record(
+        s.allocate_service_ip("default/web", None, None, None)
+            .unwrap()
+            .1,
+    );
+    record(
+        s.add_pool_cidr("10.6.0.0/16".parse().unwrap(), None)
+            .unwrap()
+            .1,
+    );
+    record(
+        s.drain_pool_cidr("10.5.112.0/21".parse().unwrap(), true)
+            .unwrap()
+            .1,
+    );
+    record(s.delete_node("n0", false).unwrap().2.into());
+    let values = format!("{SEED_VALUES}\nipv6:\n  enabled: true\n");
+    let (mut r, warnings) =
+        IpamState::restore(config(&values, LB), store.persisted(), Instant::now()).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(r.revision(), s.revision());
+    assert_eq!(
+        r.nodes().cloned().collect::<Vec<_>>(),
+        s.nodes().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(r.pod_ips("n1").unwrap(), s.pod_ips("n1").unwrap());
+    // New allocations after the restart collide with nothing held before it.
+    let held: BTreeSet<IpAddr> = r
+        .pod_ips("n1")
+        .unwrap()
+        .values()
+        .flatten()
+        .copied()
+        .collect();
+    for i in 10..20 {
+        let (ips, _) = r.allocate_pod_ip("n1", &format!("p{i}"), None).unwrap();
+        assert!(ips.iter().all(|ip| !held.contains(ip)));
+    }
+    let (svc, _) = r
+        .allocate_service_ip("default/other", None, None, None)
+        .unwrap();
+    assert_ne!(svc.ip, s.service_ips().next().unwrap().ip);
+    // The drained seed pool stays drained: the new node comes from the added pool.
+    let n = register(&mut r, "n9", "10.4.94.99");
+    assert_eq!(n.pod_cidrs[0], "10.6.0.0/24".parse().unwrap());
+    let pools = r.pod_pools();
+    assert!(
+        pools
+            .iter()
+            .any(|p| p.cidr.to_string() == "10.5.112.0/21" && p.drained && p.used == 2)
+    );
+}
+
+#[test]
+fn pools_add_drain_and_refuse_overlaps() {
+    let mut s = seed();
+    let e = s
+        .add_pool_cidr("10.5.120.0/24".parse().unwrap(), None)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("overlaps LoadBalancer address-pool \"default\""),
+        "{e}"
+    );
+    let e = s
+        .add_pool_cidr("10.5.112.0/22".parse().unwrap(), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("overlaps pool 10.5.112.0/21"), "{e}");
+    let e = s
+        .add_pool_cidr("fd01::/64".parse().unwrap(), None)
+        .unwrap_err();
+    assert!(matches!(e, IpamError::FailedPrecondition(_)), "{e}");
+    let (view, m) = s
+        .add_pool_cidr("10.6.0.0/23".parse().unwrap(), None)
+        .unwrap();
+    assert_eq!(
+        (view.mask, view.total, view.source.as_str()),
+        (24, 2, "AddPoolCidr")
+    );
+    assert!(m.is_some());
+    assert!(
+        s.add_pool_cidr("10.6.0.0/23".parse().unwrap(), Some(24))
+            .unwrap()
+            .1
+            .is_none(),
+        "idempotent"
+    );
+    assert!(matches!(
+        s.add_pool_cidr("10.6.0.0/23".parse().unwrap(), Some(25)),
+        Err(IpamError::AlreadyExists(_))
+    ));
+    for i in 0..10 {
+        register(&mut s, &format!("n{i}"), &format!("10.4.94.{}", 10 + i));
+    }
+    let views = s.pod_pools();
+    assert_eq!(views.iter().map(|v| v.used).sum::<u128>(), 10);
+    let (drained, _) = s
+        .drain_pool_cidr("10.6.0.0/23".parse().unwrap(), true)
+        .unwrap();
+    assert!(drained.drained && drained.used == 2);
+    assert!(matches!(
+        s.drain_pool_cidr("10.7.0.0/23".parse().unwrap(), true),
+        Err(IpamError::NotFound(_))
+    ));
+}
+
+#[test]
+fn seed_lb_pool_on_the_pod_cidr_stops_the_start() {
+    let seed_bgp = include_str!("../../../../examples/seed/bgp-config.yaml");
+    let err = IpamState::restore(
+        config(SEED_VALUES, seed_bgp),
+        Persisted::default(),
+        Instant::now(),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, IpamError::Config(_)));
+    assert!(
+        err.to_string()
+            .contains("overlaps the pod CIDR pool 10.5.112.0/21"),
+        "{err}"
+    );
+}
+
+#[test]
+fn service_ips_publish_events() {
+    let mut s = seed();
+    let (a, m) = s
+        .allocate_service_ip("default/web", None, None, None)
+        .unwrap();
+    assert_eq!(a.ip, ip("10.5.120.0"));
+    assert_eq!(m.unwrap().event, Some(Event::ServiceIpAssigned(a.clone())));
+    let (released, m) = s.release_service_ip("default/web").unwrap();
+    assert_eq!(released, Some(a.clone()));
+    assert_eq!(m.unwrap().event, Some(Event::ServiceIpReleased(a)));
+    assert_eq!(s.release_service_ip("default/web").unwrap(), (None, None));
+    assert!(matches!(
+        s.allocate_service_ip("web", None, None, None),
+        Err(IpamError::InvalidArgument(_))
+    ));
+}

@@ -1,0 +1,213 @@
+//! The sled seam. One tree, keys by prefix, one atomic batch per [`Mutation`] (its records and the
+//! revision together), so after a crash sled recovers either all of a mutation or none of it.
+//! Writing does not flush; durability is the committer's job (`commit.rs`), which flushes once for
+//! many writers.
+//!
+//! Keys: `m/revision` → u64 BE; `n/NAME` → Node; `p/NODE\0OWNER` → [IpAddr]; `s/SERVICE` → ServiceIp;
+//! `c/CIDR` → PoolRecord. Values are JSON so that a stored record can be read with sled's tools.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::error::{IpamError, Result};
+use crate::state::{Change, Mutation, Persisted, PoolRecord};
+
+const REVISION: &[u8] = b"m/revision";
+
+pub struct Store {
+    db: sled::Db,
+}
+
+fn pod_key(node: &str, owner: &str) -> Vec<u8> {
+    [b"p/", node.as_bytes(), b"\0", owner.as_bytes()].concat()
+}
+
+fn key(prefix: &str, name: &str) -> Vec<u8> {
+    [prefix.as_bytes(), name.as_bytes()].concat()
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| IpamError::Storage(format!("encoding a record: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| {
+        IpamError::Storage(format!(
+            "stored record {:?} is corrupt: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new().path(path).open().map_err(|e| {
+            IpamError::Storage(format!(
+                "cannot open data directory {}: {e} (is another routeplane-ipam using it?)",
+                path.display()
+            ))
+        })?;
+        Ok(Store { db })
+    }
+
+    /// Reads back everything: the core rebuilds its indexes from these records.
+    pub fn load(&self) -> Result<Persisted> {
+        let mut p = Persisted {
+            revision: match self.db.get(REVISION)? {
+                Some(v) => u64::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| IpamError::Storage("stored revision is corrupt".into()))?,
+                ),
+                None => 0,
+            },
+            ..Persisted::default()
+        };
+        for item in self.db.scan_prefix(b"n/") {
+            let (k, v) = item?;
+            p.nodes.push(decode(&k, &v)?);
+        }
+        for item in self.db.scan_prefix(b"p/") {
+            let (k, v) = item?;
+            let ips: Vec<IpAddr> = decode(&k, &v)?;
+            let rest = String::from_utf8_lossy(&k[2..]).into_owned();
+            let (node, owner) = rest
+                .split_once('\0')
+                .ok_or_else(|| IpamError::Storage(format!("stored pod key {rest:?} is corrupt")))?;
+            p.pod_ips.push((node.to_string(), owner.to_string(), ips));
+        }
+        for item in self.db.scan_prefix(b"s/") {
+            let (k, v) = item?;
+            p.service_ips.push(decode(&k, &v)?);
+        }
+        for item in self.db.scan_prefix(b"c/") {
+            let (k, v) = item?;
+            p.pools.push(decode::<PoolRecord>(&k, &v)?);
+        }
+        Ok(p)
+    }
+
+    /// Writes one mutation atomically (not yet durable).
+    pub fn apply(&self, m: &Mutation) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for change in &m.changes {
+            match change {
+                Change::PutNode(n) => batch.insert(key("n/", &n.name), json(n)?),
+                Change::DeleteNode(name) => batch.remove(key("n/", name)),
+                Change::PutPodIps { node, owner, ips } => {
+                    batch.insert(pod_key(node, owner), json(ips)?)
+                }
+                Change::DeletePodIps { node, owner } => batch.remove(pod_key(node, owner)),
+                Change::PutServiceIp(s) => batch.insert(key("s/", &s.service), json(s)?),
+                Change::DeleteServiceIp(service) => batch.remove(key("s/", service)),
+                Change::PutPool(p) => batch.insert(key("c/", &p.cidr), json(p)?),
+            }
+        }
+        batch.insert(REVISION, &m.revision.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes every write applied so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// The filesystem type holding `path` (from /proc/mounts), to warn when durability is an illusion
+/// (tmpfs: a flush costs nothing and survives nothing).
+pub fn filesystem_type(path: &Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fs) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(dir).then(|| (dir.len(), fs.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{Node, ServiceIp};
+
+    #[test]
+    fn mutations_round_trip_through_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node {
+            name: "a".into(),
+            addresses: vec!["10.4.94.10".parse().unwrap()],
+            labels: BTreeMap::from([("kubernetes/route".into(), "bgp-peer-83".into())]),
+            pod_cidrs: vec!["10.5.112.0/24".parse().unwrap()],
+            ready: true,
+            revision: 1,
+        };
+        let svc = ServiceIp {
+            service: "default/web".into(),
+            ip: "10.5.120.0".parse().unwrap(),
+            pool: "default".into(),
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.apply(&Mutation {
+                revision: 1,
+                changes: vec![Change::PutNode(node.clone())],
+                event: None,
+            })
+            .unwrap();
+            let pods = |o: &str| Change::PutPodIps {
+                node: "a".into(),
+                owner: o.into(),
+                ips: vec!["10.5.112.2".parse().unwrap()],
+            };
+            s.apply(&Mutation {
+                revision: 2,
+                changes: vec![pods("x"), pods("y")],
+                event: None,
+            })
+            .unwrap();
+            s.apply(&Mutation {
+                revision: 3,
+                changes: vec![
+                    Change::DeletePodIps {
+                        node: "a".into(),
+                        owner: "y".into(),
+                    },
+                    Change::PutServiceIp(svc.clone()),
+                ],
+                event: None,
+            })
+            .unwrap();
+            s.flush().unwrap();
+            assert!(
+                Store::open(dir.path()).is_err(),
+                "a second opener is refused while the first holds it"
+            );
+        }
+        let p = Store::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(p.revision, 3);
+        assert_eq!(p.nodes, vec![node]);
+        assert_eq!(
+            p.pod_ips,
+            vec![(
+                "a".to_string(),
+                "x".to_string(),
+                vec!["10.5.112.2".parse().unwrap()]
+            )]
+        );
+        assert_eq!(p.service_ips, vec![svc]);
+    }
+
+    #[test]
+    fn filesystem_type_is_found() {
+        let fs = filesystem_type(Path::new("/proc")).unwrap();
+        assert_eq!(fs, "proc");
+    }
+}

@@ -1,0 +1,260 @@
+//! Test harness: a real routeplane-ipam process on ephemeral loopback ports, and gRPC clients to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_routeplane-ipam");
+
+/// The seed's files, verbatim, and routeplane's default bgp-config.
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+pub struct Server {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+fn listening_addr(line: &str, what: &str) -> Option<SocketAddr> {
+    if !line.contains(what) {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .and_then(|a| a.parse().ok())
+}
+
+impl Server {
+    /// Starts the server on `data_dir` with extra flags; panics with its log if it does not come up.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args([
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn routeplane-ipam");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        // Keep draining stderr for the life of the process so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = log.lock().unwrap().clone();
+            let grpc = lines
+                .iter()
+                .find_map(|l| listening_addr(l, "gRPC listening"));
+            let metrics = lines
+                .iter()
+                .find_map(|l| listening_addr(l, "metrics listening"));
+            if let (Some(grpc), Some(metrics)) = (grpc, metrics) {
+                return Server {
+                    child,
+                    grpc,
+                    metrics,
+                    data_dir: data_dir.to_path_buf(),
+                    log,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "routeplane-ipam exited with {status} before listening:\n{}",
+                    lines.join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "routeplane-ipam did not start in 30 s:\n{}",
+                lines.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to routeplane-ipam")
+    }
+
+    pub async fn client(&self) -> IpamClient<Channel> {
+        IpamClient::new(self.channel().await)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub fn terminate(mut self) -> ExitStatus {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "routeplane-ipam ignored SIGTERM for 15 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GET /metrics over plain HTTP/1.0.
+    pub fn scrape(&self) -> String {
+        let mut s = TcpStream::connect(self.metrics).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(
+            body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+            "{body}"
+        );
+        body
+    }
+
+    /// The value of one sample line of /metrics, e.g. `routeplane_ipam_flushes_total`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let body = self.scrape();
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{body}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// A client-side handle to a server started elsewhere (it owns no process).
+pub struct Attached {
+    endpoint: String,
+}
+
+impl Server {
+    pub fn attach(endpoint: &str) -> Attached {
+        Attached {
+            endpoint: endpoint.to_string(),
+        }
+    }
+}
+
+impl Attached {
+    pub async fn client(&self) -> IpamClient<Channel> {
+        IpamClient::new(
+            Channel::from_shared(self.endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect"),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for configs that must be refused), bounded in time.
+pub fn run_to_exit(data_dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status, err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("routeplane-ipam kept running with a config it should refuse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A values.yaml with the given cluster pool, IPv4 only.
+pub fn values_file(dir: &Path, pool: &str, mask: u8) -> PathBuf {
+    let path = dir.join("values.yaml");
+    std::fs::write(
+        &path,
+        format!("ipam:\n  mode: cluster-pool\n  operator:\n    clusterPoolIPv4PodCIDR: {pool}\n    clusterPoolIPv4MaskSize: {mask}\nipv4:\n  enabled: true\n"),
+    )
+    .unwrap();
+    path
+}
