@@ -3,7 +3,6 @@
 //! v1alpha over routeplane's descriptors and health's.
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 use std::time::Duration;
@@ -58,7 +57,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        // Small responses must not wait for Nagle's algorithm to meet the peer's delayed ACK (40 ms).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            drain,
+        );
     let deadline = async move {
         stop.wait().await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;
