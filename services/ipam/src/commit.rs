@@ -1,28 +1,40 @@
-//! Group commit and the published feed.
+//! Group commit, the materializer, and the published feed.
 //!
-//! Writers apply their batch to sled under the state lock and queue a [`Commit`] in revision order.
-//! One flusher task takes every queued commit, flushes sled once for all of them, then publishes
-//! their events to the [`Feed`] and acknowledges the writers. So an acknowledgement always follows
-//! durability, events are published in revision order, and watchers never see a change that a crash
-//! could take back. Under load the flush of one group overlaps the arrival of the next, so the cost
-//! of one flush is shared by every request that arrived meanwhile.
+//! Writers compute their mutation under the state lock and queue a [`Commit`] in revision order;
+//! nothing on the request path touches the disk. One committer task takes every queued commit,
+//! appends them to the write-ahead log and syncs it once for all of them, then publishes their
+//! events to the [`Feed`] and acknowledges the writers. So an acknowledgement always follows
+//! durability, events are published in revision order, and watchers never see a change that a
+//! crash could take back. Under load the sync of one group overlaps the arrival of the next, so one
+//! sync is shared by every request that arrived meanwhile.
+//!
+//! Behind it, the materializer applies the logged mutations to sled and checkpoints sled now and
+//! then; each checkpoint lets the committer delete the log segments it covers.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::error::{IpamError, Result};
 use crate::model::{Event, Node, Revision, RevisionedEvent, ServiceIp};
+use crate::state::Mutation;
 use crate::store::Store;
+use crate::wal::{self, Wal, WalRecord};
 
-/// One writer's request for durability.
+/// One writer's request for durability: its mutation, or none for a writer that changed nothing
+/// but must not answer before what it read is durable.
 pub struct Commit {
     pub revision: Revision,
-    pub event: Option<Event>,
+    pub mutation: Option<Mutation>,
     pub done: Option<oneshot::Sender<Result<()>>>,
 }
+
+/// sled is checkpointed this often (when anything changed), bounding the log replayed at startup.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters the metrics endpoint and the benchmark read.
 #[derive(Debug, Default)]
@@ -32,6 +44,9 @@ pub struct CommitStats {
     pub flush_nanos: AtomicU64,
     /// Highest revision known durable.
     pub durable_revision: AtomicU64,
+    /// sled checkpoints, and the revision the last one covered.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_revision: AtomicU64,
 }
 
 /// What watchers see: the durable state, a bounded history of events, and a live channel.
@@ -156,56 +171,154 @@ impl Feed {
     }
 }
 
-/// Runs until every sender is gone: flush once per group, then publish and acknowledge.
-pub async fn run_flusher(
+/// The committer: runs until every sender is gone (or the log fails). `durable: false` skips the
+/// sync (benchmarks only). Hands each durable group to the materializer.
+pub async fn run_committer(
     mut rx: mpsc::UnboundedReceiver<Commit>,
-    store: Arc<Store>,
+    mut wal: Wal,
     feed: Arc<Feed>,
     stats: Arc<CommitStats>,
     durable: bool,
+    materialize: mpsc::UnboundedSender<Vec<Mutation>>,
+    mut checkpointed: watch::Receiver<Revision>,
 ) {
     let mut group = Vec::new();
+    let mut truncated = 0;
     while let Some(first) = rx.recv().await {
         group.push(first);
         while let Ok(c) = rx.try_recv() {
             group.push(c);
         }
-        let result = if durable {
-            let started = std::time::Instant::now();
-            let s = store.clone();
-            let r = tokio::task::spawn_blocking(move || s.flush())
+        let mut bytes = Vec::new();
+        let mut encoded = Ok(());
+        for m in group.iter().filter_map(|c| c.mutation.as_ref()) {
+            encoded = encoded.and_then(|()| wal::encode(&WalRecord::from(m), &mut bytes));
+        }
+        let through = *checkpointed.borrow_and_update();
+        let first_revision = group
+            .iter()
+            .filter(|c| c.mutation.is_some())
+            .map(|c| c.revision)
+            .min();
+        let result = match (encoded, first_revision) {
+            (Err(e), _) => Err(e),
+            // Only writers waiting for earlier groups, which are durable already.
+            (Ok(()), None) => Ok(()),
+            (Ok(()), Some(first_revision)) => {
+                let started = Instant::now();
+                let truncate = (through > truncated).then_some(through);
+                let (back, r) = tokio::task::spawn_blocking(move || {
+                    let r = wal
+                        .append(&bytes, first_revision)
+                        .and_then(|()| if durable { wal.sync() } else { Ok(()) });
+                    let r = r.and_then(|()| {
+                        truncate
+                            .map_or(Ok(0), |t| wal.truncate_through(t))
+                            .map(|_| ())
+                    });
+                    (wal, r)
+                })
                 .await
-                .unwrap_or_else(|e| Err(IpamError::Storage(format!("flush task failed: {e}"))));
-            stats.flushes.fetch_add(1, Ordering::Relaxed);
-            stats
-                .flush_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            r
-        } else {
-            Ok(())
+                .unwrap_or_else(|e| panic!("log writer thread panicked: {e}"));
+                wal = back;
+                truncated = truncate.unwrap_or(truncated);
+                if durable {
+                    stats.flushes.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .flush_nanos
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+                r
+            }
         };
         stats
             .commits
             .fetch_add(group.len() as u64, Ordering::Relaxed);
         let top = group.iter().map(|c| c.revision).max().unwrap_or(0);
-        if result.is_ok() {
-            let events = group
-                .iter_mut()
-                .filter_map(|c| {
-                    c.event.take().map(|event| RevisionedEvent {
-                        revision: c.revision,
-                        event,
-                    })
-                })
-                .collect();
+        let failed = result.is_err();
+        if !failed {
+            let mut events = Vec::new();
+            let mut mutations = Vec::new();
+            for c in &mut group {
+                if let Some(mut m) = c.mutation.take() {
+                    if let Some(event) = m.event.take() {
+                        events.push(RevisionedEvent {
+                            revision: m.revision,
+                            event,
+                        });
+                    }
+                    mutations.push(m);
+                }
+            }
             feed.publish(top, events);
             stats.durable_revision.fetch_max(top, Ordering::Relaxed);
+            if !mutations.is_empty() {
+                // The materializer only goes away at shutdown; the log holds these regardless.
+                let _ = materialize.send(mutations);
+            }
         }
         for c in group.drain(..) {
             if let Some(done) = c.done {
                 // The writer may have gone (client cancelled): its change is durable all the same.
                 let _ = done.send(result.clone());
             }
+        }
+        if failed {
+            return;
+        }
+    }
+}
+
+/// The materializer: applies durable mutations to sled in order and checkpoints it every
+/// [`CHECKPOINT_EVERY`], reporting each checkpoint's revision. Ends with a last checkpoint when the
+/// committer goes away. A storage error is returned: memory is ahead of sled, which only a restart
+/// (replaying the log) repairs.
+pub async fn run_materializer(
+    mut rx: mpsc::UnboundedReceiver<Vec<Mutation>>,
+    store: Arc<Store>,
+    stats: Arc<CommitStats>,
+    checkpointed: watch::Sender<Revision>,
+) -> Result<()> {
+    let mut applied: Option<Revision> = None;
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => b,
+            _ = tick.tick() => Some(Vec::new()),
+        };
+        let closing = batch.is_none();
+        let mut batch = batch.unwrap_or_default();
+        while let Ok(mut more) = rx.try_recv() {
+            batch.append(&mut more);
+        }
+        applied = batch.last().map(|m| m.revision).or(applied);
+        let due = closing || batch.is_empty();
+        let pending = applied.filter(|a| *a > *checkpointed.borrow());
+        let s = store.clone();
+        let checkpoint = if due { pending } else { None };
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for m in &batch {
+                s.apply(m)?;
+            }
+            if checkpoint.is_some() {
+                s.flush()?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(IpamError::Storage(format!(
+                "sled writer thread failed: {e}"
+            )))
+        })?;
+        if let Some(revision) = checkpoint {
+            stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+            stats.checkpoint_revision.store(revision, Ordering::Relaxed);
+            checkpointed.send_replace(revision);
+        }
+        if closing {
+            return Ok(());
         }
     }
 }
@@ -253,28 +366,43 @@ mod tests {
         );
     }
 
+    fn mutation(r: Revision) -> Mutation {
+        let ev = node(&format!("n{r}"), r);
+        let Event::NodeUpdated(n) = ev.event.clone() else {
+            unreachable!()
+        };
+        Mutation {
+            revision: r,
+            changes: vec![crate::state::Change::PutNode(n)],
+            event: Some(ev.event),
+        }
+    }
+
     #[tokio::test]
-    async fn flusher_acknowledges_after_publishing_in_order() {
+    async fn committer_acknowledges_after_logging_and_publishes_in_order_then_sled_catches_up() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+        let (wal, _, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();
         let feed = Arc::new(Feed::new(0, vec![], vec![], 100, 100));
         let stats = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
+        let (mtx, mrx) = mpsc::unbounded_channel();
+        let (ctx, crx) = watch::channel(0);
         let (_, mut live) = feed.subscribe(0);
         let mut waits = Vec::new();
         for r in 1..=50 {
             let (done, wait) = oneshot::channel();
-            let ev = node(&format!("n{r}"), r);
             tx.send(Commit {
                 revision: r,
-                event: Some(ev.event),
+                mutation: Some(mutation(r)),
                 done: Some(done),
             })
             .unwrap();
             waits.push(wait);
         }
         drop(tx);
-        run_flusher(rx, store, feed.clone(), stats.clone(), true).await;
+        let materializer = tokio::spawn(run_materializer(mrx, store.clone(), stats.clone(), ctx));
+        run_committer(rx, wal, feed.clone(), stats.clone(), true, mtx, crx).await;
         for w in waits {
             w.await.unwrap().unwrap();
         }
@@ -284,9 +412,22 @@ mod tests {
         let flushes = stats.flushes.load(Ordering::Relaxed);
         assert!(
             (1..50).contains(&flushes),
-            "50 queued commits share flushes, got {flushes}"
+            "50 queued commits share syncs, got {flushes}"
         );
         assert_eq!(stats.durable_revision.load(Ordering::Relaxed), 50);
         assert_eq!(feed.revision(), 50);
+        materializer.await.unwrap().unwrap();
+        assert_eq!(
+            stats.checkpoint_revision.load(Ordering::Relaxed),
+            50,
+            "a last checkpoint on close"
+        );
+        assert_eq!(store.load().unwrap().nodes.len(), 50);
+        // Everything is in the log as well, ready to replay.
+        let (_, logged, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();
+        assert_eq!(
+            logged.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            (1..=50).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,8 +1,8 @@
 //! The IPAM service as the gRPC layer sees it: each method runs one core operation under the state
-//! lock, writes its mutation to sled and queues it for group commit in the same critical section
-//! (so commits queue in revision order), then waits — outside the lock — until it is durable.
+//! lock and queues its mutation for group commit in the same critical section (so commits queue in
+//! revision order), then waits — outside the lock — until the committer says it is durable.
 //! Storage failure is fatal: memory may be ahead of disk, so the service stops taking writes and
-//! asks the process to shut down and reload from disk.
+//! asks the process to shut down; the restart replays the log.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use routeplane_net::{Cidr, Family};
 use routeplane_runtime::shutdown::Shutdown;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::commit::{Commit, CommitStats, Feed, WatchStart, run_flusher};
+use crate::commit::{Commit, CommitStats, Feed, WatchStart, run_committer, run_materializer};
 use crate::error::{IpamError, Result};
 use crate::model::{Node, Revision, ServiceIp};
 use crate::state::{CoreConfig, IpamState, Mutation, PodPoolView};
 use crate::store::Store;
+use crate::wal::Wal;
 
 /// Tuning that is not part of the allocation model.
 #[derive(Debug, Clone)]
@@ -46,7 +47,6 @@ impl Default for IpamOptions {
 
 pub struct Ipam {
     state: Mutex<IpamState>,
-    store: Arc<Store>,
     commits: mpsc::UnboundedSender<Commit>,
     feed: Arc<Feed>,
     stats: Arc<CommitStats>,
@@ -68,15 +68,36 @@ pub enum WatchItem {
 }
 
 impl Ipam {
-    /// Loads storage, rebuilds the core, and starts the flusher and the lease clock.
+    /// Opens sled (`DIR/state`) and the log (`DIR/wal`), replays the log into sled, rebuilds the
+    /// core, and starts the committer, the materializer and the lease clock.
     pub fn start(
         config: CoreConfig,
-        store: Store,
+        data_dir: &std::path::Path,
         options: IpamOptions,
         shutdown: Shutdown,
     ) -> Result<(Arc<Ipam>, Vec<String>)> {
+        let store = Store::open(&data_dir.join("state"))?;
+        let (mut wal, logged, mut warnings) =
+            Wal::open(&data_dir.join("wal"), store.revision()? + 1)?;
+        if let Some(last) = logged.last().map(|r| r.revision) {
+            for r in &logged {
+                let m = Mutation {
+                    revision: r.revision,
+                    changes: r.changes.clone(),
+                    event: None,
+                };
+                store.apply(&m)?;
+            }
+            store.flush()?;
+            wal.truncate_through(last)?;
+            warnings.push(format!(
+                "replayed {} logged changes into sled (through revision {last})",
+                logged.len()
+            ));
+        }
         let persisted = store.load()?;
-        let (state, warnings) = IpamState::restore(config, persisted, Instant::now())?;
+        let (state, restored) = IpamState::restore(config, persisted, Instant::now())?;
+        warnings.extend(restored);
         let feed = Arc::new(Feed::new(
             state.revision(),
             state.nodes().cloned().collect(),
@@ -88,18 +109,29 @@ impl Ipam {
         stats
             .durable_revision
             .store(state.revision(), Ordering::Relaxed);
-        let store = Arc::new(store);
+        stats
+            .checkpoint_revision
+            .store(state.revision(), Ordering::Relaxed);
         let (commits, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_flusher(
+        let (materialize, materialize_rx) = mpsc::unbounded_channel();
+        let (checkpointed, checkpoints) = watch::channel(state.revision());
+        tokio::spawn(run_committer(
             rx,
-            store.clone(),
+            wal,
             feed.clone(),
             stats.clone(),
             options.durable,
+            materialize,
+            checkpoints,
+        ));
+        let materializer = tokio::spawn(run_materializer(
+            materialize_rx,
+            Arc::new(store),
+            stats.clone(),
+            checkpointed,
         ));
         let ipam = Arc::new(Ipam {
             state: Mutex::new(state),
-            store,
             commits,
             feed,
             stats,
@@ -108,6 +140,14 @@ impl Ipam {
             options,
         });
         tokio::spawn(run_lease_clock(Arc::downgrade(&ipam)));
+        let watcher = Arc::downgrade(&ipam);
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = materializer.await
+                && let Some(ipam) = watcher.upgrade()
+            {
+                ipam.fail(&e);
+            }
+        });
         Ok((ipam, warnings))
     }
 
@@ -139,7 +179,7 @@ impl Ipam {
         ))
     }
 
-    /// Runs `op` on the core; persists and queues its mutation; returns once it is durable. An
+    /// Runs `op` on the core, queues its mutation, and returns once it is durable. An
     /// operation that changed nothing still waits until what it returns is durable.
     async fn commit<T>(
         &self,
@@ -154,21 +194,15 @@ impl Ipam {
             let mut state = self.lock();
             let (out, mutation) = op(&mut state)?;
             let revision = state.revision();
-            let event = match mutation {
-                Some(m) => {
-                    self.store.apply(&m).map_err(|e| self.fail(&e))?;
-                    m.event
-                }
-                None if self.stats.durable_revision.load(Ordering::Relaxed) >= revision => {
-                    return Ok(out);
-                }
-                None => None,
-            };
+            if mutation.is_none() && self.stats.durable_revision.load(Ordering::Relaxed) >= revision
+            {
+                return Ok(out);
+            }
             let (done, wait) = oneshot::channel();
             self.commits
                 .send(Commit {
                     revision,
-                    event,
+                    mutation,
                     done: Some(done),
                 })
                 .map_err(|_| {
@@ -189,20 +223,17 @@ impl Ipam {
         op(&self.lock())
     }
 
-    /// Expires leases; run by the lease clock. Does not wait for durability (nobody is waiting).
+    /// Expires leases; run by the lease clock. Queues without waiting: nobody is waiting for it.
     fn expire_leases(&self, now: Instant) {
         let mut state = self.lock();
         for m in state.expire_leases(now) {
-            if let Err(e) = self.store.apply(&m) {
-                self.fail(&e);
-                return;
-            }
             if let Some(crate::model::Event::NodeUpdated(n)) = &m.event {
                 tracing::warn!(node = %n.name, "lease expired: node is NotReady");
             }
+            // A closed queue means shutdown: the lease clock stops with everything else.
             let _ = self.commits.send(Commit {
                 revision: m.revision,
-                event: m.event,
+                mutation: Some(m),
                 done: None,
             });
         }

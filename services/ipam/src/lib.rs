@@ -22,3 +22,4 @@ pub mod service_pools;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod wal;

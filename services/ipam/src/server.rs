@@ -10,7 +10,7 @@ use crate::error::IpamError;
 use crate::grpc::IpamGrpc;
 use crate::ipam::Ipam;
 use crate::settings::Cli;
-use crate::store::{Store, filesystem_type};
+use crate::store::filesystem_type;
 
 /// Why the server did not start, or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +42,9 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
             "the data directory is on {fs}: flushes cost nothing and nothing survives a reboot"
         );
     }
-    let store = Store::open(&cli.data_dir)?;
     let shutdown = Shutdown::on_signals();
-    let (ipam, warnings) = Ipam::start(loaded.core, store, cli.options(), shutdown.clone())?;
+    let (ipam, warnings) =
+        Ipam::start(loaded.core, &cli.data_dir, cli.options(), shutdown.clone())?;
     for w in warnings {
         tracing::warn!("{w}");
     }

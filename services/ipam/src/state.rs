@@ -18,7 +18,7 @@ use crate::pod_pools::PodPools;
 use crate::service_pools::{ServicePool, ServicePools};
 
 /// A record to write or delete, in storage-neutral terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     PutNode(Node),
     DeleteNode(String),

@@ -1,7 +1,7 @@
-//! The sled seam. One tree, keys by prefix, one atomic batch per [`Mutation`] (its records and the
-//! revision together), so after a crash sled recovers either all of a mutation or none of it.
-//! Writing does not flush; durability is the committer's job (`commit.rs`), which flushes once for
-//! many writers.
+//! The sled seam: the materialized allocation state. One tree, keys by prefix, one atomic batch per
+//! [`Mutation`] (its records and the revision together). sled trails the write-ahead log
+//! (`wal.rs`), which is what makes a change durable; `flush` here is the checkpoint after which the
+//! log segments it covers can go.
 //!
 //! Keys: `m/revision` → u64 BE; `n/NAME` → Node; `p/NODE\0OWNER` → [IpAddr]; `s/SERVICE` → ServiceIp;
 //! `c/CIDR` → PoolRecord. Values are JSON so that a stored record can be read with sled's tools.
@@ -48,6 +48,16 @@ impl Store {
             ))
         })?;
         Ok(Store { db })
+    }
+
+    /// The revision of the last mutation applied (0 for a new store).
+    pub fn revision(&self) -> Result<u64> {
+        match self.db.get(REVISION)? {
+            Some(v) => Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                IpamError::Storage("stored revision is corrupt".into())
+            })?)),
+            None => Ok(0),
+        }
     }
 
     /// Reads back everything: the core rebuilds its indexes from these records.
@@ -108,7 +118,7 @@ impl Store {
         Ok(())
     }
 
-    /// Makes every write applied so far durable.
+    /// Checkpoint: makes every mutation applied so far durable in sled.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
