@@ -1,0 +1,408 @@
+//! Pod-IP allocation throughput and latency of routeplane-ipam, durable and with flushing off, at
+//! several concurrencies, beside the CNI host-local IPAM plugin (what a plain-CNI cluster uses for
+//! per-node pod IPs) doing the same allocations in the same run. Prints a table; asserts nothing.
+//!
+//! Run it through `bench/run-ipam`, which builds in release mode and installs host-local.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use routeplane_api::ipam::v1 as pb;
+use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Pod-IP allocations/s and latency: routeplane-ipam (durable, flush off) vs CNI host-local"
+)]
+struct Args {
+    /// routeplane-ipam binary (default: next to this one).
+    #[arg(long)]
+    ipam_bin: Option<PathBuf>,
+    /// Directory for the servers' sled data and host-local's files (default: a temporary directory
+    /// under target/). Must be on a real disk: on tmpfs a flush is free and the figures mean nothing.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run even if the data directory is on tmpfs.
+    #[arg(long)]
+    allow_tmpfs: bool,
+    /// Concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
+    concurrency: Vec<usize>,
+    /// Measured seconds per cell (after a short warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// CNI host-local plugin (skipped, and said so, when absent).
+    #[arg(long, default_value = "/usr/lib/cni/host-local")]
+    host_local: PathBuf,
+}
+
+const NODES: usize = 64;
+
+struct Cell {
+    tool: String,
+    concurrency: usize,
+    ops: u64,
+    seconds: f64,
+    latencies: Vec<Duration>,
+    flushes: Option<f64>,
+}
+
+impl Cell {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let mut l = self.latencies.clone();
+        l.sort();
+        let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
+        l[i].as_secs_f64() * 1e3
+    }
+}
+
+struct Server {
+    child: Child,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn addr_in(line: &str, what: &str) -> Option<SocketAddr> {
+    line.contains(what).then(|| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr=")?.parse().ok())
+    })?
+}
+
+fn start_server(bin: &Path, data: &Path, config: &Path, durability: &str) -> Server {
+    let mut child = Command::new(bin)
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args([
+            "--values",
+            config.join("values.yaml").to_str().unwrap(),
+            "--bgp-config",
+            config.join("bgp-config.yaml").to_str().unwrap(),
+        ])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--durability",
+            durability,
+            "--log",
+            "warn,routeplane_runtime=info",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut grpc, mut metrics) = (None, None);
+    let mut seen = Vec::new();
+    while grpc.is_none() || metrics.is_none() {
+        let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+            panic!(
+                "routeplane-ipam exited during startup:\n{}",
+                seen.join("\n")
+            )
+        });
+        seen.push(line.clone());
+        grpc = grpc.or(addr_in(&line, "gRPC listening"));
+        metrics = metrics.or(addr_in(&line, "metrics listening"));
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Server {
+        child,
+        grpc: grpc.unwrap(),
+        metrics: metrics.unwrap(),
+    }
+}
+
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let mut s = TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn run_ipam_cell(server: &Server, concurrency: usize, seconds: f64, round: usize) -> Cell {
+    let channels: Vec<Channel> = {
+        let mut v = Vec::new();
+        for _ in 0..concurrency.min(16) {
+            v.push(
+                Channel::from_shared(format!("http://{}", server.grpc))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let run = |measure: Duration, tag: &'static str| {
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let mut client = IpamClient::new(channels[t % channels.len()].clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let deadline = Instant::now() + measure;
+                    let mut i = 0u64;
+                    while Instant::now() < deadline {
+                        let req = pb::AllocatePodIpRequest {
+                            node: format!("node-{}", (t + i as usize) % NODES),
+                            owner: format!("{tag}{round}-{t}-{i}"),
+                            family: 0,
+                        };
+                        let started = Instant::now();
+                        client.allocate_pod_ip(req).await.expect("allocation");
+                        lat.push(started.elapsed());
+                        i += 1;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        async move {
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        }
+    };
+    run(Duration::from_millis(300), "warm").await;
+    let (f0, c0) = (
+        metric(server.metrics, "routeplane_ipam_flushes_total"),
+        metric(server.metrics, "routeplane_ipam_commits_total"),
+    );
+    let started = Instant::now();
+    let latencies = run(Duration::from_secs_f64(seconds), "m").await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (f1, c1) = (
+        metric(server.metrics, "routeplane_ipam_flushes_total"),
+        metric(server.metrics, "routeplane_ipam_commits_total"),
+    );
+    Cell {
+        tool: String::new(),
+        concurrency,
+        ops: latencies.len() as u64,
+        seconds: elapsed,
+        latencies,
+        flushes: Some(if c1 > c0 { (f1 - f0) / (c1 - c0) } else { 0.0 }),
+    }
+}
+
+/// host-local: one exec per allocation (as the container runtime does), CNI ADD with a fresh
+/// container ID, the plugin's own flock serialising them.
+fn run_host_local(plugin: &Path, dir: &Path, concurrency: usize, seconds: f64) -> Cell {
+    let conf = Arc::new(format!(
+        r#"{{"cniVersion":"0.4.0","name":"bench","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.0.0.0/8"}}]],"dataDir":"{}"}}}}"#,
+        dir.display()
+    ));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let (conf, plugin) = (conf.clone(), plugin.to_path_buf());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let begun = Instant::now();
+                    let mut child = Command::new(&plugin)
+                        .env("CNI_COMMAND", "ADD")
+                        .env("CNI_CONTAINERID", format!("c{t}-{i}"))
+                        .env("CNI_NETNS", "/proc/self/ns/net")
+                        .env("CNI_IFNAME", "eth0")
+                        .env("CNI_PATH", plugin.parent().unwrap())
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .expect("host-local");
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(conf.as_bytes())
+                        .unwrap();
+                    let out = child.wait_with_output().unwrap();
+                    assert!(
+                        out.status.success(),
+                        "host-local failed: {}",
+                        String::from_utf8_lossy(&out.stdout)
+                    );
+                    lat.push(begun.elapsed());
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let latencies: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    Cell {
+        tool: "CNI host-local".into(),
+        concurrency,
+        ops: latencies.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        latencies,
+        flushes: None,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let bin = args.ipam_bin.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .unwrap()
+            .with_file_name("routeplane-ipam")
+    });
+    let base = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).unwrap();
+            tempfile::tempdir_in(d).unwrap()
+        }
+        None => {
+            let target = std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_path_buf();
+            tempfile::tempdir_in(target).unwrap()
+        }
+    };
+    let fs =
+        routeplane_ipam::store::filesystem_type(base.path()).unwrap_or_else(|| "unknown".into());
+    println!(
+        "data directory: {} (filesystem: {fs})",
+        base.path().display()
+    );
+    if matches!(fs.as_str(), "tmpfs" | "ramfs") {
+        if !args.allow_tmpfs {
+            eprintln!(
+                "refusing to benchmark durability on {fs}: a flush there costs nothing. Pass --data-dir on a disk, or --allow-tmpfs to run anyway."
+            );
+            std::process::exit(2);
+        }
+        println!("WARNING: {fs} — the durable figures below do not reflect a disk");
+    }
+    // A /8 pod pool with /16 per node, so that no node fills up; the LoadBalancer pool is off it.
+    let config = base.path().to_path_buf();
+    std::fs::write(config.join("values.yaml"), "ipam:\n  mode: cluster-pool\n  operator:\n    clusterPoolIPv4PodCIDR: 10.0.0.0/8\n    clusterPoolIPv4MaskSize: 16\n").unwrap();
+    std::fs::write(
+        config.join("bgp-config.yaml"),
+        "address-pools:\n- {name: default, protocol: bgp, addresses: [172.31.0.0/24]}\n",
+    )
+    .unwrap();
+
+    let mut cells = Vec::new();
+    for (mode, durability) in [
+        ("routeplane-ipam durable", "flush"),
+        ("routeplane-ipam flush off", "none"),
+    ] {
+        let data = base.path().join(durability);
+        let server = start_server(&bin, &data, &config, durability);
+        let mut c = IpamClient::new(
+            Channel::from_shared(format!("http://{}", server.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        for n in 0..NODES {
+            let req = pb::RegisterNodeRequest {
+                name: format!("node-{n}"),
+                addresses: vec![format!("10.255.{}.{}", n / 200, n % 200 + 1)],
+                labels: HashMap::new(),
+            };
+            c.register_node(req).await.unwrap();
+        }
+        for (round, &conc) in args.concurrency.iter().enumerate() {
+            let mut cell = run_ipam_cell(&server, conc, args.seconds, round).await;
+            cell.tool = mode.to_string();
+            cells.push(cell);
+        }
+    }
+    if args.host_local.exists() {
+        for &conc in &args.concurrency {
+            let dir = base.path().join(format!("host-local-{conc}"));
+            cells.push(run_host_local(&args.host_local, &dir, conc, args.seconds));
+        }
+    } else {
+        println!(
+            "CNI host-local not found at {} (Debian: containernetworking-plugins): its rows are missing",
+            args.host_local.display()
+        );
+    }
+
+    println!(
+        "\n{:<28} {:>5} {:>12} {:>10} {:>10} {:>15}",
+        "tool", "conc", "allocs/s", "p50 ms", "p99 ms", "flushes/alloc"
+    );
+    for c in &cells {
+        let flushes = c.flushes.map_or("-".to_string(), |f| format!("{f:.3}"));
+        println!(
+            "{:<28} {:>5} {:>12.0} {:>10.2} {:>10.2} {:>15}",
+            c.tool,
+            c.concurrency,
+            c.rate(),
+            c.percentile(0.5),
+            c.percentile(0.99),
+            flushes
+        );
+    }
+    let find = |tool: &str, conc: usize| {
+        cells
+            .iter()
+            .find(|c| c.tool == tool && c.concurrency == conc)
+    };
+    if let (Some(d), Some(n)) = (
+        find("routeplane-ipam durable", 128),
+        find("routeplane-ipam flush off", 128),
+    ) {
+        println!("\ntargets at concurrency 128 (issue #2):");
+        println!(
+            "  durable allocations/s      {:>8.0}  (target >= 15000)",
+            d.rate()
+        );
+        println!(
+            "  durable / flush off        {:>8.2}  (target >= 0.60)",
+            d.rate() / n.rate()
+        );
+        println!(
+            "  durable p99 ms             {:>8.2}  (target <= 20)",
+            d.percentile(0.99)
+        );
+        if let Some(h) = find("CNI host-local", 128) {
+            println!("  durable vs host-local      {:>8.1}x", d.rate() / h.rate());
+        }
+    }
+}
