@@ -53,6 +53,11 @@ pub async fn serve(
             .await;
     };
     let server = tonic::transport::Server::builder()
+        // One span per call, named after the method: what the logs nest under and OTLP exports.
+        .trace_fn(|req| {
+            let method = req.uri().path();
+            tracing::info_span!("grpc", otel.name = %method, rpc.system = "grpc", rpc.method = %method)
+        })
         .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
