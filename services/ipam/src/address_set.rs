@@ -15,6 +15,10 @@ impl AddressSet {
         self.taken.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+    }
+
     pub fn contains(&self, offset: u128) -> bool {
         self.taken.contains(&offset)
     }
