@@ -126,6 +126,8 @@ impl From<crate::state::PodPoolView> for pb::PodPool {
             node_cidrs_used: saturating_u64(p.used),
             node_cidrs_free: saturating_u64(p.total - p.used),
             pod_ips_used: p.pod_ips_used,
+            pod_ips_capacity: saturating_u64(p.pod_ips_capacity),
+            pod_ips_free: saturating_u64(p.pod_ips_capacity).saturating_sub(p.pod_ips_used),
             drained: p.drained,
             source: p.source,
         }

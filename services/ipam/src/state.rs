@@ -83,6 +83,8 @@ pub struct PodPoolView {
     pub total: u128,
     pub used: u128,
     pub pod_ips_used: u64,
+    /// Usable pod addresses in the node CIDRs handed out from this pool (saturating).
+    pub pod_ips_capacity: u128,
     pub drained: bool,
     pub source: String,
 }
@@ -116,6 +118,12 @@ fn reserved_in(cidr: &Cidr, offset: u128) -> bool {
     offset == 0
         || offset == ROUTER_OFFSET
         || (cidr.family() == Family::V4 && offset == cidr.size() - 1)
+}
+
+/// Addresses of a node CIDR that can go to pods.
+fn usable(cidr: &Cidr) -> u128 {
+    cidr.size()
+        .saturating_sub(if cidr.family() == Family::V4 { 3 } else { 2 })
 }
 
 impl IpamState {
@@ -462,11 +470,9 @@ impl IpamState {
                     for ip in &fresh {
                         release_offset(entry, *ip);
                     }
-                    let usable =
-                        cidr.size()
-                            .saturating_sub(if cidr.family() == Family::V4 { 3 } else { 2 });
+                    let free = usable(cidr);
                     return Err(IpamError::Exhausted(format!(
-                        "node {node}'s pod CIDR {cidr} is full: {usable} of {usable} pod IPs in use; release pod IPs that are gone or use a shorter clusterPool mask size for new nodes"
+                        "node {node}'s pod CIDR {cidr} is full: {free} of {free} pod IPs in use; release pod IPs that are gone or use a shorter clusterPool mask size for new nodes"
                     )));
                 }
             }
@@ -573,17 +579,21 @@ impl IpamState {
     }
 
     fn pool_view(&self, cidr: &Cidr) -> PodPoolView {
-        let pod_ips_used = self
-            .nodes
-            .values()
-            .flat_map(|e| {
-                e.node
-                    .pod_cidrs
-                    .iter()
-                    .filter(|c| cidr.overlaps(c))
-                    .map(|c| e.taken.get(&c.family()).map_or(0, AddressSet::len) as u64)
-            })
-            .sum();
+        let held = self.nodes.values().flat_map(|e| {
+            e.node
+                .pod_cidrs
+                .iter()
+                .filter(|c| cidr.overlaps(c))
+                .map(|c| {
+                    (
+                        c,
+                        e.taken.get(&c.family()).map_or(0, AddressSet::len) as u64,
+                    )
+                })
+        });
+        let (pod_ips_used, pod_ips_capacity) = held.fold((0u64, 0u128), |(used, cap), (c, n)| {
+            (used + n, cap.saturating_add(usable(c)))
+        });
         // Callers pass a CIDR taken from pod_pools, so the pool exists.
         let pool = self.pod_pools.get(cidr);
         PodPoolView {
@@ -592,6 +602,7 @@ impl IpamState {
             total: pool.map_or(0, |p| p.total()),
             used: pool.map_or(0, |p| p.used()),
             pod_ips_used,
+            pod_ips_capacity,
             drained: pool.is_some_and(|p| p.drained),
             source: pool.map(|p| p.source.clone()).unwrap_or_default(),
         }

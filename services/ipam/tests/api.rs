@@ -89,6 +89,10 @@ async fn seed_pool_takes_eight_nodes_refuses_the_ninth_and_grows() {
         .find(|p| p.cidr == "10.5.112.0/21")
         .unwrap();
     assert_eq!((seed.node_cidrs_used, seed.node_cidrs_free), (8, 0));
+    assert_eq!(
+        (seed.pod_ips_capacity, seed.pod_ips_used, seed.pod_ips_free),
+        (8 * 253, 0, 8 * 253)
+    );
     assert_eq!(pools.service_pools[0].addresses, vec!["10.5.120.0/21"]);
 }
 

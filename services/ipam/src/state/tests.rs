@@ -432,8 +432,18 @@ fn pools_add_drain_and_refuse_overlaps() {
     for i in 0..10 {
         register(&mut s, &format!("n{i}"), &format!("10.4.94.{}", 10 + i));
     }
+    s.allocate_pod_ip("n0", "p", None).unwrap();
     let views = s.pod_pools();
     assert_eq!(views.iter().map(|v| v.used).sum::<u128>(), 10);
+    let seed = views
+        .iter()
+        .find(|v| v.cidr.to_string() == "10.5.112.0/21")
+        .unwrap();
+    assert_eq!(
+        (seed.pod_ips_used, seed.pod_ips_capacity),
+        (1, 8 * 253),
+        "8 /24s, 253 pod addresses each"
+    );
     let (drained, _) = s
         .drain_pool_cidr("10.6.0.0/23".parse().unwrap(), true)
         .unwrap();
