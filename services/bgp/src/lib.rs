@@ -1,0 +1,9 @@
+//! routeplane BGP: BGP-4 sessions with the ToR routers.
+//!
+//! Contract: the session state machine (`fsm`) and the wire codec wrapper (`wire`) are pure; every
+//! decode failure becomes the NOTIFICATION RFC 4271 §6 prescribes, and nothing outside `wire` sees
+//! the codec library's types.
+#![forbid(unsafe_code)]
+
+pub mod fsm;
+pub mod message;
