@@ -111,6 +111,7 @@ pub enum Output {
     Down(String),
     Update(Update),
     RouteRefresh(Family),
+    EndOfRib(Family),
 }
 
 #[derive(Debug)]
@@ -245,6 +246,7 @@ impl Fsm {
                     Message::Keepalive => {}
                     Message::Update(u) => out.push(Output::Update(u)),
                     Message::RouteRefresh(f) => out.push(Output::RouteRefresh(f)),
+                    Message::EndOfRib(f) => out.push(Output::EndOfRib(f)),
                     Message::Notification(n) => {
                         self.reset(&mut out, format!("peer sent {}", n.describe()), true)
                     }
@@ -435,6 +437,7 @@ fn kind(m: &Message) -> &'static str {
         Message::Notification(_) => "NOTIFICATION",
         Message::Keepalive => "KEEPALIVE",
         Message::RouteRefresh(_) => "ROUTE-REFRESH",
+        Message::EndOfRib(_) => "UPDATE (End-of-RIB)",
     }
 }
 

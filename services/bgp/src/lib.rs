@@ -7,3 +7,4 @@
 
 pub mod fsm;
 pub mod message;
+pub mod wire;

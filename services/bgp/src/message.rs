@@ -17,6 +17,8 @@ pub enum Message {
     Keepalive,
     /// RFC 2918: the peer asks us to send our Adj-RIB-Out for the family again.
     RouteRefresh(Family),
+    /// RFC 4724 §2: the initial table of the family has been sent.
+    EndOfRib(Family),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,13 +97,6 @@ pub struct Update {
     /// Present when `announced` is not empty.
     pub attributes: Option<PathAttributes>,
     pub announced: Vec<Nlri>,
-}
-
-impl Update {
-    /// RFC 4724 §2: End-of-RIB is an UPDATE with nothing in it (IPv4) or an empty MP_UNREACH_NLRI.
-    pub fn is_end_of_rib(&self) -> bool {
-        self.withdrawn.is_empty() && self.announced.is_empty() && self.attributes.is_none()
-    }
 }
 
 /// A NOTIFICATION (RFC 4271 §4.5): error code, subcode and data.
