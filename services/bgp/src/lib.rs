@@ -7,4 +7,6 @@
 
 pub mod fsm;
 pub mod message;
+pub mod policy;
+pub mod rib;
 pub mod wire;
