@@ -2,7 +2,10 @@
 //! an encoded descriptor set that the servers hand to gRPC reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["../../proto/routeplane/ipam/v1/ipam.proto"];
+    let protos = [
+        "../../proto/routeplane/ipam/v1/ipam.proto",
+        "../../proto/routeplane/bgp/v1/bgp.proto",
+    ];
     println!("cargo:rerun-if-changed=../../proto");
     let fds = protox::compile(protos, ["../../proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -10,6 +10,12 @@ pub mod ipam {
     }
 }
 
+pub mod bgp {
+    pub mod v1 {
+        tonic::include_proto!("routeplane.bgp.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every routeplane API, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/routeplane_descriptor.bin"));

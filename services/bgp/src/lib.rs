@@ -5,8 +5,15 @@
 //! the codec library's types.
 #![forbid(unsafe_code)]
 
+pub mod feed;
 pub mod fsm;
+pub mod grpc;
 pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod rib;
+pub mod server;
+pub mod session;
+pub mod settings;
+pub mod speaker;
 pub mod wire;

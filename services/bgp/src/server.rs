@@ -1,0 +1,65 @@
+//! Startup and shutdown of routeplane-bgp: read the files, follow IPAM, run the speaker, serve gRPC
+//! and /metrics until SIGTERM/SIGINT; on the way out every session gets Cease.
+
+use std::sync::Arc;
+
+use routeplane_runtime::shutdown::Shutdown;
+use routeplane_runtime::{RuntimeError, bind, grpc, metrics};
+
+use crate::grpc::BgpGrpc;
+use crate::settings::Cli;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] routeplane_config::ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{0}")]
+    Peers(String),
+}
+
+pub async fn run(cli: Cli) -> Result<(), ServeError> {
+    let _telemetry = routeplane_runtime::telemetry::init("routeplane-bgp", &cli.telemetry)?;
+    let (settings, notes) = cli.load()?;
+    for note in notes {
+        tracing::info!("{note}");
+    }
+    for p in &settings.peers {
+        tracing::info!(peer = %p.peer_address, my_asn = p.my_asn, peer_asn = p.peer_asn, selectors = p.node_selectors.len(), "peer");
+    }
+    let shutdown = Shutdown::on_signals();
+    let mut listeners = Vec::new();
+    for addr in &cli.bgp_listen {
+        let l = bind(*addr).await?;
+        tracing::info!(%addr, "BGP listening");
+        listeners.push(l);
+    }
+    let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::feed::run(
+        cli.ipam.clone(),
+        feed_tx,
+        shutdown.clone(),
+    ));
+    let speaker = crate::speaker::start(settings, listeners, feed_rx, shutdown.clone())
+        .map_err(ServeError::Peers)?;
+    let grpc_listener = bind(cli.grpc_listen).await?;
+    let metrics_listener = bind(cli.metrics_listen).await?;
+    let registry = Arc::new(crate::metrics::registry(speaker.clone()));
+    let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
+    let routes = tonic::service::Routes::new(BgpGrpc::new(speaker));
+    let served = grpc::serve(
+        grpc_listener,
+        "routeplane.bgp.v1.Bgp",
+        routes,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.trigger();
+    let _ = metrics_task.await;
+    // Let the sessions send their Cease before the runtime goes.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! One peer's session on tokio: owns the TCP connection and the clocks, feeds the [`Fsm`] with
+//! what happens and carries out what it returns. Keeps the peer's Adj-RIB-Out (sending the
+//! difference whenever the speaker hands it new desired routes) and its Adj-RIB-In (for
+//! visibility; nothing is installed from it).
+//!
+//! Connection collision (RFC 4271 §6.8): a connection accepted while one is being opened is held
+//! until the peer's OPEN arrives on the first; then the connection opened by the speaker with the
+//! higher BGP identifier stays and the other is closed with Cease/Connection Collision Resolution.
+//! One accepted while Established is refused the same way.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use routeplane_net::Family;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fsm::{Fsm, Input, Negotiated, Output, SessionConfig, State, Timer};
+use crate::message::{Message, Notification, codes};
+use crate::rib::{AdjRibOut, Routes};
+use crate::wire::Codec;
+
+/// How to reach the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    pub peer: SocketAddr,
+    pub source: Option<IpAddr>,
+    /// IP TTL of our packets: 1 for directly connected eBGP, 255 with ebgp-multihop or iBGP.
+    pub ttl: u32,
+}
+
+/// What the API shows about a peer.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    pub state: State,
+    pub since: SystemTime,
+    pub negotiated: Option<Negotiated>,
+    pub last_error: Option<(String, SystemTime)>,
+    pub received: Routes,
+    pub advertised: Routes,
+    pub updates_sent: u64,
+    pub updates_received: u64,
+}
+
+impl Default for PeerStatus {
+    fn default() -> Self {
+        PeerStatus {
+            state: State::Idle,
+            since: SystemTime::now(),
+            negotiated: None,
+            last_error: None,
+            received: Routes::new(),
+            advertised: Routes::new(),
+            updates_sent: 0,
+            updates_received: 0,
+        }
+    }
+}
+
+pub type SharedStatus = Arc<Mutex<PeerStatus>>;
+
+pub fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, PeerStatus> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub enum Command {
+    /// What the peer should have now.
+    Desired(Arc<Routes>),
+    /// A connection the speaker accepted from this peer's address.
+    Accepted(TcpStream),
+    /// Administrative stop (Cease), ending the task.
+    Stop(Notification, oneshot::Sender<()>),
+}
+
+/// What the session tells the speaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Up(IpAddr),
+    Down(IpAddr, String),
+}
+
+struct Conn {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    buf: BytesMut,
+    codec: Codec,
+    /// Whether we dialled it (for collision resolution).
+    outbound: bool,
+}
+
+pub struct Session {
+    address: IpAddr,
+    transport: Transport,
+    fsm: Fsm,
+    conn: Option<Conn>,
+    pending: Option<TcpStream>,
+    timers: HashMap<Timer, Instant>,
+    dialing: Option<oneshot::Receiver<std::io::Result<TcpStream>>>,
+    /// `None` until the speaker has the IPAM state: End-of-RIB waits for it.
+    desired: Option<Arc<Routes>>,
+    eor_pending: bool,
+    rib: AdjRibOut,
+    status: SharedStatus,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Session {
+    pub fn new(
+        config: SessionConfig,
+        transport: Transport,
+        status: SharedStatus,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Session {
+        Session {
+            address: transport.peer.ip(),
+            transport,
+            fsm: Fsm::new(config),
+            conn: None,
+            pending: None,
+            timers: HashMap::new(),
+            dialing: None,
+            desired: None,
+            eor_pending: false,
+            rib: AdjRibOut::default(),
+            status,
+            events,
+        }
+    }
+
+    /// Runs until stopped.
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        self.input(Input::Start).await;
+        loop {
+            let deadline = self
+                .timers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(t, at)| (*t, *at));
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Desired(routes)) => {
+                        self.desired = Some(routes);
+                        self.sync().await;
+                    }
+                    Some(Command::Accepted(stream)) => self.accepted(stream).await,
+                    Some(Command::Stop(cease, done)) => {
+                        self.input(Input::Stop(cease)).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        let cease = Notification::new(codes::CEASE, codes::CEASE_PEER_DECONFIGURED, []);
+                        self.input(Input::Stop(cease)).await;
+                        return;
+                    }
+                },
+                () = sleep_until(deadline.map(|d| d.1)) => {
+                    if let Some((timer, _)) = deadline {
+                        self.timers.remove(&timer);
+                        self.input(Input::TimerExpired(timer)).await;
+                    }
+                }
+                dialed = recv_dial(&mut self.dialing) => {
+                    self.dialing = None;
+                    match dialed {
+                        Ok(stream) => self.attach(stream, true).await,
+                        Err(e) => {
+                            // Not a session going down, so the FSM reports nothing: record it for the API.
+                            let why = format!("connect to {}: {e}", self.transport.peer);
+                            lock(&self.status).last_error = Some((why.clone(), SystemTime::now()));
+                            self.input(Input::TcpFailed(why)).await;
+                        }
+                    }
+                }
+                read = read_some(&mut self.conn) => self.received(read).await,
+            }
+        }
+    }
+
+    async fn accepted(&mut self, stream: TcpStream) {
+        match self.fsm.state() {
+            State::Idle | State::Connect | State::Active => {
+                self.dialing = None;
+                self.attach(stream, false).await;
+            }
+            State::OpenSent => self.pending = Some(stream),
+            State::OpenConfirm => self.resolve_collision(stream).await,
+            State::Established => refuse(stream).await,
+        }
+    }
+
+    /// RFC 4271 §6.8, once the peer's identifier is known from its OPEN on the first connection.
+    async fn resolve_collision(&mut self, incoming: TcpStream) {
+        let (ours, theirs) = match self.fsm.negotiated() {
+            Some(n) => (self.fsm.config().router_id, n.peer_router_id),
+            None => return refuse(incoming).await,
+        };
+        let current_outbound = self.conn.as_ref().is_some_and(|c| c.outbound);
+        // The connection initiated by the higher identifier survives.
+        let keep_current = (u32::from(ours) > u32::from(theirs)) == current_outbound;
+        if keep_current {
+            refuse(incoming).await;
+        } else {
+            let cease = Notification::new(codes::CEASE, codes::CEASE_CONNECTION_COLLISION, []);
+            self.write(&[Message::Notification(cease)]).await;
+            self.conn = None;
+            self.input(Input::TcpFailed(
+                "replaced by the colliding connection".into(),
+            ))
+            .await;
+            self.attach(incoming, false).await;
+        }
+    }
+
+    async fn attach(&mut self, stream: TcpStream, outbound: bool) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_ttl(self.transport.ttl);
+        let (reader, writer) = stream.into_split();
+        self.conn = Some(Conn {
+            reader,
+            writer,
+            buf: BytesMut::with_capacity(8192),
+            codec: Codec::new(),
+            outbound,
+        });
+        if matches!(self.fsm.state(), State::Idle) {
+            self.fsm.process(Input::Start);
+        }
+        self.input(Input::TcpConnected).await;
+    }
+
+    async fn received(&mut self, read: std::io::Result<usize>) {
+        match read {
+            Ok(0) => {
+                return self
+                    .input(Input::TcpFailed("the peer closed the connection".into()))
+                    .await;
+            }
+            Err(e) => return self.input(Input::TcpFailed(e.to_string())).await,
+            Ok(_) => {}
+        }
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            match conn.codec.decode(&mut conn.buf) {
+                Ok(Some(message)) => {
+                    self.input(Input::Received(message)).await;
+                }
+                Ok(None) => return,
+                Err(notification) => {
+                    tracing::warn!(peer = %self.address, error = %notification.describe(), "malformed message from peer");
+                    return self.input(Input::DecodeError(notification)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one FSM input and carries out its outputs.
+    async fn input(&mut self, input: Input) {
+        let before = self.fsm.state();
+        for output in self.fsm.process(input) {
+            match output {
+                Output::Connect => self.dial(),
+                Output::Send(m) => self.write(&[m]).await,
+                Output::Disconnect => {
+                    self.conn = None;
+                    self.dialing = None;
+                }
+                Output::StartTimer(t, d) => {
+                    self.timers.insert(t, Instant::now() + d);
+                }
+                Output::StopTimer(t) => {
+                    self.timers.remove(&t);
+                }
+                Output::Established(n) => self.established(n).await,
+                Output::Down(reason) => self.down(reason),
+                Output::Update(u) => self.learn(u),
+                Output::RouteRefresh(f) => self.refresh(f).await,
+                Output::EndOfRib(_) => {}
+            }
+        }
+        let after = self.fsm.state();
+        if before == after {
+            return;
+        }
+        tracing::info!(peer = %self.address, from = before.name(), to = after.name(), "session state");
+        {
+            let mut s = lock(&self.status);
+            s.state = after;
+            s.since = SystemTime::now();
+        }
+        if let Some(incoming) = self.pending.take() {
+            match after {
+                State::OpenConfirm => Box::pin(self.resolve_collision(incoming)).await,
+                // The first connection failed before its OPEN: the held one takes over.
+                State::Idle | State::Active | State::Connect => {
+                    Box::pin(self.attach(incoming, false)).await
+                }
+                _ => self.pending = Some(incoming),
+            }
+        }
+    }
+
+    fn dial(&mut self) {
+        let (tx, rx) = oneshot::channel();
+        let transport = self.transport.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(connect(&transport).await);
+        });
+        self.dialing = Some(rx);
+    }
+
+    async fn write(&mut self, messages: &[Message]) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        for m in messages {
+            if let Err(e) = conn.codec.encode(m, &mut buf) {
+                tracing::error!(peer = %self.address, error = %e, "dropping a message that cannot be encoded");
+            }
+        }
+        if let Err(e) = conn.writer.write_all(&buf).await {
+            tracing::debug!(peer = %self.address, error = %e, "write failed");
+        }
+    }
+
+    async fn established(&mut self, n: Negotiated) {
+        tracing::info!(peer = %self.address, hold = ?n.hold_time, families = ?n.families, "session established");
+        if let Some(c) = self.conn.as_mut() {
+            c.codec.set_asn4(n.asn4);
+        }
+        {
+            let mut s = lock(&self.status);
+            s.negotiated = Some(n.clone());
+        }
+        let _ = self.events.send(Event::Up(self.address));
+        self.rib.clear();
+        self.eor_pending = true;
+        self.sync().await;
+    }
+
+    fn down(&mut self, reason: String) {
+        tracing::warn!(peer = %self.address, %reason, "session down");
+        self.rib.clear();
+        let mut s = lock(&self.status);
+        s.negotiated = None;
+        s.received.clear();
+        s.advertised.clear();
+        s.last_error = Some((reason.clone(), SystemTime::now()));
+        let _ = self.events.send(Event::Down(self.address, reason));
+    }
+
+    fn learn(&mut self, u: crate::message::Update) {
+        let mut s = lock(&self.status);
+        s.updates_received += 1;
+        for n in &u.withdrawn {
+            s.received.remove(n);
+        }
+        if let Some(a) = &u.attributes {
+            for n in &u.announced {
+                s.received.insert(*n, a.clone());
+            }
+        }
+    }
+
+    /// Sends the peer the difference between what it has and what it should have.
+    /// After the first sync of a session, End-of-RIB for each family (RFC 4724 §2).
+    async fn sync(&mut self) {
+        let Some(n) = self
+            .fsm
+            .negotiated()
+            .filter(|_| self.fsm.state() == State::Established)
+        else {
+            return;
+        };
+        let Some(desired) = self.desired.clone() else {
+            return;
+        };
+        let (asn4, families) = (n.asn4, n.families.clone());
+        let updates = self.rib.sync(&desired, asn4);
+        let count = updates.len() as u64;
+        let messages: Vec<Message> = updates.into_iter().map(Message::Update).collect();
+        for batch in messages.chunks(64) {
+            self.write(batch).await;
+        }
+        if std::mem::take(&mut self.eor_pending) {
+            let eor: Vec<Message> = families.into_iter().map(Message::EndOfRib).collect();
+            self.write(&eor).await;
+        }
+        let mut s = lock(&self.status);
+        s.updates_sent += count;
+        s.advertised = self.rib.routes().clone();
+    }
+
+    async fn refresh(&mut self, family: Family) {
+        let asn4 = self.fsm.negotiated().is_some_and(|n| n.asn4);
+        let messages = self.rib.resend(family, asn4);
+        self.write(&messages).await;
+    }
+}
+
+async fn connect(t: &Transport) -> std::io::Result<TcpStream> {
+    let socket = match t.peer {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(source) = t.source {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    tokio::time::timeout(Duration::from_secs(10), socket.connect(t.peer))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))?
+}
+
+/// Closes a connection we will not use, telling the peer why.
+async fn refuse(mut stream: TcpStream) {
+    let mut buf = BytesMut::new();
+    let cease = Notification::new(codes::CEASE, codes::CEASE_CONNECTION_COLLISION, []);
+    if Codec::new()
+        .encode(&Message::Notification(cease), &mut buf)
+        .is_ok()
+    {
+        let _ = stream.write_all(&buf).await;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_dial(
+    dialing: &mut Option<oneshot::Receiver<std::io::Result<TcpStream>>>,
+) -> std::io::Result<TcpStream> {
+    match dialing {
+        Some(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("connect task ended"))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_some(conn: &mut Option<Conn>) -> std::io::Result<usize> {
+    match conn {
+        Some(c) => c.reader.read_buf(&mut c.buf).await,
+        None => std::future::pending().await,
+    }
+}

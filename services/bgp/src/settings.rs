@@ -1,0 +1,102 @@
+//! The command line of routeplane-bgp (every flag also a ROUTEPLANE_* variable).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use routeplane_config::{BgpConfig, HelmValues};
+use routeplane_runtime::telemetry::TelemetryArgs;
+
+use crate::policy::Announce;
+use crate::speaker::SpeakerSettings;
+
+/// routeplane BGP: BGP-4 sessions with the ToR routers, announcing each node's pod CIDRs and the
+/// LoadBalancer IPs from the IPAM feed (routeplane.bgp.v1 over gRPC).
+///
+/// Peers come from bgp-config (MetalLB's legacy format, the seed's verbatim); values.yaml's
+/// bgp.announce.podCIDR and bgp.announce.loadbalancerIP switch the two kinds of announcement.
+#[derive(Debug, Parser)]
+#[command(name = "routeplane-bgp", version)]
+pub struct Cli {
+    /// Cilium Helm values.yaml (bgp.announce.* is read).
+    #[arg(long, env = "ROUTEPLANE_VALUES")]
+    pub values: Option<PathBuf>,
+    /// MetalLB bgp-config, as a file or as the ConfigMap: peers and address-pools.
+    #[arg(long, env = "ROUTEPLANE_BGP_CONFIG")]
+    pub bgp_config: Option<PathBuf>,
+    /// The IPAM service to follow.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_IPAM",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub ipam: String,
+    /// BGP identifier for peers without a router-id in bgp-config.
+    #[arg(long, env = "ROUTEPLANE_ROUTER_ID")]
+    pub router_id: Option<Ipv4Addr>,
+    /// Where to accept BGP connections from peers (repeat for several).
+    #[arg(
+        long,
+        env = "ROUTEPLANE_BGP_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:179"
+    )]
+    pub bgp_listen: Vec<SocketAddr>,
+    /// gRPC listen address.
+    #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50052")]
+    pub grpc_listen: SocketAddr,
+    /// Prometheus /metrics listen address.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9952"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// How long a NotReady node's prefixes stay announced before they are withdrawn.
+    #[arg(long, env = "ROUTEPLANE_WITHDRAW_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub withdraw_grace: Duration,
+    /// First connect retry after a failed attempt; doubles up to 60s.
+    #[arg(long, env = "ROUTEPLANE_CONNECT_RETRY", default_value = "5s", value_parser = parse_duration)]
+    pub connect_retry: Duration,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    routeplane_config::parse_go_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration: write it as 10s, 1m or 500ms"))
+}
+
+impl Cli {
+    pub fn load(&self) -> Result<(SpeakerSettings, Vec<String>), routeplane_config::ConfigError> {
+        let values = match &self.values {
+            Some(p) => HelmValues::load(p)?,
+            None => HelmValues::embedded(),
+        };
+        let bgp = match &self.bgp_config {
+            Some(p) => BgpConfig::load(p)?,
+            None => BgpConfig::embedded(),
+        };
+        let mut notes = values.notes.clone();
+        if !values.bgp_enabled {
+            notes.push(
+                "values.yaml has bgp.enabled: false — routeplane-bgp runs all the same, as asked"
+                    .into(),
+            );
+        }
+        let settings = SpeakerSettings {
+            router_id: self.router_id,
+            grace: self.withdraw_grace,
+            announce: Announce {
+                pod_cidr: values.bgp_announce.pod_cidr,
+                loadbalancer_ip: values.bgp_announce.loadbalancer_ip,
+            },
+            pools: bgp.address_pools,
+            peers: bgp.peers,
+            connect_retry: self.connect_retry,
+            connect_retry_max: Duration::from_secs(60).max(self.connect_retry),
+        };
+        Ok((settings, notes))
+    }
+}

@@ -1,0 +1,382 @@
+//! The speaker: one session per configured peer, the listener that hands accepted connections to
+//! them, and the loop that keeps every peer's desired routes in step with the IPAM feed — on every
+//! feed event, when a session comes up, and when a NotReady node's grace period ends.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use routeplane_config::{AddressPool, Peer};
+use routeplane_net::Family;
+use routeplane_runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::feed::{FeedEvent, FeedNode, FeedService};
+use crate::fsm::SessionConfig;
+use crate::message::{AddPath, Capabilities, Notification, codes};
+use crate::policy::{Announce, Inputs, NodeView, PeerView, ServiceView};
+use crate::rib::Routes;
+use crate::session::{Command, Event, Session, SharedStatus, Transport, lock};
+
+#[derive(Debug, Clone)]
+pub struct SpeakerSettings {
+    /// BGP identifier for peers whose config has no router-id.
+    pub router_id: Option<Ipv4Addr>,
+    /// How long a NotReady node's prefixes stay announced.
+    pub grace: Duration,
+    pub announce: Announce,
+    pub pools: Vec<AddressPool>,
+    pub peers: Vec<Peer>,
+    pub connect_retry: Duration,
+    pub connect_retry_max: Duration,
+}
+
+struct NodeState {
+    node: FeedNode,
+    not_ready_since: Option<Instant>,
+    path_id: u32,
+}
+
+pub struct PeerEntry {
+    pub config: Peer,
+    pub router_id: Ipv4Addr,
+    pub status: SharedStatus,
+    commands: mpsc::UnboundedSender<Command>,
+    last_desired: Option<Arc<Routes>>,
+}
+
+/// What the API reads.
+pub struct State {
+    nodes: BTreeMap<String, NodeState>,
+    services: BTreeMap<String, FeedService>,
+    pub peers: BTreeMap<IpAddr, PeerEntry>,
+    pub ipam_connected: bool,
+    /// The IPAM snapshot arrived: until then nothing is announced.
+    pub synced: bool,
+    next_path_id: u32,
+    settings: SpeakerSettings,
+}
+
+pub struct Speaker {
+    state: Mutex<State>,
+}
+
+/// The policy's inputs, owned, so that callers can build [`Inputs`] from them.
+pub struct Views {
+    pub nodes: Vec<NodeView>,
+    pub services: Vec<ServiceView>,
+    pub peers: Vec<PeerView>,
+    pub pools: Vec<AddressPool>,
+    pub announce: Announce,
+}
+
+impl Views {
+    pub fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            nodes: &self.nodes,
+            services: &self.services,
+            pools: &self.pools,
+            peers: &self.peers,
+            announce: self.announce,
+        }
+    }
+}
+
+impl Speaker {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn views(&self, now: Instant) -> Views {
+        self.lock().views(now)
+    }
+}
+
+impl State {
+    fn views(&self, now: Instant) -> Views {
+        let grace = self.settings.grace;
+        let nodes = self
+            .nodes
+            .values()
+            .map(|s| NodeView {
+                name: s.node.name.clone(),
+                addresses: s.node.addresses.clone(),
+                labels: s.node.labels.clone(),
+                pod_cidrs: s.node.pod_cidrs.clone(),
+                ready: s.node.ready,
+                announce: s.node.ready || s.not_ready_since.is_some_and(|t| now < t + grace),
+                path_id: s.path_id,
+            })
+            .collect();
+        let services = self
+            .services
+            .values()
+            .map(|s| ServiceView {
+                service: s.service.clone(),
+                ip: s.ip,
+                pool: s.pool.clone(),
+            })
+            .collect();
+        let peers = self
+            .peers
+            .values()
+            .map(|p| {
+                let status = lock(&p.status);
+                let n = status
+                    .negotiated
+                    .as_ref()
+                    .filter(|_| status.state == crate::fsm::State::Established);
+                PeerView {
+                    address: p.config.peer_address,
+                    my_asn: p.config.my_asn,
+                    peer_asn: p.config.peer_asn,
+                    node_selectors: p.config.node_selectors.clone(),
+                    families: n.map(|n| n.families.clone()),
+                    add_path_send: n.map(|n| n.add_path_send.clone()).unwrap_or_default(),
+                    state: status.state.name().to_string(),
+                }
+            })
+            .collect();
+        Views {
+            nodes,
+            services,
+            peers,
+            pools: self.settings.pools.clone(),
+            announce: self.settings.announce,
+        }
+    }
+
+    fn upsert_node(&mut self, node: FeedNode, now: Instant) {
+        let path_id = match self.nodes.get(&node.name) {
+            Some(s) => s.path_id,
+            None => {
+                self.next_path_id += 1;
+                self.next_path_id
+            }
+        };
+        let since = match (self.nodes.get(&node.name), node.ready) {
+            (_, true) => None,
+            (Some(s), false) if !s.node.ready => s.not_ready_since,
+            // Newly NotReady (or first seen NotReady): the grace period starts now.
+            (_, false) => Some(now),
+        };
+        self.nodes.insert(
+            node.name.clone(),
+            NodeState {
+                node,
+                not_ready_since: since,
+                path_id,
+            },
+        );
+    }
+
+    fn apply(&mut self, event: FeedEvent, now: Instant) {
+        match event {
+            FeedEvent::Snapshot { nodes, services } => {
+                let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+                self.nodes.retain(|k, _| names.contains(k));
+                for n in nodes {
+                    self.upsert_node(n, now);
+                }
+                self.services = services
+                    .into_iter()
+                    .map(|s| (s.service.clone(), s))
+                    .collect();
+                self.synced = true;
+            }
+            FeedEvent::Node(n) => self.upsert_node(n, now),
+            FeedEvent::NodeDeleted(name) => {
+                self.nodes.remove(&name);
+            }
+            FeedEvent::ServiceAssigned(s) => {
+                self.services.insert(s.service.clone(), s);
+            }
+            FeedEvent::ServiceReleased(name) => {
+                self.services.remove(&name);
+            }
+            FeedEvent::Connected(c) => self.ipam_connected = c,
+        }
+    }
+
+    /// When the next NotReady node's grace period ends.
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.nodes
+            .values()
+            .filter_map(|s| s.not_ready_since.map(|t| t + self.settings.grace))
+            .filter(|d| *d > now)
+            .min()
+    }
+
+    /// Sends every peer whose desired routes changed its new table.
+    fn push(&mut self, now: Instant) {
+        if !self.synced {
+            return;
+        }
+        let views = self.views(now);
+        let inputs = views.inputs();
+        for (peer, view) in self.peers.values_mut().zip(&views.peers) {
+            let desired = Arc::new(inputs.desired(view));
+            if peer.last_desired.as_deref() != Some(&*desired) {
+                peer.last_desired = Some(desired.clone());
+                let _ = peer.commands.send(Command::Desired(desired));
+            }
+        }
+    }
+}
+
+fn session_config(peer: &Peer, settings: &SpeakerSettings) -> Result<SessionConfig, String> {
+    let router_id = peer.router_id.or(settings.router_id).ok_or_else(|| {
+        format!(
+            "peer {}: no BGP identifier: set router-id on the peer in bgp-config, or --router-id",
+            peer.peer_address
+        )
+    })?;
+    let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
+    Ok(SessionConfig {
+        local_asn: peer.my_asn,
+        peer_asn: peer.peer_asn,
+        router_id,
+        hold_time: secs(peer.hold_time),
+        keepalive_time: secs(peer.keepalive_time),
+        connect_retry: settings.connect_retry,
+        connect_retry_max: settings.connect_retry_max,
+        passive: false,
+        capabilities: Capabilities {
+            families: vec![Family::V4, Family::V6],
+            asn4: None,
+            route_refresh: true,
+            graceful_restart: None,
+            add_path: [Family::V4, Family::V6]
+                .map(|family| AddPath {
+                    family,
+                    send: true,
+                    receive: false,
+                })
+                .to_vec(),
+        },
+    })
+}
+
+/// Starts a session per peer and the speaker loop; returns the shared state for the API.
+pub fn start(
+    settings: SpeakerSettings,
+    listeners: Vec<TcpListener>,
+    mut feed: mpsc::UnboundedReceiver<FeedEvent>,
+    shutdown: Shutdown,
+) -> Result<Arc<Speaker>, String> {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut peers = BTreeMap::new();
+    for peer in &settings.peers {
+        let config = session_config(peer, &settings)?;
+        let ebgp = peer.my_asn != peer.peer_asn;
+        let transport = Transport {
+            peer: SocketAddr::new(peer.peer_address, peer.peer_port),
+            source: peer.source_address,
+            ttl: if ebgp && !peer.ebgp_multihop { 1 } else { 255 },
+        };
+        let status = SharedStatus::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let router_id = config.router_id;
+        tokio::spawn(Session::new(config, transport, status.clone(), events_tx.clone()).run(rx));
+        peers.insert(
+            peer.peer_address,
+            PeerEntry {
+                config: peer.clone(),
+                router_id,
+                status,
+                commands: tx,
+                last_desired: None,
+            },
+        );
+    }
+    let speaker = Arc::new(Speaker {
+        state: Mutex::new(State {
+            nodes: BTreeMap::new(),
+            services: BTreeMap::new(),
+            peers,
+            ipam_connected: false,
+            synced: false,
+            next_path_id: 0,
+            settings,
+        }),
+    });
+    for listener in listeners {
+        tokio::spawn(accept(listener, speaker.clone(), shutdown.clone()));
+    }
+    let s = speaker.clone();
+    tokio::spawn(async move {
+        loop {
+            let deadline = s.lock().next_deadline(Instant::now());
+            tokio::select! {
+                ev = feed.recv() => match ev {
+                    Some(ev) => s.lock().apply(ev, Instant::now()),
+                    None => return,
+                },
+                ev = events.recv() => if let Some(Event::Down(peer, reason)) = &ev {
+                    tracing::debug!(%peer, %reason, "peer down");
+                },
+                () = sleep_until(deadline) => {}
+                () = shutdown.wait() => {
+                    stop_all(&s).await;
+                    return;
+                }
+            }
+            s.lock().push(Instant::now());
+        }
+    });
+    Ok(speaker)
+}
+
+/// Sends every established peer Cease/Administrative Shutdown and waits (bounded) for it to go out.
+async fn stop_all(speaker: &Speaker) {
+    let mut waits = Vec::new();
+    for peer in speaker.lock().peers.values() {
+        let (done, wait) = oneshot::channel();
+        let cease = Notification::new(codes::CEASE, codes::CEASE_ADMINISTRATIVE_SHUTDOWN, []);
+        if peer.commands.send(Command::Stop(cease, done)).is_ok() {
+            waits.push(wait);
+        }
+    }
+    for w in waits {
+        let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+    }
+}
+
+async fn accept(listener: TcpListener, speaker: Arc<Speaker>, shutdown: Shutdown) {
+    loop {
+        let (stream, from) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.wait() => return,
+        };
+        // An IPv4 peer reaching an IPv6 socket shows as ::ffff:a.b.c.d.
+        let ip = match from.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let commands = speaker.lock().peers.get(&ip).map(|p| p.commands.clone());
+        match commands {
+            Some(c) => {
+                let _ = c.send(Command::Accepted(stream));
+            }
+            None => {
+                tracing::warn!(from = %ip, "refused a BGP connection from an address that is not a configured peer")
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,220 @@
+//! routeplane-bgp without root: its API and its startup checks. The one peer configured here is
+//! 127.0.0.2 on a closed port, so nothing leaves the machine and the session stays down.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_routeplane-bgp");
+const CONFIG: &str = "peers:\n  - peer-address: 127.0.0.2\n    peer-port: 1790\n    peer-asn: 64524\n    my-asn: 64513\n";
+
+struct Server {
+    child: Child,
+    grpc: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(dir: &std::path::Path, config: &str, extra: &[&str]) -> Command {
+    let path = dir.join("bgp-config.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--bgp-config",
+        path.to_str().unwrap(),
+        "--bgp-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    // Nothing listens there: the feed keeps retrying, which these tests do not need.
+    .args(["--ipam", "http://127.0.0.1:9"])
+    .args(extra)
+    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    let mut child = command(
+        dir,
+        CONFIG,
+        &["--router-id", "10.0.0.1", "--connect-retry", "1s"],
+    )
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let grpc = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no gRPC listener:\n{}",
+            seen.join("\n")
+        );
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("exited:\n{}", seen.join("\n")));
+        seen.push(line.clone());
+        if line.contains("gRPC listening") {
+            break line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .unwrap()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Server { child, grpc }
+}
+
+fn grpcurl(server: &Server, method: &str, body: &str) -> (bool, String) {
+    let out = Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-max-time",
+            "10",
+            "-d",
+            body,
+            &server.grpc,
+            method,
+        ])
+        .output()
+        .expect("grpcurl is not installed: run scripts/test, which installs it");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn peers_are_listed_with_their_state_and_last_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, out) = grpcurl(&server, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let peer = &v["peers"][0];
+        assert_eq!(
+            (
+                peer["peerAddress"].as_str(),
+                peer["localAsn"].as_u64(),
+                peer["peerAsn"].as_u64()
+            ),
+            (Some("127.0.0.2"), Some(64513), Some(64524))
+        );
+        assert_ne!(peer["sessionState"], "established");
+        if peer["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("connect to 127.0.0.2:1790"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no connect error reported: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn errors_name_the_value_and_what_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let (ok, out) = grpcurl(
+        &server,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "10.9.9.9"}"#,
+    );
+    assert!(
+        !ok && out.contains("NotFound")
+            && out.contains("10.9.9.9 is not a configured peer; peers are: 127.0.0.2"),
+        "{out}"
+    );
+    let (ok, out) = grpcurl(
+        &server,
+        "routeplane.bgp.v1.Bgp/ListAdvertised",
+        r#"{"peerAddress": "peer-one"}"#,
+    );
+    assert!(
+        !ok && out.contains("InvalidArgument") && out.contains("\"peer-one\" is not an IP address"),
+        "{out}"
+    );
+    let (ok, out) = grpcurl(
+        &server,
+        "routeplane.bgp.v1.Bgp/ExplainPrefix",
+        r#"{"prefix": "10.5.112.0/33"}"#,
+    );
+    assert!(
+        !ok && out.contains("InvalidArgument") && out.contains("prefix length 33"),
+        "{out}"
+    );
+    let (ok, out) = grpcurl(
+        &server,
+        "routeplane.bgp.v1.Bgp/ExplainPrefix",
+        r#"{"prefix": "10.5.112.0/24"}"#,
+    );
+    assert!(
+        !ok && out.contains("NotFound") && out.contains("neither a node's pod CIDR"),
+        "{out}"
+    );
+    let list = Command::new("grpcurl")
+        .args(["-plaintext", &server.grpc, "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.lines().any(|l| l == "routeplane.bgp.v1.Bgp")
+            && list.lines().any(|l| l == "grpc.health.v1.Health"),
+        "{list}"
+    );
+}
+
+#[test]
+fn startup_refuses_what_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str, extra: &[&str]| {
+        let out = command(dir.path(), config, extra).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(CONFIG, &[]);
+    assert!(
+        err.contains("peer 127.0.0.2: no BGP identifier") && err.contains("--router-id"),
+        "{err}"
+    );
+    let err = run(
+        &CONFIG.replace("peer-asn", "peer-as"),
+        &["--router-id", "10.0.0.1"],
+    );
+    assert!(err.contains("unknown field `peer-as`"), "{err}");
+    let values = dir.path().join("values.yaml");
+    std::fs::write(&values, "bgp:\n  announce:\n    podCIDR: maybe\n").unwrap();
+    let err = run(
+        CONFIG,
+        &[
+            "--router-id",
+            "10.0.0.1",
+            "--values",
+            values.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("bgp.announce.podCIDR: maybe is not valid: true or false"),
+        "{err}"
+    );
+}

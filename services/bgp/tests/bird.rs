@@ -1,0 +1,157 @@
+//! routeplane-bgp against a real BIRD 2 (see lab.rs for the namespaces it builds).
+
+mod lab;
+
+use std::time::Duration;
+
+use lab::Lab;
+
+fn register(lab: &Lab, name: &str, addr: &str) {
+    lab.grpc(
+        50051,
+        "routeplane.ipam.v1.Ipam/RegisterNode",
+        &format!(r#"{{"name": "{name}", "addresses": ["{addr}"]}}"#),
+    );
+}
+
+fn established(lab: &Lab) -> bool {
+    lab.birdc("show protocols routeplane")
+        .contains("Established")
+}
+
+#[test]
+fn bird_learns_pod_cidrs_and_loadbalancer_ips_then_loses_a_not_ready_node() {
+    if !lab::privileged("bird_learns_pod_cidrs_and_loadbalancer_ips_then_loses_a_not_ready_node") {
+        return;
+    }
+    let mut lab = Lab::new("a");
+    lab.start_bird(64524, "");
+    lab.start_routeplane(&["--lease-ttl", "4s"], &["--withdraw-grace", "1s"]);
+    lab.wait_for(
+        "BIRD establishes the session",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+
+    register(&lab, "n1", "10.4.36.11");
+    register(&lab, "n2", "10.4.36.12");
+    lab.grpc(
+        50051,
+        "routeplane.ipam.v1.Ipam/AllocateServiceIP",
+        r#"{"service": "default/web"}"#,
+    );
+    let want = |p: &str, nh: &str| (p.to_string(), nh.to_string(), "64513".to_string());
+    lab.wait_for(
+        "BIRD has both pod CIDRs and the LoadBalancer IP",
+        Duration::from_secs(10),
+        || {
+            let r = lab.bird_routes();
+            r.contains(&want("10.5.112.0/24", "10.4.36.11"))
+                && r.contains(&want("10.5.113.0/24", "10.4.36.12"))
+                && r.iter().any(|x| x.0 == "10.5.120.0/32")
+        },
+    );
+    let peers = lab.grpc(50052, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
+    assert_eq!(peers["peers"][0]["sessionState"], "established", "{peers}");
+    assert_eq!(peers["peers"][0]["advertised"], "3", "{peers}");
+
+    // n1's agent keeps renewing its lease, n2's does not: n2 goes NotReady, and after the grace
+    // its pod CIDR is withdrawn while n1's stays.
+    lab.wait_for(
+        "n2's pod CIDR is withdrawn",
+        Duration::from_secs(20),
+        || {
+            lab.grpc(
+                50051,
+                "routeplane.ipam.v1.Ipam/KeepAlive",
+                r#"{"name": "n1"}"#,
+            );
+            let r = lab.bird_routes();
+            !r.iter().any(|x| x.0 == "10.5.113.0/24")
+        },
+    );
+    assert!(
+        lab.bird_routes()
+            .contains(&want("10.5.112.0/24", "10.4.36.11")),
+        "{:?}",
+        lab.bird_routes()
+    );
+    let why = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/ExplainPrefix",
+        r#"{"prefix": "10.5.113.0/24"}"#,
+    );
+    let reason = why["sources"][0]["peers"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("node n2 is NotReady"), "{why}");
+}
+
+#[test]
+fn a_silent_peer_is_dropped_when_the_hold_timer_expires() {
+    if !lab::privileged("a_silent_peer_is_dropped_when_the_hold_timer_expires") {
+        return;
+    }
+    let mut lab = Lab::new("h");
+    // BIRD proposes 3 s: the negotiated hold time is min(90, 3).
+    let bird = lab.start_bird(64524, "  hold time 3;\n  keepalive time 1;");
+    lab.start_routeplane(&[], &[]);
+    lab.wait_for(
+        "BIRD establishes the session",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+    let peer = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "10.4.36.239"}"#,
+    );
+    assert_eq!(peer["holdTimeSeconds"], 3, "{peer}");
+    lab.kill(bird, "-STOP");
+    lab.wait_for("the hold timer expires", Duration::from_secs(10), || {
+        let p = lab.grpc(
+            50052,
+            "routeplane.bgp.v1.Bgp/GetPeer",
+            r#"{"peerAddress": "10.4.36.239"}"#,
+        );
+        p["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("hold timer expired")
+    });
+    lab.kill(bird, "-CONT");
+    lab.wait_for("the session comes back", Duration::from_secs(30), || {
+        established(&lab)
+    });
+}
+
+#[test]
+fn a_peer_with_the_wrong_as_gets_bad_peer_as() {
+    if !lab::privileged("a_peer_with_the_wrong_as_gets_bad_peer_as") {
+        return;
+    }
+    let mut lab = Lab::new("w");
+    lab.start_bird(64999, "");
+    lab.start_routeplane(&[], &[]);
+    lab.wait_for(
+        "BIRD reports our NOTIFICATION",
+        Duration::from_secs(20),
+        || {
+            let all = lab.birdc("show protocols all routeplane");
+            all.contains("Bad peer AS") || all.contains("Bad Peer AS")
+        },
+    );
+    let peer = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "10.4.36.239"}"#,
+    );
+    assert!(
+        peer["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Bad Peer AS"),
+        "{peer}"
+    );
+}

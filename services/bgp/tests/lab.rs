@@ -1,0 +1,302 @@
+//! Against a real BIRD 2: routeplane-ipam and routeplane-bgp in one network namespace, BIRD in
+//! another, a veth pair between them — all created by the test, removed when it ends. Needs root
+//! (and BIRD and grpcurl, which scripts/test installs): without root it skips loudly, and with
+//! ROUTEPLANE_REQUIRE_PRIVILEGED=1 (CI) a skip is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn privileged(test: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let tools = ["ip", "bird", "birdc", "grpcurl"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if root && tools {
+        return true;
+    }
+    let why = if root {
+        "ip, bird, birdc or grpcurl is missing (scripts/test installs them)"
+    } else {
+        "it needs root (network namespaces)"
+    };
+    assert!(
+        std::env::var("ROUTEPLANE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test}: cannot run: {why}, and ROUTEPLANE_REQUIRE_PRIVILEGED=1"
+    );
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+    false
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces: `router` (BIRD, 10.4.36.239) and `speaker` (routeplane, 10.4.36.10).
+pub struct Lab {
+    pub router: String,
+    pub speaker: String,
+    pub dir: tempfile::TempDir,
+    children: Vec<Child>,
+}
+
+pub const SPEAKER_IP: &str = "10.4.36.10";
+pub const ROUTER_IP: &str = "10.4.36.239";
+
+fn bin(name: &str) -> PathBuf {
+    let bgp = PathBuf::from(env!("CARGO_BIN_EXE_routeplane-bgp"));
+    let path = bgp.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        let id = format!("{}{}", tag, std::process::id() % 100_000);
+        let (router, speaker) = (format!("rp-{id}-r"), format!("rp-{id}-s"));
+        let (vr, vs) = (format!("vr{id}"), format!("vs{id}"));
+        for ns in [&router, &speaker] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip", "link", "add", &vr, "type", "veth", "peer", "name", &vs,
+        ]);
+        sh(&["ip", "link", "set", &vr, "netns", &router]);
+        sh(&["ip", "link", "set", &vs, "netns", &speaker]);
+        sh(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{ROUTER_IP}/24"),
+            "dev",
+            &vr,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &speaker,
+            "addr",
+            "add",
+            &format!("{SPEAKER_IP}/24"),
+            "dev",
+            &vs,
+        ]);
+        sh(&["ip", "-n", &router, "link", "set", &vr, "up"]);
+        sh(&["ip", "-n", &speaker, "link", "set", &vs, "up"]);
+        Lab {
+            router,
+            speaker,
+            dir: tempfile::tempdir().unwrap(),
+            children: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(&mut self, ns: &str, program: &Path, args: &[&str], log: &str) -> u32 {
+        let log = std::fs::File::create(self.path(log)).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// BIRD with one BGP protocol `routeplane` towards the speaker; returns its pid.
+    pub fn start_bird(&mut self, local_as: u32, extra: &str) -> u32 {
+        let conf = format!(
+            "router id {ROUTER_IP};\nprotocol device {{}}\nprotocol bgp routeplane {{\n  local {ROUTER_IP} as {local_as};\n  error wait time 1, 5;\n  neighbor {SPEAKER_IP} as 64513;\n{extra}\n  ipv4 {{ import all; export none; }};\n}}\n"
+        );
+        std::fs::write(self.path("bird.conf"), conf).unwrap();
+        let (conf, ctl) = (self.path("bird.conf"), self.path("bird.ctl"));
+        let router = self.router.clone();
+        self.spawn(
+            &router,
+            Path::new("bird"),
+            &[
+                "-f",
+                "-c",
+                conf.to_str().unwrap(),
+                "-s",
+                ctl.to_str().unwrap(),
+            ],
+            "bird.log",
+        )
+    }
+
+    /// routeplane-ipam and routeplane-bgp in the speaker namespace, with one peer (the router).
+    pub fn start_routeplane(&mut self, ipam_args: &[&str], bgp_args: &[&str]) {
+        let bgp_config = format!(
+            "peers:\n  - peer-address: {ROUTER_IP}\n    peer-asn: 64524\n    my-asn: 64513\naddress-pools:\n  - name: default\n    protocol: bgp\n    addresses: [10.5.120.0/24]\n"
+        );
+        std::fs::write(self.path("bgp-config.yaml"), bgp_config).unwrap();
+        let cfg = self.path("bgp-config.yaml").to_str().unwrap().to_string();
+        let data = self.path("ipam").to_str().unwrap().to_string();
+        let speaker = self.speaker.clone();
+        let mut args = vec![
+            "--data-dir",
+            &data,
+            "--bgp-config",
+            &cfg,
+            "--grpc-listen",
+            "127.0.0.1:50051",
+            "--metrics-listen",
+            "127.0.0.1:9951",
+        ];
+        args.extend(ipam_args);
+        self.spawn(&speaker, &bin("routeplane-ipam"), &args, "ipam.log");
+        let listen = format!("{SPEAKER_IP}:179");
+        let mut args = vec![
+            "--bgp-config",
+            &cfg,
+            "--router-id",
+            SPEAKER_IP,
+            "--bgp-listen",
+            &listen,
+            "--connect-retry",
+            "1s",
+        ];
+        args.extend([
+            "--grpc-listen",
+            "127.0.0.1:50052",
+            "--metrics-listen",
+            "127.0.0.1:9952",
+        ]);
+        args.extend(bgp_args);
+        self.spawn(&speaker, &bin("routeplane-bgp"), &args, "bgp.log");
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    /// grpcurl inside the speaker namespace; panics (with the logs) on failure.
+    pub fn grpc(&self, port: u16, method: &str, body: &str) -> serde_json::Value {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.speaker,
+                "grpcurl",
+                "-plaintext",
+                "-max-time",
+                "10",
+                "-d",
+                body,
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(method)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{method} {body}: {}{}\nbgp.log:\n{}",
+            text,
+            String::from_utf8_lossy(&out.stderr),
+            self.log("bgp.log")
+        );
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn birdc(&self, command: &str) -> String {
+        let out = Command::new("birdc")
+            .args(["-s", self.path("bird.ctl").to_str().unwrap()])
+            .args(command.split_whitespace())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls `check` every 200 ms until it holds or `limit` passes; panics with the logs.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}\nBIRD:\n{}\n{}\nbgp.log:\n{}\nipam.log:\n{}",
+                self.birdc("show protocols all routeplane"),
+                self.birdc("show route all"),
+                self.log("bgp.log"),
+                self.log("ipam.log")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// BIRD's routes as (prefix, next hop, AS path).
+    pub fn bird_routes(&self) -> Vec<(String, String, String)> {
+        let text = self.birdc("show route all");
+        let mut out = Vec::new();
+        let mut current: Option<(String, String, String)> = None;
+        for line in text.lines() {
+            if !line.starts_with(char::is_whitespace) && line.contains('/') {
+                out.extend(current.take());
+                let prefix = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                current = Some((prefix, String::new(), String::new()));
+            } else if let Some(c) = current.as_mut() {
+                let l = line.trim();
+                if let Some(v) = l.strip_prefix("BGP.next_hop:") {
+                    c.1 = v.trim().to_string();
+                } else if let Some(v) = l.strip_prefix("BGP.as_path:") {
+                    c.2 = v.trim().to_string();
+                }
+            }
+        }
+        out.extend(current);
+        out
+    }
+
+    pub fn kill(&self, pid: u32, signal: &str) {
+        sh(&["kill", signal, &pid.to_string()]);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.router, &self.speaker] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
