@@ -203,9 +203,14 @@ impl Inputs<'_> {
                     family_name(cidr.family())
                 )
             })?;
+        // RFC 7911 §3: once ADD-PATH is negotiated for a family, every NLRI of it carries an identifier.
+        let path_id = peer
+            .add_path_send
+            .contains(&cidr.family())
+            .then_some(node.path_id);
         let nlri = Nlri {
             prefix: *cidr,
-            path_id: None,
+            path_id,
         };
         Ok(vec![(nlri, self.attributes(peer, next_hop, None, vec![]))])
     }

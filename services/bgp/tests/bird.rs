@@ -155,3 +155,80 @@ fn a_peer_with_the_wrong_as_gets_bad_peer_as() {
         "{peer}"
     );
 }
+
+#[test]
+fn with_add_path_bird_sees_one_path_per_node_for_a_loadbalancer_ip() {
+    if !lab::privileged("with_add_path_bird_sees_one_path_per_node_for_a_loadbalancer_ip") {
+        return;
+    }
+    let mut lab = Lab::new("p");
+    lab.start_bird_with(64524, "", "add paths rx;");
+    lab.start_routeplane(&[], &[]);
+    lab.wait_for(
+        "BIRD establishes the session",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+    register(&lab, "n1", "10.4.36.11");
+    register(&lab, "n2", "10.4.36.12");
+    lab.grpc(
+        50051,
+        "routeplane.ipam.v1.Ipam/AllocateServiceIP",
+        r#"{"service": "default/web", "ip": "10.5.120.7"}"#,
+    );
+    lab.wait_for(
+        "BIRD has two paths to 10.5.120.7/32",
+        Duration::from_secs(10),
+        || {
+            let mut hops: Vec<String> = lab
+                .bird_routes()
+                .into_iter()
+                .filter(|r| r.0 == "10.5.120.7/32")
+                .map(|r| r.1)
+                .collect();
+            hops.sort();
+            hops == ["10.4.36.11", "10.4.36.12"]
+        },
+    );
+    let adv = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/ListAdvertised",
+        r#"{"peerAddress": "10.4.36.239"}"#,
+    );
+    let ids: Vec<u64> = adv["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["prefix"] == "10.5.120.7/32")
+        .filter_map(|r| r["pathId"].as_u64())
+        .collect();
+    assert_eq!(ids.len(), 2, "two path identifiers: {adv}");
+}
+
+#[test]
+fn sessions_come_up_whoever_dials() {
+    if !lab::privileged("sessions_come_up_whoever_dials") {
+        return;
+    }
+    // BIRD only listens: routeplane dials.
+    let mut lab = Lab::new("d");
+    lab.start_bird(64524, "  passive on;");
+    lab.start_routeplane(&[], &[]);
+    lab.wait_for("routeplane dials BIRD", Duration::from_secs(20), || {
+        established(&lab)
+    });
+    drop(lab);
+    // routeplane dials a port where nothing listens: only BIRD's connection can succeed.
+    let mut lab = Lab::new("l");
+    lab.start_bird(64524, "");
+    lab.start_routeplane_with("    peer-port: 1179\n", &[], &[]);
+    lab.wait_for("BIRD dials routeplane", Duration::from_secs(20), || {
+        established(&lab)
+    });
+    let peer = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "10.4.36.239"}"#,
+    );
+    assert_eq!(peer["sessionState"], "established", "{peer}");
+}

@@ -135,10 +135,15 @@ impl Lab {
         pid
     }
 
-    /// BIRD with one BGP protocol `routeplane` towards the speaker; returns its pid.
+    /// BIRD with one BGP protocol `routeplane` towards the speaker; returns its pid. `extra` goes
+    /// into the protocol, `channel` into its ipv4 channel.
     pub fn start_bird(&mut self, local_as: u32, extra: &str) -> u32 {
+        self.start_bird_with(local_as, extra, "")
+    }
+
+    pub fn start_bird_with(&mut self, local_as: u32, extra: &str, channel: &str) -> u32 {
         let conf = format!(
-            "router id {ROUTER_IP};\nprotocol device {{}}\nprotocol bgp routeplane {{\n  local {ROUTER_IP} as {local_as};\n  error wait time 1, 5;\n  neighbor {SPEAKER_IP} as 64513;\n{extra}\n  ipv4 {{ import all; export none; }};\n}}\n"
+            "router id {ROUTER_IP};\nprotocol device {{}}\nprotocol bgp routeplane {{\n  local {ROUTER_IP} as {local_as};\n  error wait time 1, 5;\n  neighbor {SPEAKER_IP} as 64513;\n{extra}\n  ipv4 {{ import all; export none; {channel} }};\n}}\n"
         );
         std::fs::write(self.path("bird.conf"), conf).unwrap();
         let (conf, ctl) = (self.path("bird.conf"), self.path("bird.ctl"));
@@ -159,8 +164,18 @@ impl Lab {
 
     /// routeplane-ipam and routeplane-bgp in the speaker namespace, with one peer (the router).
     pub fn start_routeplane(&mut self, ipam_args: &[&str], bgp_args: &[&str]) {
+        self.start_routeplane_with("", ipam_args, bgp_args)
+    }
+
+    /// As [`Lab::start_routeplane`], with extra keys for the peer in bgp-config.
+    pub fn start_routeplane_with(
+        &mut self,
+        peer_keys: &str,
+        ipam_args: &[&str],
+        bgp_args: &[&str],
+    ) {
         let bgp_config = format!(
-            "peers:\n  - peer-address: {ROUTER_IP}\n    peer-asn: 64524\n    my-asn: 64513\naddress-pools:\n  - name: default\n    protocol: bgp\n    addresses: [10.5.120.0/24]\n"
+            "peers:\n  - peer-address: {ROUTER_IP}\n    peer-asn: 64524\n    my-asn: 64513\n{peer_keys}address-pools:\n  - name: default\n    protocol: bgp\n    addresses: [10.5.120.0/24]\n"
         );
         std::fs::write(self.path("bgp-config.yaml"), bgp_config).unwrap();
         let cfg = self.path("bgp-config.yaml").to_str().unwrap().to_string();
@@ -263,13 +278,19 @@ impl Lab {
         let mut out = Vec::new();
         let mut current: Option<(String, String, String)> = None;
         for line in text.lines() {
-            if !line.starts_with(char::is_whitespace) && line.contains('/') {
+            let starts_route = line.contains(" unicast [");
+            if starts_route && !line.starts_with(char::is_whitespace) {
                 out.extend(current.take());
                 let prefix = line
                     .split_whitespace()
                     .next()
                     .unwrap_or_default()
                     .to_string();
+                current = Some((prefix, String::new(), String::new()));
+            } else if starts_route {
+                // Another path of the same prefix: BIRD leaves the prefix out.
+                let prefix = current.as_ref().map(|c| c.0.clone()).unwrap_or_default();
+                out.extend(current.take());
                 current = Some((prefix, String::new(), String::new()));
             } else if let Some(c) = current.as_mut() {
                 let l = line.trim();

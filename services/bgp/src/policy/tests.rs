@@ -248,6 +248,13 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
         ],
         "one path per eligible node"
     );
+    assert!(
+        inputs
+            .desired(&peers[2])
+            .keys()
+            .all(|n| n.path_id.is_some()),
+        "RFC 7911: every NLRI of the family carries a path identifier"
+    );
 }
 
 #[test]
