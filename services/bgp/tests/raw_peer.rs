@@ -1,0 +1,225 @@
+//! Two hand-driven BGP peers on loopback (127.0.0.2 and 127.0.0.3): one sends a malformed UPDATE
+//! and must get the RFC's NOTIFICATION (UPDATE Message Error) and lose its session; the other's
+//! session must not notice.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use routeplane_bgp::message::{Capabilities, Message, Open};
+use routeplane_bgp::wire::Codec;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A peer that speaks just enough BGP by hand.
+struct RawPeer {
+    stream: TcpStream,
+    codec: Codec,
+    buf: BytesMut,
+}
+
+impl RawPeer {
+    fn accept(listener: &TcpListener) -> RawPeer {
+        listener.set_nonblocking(false).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawPeer {
+            stream,
+            codec: Codec::new(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        let mut b = BytesMut::new();
+        self.codec.encode(&m, &mut b).unwrap();
+        self.stream.write_all(&b).unwrap();
+    }
+
+    /// The next message, or `None` once the connection is closed.
+    fn recv(&mut self) -> Option<Message> {
+        loop {
+            if let Some(m) = self
+                .codec
+                .decode(&mut self.buf)
+                .expect("routeplane sends well-formed messages")
+            {
+                return Some(m);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// OPEN both ways, KEEPALIVE both ways: Established.
+    fn establish(&mut self, id: &str) {
+        assert!(
+            matches!(self.recv(), Some(Message::Open(o)) if o.asn == 64513),
+            "routeplane opens first"
+        );
+        let caps = Capabilities {
+            asn4: Some(64524),
+            ..Capabilities::default()
+        };
+        self.send(Message::Open(Open {
+            asn: 64524,
+            hold_time: 90,
+            router_id: id.parse().unwrap(),
+            capabilities: caps,
+        }));
+        self.send(Message::Keepalive);
+        loop {
+            match self.recv() {
+                Some(Message::Keepalive) => return,
+                Some(_) => continue,
+                None => panic!("routeplane closed the session during OPEN"),
+            }
+        }
+    }
+}
+
+fn grpcurl(addr: &str, method: &str, body: &str) -> serde_json::Value {
+    let out = Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "10", "-d", body, addr, method])
+        .output()
+        .expect("grpcurl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn state(addr: &str, peer: &str) -> String {
+    let v = grpcurl(
+        addr,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        &format!(r#"{{"peerAddress": "{peer}"}}"#),
+    );
+    v["sessionState"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_malformed_update_gets_a_notification_and_other_sessions_stay_up() {
+    let a = TcpListener::bind("127.0.0.2:0").unwrap();
+    let b = TcpListener::bind("127.0.0.3:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bgp.yaml");
+    let peer = |ip: &str, port: u16| {
+        format!(
+            "  - peer-address: {ip}\n    peer-port: {port}\n    peer-asn: 64524\n    my-asn: 64513\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "peers:\n{}{}",
+            peer("127.0.0.2", a.local_addr().unwrap().port()),
+            peer("127.0.0.3", b.local_addr().unwrap().port())
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_routeplane-bgp"))
+        .args([
+            "--bgp-config",
+            config.to_str().unwrap(),
+            "--router-id",
+            "10.0.0.1",
+            "--ipam",
+            "http://127.0.0.1:9",
+        ])
+        .args([
+            "--bgp-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let server = Server(child);
+    let grpc = loop {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("routeplane-bgp starts");
+        if line.contains("gRPC listening") {
+            break line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .unwrap()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let mut pa = RawPeer::accept(&a);
+    pa.establish("192.0.2.2");
+    let mut pb = RawPeer::accept(&b);
+    pb.establish("192.0.2.3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state(&grpc, "127.0.0.2") != "established" || state(&grpc, "127.0.0.3") != "established" {
+        assert!(Instant::now() < deadline, "both sessions established");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // An UPDATE whose ORIGIN attribute claims 200 octets in a 4-octet attribute list.
+    let mut bad = vec![0xffu8; 16];
+    bad.extend_from_slice(&[0, 0, 2, 0, 0, 0, 4, 0x40, 1, 200, 0]);
+    let len = bad.len() as u16;
+    bad[16..18].copy_from_slice(&len.to_be_bytes());
+    pa.stream.write_all(&bad).unwrap();
+    let answer = loop {
+        match pa.recv() {
+            Some(Message::Notification(n)) => break n,
+            Some(_) => continue,
+            None => panic!("routeplane closed without a NOTIFICATION"),
+        }
+    };
+    assert_eq!(
+        answer.code,
+        3,
+        "UPDATE Message Error, got {}",
+        answer.describe()
+    );
+    assert!(pa.recv().is_none(), "and closes the connection");
+
+    // The other session did not notice: still Established, still answering.
+    pb.send(Message::Keepalive);
+    assert_eq!(state(&grpc, "127.0.0.3"), "established");
+    let a_state = grpcurl(
+        &grpc,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "127.0.0.2"}"#,
+    );
+    assert_ne!(a_state["sessionState"], "established");
+    assert!(
+        a_state["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("UPDATE Message Error"),
+        "{a_state}"
+    );
+    drop(server);
+}
