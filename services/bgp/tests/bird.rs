@@ -232,3 +232,47 @@ fn sessions_come_up_whoever_dials() {
     );
     assert_eq!(peer["sessionState"], "established", "{peer}");
 }
+
+#[test]
+fn ipv6_pod_cidrs_reach_bird_in_mp_reach_with_the_nodes_ipv6_next_hop() {
+    if !lab::privileged("ipv6_pod_cidrs_reach_bird_in_mp_reach_with_the_nodes_ipv6_next_hop") {
+        return;
+    }
+    let mut lab = Lab::new("6");
+    lab.start_bird(64524, "  ipv6 { import all; export none; };");
+    let values = lab.path("values.yaml");
+    let seed = include_str!("../../../examples/seed/values.yaml");
+    std::fs::write(&values, format!("{seed}\nipv6:\n  enabled: true\n")).unwrap();
+    let values = values.to_str().unwrap().to_string();
+    lab.start_routeplane(&["--values", &values], &["--values", &values]);
+    lab.wait_for(
+        "BIRD establishes the session",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+    lab.grpc(
+        50051,
+        "routeplane.ipam.v1.Ipam/RegisterNode",
+        r#"{"name": "n1", "addresses": ["10.4.36.11", "fd04:36::11"]}"#,
+    );
+    lab.wait_for(
+        "BIRD has the node's IPv4 and IPv6 pod CIDRs",
+        Duration::from_secs(10),
+        || {
+            let r = lab.bird_routes();
+            r.contains(&("10.5.112.0/24".into(), "10.4.36.11".into(), "64513".into()))
+                && r.iter()
+                    .any(|x| x.0 == "fd00::/120" && x.1.contains("fd04:36::11") && x.2 == "64513")
+        },
+    );
+    let peer = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "10.4.36.239"}"#,
+    );
+    assert_eq!(
+        peer["families"],
+        serde_json::json!(["ipv4-unicast", "ipv6-unicast"]),
+        "{peer}"
+    );
+}

@@ -57,6 +57,8 @@ pub struct Lab {
 
 pub const SPEAKER_IP: &str = "10.4.36.10";
 pub const ROUTER_IP: &str = "10.4.36.239";
+pub const SPEAKER_IP6: &str = "fd04:36::10";
+pub const ROUTER_IP6: &str = "fd04:36::239";
 
 fn bin(name: &str) -> PathBuf {
     let bgp = PathBuf::from(env!("CARGO_BIN_EXE_routeplane-bgp"));
@@ -103,6 +105,29 @@ impl Lab {
             &format!("{SPEAKER_IP}/24"),
             "dev",
             &vs,
+        ]);
+        // IPv6 too (nodad: usable at once), for the dual-stack tests.
+        sh(&[
+            "ip",
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{ROUTER_IP6}/64"),
+            "dev",
+            &vr,
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &speaker,
+            "addr",
+            "add",
+            &format!("{SPEAKER_IP6}/64"),
+            "dev",
+            &vs,
+            "nodad",
         ]);
         sh(&["ip", "-n", &router, "link", "set", &vr, "up"]);
         sh(&["ip", "-n", &speaker, "link", "set", &vs, "up"]);
@@ -212,6 +237,28 @@ impl Lab {
         ]);
         args.extend(bgp_args);
         self.spawn(&speaker, &bin("routeplane-bgp"), &args, "bgp.log");
+        for (port, log) in [(50051, "ipam.log"), (50052, "bgp.log")] {
+            self.wait_for(
+                &format!("{log}: the service answers"),
+                Duration::from_secs(20),
+                || {
+                    let out = Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            &self.speaker,
+                            "grpcurl",
+                            "-plaintext",
+                            "-max-time",
+                            "2",
+                        ])
+                        .arg(format!("127.0.0.1:{port}"))
+                        .arg("grpc.health.v1.Health/Check")
+                        .output();
+                    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("SERVING"))
+                },
+            );
+        }
     }
 
     pub fn log(&self, name: &str) -> String {
