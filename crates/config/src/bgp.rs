@@ -311,7 +311,17 @@ impl Checker<'_> {
             hold_time,
             keepalive_time,
             router_id,
-            password: p.password.filter(|s| !s.is_empty()),
+            password: match p.password.filter(|s| !s.is_empty()) {
+                // Linux's TCP_MD5SIG_MAXKEYLEN.
+                Some(pw) if pw.len() > 80 => {
+                    return Err(self.err(
+                        key("password"),
+                        format!("({} bytes)", pw.len()),
+                        "a TCP-MD5 password of at most 80 bytes",
+                    ));
+                }
+                other => other,
+            },
             ebgp_multihop: p.ebgp_multihop,
             node_selectors,
         })

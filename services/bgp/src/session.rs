@@ -32,6 +32,8 @@ pub struct Transport {
     pub source: Option<IpAddr>,
     /// IP TTL of our packets: 1 for directly connected eBGP, 255 with ebgp-multihop or iBGP.
     pub ttl: u32,
+    /// TCP-MD5 key (RFC 2385), from the peer's `password`.
+    pub password: Option<String>,
 }
 
 /// What the API shows about a peer.
@@ -411,6 +413,13 @@ async fn connect(t: &Transport) -> std::io::Result<TcpStream> {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
+    if let Some(key) = &t.password {
+        crate::md5::set_key(
+            std::os::fd::AsFd::as_fd(&socket),
+            t.peer.ip(),
+            key.as_bytes(),
+        )?;
+    }
     if let Some(source) = t.source {
         socket.bind(SocketAddr::new(source, 0))?;
     }

@@ -275,7 +275,25 @@ pub fn start(
             peer: SocketAddr::new(peer.peer_address, peer.peer_port),
             source: peer.source_address,
             ttl: if ebgp && !peer.ebgp_multihop { 1 } else { 255 },
+            password: peer.password.clone(),
         };
+        if let Some(key) = &peer.password {
+            for l in &listeners {
+                // An IPv4 peer reaches an IPv6 listener as ::ffff:a.b.c.d.
+                let addr = match (l.local_addr().map(|a| a.is_ipv6()), peer.peer_address) {
+                    (Ok(true), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+                    (_, a) => a,
+                };
+                crate::md5::set_key(std::os::fd::AsFd::as_fd(l), addr, key.as_bytes()).map_err(
+                    |e| {
+                        format!(
+                            "peer {}: cannot set its TCP-MD5 password on the BGP listener: {e}",
+                            peer.peer_address
+                        )
+                    },
+                )?;
+            }
+        }
         let status = SharedStatus::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let router_id = config.router_id;

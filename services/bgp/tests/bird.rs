@@ -276,3 +276,35 @@ fn ipv6_pod_cidrs_reach_bird_in_mp_reach_with_the_nodes_ipv6_next_hop() {
         "{peer}"
     );
 }
+
+#[test]
+fn an_md5_protected_session_needs_the_same_password_on_both_sides() {
+    if !lab::privileged("an_md5_protected_session_needs_the_same_password_on_both_sides") {
+        return;
+    }
+    let mut lab = Lab::new("m");
+    lab.start_bird(64524, "  password \"s3cret-ToR\";");
+    lab.start_routeplane_with("    password: s3cret-ToR\n", &[], &[]);
+    lab.wait_for(
+        "the MD5-signed session establishes",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+    drop(lab);
+
+    // Without the password on our side, the kernel drops BIRD's signed segments and ours.
+    let mut lab = Lab::new("n");
+    lab.start_bird(64524, "  password \"s3cret-ToR\";");
+    lab.start_routeplane(&[], &[]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !established(&lab),
+        "a session without the password must not establish"
+    );
+    let peer = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "10.4.36.239"}"#,
+    );
+    assert_ne!(peer["sessionState"], "established", "{peer}");
+}
