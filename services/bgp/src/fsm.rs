@@ -89,8 +89,9 @@ pub struct Negotiated {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Start,
-    /// Administrative stop: the Cease to send if a session exists.
-    Stop(Notification),
+    /// Administrative stop: the Cease to send if a session exists, or none to close silently
+    /// (what makes a graceful-restart helper keep our routes when it lacks RFC 8538).
+    Stop(Option<Notification>),
     TcpConnected,
     TcpFailed(String),
     Received(Message),
@@ -147,6 +148,14 @@ impl Fsm {
         &self.config
     }
 
+    /// Clears or sets the R bit of the graceful-restart capability in later OPENs (RFC 4724 §3:
+    /// set only in the OPENs right after this speaker restarted).
+    pub fn set_restarting(&mut self, restarting: bool) {
+        if let Some(gr) = self.config.capabilities.graceful_restart.as_mut() {
+            gr.restarting = restarting;
+        }
+    }
+
     /// Our OPEN.
     pub fn open(&self) -> Open {
         Open {
@@ -170,13 +179,19 @@ impl Fsm {
             (_, Input::Start) => {}
             (_, Input::Stop(cease)) => {
                 self.enabled = false;
-                if matches!(
-                    self.state,
-                    State::OpenSent | State::OpenConfirm | State::Established
-                ) {
-                    out.push(Output::Send(Message::Notification(cease.clone())));
+                let reason = match &cease {
+                    Some(n) => format!("stopped: {}", n.describe()),
+                    None => "stopped for a graceful restart".to_string(),
+                };
+                if let Some(n) = cease
+                    && matches!(
+                        self.state,
+                        State::OpenSent | State::OpenConfirm | State::Established
+                    )
+                {
+                    out.push(Output::Send(Message::Notification(n)));
                 }
-                self.reset(&mut out, format!("stopped: {}", cease.describe()), false);
+                self.reset(&mut out, reason, false);
             }
             (State::Idle, Input::TimerExpired(Timer::ConnectRetry)) if self.enabled => {
                 self.begin(&mut out)

@@ -52,6 +52,8 @@ pub struct GracefulRestart {
     pub restarting: bool,
     /// Seconds the peer should keep our routes while we restart.
     pub restart_time: u16,
+    /// The N bit (RFC 8538): a NOTIFICATION other than Hard Reset also starts graceful restart.
+    pub notification: bool,
     /// Families whose forwarding state the speaker preserves, with the F bit.
     pub families: Vec<(Family, bool)>,
 }

@@ -41,8 +41,9 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         feed_tx,
         shutdown.clone(),
     ));
-    let speaker = crate::speaker::start(settings, listeners, feed_rx, shutdown.clone())
-        .map_err(ServeError::Peers)?;
+    let (speaker, speaker_task) =
+        crate::speaker::start(settings, listeners, feed_rx, shutdown.clone())
+            .map_err(ServeError::Peers)?;
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
     let registry = Arc::new(crate::metrics::registry(speaker.clone()));
@@ -57,8 +58,13 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     .await;
     shutdown.trigger();
     let _ = metrics_task.await;
-    // Let the sessions send their Cease before the runtime goes.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Every session sends its Cease (or closes for graceful restart) before the runtime goes.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), speaker_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions did not all stop within 5 s");
+    }
     served?;
     tracing::info!("stopped");
     Ok(())

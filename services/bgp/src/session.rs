@@ -75,8 +75,8 @@ pub enum Command {
     Desired(Arc<Routes>),
     /// A connection the speaker accepted from this peer's address.
     Accepted(TcpStream),
-    /// Administrative stop (Cease), ending the task.
-    Stop(Notification, oneshot::Sender<()>),
+    /// Administrative stop (Cease, or a silent close for graceful restart), ending the task.
+    Stop(Option<Notification>, oneshot::Sender<()>),
 }
 
 /// What the session tells the speaker.
@@ -157,7 +157,7 @@ impl Session {
                     }
                     None => {
                         let cease = Notification::new(codes::CEASE, codes::CEASE_PEER_DECONFIGURED, []);
-                        self.input(Input::Stop(cease)).await;
+                        self.input(Input::Stop(Some(cease))).await;
                         return;
                     }
                 },
@@ -343,6 +343,8 @@ impl Session {
             s.negotiated = Some(n.clone());
         }
         let _ = self.events.send(Event::Up(self.address));
+        // RFC 4724 §3: the R bit only in the OPENs right after our own restart.
+        self.fsm.set_restarting(false);
         self.rib.clear();
         self.eor_pending = true;
         self.sync().await;

@@ -59,6 +59,10 @@ pub struct Cli {
     /// First connect retry after a failed attempt; doubles up to 60s.
     #[arg(long, env = "ROUTEPLANE_CONNECT_RETRY", default_value = "5s", value_parser = parse_duration)]
     pub connect_retry: Duration,
+    /// Graceful restart (RFC 4724): how long routers should keep our routes while routeplane-bgp
+    /// restarts. 0s turns it off (routers then drop our routes when we stop).
+    #[arg(long, env = "ROUTEPLANE_GRACEFUL_RESTART_TIME", default_value = "120s", value_parser = parse_duration)]
+    pub graceful_restart_time: Duration,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -96,6 +100,7 @@ impl Cli {
             peers: bgp.peers,
             connect_retry: self.connect_retry,
             connect_retry_max: Duration::from_secs(60).max(self.connect_retry),
+            graceful_restart: self.graceful_restart_time,
         };
         Ok((settings, notes))
     }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::feed::{FeedEvent, FeedNode, FeedService};
 use crate::fsm::SessionConfig;
-use crate::message::{AddPath, Capabilities, Notification, codes};
+use crate::message::{AddPath, Capabilities, GracefulRestart, Notification, codes};
 use crate::policy::{Announce, Inputs, NodeView, PeerView, ServiceView};
 use crate::rib::Routes;
 use crate::session::{Command, Event, Session, SharedStatus, Transport, lock};
@@ -31,6 +31,8 @@ pub struct SpeakerSettings {
     pub peers: Vec<Peer>,
     pub connect_retry: Duration,
     pub connect_retry_max: Duration,
+    /// RFC 4724 restart time offered to peers; zero turns graceful restart off.
+    pub graceful_restart: Duration,
 }
 
 struct NodeState {
@@ -247,7 +249,15 @@ fn session_config(peer: &Peer, settings: &SpeakerSettings) -> Result<SessionConf
             families: vec![Family::V4, Family::V6],
             asn4: None,
             route_refresh: true,
-            graceful_restart: None,
+            // F bit set: the nodes, not this process, forward traffic, and they go on while it restarts.
+            graceful_restart: (!settings.graceful_restart.is_zero()).then(|| GracefulRestart {
+                restarting: true,
+                restart_time: u16::try_from(settings.graceful_restart.as_secs())
+                    .unwrap_or(4095)
+                    .min(4095),
+                notification: true,
+                families: vec![(Family::V4, true), (Family::V6, true)],
+            }),
             add_path: [Family::V4, Family::V6]
                 .map(|family| AddPath {
                     family,
@@ -259,13 +269,14 @@ fn session_config(peer: &Peer, settings: &SpeakerSettings) -> Result<SessionConf
     })
 }
 
-/// Starts a session per peer and the speaker loop; returns the shared state for the API.
+/// Starts a session per peer and the speaker loop; returns the shared state for the API and the
+/// loop's task, which ends once every session has been stopped after shutdown.
 pub fn start(
     settings: SpeakerSettings,
     listeners: Vec<TcpListener>,
     mut feed: mpsc::UnboundedReceiver<FeedEvent>,
     shutdown: Shutdown,
-) -> Result<Arc<Speaker>, String> {
+) -> Result<(Arc<Speaker>, tokio::task::JoinHandle<()>), String> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut peers = BTreeMap::new();
     for peer in &settings.peers {
@@ -324,36 +335,53 @@ pub fn start(
         tokio::spawn(accept(listener, speaker.clone(), shutdown.clone()));
     }
     let s = speaker.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
+        let mut feed_open = true;
         loop {
             let deadline = s.lock().next_deadline(Instant::now());
             tokio::select! {
-                ev = feed.recv() => match ev {
+                // Shutdown first: the feed closes on the same signal, and the sessions must be
+                // stopped deliberately (gracefully where agreed), not left to notice a dropped channel.
+                biased;
+                () = shutdown.wait() => {
+                    stop_all(&s).await;
+                    return;
+                }
+                ev = feed.recv(), if feed_open => match ev {
                     Some(ev) => s.lock().apply(ev, Instant::now()),
-                    None => return,
+                    None => feed_open = false,
                 },
                 ev = events.recv() => if let Some(Event::Down(peer, reason)) = &ev {
                     tracing::debug!(%peer, %reason, "peer down");
                 },
                 () = sleep_until(deadline) => {}
-                () = shutdown.wait() => {
-                    stop_all(&s).await;
-                    return;
-                }
             }
             s.lock().push(Instant::now());
         }
     });
-    Ok(speaker)
+    Ok((speaker, task))
 }
 
-/// Sends every established peer Cease/Administrative Shutdown and waits (bounded) for it to go out.
+/// Ends every session (waiting, bounded, for the last message to go out). A peer that agreed to
+/// graceful restart keeps our routes: with RFC 8538's N bit it gets the clean Cease (which it then
+/// treats as a restart), without it the connection closes silently, which is what starts its
+/// helper mode. Any other peer gets Cease/Administrative Shutdown.
 async fn stop_all(speaker: &Speaker) {
     let mut waits = Vec::new();
+    let graceful_on = !speaker.lock().settings.graceful_restart.is_zero();
     for peer in speaker.lock().peers.values() {
         let (done, wait) = oneshot::channel();
+        let helper = lock(&peer.status)
+            .negotiated
+            .as_ref()
+            .and_then(|n| n.peer_graceful_restart.clone())
+            .filter(|_| graceful_on);
         let cease = Notification::new(codes::CEASE, codes::CEASE_ADMINISTRATIVE_SHUTDOWN, []);
-        if peer.commands.send(Command::Stop(cease, done)).is_ok() {
+        let stop = match helper {
+            Some(gr) if !gr.notification => None,
+            _ => Some(cease),
+        };
+        if peer.commands.send(Command::Stop(stop, done)).is_ok() {
             waits.push(wait);
         }
     }

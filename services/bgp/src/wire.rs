@@ -255,6 +255,7 @@ fn open_from(open: &BgpOpenMessage) -> Result<Open, Notification> {
                 caps.graceful_restart = Some(GracefulRestart {
                     restarting: gr.restart(),
                     restart_time: gr.time(),
+                    notification: gr.graceful_notification(),
                     families: gr
                         .address_families()
                         .iter()
@@ -453,7 +454,12 @@ fn open_to(open: &Open) -> BgpOpenMessage {
             .map(|(f, fwd)| GracefulRestartAddressFamily::new(*fwd, address_type(*f)))
             .collect();
         caps.push(BgpCapability::GracefulRestartCapability(
-            GracefulRestartCapability::new(gr.restarting, false, gr.restart_time, families),
+            GracefulRestartCapability::new(
+                gr.restarting,
+                gr.notification,
+                gr.restart_time,
+                families,
+            ),
         ));
     }
     if !c.add_path.is_empty() {

@@ -308,3 +308,63 @@ fn an_md5_protected_session_needs_the_same_password_on_both_sides() {
     );
     assert_ne!(peer["sessionState"], "established", "{peer}");
 }
+
+/// Stops routeplane-bgp and says whether BIRD still had the pod CIDR two seconds later.
+fn bird_keeps_routes_across_a_restart(tag: &str, graceful: &str) -> bool {
+    let mut lab = Lab::new(tag);
+    lab.start_bird(64524, "  graceful restart on;");
+    lab.start_routeplane(&[], &["--graceful-restart-time", graceful]);
+    lab.wait_for(
+        "BIRD establishes the session",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+    register(&lab, "n1", "10.4.36.11");
+    let has_route = |lab: &Lab| {
+        lab.bird_routes()
+            .iter()
+            .any(|r| r.0 == "10.5.112.0/24" && r.1 == "10.4.36.11")
+    };
+    lab.wait_for("BIRD has the pod CIDR", Duration::from_secs(10), || {
+        has_route(&lab)
+    });
+    lab.stop_bgp();
+    lab.wait_for(
+        "BIRD notices the session is gone",
+        Duration::from_secs(10),
+        || !established(&lab),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let kept = has_route(&lab);
+    lab.start_bgp_again();
+    lab.wait_for("the session comes back", Duration::from_secs(30), || {
+        established(&lab)
+    });
+    lab.wait_for(
+        "BIRD has the pod CIDR after the restart",
+        Duration::from_secs(10),
+        || has_route(&lab),
+    );
+    if kept {
+        // Refreshed after End-of-RIB: nothing left marked stale.
+        lab.wait_for("no stale routes remain", Duration::from_secs(10), || {
+            !lab.birdc("show route all").contains("stale")
+        });
+    }
+    kept
+}
+
+#[test]
+fn graceful_restart_keeps_our_routes_at_bird_while_routeplane_restarts() {
+    if !lab::privileged("graceful_restart_keeps_our_routes_at_bird_while_routeplane_restarts") {
+        return;
+    }
+    assert!(
+        bird_keeps_routes_across_a_restart("g", "120s"),
+        "with graceful restart BIRD keeps the routes while routeplane-bgp is down"
+    );
+    assert!(
+        !bird_keeps_routes_across_a_restart("x", "0s"),
+        "control: without it BIRD drops them at once"
+    );
+}

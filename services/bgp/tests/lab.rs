@@ -53,6 +53,8 @@ pub struct Lab {
     pub speaker: String,
     pub dir: tempfile::TempDir,
     children: Vec<Child>,
+    /// routeplane-bgp's arguments, to restart it.
+    bgp_args: Vec<String>,
 }
 
 pub const SPEAKER_IP: &str = "10.4.36.10";
@@ -136,6 +138,7 @@ impl Lab {
             speaker,
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
+            bgp_args: Vec::new(),
         }
     }
 
@@ -236,8 +239,45 @@ impl Lab {
             "127.0.0.1:9952",
         ]);
         args.extend(bgp_args);
+        self.bgp_args = args.iter().map(|a| a.to_string()).collect();
         self.spawn(&speaker, &bin("routeplane-bgp"), &args, "bgp.log");
-        for (port, log) in [(50051, "ipam.log"), (50052, "bgp.log")] {
+        self.wait_healthy(&[(50051, "ipam.log"), (50052, "bgp.log")]);
+    }
+
+    /// SIGTERM to routeplane-bgp, waiting (bounded) until it has exited.
+    pub fn stop_bgp(&mut self) {
+        let bgp = bin("routeplane-bgp");
+        let index = self
+            .children
+            .iter()
+            .rposition(|c| {
+                std::fs::read_link(format!("/proc/{}/exe", c.id())).is_ok_and(|p| p == bgp)
+            })
+            .expect("routeplane-bgp is running");
+        let mut child = self.children.remove(index);
+        self.kill(child.id(), "-TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "routeplane-bgp ignored SIGTERM:\n{}",
+                self.log("bgp.log")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts routeplane-bgp again with the same arguments (its log continues in bgp2.log).
+    pub fn start_bgp_again(&mut self) {
+        let args: Vec<String> = self.bgp_args.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let speaker = self.speaker.clone();
+        self.spawn(&speaker, &bin("routeplane-bgp"), &args, "bgp2.log");
+        self.wait_healthy(&[(50052, "bgp2.log")]);
+    }
+
+    fn wait_healthy(&self, services: &[(u16, &str)]) {
+        for (port, log) in services.iter().copied() {
             self.wait_for(
                 &format!("{log}: the service answers"),
                 Duration::from_secs(20),

@@ -412,7 +412,7 @@ fn a_decode_error_sends_the_notification_it_carries() {
 fn stop_sends_cease_and_does_not_retry_until_started() {
     let (mut f, _) = established();
     let cease = Notification::new(codes::CEASE, codes::CEASE_ADMINISTRATIVE_SHUTDOWN, []);
-    let out = f.process(Input::Stop(cease.clone()));
+    let out = f.process(Input::Stop(Some(cease.clone())));
     assert_eq!(sent(&out), vec![&Message::Notification(cease)]);
     assert_eq!(timer(&out, Timer::ConnectRetry), None);
     assert!(
@@ -422,8 +422,17 @@ fn stop_sends_cease_and_does_not_retry_until_started() {
     assert!(f.process(Input::Start).contains(&Output::Connect));
 
     let mut idle = Fsm::new(config());
-    let out = idle.process(Input::Stop(Notification::new(codes::CEASE, 2, [])));
+    let out = idle.process(Input::Stop(Some(Notification::new(codes::CEASE, 2, []))));
     assert_eq!(notification(&out), None, "no session, nothing to tell");
+
+    let (mut g, _) = established();
+    let out = g.process(Input::Stop(None));
+    assert_eq!(
+        notification(&out),
+        None,
+        "a graceful stop closes without a NOTIFICATION"
+    );
+    assert!(out.contains(&Output::Disconnect));
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn open_with_every_capability_round_trips() {
             graceful_restart: Some(GracefulRestart {
                 restarting: true,
                 restart_time: 120,
+                notification: true,
                 families: vec![(Family::V4, true), (Family::V6, false)],
             }),
             add_path: vec![AddPath {
