@@ -277,7 +277,7 @@ impl Lab {
     }
 
     fn wait_healthy(&self, services: &[(u16, &str)]) {
-        for (port, log) in services.iter().copied() {
+        for &(port, log) in services {
             self.wait_for(
                 &format!("{log}: the service answers"),
                 Duration::from_secs(20),
