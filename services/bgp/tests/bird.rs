@@ -368,3 +368,126 @@ fn graceful_restart_keeps_our_routes_at_bird_while_routeplane_restarts() {
         "control: without it BIRD drops them at once"
     );
 }
+
+/// BIRD's routes on an added router as (prefix, next hop, AS path, local pref).
+fn routes_on(lab: &Lab, index: usize) -> Vec<(String, String, String, String)> {
+    let text = lab.birdc_on(index, "show route all");
+    let mut out: Vec<(String, String, String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.contains(" unicast [") && !line.starts_with(char::is_whitespace) {
+            out.push((
+                line.split_whitespace().next().unwrap_or_default().into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ));
+        } else if let Some(r) = out.last_mut() {
+            let l = line.trim();
+            if let Some(v) = l.strip_prefix("BGP.next_hop:") {
+                r.1 = v.trim().into();
+            } else if let Some(v) = l.strip_prefix("BGP.as_path:") {
+                r.2 = v.trim().into();
+            } else if let Some(v) = l.strip_prefix("BGP.local_pref:") {
+                r.3 = v.trim().into();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_seed_peer_groups_split_nodes_between_an_ebgp_and_an_ibgp_tor() {
+    if !lab::privileged("the_seed_peer_groups_split_nodes_between_an_ebgp_and_an_ibgp_tor") {
+        return;
+    }
+    // The seed's core segment: the eBGP ToR 10.4.36.239 (AS 64524) and the iBGP one 10.4.36.250 (AS 64512).
+    let mut lab = Lab::new("s");
+    lab.start_bird(64524, "");
+    let ibgp = lab.add_router("10.4.36.250");
+    lab.start_bird_on(ibgp, "10.4.36.250", "  local 10.4.36.250 as 64512;\n  neighbor 10.4.36.10 as 64512;\n  direct;\n  ipv4 { import all; export none; };");
+    // The seed's peers and selectors verbatim; .238 and .251 do not exist here, so their sessions stay down.
+    let seed = include_str!("../../../examples/seed/bgp-config.yaml")
+        .replace("10.5.112.0/21", "10.5.120.0/24");
+    lab.start_routeplane_config(&seed, &[]);
+    lab.wait_for("both ToRs establish", Duration::from_secs(30), || {
+        established(&lab)
+            && lab
+                .birdc_on(ibgp, "show protocols routeplane")
+                .contains("Established")
+    });
+    let nodes = [
+        ("n94a", "10.4.36.11", ""),
+        ("n94b", "10.4.36.12", ""),
+        ("n83a", "10.4.36.21", "bgp-peer-83"),
+        ("n83b", "10.4.36.22", "bgp-peer-83"),
+    ];
+    for (name, addr, label) in nodes {
+        let labels = if label.is_empty() {
+            String::new()
+        } else {
+            format!(r#", "labels": {{"kubernetes/route": "{label}"}}"#)
+        };
+        lab.grpc(
+            50051,
+            "routeplane.ipam.v1.Ipam/RegisterNode",
+            &format!(r#"{{"name": "{name}", "addresses": ["{addr}"]{labels}}}"#),
+        );
+    }
+    let pod_hops = |routes: &[(String, String, String, String)]| -> Vec<String> {
+        let mut v: Vec<String> = routes
+            .iter()
+            .filter(|r| r.0.starts_with("10.5.11"))
+            .map(|r| r.1.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let ebgp_routes = |lab: &Lab| -> Vec<(String, String, String, String)> {
+        lab.bird_routes()
+            .into_iter()
+            .map(|(p, nh, path)| (p, nh, path, String::new()))
+            .collect()
+    };
+    lab.wait_for(
+        "each ToR has its own peer group's nodes",
+        Duration::from_secs(15),
+        || {
+            pod_hops(&ebgp_routes(&lab)) == ["10.4.36.11", "10.4.36.12"]
+                && pod_hops(&routes_on(&lab, ibgp)) == ["10.4.36.21", "10.4.36.22"]
+        },
+    );
+    let e = ebgp_routes(&lab);
+    assert!(
+        e.iter()
+            .filter(|r| r.0.starts_with("10.5.11"))
+            .all(|r| r.2 == "64513"),
+        "eBGP: AS_PATH 64513: {e:?}"
+    );
+    let i = routes_on(&lab, ibgp);
+    assert!(
+        i.iter()
+            .filter(|r| r.0.starts_with("10.5.11"))
+            .all(|r| r.2.is_empty() && r.3 == "100"),
+        "iBGP: empty AS_PATH, LOCAL_PREF 100: {i:?}"
+    );
+    let peers = lab.grpc(50052, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
+    let states: Vec<(String, String)> = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["peerAddress"].as_str().unwrap().into(),
+                p["sessionState"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(states.len(), 4, "{peers}");
+    assert!(
+        states
+            .iter()
+            .filter(|s| s.0 == "10.4.36.238" || s.0 == "10.4.36.251")
+            .all(|s| s.1 != "established"),
+        "{states:?}"
+    );
+}

@@ -50,6 +50,8 @@ fn sh(args: &[&str]) {
 /// Two namespaces: `router` (BIRD, 10.4.36.239) and `speaker` (routeplane, 10.4.36.10).
 pub struct Lab {
     pub router: String,
+    /// Further routers (namespace, control socket) added with [`Lab::add_router`].
+    pub routers: Vec<(String, PathBuf)>,
     pub speaker: String,
     pub dir: tempfile::TempDir,
     children: Vec<Child>,
@@ -74,29 +76,18 @@ fn bin(name: &str) -> PathBuf {
 }
 
 impl Lab {
+    /// The seed's core segment: a bridge in the speaker namespace carrying 10.4.36.10 (and
+    /// fd04:36::10), with the first router (10.4.36.239) attached; [`Lab::add_router`] attaches more.
     pub fn new(tag: &str) -> Lab {
         let id = format!("{}{}", tag, std::process::id() % 100_000);
         let (router, speaker) = (format!("rp-{id}-r"), format!("rp-{id}-s"));
-        let (vr, vs) = (format!("vr{id}"), format!("vs{id}"));
         for ns in [&router, &speaker] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
             sh(&["ip", "netns", "add", ns]);
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
         sh(&[
-            "ip", "link", "add", &vr, "type", "veth", "peer", "name", &vs,
-        ]);
-        sh(&["ip", "link", "set", &vr, "netns", &router]);
-        sh(&["ip", "link", "set", &vs, "netns", &speaker]);
-        sh(&[
-            "ip",
-            "-n",
-            &router,
-            "addr",
-            "add",
-            &format!("{ROUTER_IP}/24"),
-            "dev",
-            &vr,
+            "ip", "-n", &speaker, "link", "add", "core", "type", "bridge",
         ]);
         sh(&[
             "ip",
@@ -106,20 +97,9 @@ impl Lab {
             "add",
             &format!("{SPEAKER_IP}/24"),
             "dev",
-            &vs,
+            "core",
         ]);
-        // IPv6 too (nodad: usable at once), for the dual-stack tests.
-        sh(&[
-            "ip",
-            "-n",
-            &router,
-            "addr",
-            "add",
-            &format!("{ROUTER_IP6}/64"),
-            "dev",
-            &vr,
-            "nodad",
-        ]);
+        // nodad: IPv6 usable at once, for the dual-stack tests.
         sh(&[
             "ip",
             "-n",
@@ -128,18 +108,117 @@ impl Lab {
             "add",
             &format!("{SPEAKER_IP6}/64"),
             "dev",
-            &vs,
+            "core",
             "nodad",
         ]);
-        sh(&["ip", "-n", &router, "link", "set", &vr, "up"]);
-        sh(&["ip", "-n", &speaker, "link", "set", &vs, "up"]);
-        Lab {
-            router,
+        sh(&["ip", "-n", &speaker, "link", "set", "core", "up"]);
+        let lab = Lab {
+            router: router.clone(),
+            routers: Vec::new(),
             speaker,
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
             bgp_args: Vec::new(),
+        };
+        lab.attach(&router, ROUTER_IP, Some(ROUTER_IP6), &format!("{id}0"));
+        lab
+    }
+
+    /// A veth from `ns` (with `ip`/24) to the speaker's bridge.
+    fn attach(&self, ns: &str, ip: &str, ip6: Option<&str>, suffix: &str) {
+        let (vr, vs) = (format!("vr{suffix}"), format!("vs{suffix}"));
+        sh(&[
+            "ip", "link", "add", &vr, "type", "veth", "peer", "name", &vs,
+        ]);
+        sh(&["ip", "link", "set", &vr, "netns", ns]);
+        sh(&["ip", "link", "set", &vs, "netns", &self.speaker]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &vr,
+        ]);
+        if let Some(ip6) = ip6 {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                &vr,
+                "nodad",
+            ]);
         }
+        sh(&["ip", "-n", ns, "link", "set", &vr, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.speaker,
+            "link",
+            "set",
+            &vs,
+            "master",
+            "core",
+            "up",
+        ]);
+    }
+
+    /// Another router on the core segment, at `router_ip`/24. Returns its index for
+    /// [`Lab::start_bird_on`] and [`Lab::birdc_on`].
+    pub fn add_router(&mut self, router_ip: &str) -> usize {
+        let index = self.routers.len();
+        let ns = format!("{}{}", self.router, index + 1);
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let suffix = format!("{}{}", &self.router[3..self.router.len() - 2], index + 1);
+        self.attach(&ns, router_ip, None, &suffix);
+        let ctl = self.path(&format!("bird{index}.ctl"));
+        self.routers.push((ns, ctl));
+        index
+    }
+
+    /// BIRD on an added router, with a full protocol body of our choosing.
+    pub fn start_bird_on(&mut self, index: usize, router_id: &str, protocol: &str) {
+        let conf = format!(
+            "router id {router_id};\nprotocol device {{}}\nprotocol bgp routeplane {{\n  error wait time 1, 5;\n{protocol}\n}}\n"
+        );
+        let file = self.path(&format!("bird{index}.conf"));
+        std::fs::write(&file, conf).unwrap();
+        let (ns, ctl) = self.routers[index].clone();
+        self.spawn(
+            &ns,
+            Path::new("bird"),
+            &[
+                "-f",
+                "-c",
+                file.to_str().unwrap(),
+                "-s",
+                ctl.to_str().unwrap(),
+            ],
+            &format!("bird{index}.log"),
+        );
+    }
+
+    pub fn birdc_on(&self, index: usize, command: &str) -> String {
+        let out = Command::new("birdc")
+            .args(["-s", self.routers[index].1.to_str().unwrap()])
+            .args(command.split_whitespace())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// routeplane-ipam and routeplane-bgp with a bgp-config of our choosing.
+    pub fn start_routeplane_config(&mut self, bgp_config: &str, bgp_args: &[&str]) {
+        std::fs::write(self.path("bgp-config.yaml"), bgp_config).unwrap();
+        self.start_services(&[], bgp_args);
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -206,6 +285,10 @@ impl Lab {
             "peers:\n  - peer-address: {ROUTER_IP}\n    peer-asn: 64524\n    my-asn: 64513\n{peer_keys}address-pools:\n  - name: default\n    protocol: bgp\n    addresses: [10.5.120.0/24]\n"
         );
         std::fs::write(self.path("bgp-config.yaml"), bgp_config).unwrap();
+        self.start_services(ipam_args, bgp_args);
+    }
+
+    fn start_services(&mut self, ipam_args: &[&str], bgp_args: &[&str]) {
         let cfg = self.path("bgp-config.yaml").to_str().unwrap().to_string();
         let data = self.path("ipam").to_str().unwrap().to_string();
         let speaker = self.speaker.clone();
@@ -347,14 +430,24 @@ impl Lab {
     pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !check() {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {limit:?}\nBIRD:\n{}\n{}\nbgp.log:\n{}\nipam.log:\n{}",
-                self.birdc("show protocols all routeplane"),
-                self.birdc("show route all"),
-                self.log("bgp.log"),
-                self.log("ipam.log")
-            );
+            if Instant::now() >= deadline {
+                let others: String = (0..self.routers.len())
+                    .map(|i| {
+                        format!(
+                            "router {i}:\n{}\n{}",
+                            self.birdc_on(i, "show protocols all routeplane"),
+                            self.log(&format!("bird{i}.log"))
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{what}: not within {limit:?}\nBIRD:\n{}\n{}\n{others}\nbgp.log:\n{}\nipam.log:\n{}",
+                    self.birdc("show protocols all routeplane"),
+                    self.birdc("show route all"),
+                    self.log("bgp.log"),
+                    self.log("ipam.log")
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -403,7 +496,12 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.router, &self.speaker] {
+        for ns in self
+            .routers
+            .iter()
+            .map(|r| &r.0)
+            .chain([&self.router, &self.speaker])
+        {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
