@@ -13,6 +13,7 @@ pub mod md5;
 pub mod message;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod rib;
 pub mod server;
 pub mod session;

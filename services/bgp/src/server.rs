@@ -20,6 +20,7 @@ pub enum ServeError {
 }
 
 pub async fn run(cli: Cli) -> Result<(), ServeError> {
+    let cli = std::sync::Arc::new(cli);
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-bgp", &cli.telemetry)?;
     let (settings, notes) = cli.load()?;
     for note in notes {
@@ -36,13 +37,15 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         listeners.push(l);
     }
     let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::reload::run(cli.clone(), reload_tx, shutdown.clone()));
     tokio::spawn(crate::feed::run(
         cli.ipam.clone(),
         feed_tx,
         shutdown.clone(),
     ));
     let (speaker, speaker_task) =
-        crate::speaker::start(settings, listeners, feed_rx, shutdown.clone())
+        crate::speaker::start(settings, listeners, feed_rx, reload_rx, shutdown.clone())
             .map_err(ServeError::Peers)?;
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;

@@ -269,55 +269,140 @@ fn session_config(peer: &Peer, settings: &SpeakerSettings) -> Result<SessionConf
     })
 }
 
+/// Sets a peer's TCP-MD5 key on every listener (IPv4-mapped on IPv6 ones).
+fn set_listener_keys(peer: &Peer, listeners: &[Arc<TcpListener>]) -> Result<(), String> {
+    let Some(key) = &peer.password else {
+        return Ok(());
+    };
+    for l in listeners {
+        let addr = match (l.local_addr().map(|a| a.is_ipv6()), peer.peer_address) {
+            (Ok(true), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (_, a) => a,
+        };
+        crate::md5::set_key(std::os::fd::AsFd::as_fd(&**l), addr, key.as_bytes()).map_err(|e| {
+            format!(
+                "peer {}: cannot set its TCP-MD5 password on the BGP listener: {e}",
+                peer.peer_address
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Starts one peer's session.
+fn spawn_peer(
+    peer: &Peer,
+    settings: &SpeakerSettings,
+    listeners: &[Arc<TcpListener>],
+    events: &mpsc::UnboundedSender<Event>,
+) -> Result<PeerEntry, String> {
+    let config = session_config(peer, settings)?;
+    let ebgp = peer.my_asn != peer.peer_asn;
+    let transport = Transport {
+        peer: SocketAddr::new(peer.peer_address, peer.peer_port),
+        source: peer.source_address,
+        ttl: if ebgp && !peer.ebgp_multihop { 1 } else { 255 },
+        password: peer.password.clone(),
+    };
+    set_listener_keys(peer, listeners)?;
+    let status = SharedStatus::default();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router_id = config.router_id;
+    tokio::spawn(Session::new(config, transport, status.clone(), events.clone()).run(rx));
+    Ok(PeerEntry {
+        config: peer.clone(),
+        router_id,
+        status,
+        commands: tx,
+        last_desired: None,
+    })
+}
+
+impl State {
+    /// Applies a reloaded configuration: new peers start, removed ones stop with Cease/Peer
+    /// De-configured, changed ones (or ones whose router ID changed) restart with Cease/Other
+    /// Configuration Change; the others are left alone. Returns what it did, for the log.
+    fn reload(
+        &mut self,
+        settings: SpeakerSettings,
+        listeners: &[Arc<TcpListener>],
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> Result<Vec<String>, String> {
+        // Check every new peer before touching anything, so a bad file changes nothing.
+        for p in &settings.peers {
+            session_config(p, &settings)?;
+        }
+        let mut done = Vec::new();
+        let wanted: BTreeMap<IpAddr, &Peer> =
+            settings.peers.iter().map(|p| (p.peer_address, p)).collect();
+        let stop = |entry: &PeerEntry, subcode: u8| {
+            let (done, _) = oneshot::channel();
+            let _ = entry.commands.send(Command::Stop(
+                Some(Notification::new(codes::CEASE, subcode, [])),
+                done,
+            ));
+        };
+        let current: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for addr in current {
+            let keep = wanted.get(&addr).is_some_and(|p| {
+                let entry = &self.peers[&addr];
+                **p == entry.config
+                    && session_config(p, &settings).is_ok_and(|c| c.router_id == entry.router_id)
+            });
+            if keep {
+                continue;
+            }
+            if let Some(entry) = self.peers.remove(&addr) {
+                let subcode = if wanted.contains_key(&addr) {
+                    CEASE_OTHER_CONFIGURATION_CHANGE
+                } else {
+                    codes::CEASE_PEER_DECONFIGURED
+                };
+                stop(&entry, subcode);
+                done.push(format!(
+                    "{} {addr}",
+                    if wanted.contains_key(&addr) {
+                        "reset"
+                    } else {
+                        "removed"
+                    }
+                ));
+            }
+        }
+        for (addr, peer) in wanted {
+            if !self.peers.contains_key(&addr) {
+                let entry = spawn_peer(peer, &settings, listeners, events)?;
+                self.peers.insert(addr, entry);
+                if !done.iter().any(|d| d.ends_with(&addr.to_string())) {
+                    done.push(format!("added {addr}"));
+                }
+            }
+        }
+        self.settings = settings;
+        Ok(done)
+    }
+}
+
+/// RFC 4486 §4: Cease subcode for a reset caused by a configuration change.
+const CEASE_OTHER_CONFIGURATION_CHANGE: u8 = 6;
+
 /// Starts a session per peer and the speaker loop; returns the shared state for the API and the
-/// loop's task, which ends once every session has been stopped after shutdown.
+/// loop's task, which ends once every session has been stopped after shutdown. New settings sent
+/// on `reloads` are applied as [`State::reload`] says.
 pub fn start(
     settings: SpeakerSettings,
     listeners: Vec<TcpListener>,
     mut feed: mpsc::UnboundedReceiver<FeedEvent>,
+    mut reloads: mpsc::UnboundedReceiver<SpeakerSettings>,
     shutdown: Shutdown,
 ) -> Result<(Arc<Speaker>, tokio::task::JoinHandle<()>), String> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let listeners: Vec<Arc<TcpListener>> = listeners.into_iter().map(Arc::new).collect();
     let mut peers = BTreeMap::new();
     for peer in &settings.peers {
-        let config = session_config(peer, &settings)?;
-        let ebgp = peer.my_asn != peer.peer_asn;
-        let transport = Transport {
-            peer: SocketAddr::new(peer.peer_address, peer.peer_port),
-            source: peer.source_address,
-            ttl: if ebgp && !peer.ebgp_multihop { 1 } else { 255 },
-            password: peer.password.clone(),
-        };
-        if let Some(key) = &peer.password {
-            for l in &listeners {
-                // An IPv4 peer reaches an IPv6 listener as ::ffff:a.b.c.d.
-                let addr = match (l.local_addr().map(|a| a.is_ipv6()), peer.peer_address) {
-                    (Ok(true), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
-                    (_, a) => a,
-                };
-                crate::md5::set_key(std::os::fd::AsFd::as_fd(l), addr, key.as_bytes()).map_err(
-                    |e| {
-                        format!(
-                            "peer {}: cannot set its TCP-MD5 password on the BGP listener: {e}",
-                            peer.peer_address
-                        )
-                    },
-                )?;
-            }
-        }
-        let status = SharedStatus::default();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let router_id = config.router_id;
-        tokio::spawn(Session::new(config, transport, status.clone(), events_tx.clone()).run(rx));
         peers.insert(
             peer.peer_address,
-            PeerEntry {
-                config: peer.clone(),
-                router_id,
-                status,
-                commands: tx,
-                last_desired: None,
-            },
+            spawn_peer(peer, &settings, &listeners, &events_tx)?,
         );
     }
     let speaker = Arc::new(Speaker {
@@ -331,8 +416,8 @@ pub fn start(
             settings,
         }),
     });
-    for listener in listeners {
-        tokio::spawn(accept(listener, speaker.clone(), shutdown.clone()));
+    for listener in &listeners {
+        tokio::spawn(accept(listener.clone(), speaker.clone(), shutdown.clone()));
     }
     let s = speaker.clone();
     let task = tokio::spawn(async move {
@@ -353,6 +438,11 @@ pub fn start(
                 },
                 ev = events.recv() => if let Some(Event::Down(peer, reason)) = &ev {
                     tracing::debug!(%peer, %reason, "peer down");
+                },
+                Some(new) = reloads.recv() => match s.lock().reload(new, &listeners, &events_tx) {
+                    Ok(done) if done.is_empty() => tracing::info!("configuration reloaded: no peer changed"),
+                    Ok(done) => tracing::info!(changes = %done.join(", "), "configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload refused: the running configuration stays"),
                 },
                 () = sleep_until(deadline) => {}
             }
@@ -390,7 +480,7 @@ async fn stop_all(speaker: &Speaker) {
     }
 }
 
-async fn accept(listener: TcpListener, speaker: Arc<Speaker>, shutdown: Shutdown) {
+async fn accept(listener: Arc<TcpListener>, speaker: Arc<Speaker>, shutdown: Shutdown) {
     loop {
         let (stream, from) = tokio::select! {
             r = listener.accept() => match r {

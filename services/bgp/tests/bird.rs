@@ -491,3 +491,100 @@ fn the_seed_peer_groups_split_nodes_between_an_ebgp_and_an_ibgp_tor() {
         "{states:?}"
     );
 }
+
+/// When BIRD's session on router `index` (None: the first router) last changed state.
+fn since(lab: &Lab, index: Option<usize>) -> String {
+    let text = match index {
+        Some(i) => lab.birdc_on(i, "show protocols routeplane"),
+        None => lab.birdc("show protocols routeplane"),
+    };
+    text.lines()
+        .find(|l| l.starts_with("routeplane"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_reload_adds_and_resets_only_the_peers_that_changed() {
+    if !lab::privileged("a_reload_adds_and_resets_only_the_peers_that_changed") {
+        return;
+    }
+    let mut lab = Lab::new("r");
+    lab.start_bird(64524, "");
+    let ibgp = lab.add_router("10.4.36.250");
+    lab.start_bird_on(ibgp, "10.4.36.250", "  local 10.4.36.250 as 64512;\n  neighbor 10.4.36.10 as 64512;\n  direct;\n  ipv4 { import all; export none; };");
+    let one = "peers:\n  - peer-address: 10.4.36.239\n    peer-asn: 64524\n    my-asn: 64513\n";
+    let ibgp_peer = "  - peer-address: 10.4.36.250\n    peer-asn: 64512\n    my-asn: 64512\n";
+    lab.start_routeplane_config(one, &[]);
+    lab.wait_for(
+        "the first peer establishes",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+    let first_since = since(&lab, None);
+    let ibgp_up = |lab: &Lab| {
+        lab.birdc_on(ibgp, "show protocols routeplane")
+            .contains("Established")
+    };
+
+    // Edit the file: the new peer comes up, the first one is not touched.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(lab.path("bgp-config.yaml"), format!("{one}{ibgp_peer}")).unwrap();
+    lab.wait_for(
+        "the added peer establishes after the file changed",
+        Duration::from_secs(20),
+        || ibgp_up(&lab),
+    );
+    assert_eq!(
+        since(&lab, None),
+        first_since,
+        "the unchanged session stayed up"
+    );
+    let ibgp_since = since(&lab, Some(ibgp));
+
+    // Change only the new peer and send SIGHUP: it alone is reset, with Other Configuration Change.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(
+        lab.path("bgp-config.yaml"),
+        format!("{one}{ibgp_peer}    hold-time: 30s\n"),
+    )
+    .unwrap();
+    lab.signal_bgp("-HUP");
+    lab.wait_for(
+        "the changed peer is reset and comes back",
+        Duration::from_secs(20),
+        || ibgp_up(&lab) && since(&lab, Some(ibgp)) != ibgp_since,
+    );
+    assert!(
+        lab.birdc_on(ibgp, "show protocols all routeplane")
+            .contains("Hold timer:"),
+        "session back"
+    );
+    assert_eq!(
+        since(&lab, None),
+        first_since,
+        "the other session stayed up"
+    );
+    let peer = lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/GetPeer",
+        r#"{"peerAddress": "10.4.36.250"}"#,
+    );
+    assert_eq!(peer["holdTimeSeconds"], 30, "{peer}");
+
+    // A broken file is refused and changes nothing.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(
+        lab.path("bgp-config.yaml"),
+        format!("{one}{ibgp_peer}    hold-tme: 30s\n"),
+    )
+    .unwrap();
+    lab.signal_bgp("-HUP");
+    lab.wait_for("the reload is refused", Duration::from_secs(10), || {
+        lab.log("bgp.log").contains("reload refused")
+    });
+    assert!(lab.log("bgp.log").contains("unknown field `hold-tme`"));
+    assert!(established(&lab) && ibgp_up(&lab));
+    assert_eq!(since(&lab, None), first_since);
+}

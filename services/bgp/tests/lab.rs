@@ -327,16 +327,24 @@ impl Lab {
         self.wait_healthy(&[(50051, "ipam.log"), (50052, "bgp.log")]);
     }
 
-    /// SIGTERM to routeplane-bgp, waiting (bounded) until it has exited.
-    pub fn stop_bgp(&mut self) {
+    fn bgp_index(&self) -> usize {
         let bgp = bin("routeplane-bgp");
-        let index = self
-            .children
+        self.children
             .iter()
             .rposition(|c| {
                 std::fs::read_link(format!("/proc/{}/exe", c.id())).is_ok_and(|p| p == bgp)
             })
-            .expect("routeplane-bgp is running");
+            .expect("routeplane-bgp is running")
+    }
+
+    /// Sends routeplane-bgp a signal (e.g. "-HUP").
+    pub fn signal_bgp(&self, signal: &str) {
+        self.kill(self.children[self.bgp_index()].id(), signal);
+    }
+
+    /// SIGTERM to routeplane-bgp, waiting (bounded) until it has exited.
+    pub fn stop_bgp(&mut self) {
+        let index = self.bgp_index();
         let mut child = self.children.remove(index);
         self.kill(child.id(), "-TERM");
         let deadline = Instant::now() + Duration::from_secs(15);

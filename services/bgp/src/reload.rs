@@ -1,0 +1,65 @@
+//! Reloading the configuration: on SIGHUP, and when values.yaml or bgp-config changes on disk
+//! (checked every 2 s by modification time, which also catches a Kubernetes ConfigMap volume
+//! swapping its files). A file that does not load is refused with its error; the running
+//! configuration stays.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use routeplane_runtime::shutdown::Shutdown;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::settings::Cli;
+use crate::speaker::SpeakerSettings;
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+pub async fn run(cli: Arc<Cli>, tx: mpsc::UnboundedSender<SpeakerSettings>, shutdown: Shutdown) {
+    let files: Vec<PathBuf> = cli
+        .values
+        .iter()
+        .chain(cli.bgp_config.iter())
+        .cloned()
+        .collect();
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reloading on file changes only");
+            None
+        }
+    };
+    let mut seen = stamps(&files);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = tick.tick() => {
+                let now = stamps(&files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "a configuration file changed"
+            }
+            () = shutdown.wait() => return,
+        };
+        match cli.load() {
+            Ok((settings, _)) => {
+                tracing::info!(trigger = why, "reloading the configuration");
+                if tx.send(settings).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(trigger = why, error = %e, "reload refused: the running configuration stays")
+            }
+        }
+    }
+}
