@@ -370,9 +370,8 @@ impl State {
             }
         }
         for (addr, peer) in wanted {
-            if !self.peers.contains_key(&addr) {
-                let entry = spawn_peer(peer, &settings, listeners, events)?;
-                self.peers.insert(addr, entry);
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.peers.entry(addr) {
+                slot.insert(spawn_peer(peer, &settings, listeners, events)?);
                 if !done.iter().any(|d| d.ends_with(&addr.to_string())) {
                     done.push(format!("added {addr}"));
                 }
