@@ -9,10 +9,183 @@ use routeplane_net::{Cidr, Family};
 use tonic::{Request, Response, Status};
 
 use crate::message::{Nlri, Origin, PathAttributes};
+use crate::policy::OperatorPath;
 use crate::policy::Source;
 use crate::rib::Routes;
 use crate::session::{PeerStatus, lock};
-use crate::speaker::Speaker;
+use crate::speaker::{Speaker, SpeakerError, SpeakerEvent};
+
+impl From<SpeakerError> for Status {
+    fn from(e: SpeakerError) -> Status {
+        let msg = e.to_string();
+        match e {
+            SpeakerError::PeerExists(_) => Status::already_exists(msg),
+            SpeakerError::NoSuchPeer(..) => Status::not_found(msg),
+            SpeakerError::Refused(_) => Status::invalid_argument(msg),
+        }
+    }
+}
+
+fn parse_ip(field: &str, text: &str) -> Result<IpAddr, Status> {
+    text.trim()
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("{field} {text:?} is not an IP address")))
+}
+
+/// An AddPeer request as the bgp-config entry it stands for, checked by the same parser as the file.
+fn peer_from(r: &pb::AddPeerRequest) -> Result<routeplane_config::Peer, Status> {
+    use serde_yaml::{Mapping, Value};
+    let mut m = Mapping::new();
+    let mut put = |k: &str, v: Value| {
+        m.insert(Value::from(k), v);
+    };
+    put("peer-address", Value::from(r.peer_address.as_str()));
+    put("peer-asn", Value::from(r.peer_asn));
+    put("my-asn", Value::from(r.my_asn));
+    if r.peer_port != 0 {
+        put("peer-port", Value::from(r.peer_port));
+    }
+    for (key, v) in [
+        ("source-address", &r.source_address),
+        ("hold-time", &r.hold_time),
+        ("keepalive-time", &r.keepalive_time),
+        ("router-id", &r.router_id),
+        ("password", &r.password),
+    ] {
+        if !v.is_empty() {
+            put(key, Value::from(v.as_str()));
+        }
+    }
+    if r.ebgp_multihop {
+        put("ebgp-multihop", Value::from(true));
+    }
+    if !r.node_selectors.is_empty() {
+        let selectors: Vec<Value> = r
+            .node_selectors
+            .iter()
+            .map(|s| {
+                let mut sel = Mapping::new();
+                if !s.match_labels.is_empty() {
+                    let labels: Mapping = s
+                        .match_labels
+                        .iter()
+                        .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                        .collect();
+                    sel.insert(Value::from("match-labels"), Value::Mapping(labels));
+                }
+                if !s.match_expressions.is_empty() {
+                    let exprs: Vec<Value> = s
+                        .match_expressions
+                        .iter()
+                        .map(|e| {
+                            let mut x = Mapping::new();
+                            x.insert(Value::from("key"), Value::from(e.key.as_str()));
+                            x.insert(Value::from("operator"), Value::from(e.operator.as_str()));
+                            x.insert(
+                                Value::from("values"),
+                                Value::Sequence(
+                                    e.values.iter().map(|v| Value::from(v.as_str())).collect(),
+                                ),
+                            );
+                            Value::Mapping(x)
+                        })
+                        .collect();
+                    sel.insert(Value::from("match-expressions"), Value::Sequence(exprs));
+                }
+                Value::Mapping(sel)
+            })
+            .collect();
+        put("node-selectors", Value::Sequence(selectors));
+    }
+    let mut doc = Mapping::new();
+    doc.insert(
+        Value::from("peers"),
+        Value::Sequence(vec![Value::Mapping(m)]),
+    );
+    let text = serde_yaml::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
+    let config = routeplane_config::BgpConfig::parse(&text, "AddPeer")
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    config
+        .peers
+        .into_iter()
+        .next()
+        .ok_or_else(|| Status::invalid_argument("no peer given"))
+}
+
+fn path_from(r: &pb::AnnouncePathRequest) -> Result<OperatorPath, Status> {
+    let prefix: Cidr = r
+        .prefix
+        .parse()
+        .map_err(|e: routeplane_net::NetError| Status::invalid_argument(format!("prefix: {e}")))?;
+    let next_hop = parse_ip("nextHop", &r.next_hop)?;
+    if Family::of(next_hop) != prefix.family() {
+        return Err(Status::invalid_argument(format!(
+            "nextHop {next_hop} and prefix {prefix} are of different families"
+        )));
+    }
+    let peers = r
+        .peers
+        .iter()
+        .map(|p| parse_ip("peers[]", p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let communities = r
+        .communities
+        .iter()
+        .map(|c| {
+            c.split_once(':')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "community {c:?} is not ASN:VALUE with two 16-bit numbers"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(OperatorPath {
+        prefix,
+        next_hop,
+        peers,
+        local_pref: r.local_pref,
+        med: r.med,
+        communities,
+    })
+}
+
+fn event(e: SpeakerEvent) -> pb::BgpEvent {
+    use pb::bgp_event::Event as E;
+    match e {
+        SpeakerEvent::State {
+            peer,
+            state,
+            reason,
+        } => pb::BgpEvent {
+            peer_address: peer.to_string(),
+            event: Some(E::State(pb::SessionState {
+                state: state.name().into(),
+                reason,
+            })),
+        },
+        SpeakerEvent::Advertised {
+            peer,
+            nlri,
+            attributes,
+        } => pb::BgpEvent {
+            peer_address: peer.to_string(),
+            event: Some(E::Advertised(route(&nlri, &attributes))),
+        },
+        SpeakerEvent::Withdrawn { peer, nlri } => pb::BgpEvent {
+            peer_address: peer.to_string(),
+            event: Some(E::Withdrawn(pb::Route {
+                prefix: nlri.prefix.to_string(),
+                path_id: nlri.path_id.unwrap_or(0),
+                ..Default::default()
+            })),
+        },
+    }
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BgpEvent, Status>> + Send>>;
 
 pub struct BgpGrpc {
     speaker: Arc<Speaker>,
@@ -128,6 +301,97 @@ fn routes(r: &Routes) -> pb::ListRoutesResponse {
 
 #[tonic::async_trait]
 impl pb::bgp_server::Bgp for BgpGrpc {
+    async fn add_peer(
+        &self,
+        req: Request<pb::AddPeerRequest>,
+    ) -> Result<Response<pb::Peer>, Status> {
+        let peer = peer_from(req.get_ref())?;
+        let address = peer.peer_address.to_string();
+        self.speaker.add_peer(peer)?;
+        self.get_peer(Request::new(pb::GetPeerRequest {
+            peer_address: address,
+        }))
+        .await
+    }
+
+    async fn delete_peer(
+        &self,
+        req: Request<pb::DeletePeerRequest>,
+    ) -> Result<Response<pb::DeletePeerResponse>, Status> {
+        self.speaker
+            .delete_peer(parse_ip("peerAddress", &req.get_ref().peer_address)?)?;
+        Ok(Response::new(pb::DeletePeerResponse {}))
+    }
+
+    async fn announce_path(
+        &self,
+        req: Request<pb::AnnouncePathRequest>,
+    ) -> Result<Response<pb::AnnouncePathResponse>, Status> {
+        self.speaker.announce(vec![path_from(req.get_ref())?]);
+        Ok(Response::new(pb::AnnouncePathResponse {}))
+    }
+
+    async fn announce_paths(
+        &self,
+        req: Request<tonic::Streaming<pb::AnnouncePathRequest>>,
+    ) -> Result<Response<pb::AnnouncePathsResponse>, Status> {
+        // Checked whole before anything is applied: a bad item leaves nothing half-announced.
+        let mut stream = req.into_inner();
+        let mut paths = Vec::new();
+        while let Some(item) = stream.message().await? {
+            let index = paths.len();
+            paths.push(
+                path_from(&item).map_err(|s| {
+                    Status::invalid_argument(format!("item {index}: {}", s.message()))
+                })?,
+            );
+        }
+        let accepted = paths.len() as u64;
+        self.speaker.announce(paths);
+        Ok(Response::new(pb::AnnouncePathsResponse { accepted }))
+    }
+
+    async fn withdraw_path(
+        &self,
+        req: Request<pb::WithdrawPathRequest>,
+    ) -> Result<Response<pb::WithdrawPathResponse>, Status> {
+        let prefix: Cidr =
+            req.get_ref()
+                .prefix
+                .parse()
+                .map_err(|e: routeplane_net::NetError| {
+                    Status::invalid_argument(format!("prefix: {e}"))
+                })?;
+        Ok(Response::new(pb::WithdrawPathResponse {
+            withdrawn: self.speaker.withdraw(&prefix),
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        use tokio_stream::StreamExt as _;
+        use tokio_stream::wrappers::BroadcastStream;
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        let stream = BroadcastStream::new(self.speaker.subscribe()).map(|r| match r {
+            Ok(e) => Ok(event(e)),
+            Err(BroadcastStreamRecvError::Lagged(n)) => Err(Status::aborted(format!(
+                "this watcher fell {n} events behind and was cut off; call WatchEvents again"
+            ))),
+        });
+        // End the stream after the first error (a lagged watcher is told once, then cut off).
+        let mut failed = false;
+        let stream = stream.take_while(move |r| {
+            let go = !failed;
+            failed |= r.is_err();
+            go
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_peers(
         &self,
         _: Request<pb::ListPeersRequest>,
@@ -202,6 +466,9 @@ impl pb::bgp_server::Bgp for BgpGrpc {
                     service.clone(),
                     pool.clone(),
                 ),
+                Source::Operator { .. } => {
+                    ("operator path", String::new(), String::new(), String::new())
+                }
             };
             let verdict = match v.outcome {
                 Ok(paths) => pb::PeerVerdict {
@@ -233,7 +500,7 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         }
         if sources.is_empty() {
             return Err(Status::not_found(format!(
-                "{prefix} is neither a node's pod CIDR nor a Service's LoadBalancer IP known to IPAM"
+                "{prefix} is neither a node's pod CIDR, a Service's LoadBalancer IP known to IPAM, nor an announced path"
             )));
         }
         Ok(Response::new(pb::ExplainPrefixResponse {

@@ -67,6 +67,18 @@ impl PeerView {
     }
 }
 
+/// A prefix an operator announced through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorPath {
+    pub prefix: Cidr,
+    pub next_hop: IpAddr,
+    /// Only these peers; every peer when empty.
+    pub peers: Vec<IpAddr>,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub communities: Vec<(u16, u16)>,
+}
+
 /// values.yaml's bgp.announce switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Announce {
@@ -77,6 +89,7 @@ pub struct Announce {
 pub struct Inputs<'a> {
     pub nodes: &'a [NodeView],
     pub services: &'a [ServiceView],
+    pub operator: &'a [OperatorPath],
     pub pools: &'a [AddressPool],
     pub peers: &'a [PeerView],
     pub announce: Announce,
@@ -87,6 +100,7 @@ pub struct Inputs<'a> {
 pub enum Source {
     PodCidr { node: String, cidr: Cidr },
     LoadBalancerIp { service: String, pool: String },
+    Operator { prefix: Cidr },
 }
 
 /// For one source and one peer: the paths sent, or why none is.
@@ -287,57 +301,100 @@ impl Inputs<'_> {
         Ok(vec![route(nh, None)])
     }
 
+    fn operator_path(
+        &self,
+        peer: &PeerView,
+        path: &OperatorPath,
+    ) -> Result<Vec<(Nlri, PathAttributes)>, String> {
+        if !path.peers.is_empty() && !path.peers.contains(&peer.address) {
+            return Err(format!(
+                "the path was announced to {} only",
+                path.peers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        self.session_ready(peer, path.prefix.family())?;
+        let mut attrs = self.attributes(
+            peer,
+            path.next_hop,
+            path.local_pref,
+            path.communities.clone(),
+        );
+        attrs.med = path.med;
+        let path_id = peer
+            .add_path_send
+            .contains(&path.prefix.family())
+            .then_some(0);
+        Ok(vec![(
+            Nlri {
+                prefix: path.prefix,
+                path_id,
+            },
+            attrs,
+        )])
+    }
+
+    /// For one peer, every source's verdict: pod CIDRs, LoadBalancer IPs, operator paths.
+    fn peer_verdicts(&self, peer: &PeerView) -> Vec<Verdict> {
+        let verdict = |source, outcome| Verdict {
+            peer: peer.address,
+            source,
+            outcome,
+        };
+        let cidrs = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.pod_cidrs.iter().map(move |c| (n, c)));
+        let cidrs = cidrs.map(|(n, c)| {
+            verdict(
+                Source::PodCidr {
+                    node: n.name.clone(),
+                    cidr: *c,
+                },
+                self.node_cidr(peer, n, c),
+            )
+        });
+        let lbs = self.services.iter().map(|s| {
+            verdict(
+                Source::LoadBalancerIp {
+                    service: s.service.clone(),
+                    pool: s.pool.clone(),
+                },
+                self.service_ip(peer, s),
+            )
+        });
+        let ops = self.operator.iter().map(|p| {
+            verdict(
+                Source::Operator { prefix: p.prefix },
+                self.operator_path(peer, p),
+            )
+        });
+        cidrs.chain(lbs).chain(ops).collect()
+    }
+
     /// Every verdict, for every source and peer.
     pub fn verdicts(&self) -> Vec<Verdict> {
-        let mut out = Vec::new();
-        for peer in self.peers {
-            for node in self.nodes {
-                for cidr in &node.pod_cidrs {
-                    let source = Source::PodCidr {
-                        node: node.name.clone(),
-                        cidr: *cidr,
-                    };
-                    out.push(Verdict {
-                        peer: peer.address,
-                        source,
-                        outcome: self.node_cidr(peer, node, cidr),
-                    });
-                }
-            }
-            for svc in self.services {
-                let source = Source::LoadBalancerIp {
-                    service: svc.service.clone(),
-                    pool: svc.pool.clone(),
-                };
-                out.push(Verdict {
-                    peer: peer.address,
-                    source,
-                    outcome: self.service_ip(peer, svc),
-                });
-            }
-        }
-        out
+        self.peers
+            .iter()
+            .flat_map(|p| self.peer_verdicts(p))
+            .collect()
     }
 
     /// What `peer` should have. The first source of an NLRI wins (a pod CIDR and an aggregated
-    /// LoadBalancer prefix never coincide: IPAM keeps the pools apart).
+    /// LoadBalancer prefix never coincide: IPAM keeps the pools apart; an operator path that
+    /// repeats one of them yields to it).
     pub fn desired(&self, peer: &PeerView) -> Routes {
         let mut routes = Routes::new();
-        for node in self.nodes {
-            for cidr in &node.pod_cidrs {
-                if let Ok(r) = self.node_cidr(peer, node, cidr) {
-                    for (n, a) in r {
-                        routes.entry(n).or_insert(a);
-                    }
-                }
-            }
-        }
-        for svc in self.services {
-            if let Ok(r) = self.service_ip(peer, svc) {
-                for (n, a) in r {
-                    routes.entry(n).or_insert(a);
-                }
-            }
+        for (n, a) in self
+            .peer_verdicts(peer)
+            .into_iter()
+            .filter_map(|v| v.outcome.ok())
+            .flatten()
+        {
+            routes.entry(n).or_insert(a);
         }
         routes
     }
@@ -352,6 +409,7 @@ impl Inputs<'_> {
                     .services
                     .iter()
                     .any(|s| &s.service == service && prefix.contains_addr(s.ip)),
+                Source::Operator { prefix: p } => p == prefix,
             })
             .collect()
     }

@@ -84,6 +84,14 @@ pub enum Command {
 pub enum Event {
     Up(IpAddr),
     Down(IpAddr, String),
+    /// The session's new state, and why (when it went down).
+    State(IpAddr, State, String),
+    /// What one sync sent.
+    Sent {
+        peer: IpAddr,
+        advertised: Vec<(crate::message::Nlri, crate::message::PathAttributes)>,
+        withdrawn: Vec<crate::message::Nlri>,
+    },
 }
 
 struct Conn {
@@ -292,11 +300,20 @@ impl Session {
             return;
         }
         tracing::info!(peer = %self.address, from = before.name(), to = after.name(), "session state");
-        {
+        let reason = {
             let mut s = lock(&self.status);
             s.state = after;
             s.since = SystemTime::now();
-        }
+            if after == State::Idle {
+                s.last_error
+                    .as_ref()
+                    .map(|e| e.0.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        let _ = self.events.send(Event::State(self.address, after, reason));
         if let Some(incoming) = self.pending.take() {
             match after {
                 State::OpenConfirm => Box::pin(self.resolve_collision(incoming)).await,
@@ -390,6 +407,26 @@ impl Session {
         let (asn4, families) = (n.asn4, n.families.clone());
         let updates = self.rib.sync(&desired, asn4);
         let count = updates.len() as u64;
+        if !updates.is_empty() {
+            let withdrawn = updates
+                .iter()
+                .flat_map(|u| u.withdrawn.iter().copied())
+                .collect();
+            let advertised = updates
+                .iter()
+                .filter_map(|u| {
+                    u.attributes
+                        .as_ref()
+                        .map(|a| u.announced.iter().map(move |n| (*n, a.clone())))
+                })
+                .flatten()
+                .collect();
+            let _ = self.events.send(Event::Sent {
+                peer: self.address,
+                advertised,
+                withdrawn,
+            });
+        }
         let messages: Vec<Message> = updates.into_iter().map(Message::Update).collect();
         for batch in messages.chunks(64) {
             self.write(batch).await;

@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use routeplane_config::{AddressPool, Peer};
-use routeplane_net::Family;
+use routeplane_net::{Cidr, Family};
 use routeplane_runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::feed::{FeedEvent, FeedNode, FeedService};
 use crate::fsm::SessionConfig;
 use crate::message::{AddPath, Capabilities, GracefulRestart, Notification, codes};
-use crate::policy::{Announce, Inputs, NodeView, PeerView, ServiceView};
+use crate::policy::{Announce, Inputs, NodeView, OperatorPath, PeerView, ServiceView};
 use crate::rib::Routes;
 use crate::session::{Command, Event, Session, SharedStatus, Transport, lock};
 
@@ -59,16 +59,54 @@ pub struct State {
     pub synced: bool,
     next_path_id: u32,
     settings: SpeakerSettings,
+    /// Paths announced through the API.
+    operator: BTreeMap<Cidr, OperatorPath>,
+    /// Peers added through the API: kept across reloads unless the file then defines the address.
+    runtime_peers: BTreeMap<IpAddr, Peer>,
+}
+
+/// What WatchEvents streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpeakerEvent {
+    State {
+        peer: IpAddr,
+        state: crate::fsm::State,
+        reason: String,
+    },
+    Advertised {
+        peer: IpAddr,
+        nlri: crate::message::Nlri,
+        attributes: crate::message::PathAttributes,
+    },
+    Withdrawn {
+        peer: IpAddr,
+        nlri: crate::message::Nlri,
+    },
+}
+
+/// Why an API change to the speaker was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error("{0} is already a peer; DeletePeer it first to change it")]
+    PeerExists(IpAddr),
+    #[error("{0} is not a peer; peers are: {1}")]
+    NoSuchPeer(IpAddr, String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub struct Speaker {
     state: Mutex<State>,
+    listeners: Vec<Arc<TcpListener>>,
+    sessions: mpsc::UnboundedSender<Event>,
+    events: broadcast::Sender<SpeakerEvent>,
 }
 
 /// The policy's inputs, owned, so that callers can build [`Inputs`] from them.
 pub struct Views {
     pub nodes: Vec<NodeView>,
     pub services: Vec<ServiceView>,
+    pub operator: Vec<OperatorPath>,
     pub peers: Vec<PeerView>,
     pub pools: Vec<AddressPool>,
     pub announce: Announce,
@@ -79,6 +117,7 @@ impl Views {
         Inputs {
             nodes: &self.nodes,
             services: &self.services,
+            operator: &self.operator,
             pools: &self.pools,
             peers: &self.peers,
             announce: self.announce,
@@ -93,6 +132,101 @@ impl Speaker {
 
     pub fn views(&self, now: Instant) -> Views {
         self.lock().views(now)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<SpeakerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Adds a peer at runtime (see routeplane.bgp.v1 AddPeer).
+    pub fn add_peer(&self, peer: Peer) -> Result<(), SpeakerError> {
+        let mut state = self.lock();
+        if state.peers.contains_key(&peer.peer_address) {
+            return Err(SpeakerError::PeerExists(peer.peer_address));
+        }
+        let entry = spawn_peer(&peer, &state.settings, &self.listeners, &self.sessions)
+            .map_err(SpeakerError::Refused)?;
+        state.peers.insert(peer.peer_address, entry);
+        state.runtime_peers.insert(peer.peer_address, peer);
+        state.push(Instant::now());
+        Ok(())
+    }
+
+    /// Removes a peer, telling it Cease/Peer De-configured.
+    pub fn delete_peer(&self, address: IpAddr) -> Result<(), SpeakerError> {
+        let mut state = self.lock();
+        let Some(entry) = state.peers.remove(&address) else {
+            let known = state
+                .peers
+                .keys()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(SpeakerError::NoSuchPeer(address, known));
+        };
+        state.runtime_peers.remove(&address);
+        let (done, _) = oneshot::channel();
+        let _ = entry.commands.send(Command::Stop(
+            Some(Notification::new(
+                codes::CEASE,
+                codes::CEASE_PEER_DECONFIGURED,
+                [],
+            )),
+            done,
+        ));
+        Ok(())
+    }
+
+    /// Announces (or replaces) operator paths, then brings every peer up to date once.
+    pub fn announce(&self, paths: Vec<OperatorPath>) {
+        let mut state = self.lock();
+        for p in paths {
+            state.operator.insert(p.prefix, p);
+        }
+        state.push(Instant::now());
+    }
+
+    /// Withdraws an operator path; false when there was none.
+    pub fn withdraw(&self, prefix: &Cidr) -> bool {
+        let mut state = self.lock();
+        let had = state.operator.remove(prefix).is_some();
+        if had {
+            state.push(Instant::now());
+        }
+        had
+    }
+
+    /// Fans a session's report out to WatchEvents subscribers (nothing is built without one).
+    fn publish(&self, event: Event) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        match event {
+            Event::State(peer, state, reason) => {
+                let _ = self.events.send(SpeakerEvent::State {
+                    peer,
+                    state,
+                    reason,
+                });
+            }
+            Event::Sent {
+                peer,
+                advertised,
+                withdrawn,
+            } => {
+                for nlri in withdrawn {
+                    let _ = self.events.send(SpeakerEvent::Withdrawn { peer, nlri });
+                }
+                for (nlri, attributes) in advertised {
+                    let _ = self.events.send(SpeakerEvent::Advertised {
+                        peer,
+                        nlri,
+                        attributes,
+                    });
+                }
+            }
+            Event::Up(_) | Event::Down(..) => {}
+        }
     }
 }
 
@@ -144,6 +278,7 @@ impl State {
         Views {
             nodes,
             services,
+            operator: self.operator.values().cloned().collect(),
             peers,
             pools: self.settings.pools.clone(),
             announce: self.settings.announce,
@@ -324,10 +459,14 @@ impl State {
     /// Configuration Change; the others are left alone. Returns what it did, for the log.
     fn reload(
         &mut self,
-        settings: SpeakerSettings,
+        mut settings: SpeakerSettings,
         listeners: &[Arc<TcpListener>],
         events: &mpsc::UnboundedSender<Event>,
     ) -> Result<Vec<String>, String> {
+        // Peers added through the API stay, unless the file now defines their address itself.
+        self.runtime_peers
+            .retain(|addr, _| !settings.peers.iter().any(|p| p.peer_address == *addr));
+        settings.peers.extend(self.runtime_peers.values().cloned());
         // Check every new peer before touching anything, so a bad file changes nothing.
         for p in &settings.peers {
             session_config(p, &settings)?;
@@ -413,7 +552,12 @@ pub fn start(
             synced: false,
             next_path_id: 0,
             settings,
+            operator: BTreeMap::new(),
+            runtime_peers: BTreeMap::new(),
         }),
+        listeners: listeners.clone(),
+        sessions: events_tx.clone(),
+        events: broadcast::channel(4096).0,
     });
     for listener in &listeners {
         tokio::spawn(accept(listener.clone(), speaker.clone(), shutdown.clone()));
@@ -435,9 +579,14 @@ pub fn start(
                     Some(ev) => s.lock().apply(ev, Instant::now()),
                     None => feed_open = false,
                 },
-                ev = events.recv() => if let Some(Event::Down(peer, reason)) = &ev {
-                    tracing::debug!(%peer, %reason, "peer down");
-                },
+                Some(ev) = events.recv() => {
+                    // Session reports only publish; route changes need no recomputation.
+                    let up = matches!(ev, Event::Up(_));
+                    s.publish(ev);
+                    if !up {
+                        continue;
+                    }
+                }
                 Some(new) = reloads.recv() => match s.lock().reload(new, &listeners, &events_tx) {
                     Ok(done) if done.is_empty() => tracing::info!("configuration reloaded: no peer changed"),
                     Ok(done) => tracing::info!(changes = %done.join(", "), "configuration reloaded"),

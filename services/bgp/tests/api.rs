@@ -218,3 +218,94 @@ fn startup_refuses_what_cannot_work() {
         "{err}"
     );
 }
+
+#[test]
+fn peers_and_paths_can_be_added_and_removed_at_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let call = |method: &str, body: &str| {
+        grpcurl(&server, &format!("routeplane.bgp.v1.Bgp/{method}"), body)
+    };
+
+    let (ok, out) = call(
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.5", "peerPort": 1791, "peerAsn": 64600, "myAsn": 64513, "holdTime": "30s"}"#,
+    );
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["peerAddress"].as_str(), v["peerAsn"].as_u64()),
+        (Some("127.0.0.5"), Some(64600))
+    );
+    let (ok, out) = call(
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.5", "peerAsn": 64600, "myAsn": 64513}"#,
+    );
+    assert!(
+        !ok && out.contains("AlreadyExists") && out.contains("127.0.0.5 is already a peer"),
+        "{out}"
+    );
+    let (ok, out) = call(
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.6", "peerAsn": 0, "myAsn": 64513}"#,
+    );
+    assert!(
+        !ok && out.contains("InvalidArgument") && out.contains("peer-asn: 0 is not valid"),
+        "{out}"
+    );
+    let (ok, out) = call(
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.6", "peerAsn": 1, "myAsn": 2, "holdTime": "2s"}"#,
+    );
+    assert!(!ok && out.contains("hold-time"), "{out}");
+    let (ok, out) = call("ListPeers", "{}");
+    assert!(ok && out.contains("127.0.0.5"), "{out}");
+    let (ok, out) = call("DeletePeer", r#"{"peerAddress": "127.0.0.5"}"#);
+    assert!(ok, "{out}");
+    let (ok, out) = call("DeletePeer", r#"{"peerAddress": "127.0.0.5"}"#);
+    assert!(
+        !ok && out.contains("NotFound") && out.contains("peers are: 127.0.0.2"),
+        "{out}"
+    );
+
+    let (ok, out) = call(
+        "AnnouncePath",
+        r#"{"prefix": "192.0.2.0/24", "nextHop": "fd00::1"}"#,
+    );
+    assert!(!ok && out.contains("different families"), "{out}");
+    let (ok, out) = call(
+        "AnnouncePath",
+        r#"{"prefix": "192.0.2.0/24", "nextHop": "10.4.36.11", "communities": ["64512:x"]}"#,
+    );
+    assert!(!ok && out.contains("community \"64512:x\""), "{out}");
+    let (ok, out) = call(
+        "AnnouncePath",
+        r#"{"prefix": "192.0.2.0/24", "nextHop": "10.4.36.11"}"#,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = call("ExplainPrefix", r#"{"prefix": "192.0.2.0/24"}"#);
+    assert!(
+        ok && out.contains("operator path") && out.contains("not established"),
+        "{out}"
+    );
+    // A client stream of three paths, one of them bad: nothing is applied.
+    let (ok, out) = call(
+        "AnnouncePaths",
+        r#"{"prefix": "198.51.100.0/24", "nextHop": "10.4.36.11"} {"prefix": "banana", "nextHop": "10.4.36.11"}"#,
+    );
+    assert!(!ok && out.contains("item 1: prefix"), "{out}");
+    let (ok, out) = call("WithdrawPath", r#"{"prefix": "198.51.100.0/24"}"#);
+    assert!(
+        ok && !out.contains("true"),
+        "the bad stream applied nothing: {out}"
+    );
+    let (ok, out) = call(
+        "AnnouncePaths",
+        r#"{"prefix": "198.51.100.0/24", "nextHop": "10.4.36.11"} {"prefix": "203.0.113.0/24", "nextHop": "10.4.36.12"}"#,
+    );
+    assert!(ok && out.contains("\"accepted\": \"2\""), "{out}");
+    let (ok, out) = call("WithdrawPath", r#"{"prefix": "192.0.2.0/24"}"#);
+    assert!(ok && out.contains("\"withdrawn\": true"), "{out}");
+    let (ok, out) = call("WithdrawPath", r#"{"prefix": "192.0.2.0/24"}"#);
+    assert!(ok && !out.contains("true"), "{out}");
+}

@@ -588,3 +588,69 @@ fn a_reload_adds_and_resets_only_the_peers_that_changed() {
     assert!(established(&lab) && ibgp_up(&lab));
     assert_eq!(since(&lab, None), first_since);
 }
+
+#[test]
+fn announced_paths_reach_bird_and_watch_events_report_them() {
+    if !lab::privileged("announced_paths_reach_bird_and_watch_events_report_them") {
+        return;
+    }
+    let mut lab = Lab::new("o");
+    lab.start_bird(64524, "");
+    lab.start_routeplane(&[], &[]);
+    lab.wait_for(
+        "BIRD establishes the session",
+        Duration::from_secs(20),
+        || established(&lab),
+    );
+    // A watcher for 6 s, in the background.
+    let events = lab.path("events.json");
+    let watcher = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.speaker,
+            "grpcurl",
+            "-plaintext",
+            "-max-time",
+            "6",
+            "127.0.0.1:50052",
+            "routeplane.bgp.v1.Bgp/WatchEvents",
+        ])
+        .stdout(std::fs::File::create(&events).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/AnnouncePath",
+        r#"{"prefix": "192.0.2.0/24", "nextHop": "10.4.36.11", "communities": ["64512:9"]}"#,
+    );
+    lab.wait_for(
+        "BIRD learns the announced path",
+        Duration::from_secs(10),
+        || {
+            lab.bird_routes().contains(&(
+                "192.0.2.0/24".into(),
+                "10.4.36.11".into(),
+                "64513".into(),
+            ))
+        },
+    );
+    lab.grpc(
+        50052,
+        "routeplane.bgp.v1.Bgp/WithdrawPath",
+        r#"{"prefix": "192.0.2.0/24"}"#,
+    );
+    lab.wait_for("BIRD loses it", Duration::from_secs(10), || {
+        !lab.bird_routes().iter().any(|r| r.0 == "192.0.2.0/24")
+    });
+    // grpcurl ends by itself at -max-time; only what it printed matters.
+    let _ = watcher.wait_with_output();
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(
+        text.contains("\"advertised\"") && text.contains("192.0.2.0/24"),
+        "WatchEvents showed the announcement: {text}"
+    );
+    assert!(text.contains("\"withdrawn\""), "and the withdrawal: {text}");
+}

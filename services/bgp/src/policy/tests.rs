@@ -75,6 +75,7 @@ fn the_seed_config_splits_nodes_between_its_peer_groups() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
+        operator: &[],
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -125,6 +126,7 @@ fn without_selectors_anywhere_every_peer_gets_every_node() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
+        operator: &[],
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -140,6 +142,7 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
+        operator: &[],
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -153,6 +156,7 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
+        operator: &[],
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -184,6 +188,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     let inputs = Inputs {
         nodes: &nodes,
         services: &services,
+        operator: &[],
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -210,6 +215,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     let moved = Inputs {
         nodes: &nodes,
         services: &services,
+        operator: &[],
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -230,6 +236,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     let inputs = Inputs {
         nodes: &nodes,
         services: &services,
+        operator: &[],
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -272,6 +279,7 @@ fn explain_says_why_each_peer_does_or_does_not_get_a_prefix() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &services,
+        operator: &[],
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -343,6 +351,7 @@ fn families_not_negotiated_are_not_sent() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
+        operator: &[],
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -362,5 +371,53 @@ fn families_not_negotiated_are_not_sent() {
             .clone()
             .unwrap_err()
             .contains("IPv6 unicast was not negotiated")
+    );
+}
+
+#[test]
+fn operator_paths_go_to_the_peers_named_and_explain_why_not_to_others() {
+    let peers = seed_peers(true);
+    let nodes = seed_nodes();
+    let op = [OperatorPath {
+        prefix: "192.0.2.0/24".parse().unwrap(),
+        next_hop: "10.4.94.11".parse().unwrap(),
+        peers: vec![peers[0].address],
+        local_pref: Some(300),
+        med: Some(7),
+        communities: vec![(64512, 9)],
+    }];
+    let inputs = Inputs {
+        nodes: &nodes,
+        services: &[],
+        operator: &op,
+        pools: &[],
+        peers: &peers,
+        announce: ON,
+    };
+    let sent = inputs.desired(&peers[0]);
+    let a = &sent[&Nlri {
+        prefix: "192.0.2.0/24".parse().unwrap(),
+        path_id: None,
+    }];
+    assert_eq!(
+        (a.as_path.clone(), a.local_pref, a.med),
+        (vec![64513], None, Some(7)),
+        "eBGP: no LOCAL_PREF even when given"
+    );
+    assert!(
+        !inputs
+            .desired(&peers[1])
+            .keys()
+            .any(|n| n.prefix.to_string() == "192.0.2.0/24")
+    );
+    let why = inputs.explain(&"192.0.2.0/24".parse().unwrap());
+    assert!(
+        why.iter()
+            .find(|v| v.peer == peers[1].address)
+            .unwrap()
+            .outcome
+            .clone()
+            .unwrap_err()
+            .contains("announced to 10.4.36.239 only")
     );
 }
