@@ -3,6 +3,8 @@
 //! (and BIRD and grpcurl, which scripts/test installs): without root it skips loudly, and with
 //! ROUTEPLANE_REQUIRE_PRIVILEGED=1 (CI) a skip is a failure.
 
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,12 +15,14 @@ pub fn privileged(test: &str) -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
-    let tools = ["ip", "bird", "birdc", "grpcurl"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
+    let tools = ["ip", "bird", "birdc", "grpcurl", "gobgpd", "gobgp"]
+        .iter()
+        .all(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     if root && tools {
         return true;
     }
@@ -267,6 +271,42 @@ impl Lab {
             ],
             "bird.log",
         )
+    }
+
+    /// gobgpd on the first router (AS 64524, peer routeplane at 10.4.36.10 in AS 64513, IPv4 and
+    /// IPv6 unicast); `neighbor` adds TOML lines to the neighbor (e.g. passive mode).
+    pub fn start_gobgp(&mut self, neighbor: &str) -> u32 {
+        let conf = format!(
+            "[global.config]\n  as = 64524\n  router-id = \"{ROUTER_IP}\"\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{SPEAKER_IP}\"\n    peer-as = 64513\n{neighbor}\n  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n"
+        );
+        std::fs::write(self.path("gobgpd.toml"), conf).unwrap();
+        let file = self.path("gobgpd.toml").to_str().unwrap().to_string();
+        let router = self.router.clone();
+        self.spawn(
+            &router,
+            Path::new("gobgpd"),
+            &["-f", &file, "-t", "toml", "--api-hosts", "127.0.0.1:50151"],
+            "gobgpd.log",
+        )
+    }
+
+    /// The gobgp CLI against the router's gobgpd.
+    pub fn gobgp(&self, args: &str) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.router,
+                "gobgp",
+                "-p",
+                "50151",
+                "-u",
+                "127.0.0.1",
+            ])
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// routeplane-ipam and routeplane-bgp in the speaker namespace, with one peer (the router).
