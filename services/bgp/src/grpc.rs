@@ -112,7 +112,7 @@ fn peer_from(r: &pb::AddPeerRequest) -> Result<routeplane_config::Peer, Status> 
         .ok_or_else(|| Status::invalid_argument("no peer given"))
 }
 
-fn path_from(r: &pb::AnnouncePathRequest) -> Result<OperatorPath, Status> {
+fn path_from(r: &pb::AnnouncePathRequest) -> Result<(Cidr, OperatorPath), Status> {
     let prefix: Cidr = r
         .prefix
         .parse()
@@ -141,14 +141,16 @@ fn path_from(r: &pb::AnnouncePathRequest) -> Result<OperatorPath, Status> {
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(OperatorPath {
+    Ok((
         prefix,
-        next_hop,
-        peers,
-        local_pref: r.local_pref,
-        med: r.med,
-        communities,
-    })
+        OperatorPath {
+            next_hop,
+            peers,
+            local_pref: r.local_pref,
+            med: r.med,
+            communities,
+        },
+    ))
 }
 
 fn event(e: SpeakerEvent) -> pb::BgpEvent {
@@ -327,7 +329,8 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         &self,
         req: Request<pb::AnnouncePathRequest>,
     ) -> Result<Response<pb::AnnouncePathResponse>, Status> {
-        self.speaker.announce(vec![path_from(req.get_ref())?]);
+        let (prefix, path) = path_from(req.get_ref())?;
+        self.speaker.announce(vec![(prefix, Arc::new(path))]);
         Ok(Response::new(pb::AnnouncePathResponse {}))
     }
 
@@ -336,15 +339,20 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         req: Request<tonic::Streaming<pb::AnnouncePathRequest>>,
     ) -> Result<Response<pb::AnnouncePathsResponse>, Status> {
         // Checked whole before anything is applied: a bad item leaves nothing half-announced.
+        // Paths announced alike share one description.
         let mut stream = req.into_inner();
         let mut paths = Vec::new();
+        let mut alike: std::collections::HashMap<OperatorPath, Arc<OperatorPath>> =
+            std::collections::HashMap::new();
         while let Some(item) = stream.message().await? {
             let index = paths.len();
-            paths.push(
-                path_from(&item).map_err(|s| {
-                    Status::invalid_argument(format!("item {index}: {}", s.message()))
-                })?,
-            );
+            let (prefix, path) = path_from(&item)
+                .map_err(|s| Status::invalid_argument(format!("item {index}: {}", s.message())))?;
+            let shared = alike
+                .entry(path.clone())
+                .or_insert_with(|| Arc::new(path))
+                .clone();
+            paths.push((prefix, shared));
         }
         let accepted = paths.len() as u64;
         self.speaker.announce(paths);

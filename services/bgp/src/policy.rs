@@ -14,8 +14,9 @@
 //!   negotiated, otherwise one node chosen by rendezvous hashing, so that it moves only when that
 //!   node stops being eligible.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use routeplane_config::{AddressPool, NodeSelector, PoolProtocol};
 use routeplane_net::{Cidr, Family};
@@ -67,10 +68,10 @@ impl PeerView {
     }
 }
 
-/// A prefix an operator announced through the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an operator announced a prefix through the API. Shared between prefixes announced alike,
+/// so that a hundred thousand of them cost little more than their prefixes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OperatorPath {
-    pub prefix: Cidr,
     pub next_hop: IpAddr,
     /// Only these peers; every peer when empty.
     pub peers: Vec<IpAddr>,
@@ -89,7 +90,7 @@ pub struct Announce {
 pub struct Inputs<'a> {
     pub nodes: &'a [NodeView],
     pub services: &'a [ServiceView],
-    pub operator: &'a [OperatorPath],
+    pub operator: &'a BTreeMap<Cidr, Arc<OperatorPath>>,
     pub pools: &'a [AddressPool],
     pub peers: &'a [PeerView],
     pub announce: Announce,
@@ -304,6 +305,7 @@ impl Inputs<'_> {
     fn operator_path(
         &self,
         peer: &PeerView,
+        prefix: &Cidr,
         path: &OperatorPath,
     ) -> Result<Vec<(Nlri, PathAttributes)>, String> {
         if !path.peers.is_empty() && !path.peers.contains(&peer.address) {
@@ -316,7 +318,7 @@ impl Inputs<'_> {
                     .join(", ")
             ));
         }
-        self.session_ready(peer, path.prefix.family())?;
+        self.session_ready(peer, prefix.family())?;
         let mut attrs = self.attributes(
             peer,
             path.next_hop,
@@ -324,22 +326,19 @@ impl Inputs<'_> {
             path.communities.clone(),
         );
         attrs.med = path.med;
-        let path_id = peer
-            .add_path_send
-            .contains(&path.prefix.family())
-            .then_some(0);
+        let path_id = peer.add_path_send.contains(&prefix.family()).then_some(0);
         Ok(vec![(
             Nlri {
-                prefix: path.prefix,
+                prefix: *prefix,
                 path_id,
             },
             attrs,
         )])
     }
 
-    /// For one peer, every source's verdict: pod CIDRs, LoadBalancer IPs, operator paths.
-    fn peer_verdicts(&self, peer: &PeerView) -> Vec<Verdict> {
-        let verdict = |source, outcome| Verdict {
+    /// For one peer, every source's verdict, lazily: pod CIDRs, LoadBalancer IPs, operator paths.
+    fn peer_verdicts<'s>(&'s self, peer: &'s PeerView) -> impl Iterator<Item = Verdict> + 's {
+        let verdict = move |source, outcome| Verdict {
             peer: peer.address,
             source,
             outcome,
@@ -348,7 +347,7 @@ impl Inputs<'_> {
             .nodes
             .iter()
             .flat_map(|n| n.pod_cidrs.iter().map(move |c| (n, c)));
-        let cidrs = cidrs.map(|(n, c)| {
+        let cidrs = cidrs.map(move |(n, c)| {
             verdict(
                 Source::PodCidr {
                     node: n.name.clone(),
@@ -357,7 +356,7 @@ impl Inputs<'_> {
                 self.node_cidr(peer, n, c),
             )
         });
-        let lbs = self.services.iter().map(|s| {
+        let lbs = self.services.iter().map(move |s| {
             verdict(
                 Source::LoadBalancerIp {
                     service: s.service.clone(),
@@ -366,13 +365,13 @@ impl Inputs<'_> {
                 self.service_ip(peer, s),
             )
         });
-        let ops = self.operator.iter().map(|p| {
+        let ops = self.operator.iter().map(move |(c, p)| {
             verdict(
-                Source::Operator { prefix: p.prefix },
-                self.operator_path(peer, p),
+                Source::Operator { prefix: *c },
+                self.operator_path(peer, c, p),
             )
         });
-        cidrs.chain(lbs).chain(ops).collect()
+        cidrs.chain(lbs).chain(ops)
     }
 
     /// Every verdict, for every source and peer.
@@ -385,16 +384,26 @@ impl Inputs<'_> {
 
     /// What `peer` should have. The first source of an NLRI wins (a pod CIDR and an aggregated
     /// LoadBalancer prefix never coincide: IPAM keeps the pools apart; an operator path that
-    /// repeats one of them yields to it).
+    /// repeats one of them yields to it). Equal attribute sets are shared, not repeated.
     pub fn desired(&self, peer: &PeerView) -> Routes {
         let mut routes = Routes::new();
+        let mut shared: HashMap<PathAttributes, Arc<PathAttributes>> = HashMap::new();
         for (n, a) in self
             .peer_verdicts(peer)
-            .into_iter()
             .filter_map(|v| v.outcome.ok())
             .flatten()
         {
-            routes.entry(n).or_insert(a);
+            if let std::collections::btree_map::Entry::Vacant(slot) = routes.entry(n) {
+                let a = match shared.get(&a) {
+                    Some(s) => Arc::clone(s),
+                    None => {
+                        let s = Arc::new(a.clone());
+                        shared.insert(a, Arc::clone(&s));
+                        s
+                    }
+                };
+                slot.insert(a);
+            }
         }
         routes
     }

@@ -4,22 +4,25 @@
 //! attribute set per UPDATE, as many NLRI as fit in 4,096 octets, sized by the real encoder.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use routeplane_net::Family;
 
 use crate::message::{Message, Nlri, PathAttributes, Update};
 use crate::wire::{self, MAX_MESSAGE_LEN};
 
-/// Routes by NLRI (prefix and, with ADD-PATH, path identifier).
-pub type Routes = BTreeMap<Nlri, PathAttributes>;
+/// Routes by NLRI (prefix and, with ADD-PATH, path identifier). Attribute sets are shared:
+/// thousands of routes usually carry a handful of them.
+pub type Routes = BTreeMap<Nlri, Arc<PathAttributes>>;
 
+/// What one peer has been sent: the very table the speaker computed (shared, not copied).
 #[derive(Debug, Default, Clone)]
 pub struct AdjRibOut {
-    sent: Routes,
+    sent: Arc<Routes>,
 }
 
 impl AdjRibOut {
-    pub fn routes(&self) -> &Routes {
+    pub fn routes(&self) -> &Arc<Routes> {
         &self.sent
     }
 
@@ -33,28 +36,50 @@ impl AdjRibOut {
 
     /// Forgets everything: the session went down, so the peer has nothing from us.
     pub fn clear(&mut self) {
-        self.sent.clear();
+        self.sent = Arc::default();
     }
 
     /// The UPDATEs that bring the peer from what it has to `desired`; records them as sent.
-    pub fn sync(&mut self, desired: &Routes, asn4: bool) -> Vec<Update> {
+    pub fn sync(&mut self, desired: &Arc<Routes>, asn4: bool) -> Vec<Update> {
         let withdrawn: Vec<Nlri> = self
             .sent
             .keys()
             .filter(|n| !desired.contains_key(n))
             .copied()
             .collect();
-        let mut groups: BTreeMap<&PathAttributes, Vec<Nlri>> = BTreeMap::new();
-        for (nlri, attrs) in desired {
-            if self.sent.get(nlri) != Some(attrs) {
-                groups.entry(attrs).or_default().push(*nlri);
+        let mut updates = pack_withdrawals(&withdrawn);
+        // Each UPDATE is filled straight from the table, one open UPDATE per attribute set, so
+        // the NLRI are copied once (not gathered per set and then split).
+        let mut open: BTreeMap<&PathAttributes, (Vec<Nlri>, usize, usize)> = BTreeMap::new();
+        for (nlri, attrs) in desired.iter() {
+            if self.sent.get(nlri) == Some(attrs) {
+                continue;
+            }
+            let (nlri_of, used, budget) = open
+                .entry(&**attrs)
+                .or_insert_with(|| (Vec::new(), 0, budget(attrs, nlri, asn4)));
+            let len = wire::nlri_len(nlri);
+            if *used + len > *budget && !nlri_of.is_empty() {
+                updates.push(Update {
+                    withdrawn: vec![],
+                    attributes: Some((**attrs).clone()),
+                    announced: std::mem::take(nlri_of),
+                });
+                *used = 0;
+            }
+            nlri_of.push(*nlri);
+            *used += len;
+        }
+        for (attrs, (nlri, _, _)) in open {
+            if !nlri.is_empty() {
+                updates.push(Update {
+                    withdrawn: vec![],
+                    attributes: Some(attrs.clone()),
+                    announced: nlri,
+                });
             }
         }
-        let mut updates = pack_withdrawals(&withdrawn);
-        for (attrs, nlri) in groups {
-            updates.extend(pack_announcements(attrs, &nlri, asn4));
-        }
-        self.sent = desired.clone();
+        self.sent = Arc::clone(desired);
         updates
     }
 
@@ -66,7 +91,7 @@ impl AdjRibOut {
             .iter()
             .filter(|(n, _)| n.prefix.family() == family)
         {
-            groups.entry(attrs).or_default().push(*nlri);
+            groups.entry(&**attrs).or_default().push(*nlri);
         }
         let mut out: Vec<Message> = groups
             .into_iter()
@@ -102,6 +127,18 @@ fn pack_withdrawals(nlri: &[Nlri]) -> Vec<Update> {
         }
     }
     out
+}
+
+/// Octets left for NLRI in an UPDATE carrying `attrs` (measured with the encoder).
+fn budget(attrs: &PathAttributes, sample: &Nlri, asn4: bool) -> usize {
+    let one = Update {
+        withdrawn: vec![],
+        attributes: Some(attrs.clone()),
+        announced: vec![*sample],
+    };
+    let base = wire::encoded_len(&Message::Update(one), asn4).unwrap_or(MAX_MESSAGE_LEN)
+        - wire::nlri_len(sample);
+    MAX_MESSAGE_LEN.saturating_sub(base)
 }
 
 fn pack_announcements(attrs: &PathAttributes, nlri: &[Nlri], asn4: bool) -> Vec<Update> {
@@ -151,15 +188,15 @@ mod tests {
     use crate::message::Origin;
     use crate::wire::Codec;
 
-    fn attrs(nh: &str) -> PathAttributes {
-        PathAttributes {
+    fn attrs(nh: &str) -> Arc<PathAttributes> {
+        Arc::new(PathAttributes {
             origin: Origin::Igp,
             as_path: vec![64513],
             next_hop: nh.parse().unwrap(),
             med: None,
             local_pref: None,
             communities: vec![],
-        }
+        })
     }
 
     fn nlri(s: &str) -> Nlri {
@@ -188,17 +225,17 @@ mod tests {
             (nlri("10.5.113.0/24"), attrs("10.4.94.12")),
         ]
         .into();
-        let first = rib.sync(&desired, true);
+        let first = rib.sync(&Arc::new(desired.clone()), true);
         assert_eq!(first.len(), 2, "two attribute sets, two UPDATEs");
         assert!(
-            rib.sync(&desired, true).is_empty(),
+            rib.sync(&Arc::new(desired.clone()), true).is_empty(),
             "nothing changed, nothing sent"
         );
 
         desired.remove(&nlri("10.5.113.0/24"));
         desired.insert(nlri("10.5.112.0/24"), attrs("10.4.94.99"));
         desired.insert(nlri("fd00::/120"), attrs("fd04::11"));
-        let diff = rib.sync(&desired, true);
+        let diff = rib.sync(&Arc::new(desired.clone()), true);
         assert_eq!(
             diff[0],
             Update {
@@ -218,7 +255,7 @@ mod tests {
     #[test]
     fn updates_are_packed_within_4096_octets() {
         let mut rib = AdjRibOut::default();
-        let updates = rib.sync(&many(5000), true);
+        let updates = rib.sync(&Arc::new(many(5000)), true);
         let total: usize = updates.iter().map(|u| u.announced.len()).sum();
         assert_eq!(total, 5000);
         let mut codec = Codec::new();
@@ -234,7 +271,7 @@ mod tests {
             "{} UPDATEs for 5000 prefixes",
             updates.len()
         );
-        let withdrawals = rib.sync(&Routes::new(), true);
+        let withdrawals = rib.sync(&Arc::new(Routes::new()), true);
         assert!(
             withdrawals.len() <= 6
                 && withdrawals.iter().map(|u| u.withdrawn.len()).sum::<usize>() == 5000
@@ -254,10 +291,10 @@ mod tests {
             )
         };
         let desired: Routes = [lb(1, "10.4.94.11"), lb(2, "10.4.94.12")].into();
-        let out = rib.sync(&desired, true);
+        let out = rib.sync(&Arc::new(desired.clone()), true);
         assert_eq!(out.iter().map(|u| u.announced.len()).sum::<usize>(), 2);
         let fewer: Routes = [lb(2, "10.4.94.12")].into();
-        let out = rib.sync(&fewer, true);
+        let out = rib.sync(&Arc::new(fewer.clone()), true);
         assert_eq!(
             out,
             vec![Update {
@@ -272,7 +309,7 @@ mod tests {
         let mut rib = AdjRibOut::default();
         let mut desired = many(3);
         desired.insert(nlri("fd00::/120"), attrs("fd04::11"));
-        rib.sync(&desired, true);
+        rib.sync(&Arc::new(desired.clone()), true);
         let again = rib.resend(Family::V4, true);
         assert_eq!(again.len(), 2);
         assert!(matches!(&again[0], Message::Update(u) if u.announced.len() == 3));

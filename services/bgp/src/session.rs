@@ -44,7 +44,8 @@ pub struct PeerStatus {
     pub negotiated: Option<Negotiated>,
     pub last_error: Option<(String, SystemTime)>,
     pub received: Routes,
-    pub advertised: Routes,
+    /// The Adj-RIB-Out: the same table the session synced to, shared.
+    pub advertised: Arc<Routes>,
     pub updates_sent: u64,
     pub updates_received: u64,
 }
@@ -57,7 +58,7 @@ impl Default for PeerStatus {
             negotiated: None,
             last_error: None,
             received: Routes::new(),
-            advertised: Routes::new(),
+            advertised: Arc::default(),
             updates_sent: 0,
             updates_received: 0,
         }
@@ -117,6 +118,8 @@ pub struct Session {
     rib: AdjRibOut,
     status: SharedStatus,
     events: mpsc::UnboundedSender<Event>,
+    /// WatchEvents: published to only while someone subscribes.
+    watch: tokio::sync::broadcast::Sender<crate::speaker::SpeakerEvent>,
 }
 
 impl Session {
@@ -125,6 +128,7 @@ impl Session {
         transport: Transport,
         status: SharedStatus,
         events: mpsc::UnboundedSender<Event>,
+        watch: tokio::sync::broadcast::Sender<crate::speaker::SpeakerEvent>,
     ) -> Session {
         Session {
             address: transport.peer.ip(),
@@ -139,6 +143,7 @@ impl Session {
             rib: AdjRibOut::default(),
             status,
             events,
+            watch,
         }
     }
 
@@ -313,7 +318,11 @@ impl Session {
                 String::new()
             }
         };
-        let _ = self.events.send(Event::State(self.address, after, reason));
+        let _ = self.watch.send(crate::speaker::SpeakerEvent::State {
+            peer: self.address,
+            state: after,
+            reason,
+        });
         if let Some(incoming) = self.pending.take() {
             match after {
                 State::OpenConfirm => Box::pin(self.resolve_collision(incoming)).await,
@@ -373,7 +382,7 @@ impl Session {
         let mut s = lock(&self.status);
         s.negotiated = None;
         s.received.clear();
-        s.advertised.clear();
+        s.advertised = Arc::default();
         s.last_error = Some((reason.clone(), SystemTime::now()));
         let _ = self.events.send(Event::Down(self.address, reason));
     }
@@ -384,9 +393,10 @@ impl Session {
         for n in &u.withdrawn {
             s.received.remove(n);
         }
-        if let Some(a) = &u.attributes {
+        if let Some(a) = u.attributes {
+            let shared = Arc::new(a);
             for n in &u.announced {
-                s.received.insert(*n, a.clone());
+                s.received.insert(*n, Arc::clone(&shared));
             }
         }
     }
@@ -407,25 +417,27 @@ impl Session {
         let (asn4, families) = (n.asn4, n.families.clone());
         let updates = self.rib.sync(&desired, asn4);
         let count = updates.len() as u64;
-        if !updates.is_empty() {
-            let withdrawn = updates
-                .iter()
-                .flat_map(|u| u.withdrawn.iter().copied())
-                .collect();
-            let advertised = updates
-                .iter()
-                .filter_map(|u| {
-                    u.attributes
-                        .as_ref()
-                        .map(|a| u.announced.iter().map(move |n| (*n, a.clone())))
-                })
-                .flatten()
-                .collect();
-            let _ = self.events.send(Event::Sent {
-                peer: self.address,
-                advertised,
-                withdrawn,
-            });
+        // Only when someone watches: per-route events cost as much as the routes.
+        if !updates.is_empty() && self.watch.receiver_count() > 0 {
+            use crate::speaker::SpeakerEvent;
+            let peer = self.address;
+            for u in &updates {
+                for nlri in &u.withdrawn {
+                    let _ = self
+                        .watch
+                        .send(SpeakerEvent::Withdrawn { peer, nlri: *nlri });
+                }
+                if let Some(a) = &u.attributes {
+                    let shared = Arc::new(a.clone());
+                    for nlri in &u.announced {
+                        let _ = self.watch.send(SpeakerEvent::Advertised {
+                            peer,
+                            nlri: *nlri,
+                            attributes: Arc::clone(&shared),
+                        });
+                    }
+                }
+            }
         }
         let messages: Vec<Message> = updates.into_iter().map(Message::Update).collect();
         for batch in messages.chunks(64) {
@@ -437,7 +449,7 @@ impl Session {
         }
         let mut s = lock(&self.status);
         s.updates_sent += count;
-        s.advertised = self.rib.routes().clone();
+        s.advertised = Arc::clone(self.rib.routes());
     }
 
     async fn refresh(&mut self, family: Family) {

@@ -60,7 +60,7 @@ pub struct State {
     next_path_id: u32,
     settings: SpeakerSettings,
     /// Paths announced through the API.
-    operator: BTreeMap<Cidr, OperatorPath>,
+    operator: BTreeMap<Cidr, Arc<OperatorPath>>,
     /// Peers added through the API: kept across reloads unless the file then defines the address.
     runtime_peers: BTreeMap<IpAddr, Peer>,
 }
@@ -76,7 +76,7 @@ pub enum SpeakerEvent {
     Advertised {
         peer: IpAddr,
         nlri: crate::message::Nlri,
-        attributes: crate::message::PathAttributes,
+        attributes: Arc<crate::message::PathAttributes>,
     },
     Withdrawn {
         peer: IpAddr,
@@ -106,7 +106,7 @@ pub struct Speaker {
 pub struct Views {
     pub nodes: Vec<NodeView>,
     pub services: Vec<ServiceView>,
-    pub operator: Vec<OperatorPath>,
+    pub operator: BTreeMap<Cidr, Arc<OperatorPath>>,
     pub peers: Vec<PeerView>,
     pub pools: Vec<AddressPool>,
     pub announce: Announce,
@@ -144,8 +144,14 @@ impl Speaker {
         if state.peers.contains_key(&peer.peer_address) {
             return Err(SpeakerError::PeerExists(peer.peer_address));
         }
-        let entry = spawn_peer(&peer, &state.settings, &self.listeners, &self.sessions)
-            .map_err(SpeakerError::Refused)?;
+        let entry = spawn_peer(
+            &peer,
+            &state.settings,
+            &self.listeners,
+            &self.sessions,
+            &self.events,
+        )
+        .map_err(SpeakerError::Refused)?;
         state.peers.insert(peer.peer_address, entry);
         state.runtime_peers.insert(peer.peer_address, peer);
         state.push(Instant::now());
@@ -178,11 +184,9 @@ impl Speaker {
     }
 
     /// Announces (or replaces) operator paths, then brings every peer up to date once.
-    pub fn announce(&self, paths: Vec<OperatorPath>) {
+    pub fn announce(&self, paths: Vec<(Cidr, Arc<OperatorPath>)>) {
         let mut state = self.lock();
-        for p in paths {
-            state.operator.insert(p.prefix, p);
-        }
+        state.operator.extend(paths);
         state.push(Instant::now());
     }
 
@@ -195,43 +199,17 @@ impl Speaker {
         }
         had
     }
-
-    /// Fans a session's report out to WatchEvents subscribers (nothing is built without one).
-    fn publish(&self, event: Event) {
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        match event {
-            Event::State(peer, state, reason) => {
-                let _ = self.events.send(SpeakerEvent::State {
-                    peer,
-                    state,
-                    reason,
-                });
-            }
-            Event::Sent {
-                peer,
-                advertised,
-                withdrawn,
-            } => {
-                for nlri in withdrawn {
-                    let _ = self.events.send(SpeakerEvent::Withdrawn { peer, nlri });
-                }
-                for (nlri, attributes) in advertised {
-                    let _ = self.events.send(SpeakerEvent::Advertised {
-                        peer,
-                        nlri,
-                        attributes,
-                    });
-                }
-            }
-            Event::Up(_) | Event::Down(..) => {}
-        }
-    }
 }
 
 impl State {
     fn views(&self, now: Instant) -> Views {
+        Views {
+            operator: self.operator.clone(),
+            ..self.views_without_paths(now)
+        }
+    }
+
+    fn views_without_paths(&self, now: Instant) -> Views {
         let grace = self.settings.grace;
         let nodes = self
             .nodes
@@ -278,7 +256,7 @@ impl State {
         Views {
             nodes,
             services,
-            operator: self.operator.values().cloned().collect(),
+            operator: BTreeMap::new(),
             peers,
             pools: self.settings.pools.clone(),
             announce: self.settings.announce,
@@ -351,12 +329,28 @@ impl State {
         if !self.synced {
             return;
         }
-        let views = self.views(now);
-        let inputs = views.inputs();
-        for (peer, view) in self.peers.values_mut().zip(&views.peers) {
-            let desired = Arc::new(inputs.desired(view));
+        // Borrow the operator paths rather than copy them: with many, they are most of the memory.
+        let Views {
+            nodes,
+            services,
+            peers,
+            ..
+        } = self.views_without_paths(now);
+        let inputs = Inputs {
+            nodes: &nodes,
+            services: &services,
+            operator: &self.operator,
+            pools: &self.settings.pools,
+            peers: &peers,
+            announce: self.settings.announce,
+        };
+        let desired: Vec<Arc<Routes>> = peers
+            .iter()
+            .map(|view| Arc::new(inputs.desired(view)))
+            .collect();
+        for (peer, desired) in self.peers.values_mut().zip(desired) {
             if peer.last_desired.as_deref() != Some(&*desired) {
-                peer.last_desired = Some(desired.clone());
+                peer.last_desired = Some(Arc::clone(&desired));
                 let _ = peer.commands.send(Command::Desired(desired));
             }
         }
@@ -430,6 +424,7 @@ fn spawn_peer(
     settings: &SpeakerSettings,
     listeners: &[Arc<TcpListener>],
     events: &mpsc::UnboundedSender<Event>,
+    watch: &broadcast::Sender<SpeakerEvent>,
 ) -> Result<PeerEntry, String> {
     let config = session_config(peer, settings)?;
     let ebgp = peer.my_asn != peer.peer_asn;
@@ -443,7 +438,16 @@ fn spawn_peer(
     let status = SharedStatus::default();
     let (tx, rx) = mpsc::unbounded_channel();
     let router_id = config.router_id;
-    tokio::spawn(Session::new(config, transport, status.clone(), events.clone()).run(rx));
+    tokio::spawn(
+        Session::new(
+            config,
+            transport,
+            status.clone(),
+            events.clone(),
+            watch.clone(),
+        )
+        .run(rx),
+    );
     Ok(PeerEntry {
         config: peer.clone(),
         router_id,
@@ -462,6 +466,7 @@ impl State {
         mut settings: SpeakerSettings,
         listeners: &[Arc<TcpListener>],
         events: &mpsc::UnboundedSender<Event>,
+        watch: &broadcast::Sender<SpeakerEvent>,
     ) -> Result<Vec<String>, String> {
         // Peers added through the API stay, unless the file now defines their address itself.
         self.runtime_peers
@@ -510,7 +515,7 @@ impl State {
         }
         for (addr, peer) in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.peers.entry(addr) {
-                slot.insert(spawn_peer(peer, &settings, listeners, events)?);
+                slot.insert(spawn_peer(peer, &settings, listeners, events, watch)?);
                 if !done.iter().any(|d| d.ends_with(&addr.to_string())) {
                     done.push(format!("added {addr}"));
                 }
@@ -536,11 +541,12 @@ pub fn start(
 ) -> Result<(Arc<Speaker>, tokio::task::JoinHandle<()>), String> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let listeners: Vec<Arc<TcpListener>> = listeners.into_iter().map(Arc::new).collect();
+    let watch = broadcast::channel(4096).0;
     let mut peers = BTreeMap::new();
     for peer in &settings.peers {
         peers.insert(
             peer.peer_address,
-            spawn_peer(peer, &settings, &listeners, &events_tx)?,
+            spawn_peer(peer, &settings, &listeners, &events_tx, &watch)?,
         );
     }
     let speaker = Arc::new(Speaker {
@@ -557,7 +563,7 @@ pub fn start(
         }),
         listeners: listeners.clone(),
         sessions: events_tx.clone(),
-        events: broadcast::channel(4096).0,
+        events: watch,
     });
     for listener in &listeners {
         tokio::spawn(accept(listener.clone(), speaker.clone(), shutdown.clone()));
@@ -579,15 +585,11 @@ pub fn start(
                     Some(ev) => s.lock().apply(ev, Instant::now()),
                     None => feed_open = false,
                 },
-                Some(ev) = events.recv() => {
-                    // Session reports only publish; route changes need no recomputation.
-                    let up = matches!(ev, Event::Up(_));
-                    s.publish(ev);
-                    if !up {
-                        continue;
-                    }
-                }
-                Some(new) = reloads.recv() => match s.lock().reload(new, &listeners, &events_tx) {
+                // A session that came up needs its table; a down one is already cleared.
+                Some(ev) = events.recv() => if !matches!(ev, Event::Up(_)) {
+                    continue;
+                },
+                Some(new) = reloads.recv() => match s.lock().reload(new, &listeners, &events_tx, &s.events) {
                     Ok(done) if done.is_empty() => tracing::info!("configuration reloaded: no peer changed"),
                     Ok(done) => tracing::info!(changes = %done.join(", "), "configuration reloaded"),
                     Err(e) => tracing::error!(error = %e, "reload refused: the running configuration stays"),

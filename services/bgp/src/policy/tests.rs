@@ -75,7 +75,7 @@ fn the_seed_config_splits_nodes_between_its_peer_groups() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -126,7 +126,7 @@ fn without_selectors_anywhere_every_peer_gets_every_node() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -142,7 +142,7 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -156,7 +156,7 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -188,7 +188,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     let inputs = Inputs {
         nodes: &nodes,
         services: &services,
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -215,7 +215,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     let moved = Inputs {
         nodes: &nodes,
         services: &services,
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -236,7 +236,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     let inputs = Inputs {
         nodes: &nodes,
         services: &services,
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -279,7 +279,7 @@ fn explain_says_why_each_peer_does_or_does_not_get_a_prefix() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &services,
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &pools,
         peers: &peers,
         announce: ON,
@@ -351,7 +351,7 @@ fn families_not_negotiated_are_not_sent() {
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
-        operator: &[],
+        operator: &BTreeMap::new(),
         pools: &[],
         peers: &peers,
         announce: ON,
@@ -378,14 +378,15 @@ fn families_not_negotiated_are_not_sent() {
 fn operator_paths_go_to_the_peers_named_and_explain_why_not_to_others() {
     let peers = seed_peers(true);
     let nodes = seed_nodes();
-    let op = [OperatorPath {
-        prefix: "192.0.2.0/24".parse().unwrap(),
+    let path = OperatorPath {
         next_hop: "10.4.94.11".parse().unwrap(),
         peers: vec![peers[0].address],
         local_pref: Some(300),
         med: Some(7),
         communities: vec![(64512, 9)],
-    }];
+    };
+    let op: BTreeMap<Cidr, Arc<OperatorPath>> =
+        [("192.0.2.0/24".parse().unwrap(), Arc::new(path))].into();
     let inputs = Inputs {
         nodes: &nodes,
         services: &[],
