@@ -1,0 +1,434 @@
+//! How fast one BIRD learns N IPv4 prefixes from routeplane-bgp, loaded through its AnnouncePaths
+//! stream, beside gobgpd, loaded through its AddPathStream API — same BIRD, same namespaces,
+//! alternating runs, both senders loaded before BIRD's session is enabled. Prints, per sender, the
+//! median time from enabling the session to Established, from Established to all N imported
+//! (BIRD's "Routes: N imported" counter), and the sender's peak RSS. Needs root (it builds its own
+//! network namespaces; nothing leaves them). Run it through `bench/run-bgp`.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use routeplane_api::bgp::v1 as pb;
+
+#[derive(Debug, Parser)]
+#[command(about = "BGP convergence: routeplane-bgp vs gobgpd into one BIRD")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Prefixes per run.
+    #[arg(long, default_value_t = 100_000)]
+    prefixes: u32,
+    /// Runs per sender (alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// (Inside the routeplane namespace) stream N paths into routeplane-bgp's AnnouncePaths.
+    Load {
+        #[arg(long)]
+        grpc: String,
+        #[arg(long)]
+        prefixes: u32,
+        #[arg(long)]
+        next_hop: String,
+    },
+}
+
+const NS_BIRD: &str = "rpbench-bird";
+const NS_RP: &str = "rpbench-rp";
+const NS_GO: &str = "rpbench-gobgp";
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn topology() {
+    for ns in [NS_BIRD, NS_RP, NS_GO] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        sh(&["ip", "netns", "add", ns]);
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    sh(&["ip", "-n", NS_BIRD, "link", "add", "core", "type", "bridge"]);
+    sh(&[
+        "ip",
+        "-n",
+        NS_BIRD,
+        "addr",
+        "add",
+        "10.4.36.239/24",
+        "dev",
+        "core",
+    ]);
+    sh(&["ip", "-n", NS_BIRD, "link", "set", "core", "up"]);
+    for (ns, ip, n) in [(NS_RP, "10.4.36.10", "1"), (NS_GO, "10.4.36.20", "2")] {
+        let (a, b) = (format!("rpbx{n}"), format!("rpby{n}"));
+        sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+        sh(&["ip", "link", "set", &a, "netns", ns]);
+        sh(&["ip", "link", "set", &b, "netns", NS_BIRD]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            &a,
+        ]);
+        sh(&["ip", "-n", ns, "link", "set", &a, "up"]);
+        sh(&[
+            "ip", "-n", NS_BIRD, "link", "set", &b, "master", "core", "up",
+        ]);
+    }
+}
+
+fn teardown() {
+    for ns in [NS_BIRD, NS_RP, NS_GO] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    }
+}
+
+fn spawn(ns: &str, program: &Path, args: &[&str], log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+}
+
+fn birdc(ctl: &Path, cmd: &str) -> String {
+    let out = Command::new("birdc")
+        .args(["-s", ctl.to_str().unwrap()])
+        .args(cmd.split_whitespace())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+struct Run {
+    sender: &'static str,
+    load: Duration,
+    to_established: Duration,
+    to_imported: Duration,
+    rss_mb: f64,
+}
+
+/// One run: fresh sender, N paths loaded, BIRD's protocol enabled, timed until all are imported.
+fn run_once(sender: &'static str, n: u32, dir: &Path, bins: &Path, ctl: &Path) -> Run {
+    let mut children: Vec<Child> = Vec::new();
+    let (protocol, pid, load) = if sender == "routeplane-bgp" {
+        let cfg = dir.join("bgp-config.yaml");
+        let data = dir.join(format!("ipam-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let ipam = bins.join("routeplane-ipam");
+        children.push(spawn(
+            NS_RP,
+            &ipam,
+            &[
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--bgp-config",
+                cfg.to_str().unwrap(),
+                "--grpc-listen",
+                "127.0.0.1:50051",
+                "--metrics-listen",
+                "127.0.0.1:9951",
+                "--log",
+                "warn",
+            ],
+            &dir.join("ipam.log"),
+        ));
+        let bgp = spawn(
+            NS_RP,
+            &bins.join("routeplane-bgp"),
+            &[
+                "--bgp-config",
+                cfg.to_str().unwrap(),
+                "--router-id",
+                "10.4.36.10",
+                "--bgp-listen",
+                "10.4.36.10:179",
+                "--grpc-listen",
+                "127.0.0.1:50052",
+                "--metrics-listen",
+                "127.0.0.1:9952",
+                "--log",
+                "warn",
+            ],
+            &dir.join("bgp.log"),
+        );
+        let pid = bgp.id();
+        children.push(bgp);
+        let me = std::env::current_exe().unwrap();
+        let started = Instant::now();
+        let mut loaded = false;
+        wait(
+            "routeplane-bgp takes the paths",
+            Duration::from_secs(120),
+            || {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", NS_RP])
+                    .arg(&me)
+                    .args([
+                        "load",
+                        "--grpc",
+                        "http://127.0.0.1:50052",
+                        "--prefixes",
+                        &n.to_string(),
+                        "--next-hop",
+                        "10.4.36.10",
+                    ])
+                    .output()
+                    .unwrap();
+                loaded = out.status.success();
+                loaded
+            },
+        );
+        ("rp", pid, started.elapsed())
+    } else {
+        let gobgpd = spawn(
+            NS_GO,
+            Path::new("gobgpd"),
+            &[
+                "-f",
+                dir.join("gobgpd.toml").to_str().unwrap(),
+                "-t",
+                "toml",
+                "--api-hosts",
+                "127.0.0.1:50151",
+                "-l",
+                "warn",
+            ],
+            &dir.join("gobgpd.log"),
+        );
+        let pid = gobgpd.id();
+        children.push(gobgpd);
+        let loader = bins.join("gobgp-loader");
+        let started = Instant::now();
+        wait("gobgpd takes the paths", Duration::from_secs(120), || {
+            Command::new("ip")
+                .args(["netns", "exec", NS_GO])
+                .arg(&loader)
+                .args(["-n", &n.to_string(), "-next-hop", "10.4.36.20"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        ("gobgp", pid, started.elapsed())
+    };
+    // Times of day, in seconds: BIRD stamps its state changes with milliseconds ("Since"), so
+    // Established comes from BIRD itself; the import count is polled every few milliseconds.
+    let enabled = seconds_of_day();
+    birdc(ctl, &format!("enable {protocol}"));
+    let want = format!("{n} imported");
+    let mut imported = 0.0;
+    wait("BIRD imports everything", Duration::from_secs(300), || {
+        let text = birdc(ctl, &format!("show protocols all {protocol}"));
+        imported = seconds_of_day();
+        text.contains(&want)
+    });
+    let text = birdc(ctl, &format!("show protocols {protocol}"));
+    let since = text
+        .lines()
+        .find(|l| l.starts_with(protocol))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(parse_time_of_day)
+        .unwrap_or(enabled);
+    let to_established = Duration::from_secs_f64((since - enabled).max(0.0));
+    let to_imported = Duration::from_secs_f64((imported - since).max(0.0));
+    let rss_mb = peak_rss_mb(pid);
+    birdc(ctl, &format!("disable {protocol}"));
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Run {
+        sender,
+        load,
+        to_established,
+        to_imported,
+        rss_mb,
+    }
+}
+
+/// Seconds since midnight, UTC (BIRD prints times of day in the machine's zone, UTC here).
+fn seconds_of_day() -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs_f64() % 86_400.0
+}
+
+/// "08:20:12.345" as seconds since midnight.
+fn parse_time_of_day(t: &str) -> Option<f64> {
+    let mut parts = t.split(':');
+    let (h, m, s): (f64, f64, f64) = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn load(
+    grpc: String,
+    prefixes: u32,
+    next_hop: String,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut client = pb::bgp_client::BgpClient::connect(grpc).await?;
+    let base = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0));
+    let paths = (0..prefixes).map(move |i| pb::AnnouncePathRequest {
+        prefix: format!("{}/32", std::net::Ipv4Addr::from(base + i)),
+        next_hop: next_hop.clone(),
+        ..Default::default()
+    });
+    let accepted = client
+        .announce_paths(tokio_stream::iter(paths))
+        .await?
+        .into_inner()
+        .accepted;
+    if accepted != u64::from(prefixes) {
+        return Err(format!("accepted {accepted} of {prefixes}").into());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Some(Cmd::Load {
+        grpc,
+        prefixes,
+        next_hop,
+    }) = args.command
+    {
+        if let Err(e) = load(grpc, prefixes, next_hop).await {
+            eprintln!("load: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let bins: PathBuf = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    topology();
+    let ctl = dir.path().join("bird.ctl");
+    let bird_conf = "router id 10.4.36.239;\nprotocol device {}\ntemplate bgp sender {\n  local 10.4.36.239 as 64524;\n  disabled;\n  connect delay time 0;\n  ipv4 { import all; export none; };\n}\nprotocol bgp rp from sender { neighbor 10.4.36.10 as 64513; }\nprotocol bgp gobgp from sender { neighbor 10.4.36.20 as 64513; }\n";
+    std::fs::write(dir.path().join("bird.conf"), bird_conf).unwrap();
+    std::fs::write(dir.path().join("bgp-config.yaml"), "peers:\n  - peer-address: 10.4.36.239\n    peer-asn: 64524\n    my-asn: 64513\naddress-pools:\n  - {name: default, protocol: bgp, addresses: [10.5.120.0/24]}\n").unwrap();
+    std::fs::write(
+        dir.path().join("gobgpd.toml"),
+        "[global.config]\n  as = 64513\n  router-id = \"10.4.36.20\"\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"10.4.36.239\"\n    peer-as = 64524\n  [neighbors.transport.config]\n    passive-mode = true\n",
+    )
+    .unwrap();
+    let mut bird = spawn(
+        NS_BIRD,
+        Path::new("bird"),
+        &[
+            "-f",
+            "-c",
+            dir.path().join("bird.conf").to_str().unwrap(),
+            "-s",
+            ctl.to_str().unwrap(),
+        ],
+        &dir.path().join("bird.log"),
+    );
+    wait("BIRD starts", Duration::from_secs(10), || {
+        birdc(&ctl, "show status").contains("Daemon is up")
+    });
+    println!(
+        "{} prefixes per run, {} runs per sender, alternating; BIRD 2 receives, BIRD dials both senders",
+        args.prefixes, args.rounds
+    );
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        for sender in ["routeplane-bgp", "gobgpd"] {
+            let r = run_once(sender, args.prefixes, dir.path(), &bins, &ctl);
+            println!(
+                "  round {round} {:<15} load {:>6.2} s   enable→Established {:>6.3} s   Established→all imported {:>6.3} s   peak RSS {:>6.1} MB",
+                r.sender,
+                r.load.as_secs_f64(),
+                r.to_established.as_secs_f64(),
+                r.to_imported.as_secs_f64(),
+                r.rss_mb
+            );
+            runs.push(r);
+        }
+    }
+    let _ = bird.kill();
+    let _ = bird.wait();
+    teardown();
+    let pick = |s: &str, f: fn(&Run) -> f64| {
+        median(runs.iter().filter(|r| r.sender == s).map(f).collect())
+    };
+    println!(
+        "\n{:<16} {:>18} {:>26} {:>14}",
+        "sender (median)", "to Established s", "Established→imported s", "peak RSS MB"
+    );
+    for s in ["routeplane-bgp", "gobgpd"] {
+        println!(
+            "{:<16} {:>18.3} {:>26.3} {:>14.1}",
+            s,
+            pick(s, |r| r.to_established.as_secs_f64()),
+            pick(s, |r| r.to_imported.as_secs_f64()),
+            pick(s, |r| r.rss_mb)
+        );
+    }
+    let ratio = |f: fn(&Run) -> f64| pick("routeplane-bgp", f) / pick("gobgpd", f);
+    println!("\ntargets (issue #3), routeplane-bgp / gobgpd:");
+    println!(
+        "  Established→all imported  {:>6.2}x  (target <= 1.0)",
+        ratio(|r| r.to_imported.as_secs_f64())
+    );
+    println!(
+        "  enable→Established        {:>6.2}x  (target <= 1.0)",
+        ratio(|r| r.to_established.as_secs_f64())
+    );
+    println!(
+        "  peak RSS                  {:>6.2}x  (target <= 0.25)",
+        ratio(|r| r.rss_mb)
+    );
+}
