@@ -58,6 +58,22 @@ impl ConfigError {
     }
 }
 
+/// The two files as a service was pointed at, or the embedded defaults for those it was not.
+pub fn load_or_embedded(
+    values: Option<&Path>,
+    bgp_config: Option<&Path>,
+) -> Result<(HelmValues, BgpConfig), ConfigError> {
+    let values = match values {
+        Some(p) => HelmValues::load(p)?,
+        None => HelmValues::embedded(),
+    };
+    let bgp = match bgp_config {
+        Some(p) => BgpConfig::load(p)?,
+        None => BgpConfig::embedded(),
+    };
+    Ok((values, bgp))
+}
+
 pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use routeplane_config::{BgpConfig, HelmValues};
 use routeplane_net::Family;
 use routeplane_runtime::telemetry::TelemetryArgs;
 
@@ -95,14 +94,10 @@ impl Cli {
     }
 
     pub fn load(&self) -> Result<Loaded, routeplane_config::ConfigError> {
-        let values = match &self.values {
-            Some(p) => HelmValues::load(p)?,
-            None => HelmValues::embedded(),
-        };
-        let bgp = match &self.bgp_config {
-            Some(p) => BgpConfig::load(p)?,
-            None => BgpConfig::embedded(),
-        };
+        let (values, bgp) = routeplane_config::load_or_embedded(
+            self.values.as_deref(),
+            self.bgp_config.as_deref(),
+        )?;
         let mut notes = values.notes.clone();
         notes.push(format!(
             "values.yaml: {}",
