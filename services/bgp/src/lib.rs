@@ -6,7 +6,6 @@
 // Unsafe code is refused everywhere but in md5.rs (one setsockopt call), which allows it.
 #![deny(unsafe_code)]
 
-pub mod feed;
 pub mod fsm;
 pub mod grpc;
 pub mod md5;

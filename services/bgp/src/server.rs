@@ -39,7 +39,7 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(crate::reload::run(cli.clone(), reload_tx, shutdown.clone()));
-    tokio::spawn(crate::feed::run(
+    tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
         feed_tx,
         shutdown.clone(),

@@ -13,7 +13,7 @@ use routeplane_runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::feed::{FeedEvent, FeedNode, FeedService};
+use routeplane_watch::{FeedEvent, FeedNode, FeedService};
 use crate::fsm::SessionConfig;
 use crate::message::{AddPath, Capabilities, GracefulRestart, Notification, codes};
 use crate::policy::{Announce, Inputs, NodeView, OperatorPath, PeerView, ServiceView};

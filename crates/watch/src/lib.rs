@@ -1,5 +1,9 @@
-//! The IPAM Watch feed, as the speaker consumes it: a snapshot, then changes, resumed from the last
-//! revision seen after any disconnect (IPAM answers with a fresh snapshot when it cannot replay).
+//! The IPAM Watch feed as IPAM's consumers (the BGP speaker, the route agent) follow it.
+//!
+//! Contract: [`run`] delivers a [`FeedEvent::Snapshot`] with the whole state, then each change,
+//! and after any disconnect resumes from the last revision it delivered (IPAM answers with a fresh
+//! snapshot when it cannot replay), until shutdown. Nothing is skipped silently.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
