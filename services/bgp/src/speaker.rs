@@ -13,12 +13,12 @@ use routeplane_runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use routeplane_watch::{FeedEvent, FeedNode, FeedService};
 use crate::fsm::SessionConfig;
 use crate::message::{AddPath, Capabilities, GracefulRestart, Notification, codes};
 use crate::policy::{Announce, Inputs, NodeView, OperatorPath, PeerView, ServiceView};
 use crate::rib::Routes;
 use crate::session::{Command, Event, Session, SharedStatus, Transport, lock};
+use routeplane_watch::{FeedEvent, FeedNode, FeedService};
 
 #[derive(Debug, Clone)]
 pub struct SpeakerSettings {

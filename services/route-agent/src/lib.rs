@@ -1,1 +1,12 @@
+//! routeplane route agent: runs on every node, registers it with IPAM and keeps its lease, and
+//! installs routes to the other nodes' pod CIDRs.
+//!
+//! Contract: every route the agent installs carries its netlink protocol number, and it never
+//! changes or deletes a route without it. What to install (`desired`) and what to change
+//! (`reconcile`) are pure functions; netlink sits behind `kernel`.
+#![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod desired;
+pub mod kernel;
+pub mod reconcile;

@@ -1,0 +1,282 @@
+//! The agent's life: register the node with IPAM (and keep a copy of the allocation on disk, so a
+//! node whose agent restarts while IPAM is down keeps its CIDR), renew the lease, follow the Watch
+//! feed, and reconcile the kernel's routes with what the feed says — on every change, at start and
+//! every `--reconcile-interval`. On shutdown the routes stay: a restarting agent drops no traffic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use routeplane_api::ipam::v1 as pb;
+use routeplane_runtime::shutdown::Shutdown;
+use routeplane_runtime::telemetry::TelemetryArgs;
+use routeplane_watch::{FeedEvent, FeedNode};
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{PeerNode, desired};
+use crate::kernel::{Kernel, KernelError};
+use crate::reconcile::plan;
+
+/// routeplane route agent: registers this node with routeplane-ipam, keeps its lease, and installs
+/// kernel routes (protocol 194) to the pod CIDRs of nodes on directly connected segments.
+#[derive(Debug, Parser)]
+#[command(name = "routeplane-agent", version)]
+pub struct Cli {
+    /// The IPAM service.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_IPAM",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub ipam: String,
+    /// This node's name (Kubernetes: the downward API's spec.nodeName); default: the hostname.
+    #[arg(long, env = "ROUTEPLANE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's addresses (repeat for several); default: its global addresses.
+    #[arg(
+        long = "address",
+        env = "ROUTEPLANE_NODE_ADDRESSES",
+        value_delimiter = ','
+    )]
+    pub addresses: Vec<IpAddr>,
+    /// Node labels as KEY=VALUE (repeat for several), e.g. kubernetes/route=bgp-peer-83.
+    #[arg(long = "label", env = "ROUTEPLANE_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Where the node's allocation is cached.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_CACHE_DIR",
+        default_value = "/var/lib/routeplane/agent"
+    )]
+    pub cache_dir: PathBuf,
+    /// How often routes are checked against the kernel even without a change (repairs drift).
+    #[arg(long, env = "ROUTEPLANE_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| {
+            format!("label {text:?} is not KEY=VALUE, e.g. kubernetes/route=bgp-peer-83")
+        })
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    routeplane_config::parse_go_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration such as 10s or 1m"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Runtime(#[from] routeplane_runtime::RuntimeError),
+    #[error("{0}")]
+    Start(String),
+}
+
+/// What IPAM gave this node, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Allocation {
+    node: String,
+    pod_cidrs: Vec<String>,
+    router_ips: Vec<String>,
+}
+
+fn peer(n: &FeedNode) -> PeerNode {
+    PeerNode {
+        name: n.name.clone(),
+        addresses: n.addresses.clone(),
+        pod_cidrs: n.pod_cidrs.clone(),
+    }
+}
+
+/// One reconcile pass: desired from the feed's nodes, actual from the kernel, apply the difference.
+async fn reconcile(
+    kernel: &Kernel,
+    me: &str,
+    nodes: &BTreeMap<String, FeedNode>,
+) -> Result<(), KernelError> {
+    let connected = kernel.connected().await?;
+    let peers: Vec<PeerNode> = nodes.values().map(peer).collect();
+    let want = desired(me, &peers, &connected);
+    let actions = plan(&want, &kernel.our_routes().await?);
+    if actions.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(changes = actions.len(), "reconciling routes");
+    for (action, error) in kernel.apply(&actions).await {
+        tracing::warn!(?action, %error, "route change failed; the next reconcile retries");
+    }
+    Ok(())
+}
+
+/// Registers (retrying until IPAM answers, or falling back to the cached allocation).
+async fn register(
+    cli: &Cli,
+    name: &str,
+    addresses: &[IpAddr],
+    shutdown: &Shutdown,
+) -> Option<Allocation> {
+    let cache = cli.cache_dir.join("allocation.json");
+    let request = pb::RegisterNodeRequest {
+        name: name.to_string(),
+        addresses: addresses.iter().map(ToString::to_string).collect(),
+        labels: cli.labels.iter().cloned().collect::<HashMap<_, _>>(),
+    };
+    let mut warned = false;
+    while !shutdown.is_triggered() {
+        let answer = async {
+            let mut c = pb::ipam_client::IpamClient::connect(cli.ipam.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            c.register_node(request.clone())
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string())
+        }
+        .await;
+        match answer {
+            Ok(node) => {
+                let alloc = Allocation {
+                    node: node.name,
+                    pod_cidrs: node.pod_cidrs,
+                    router_ips: node.router_ips,
+                };
+                let _ = std::fs::create_dir_all(&cli.cache_dir);
+                if let Err(e) = serde_json::to_vec(&alloc)
+                    .map_err(std::io::Error::other)
+                    .and_then(|b| std::fs::write(&cache, b))
+                {
+                    tracing::warn!(error = %e, path = %cache.display(), "cannot cache the allocation");
+                }
+                tracing::info!(pod_cidrs = ?alloc.pod_cidrs, router_ips = ?alloc.router_ips, "registered with IPAM");
+                return Some(alloc);
+            }
+            Err(e) if !warned => {
+                warned = true;
+                let cached = std::fs::read(&cache)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Allocation>(&b).ok());
+                match &cached {
+                    Some(a) => {
+                        tracing::warn!(error = %e, pod_cidrs = ?a.pod_cidrs, "IPAM unreachable: serving with the cached allocation while retrying")
+                    }
+                    None => {
+                        tracing::warn!(error = %e, "IPAM unreachable and nothing cached yet: retrying")
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.wait() => {}
+        }
+    }
+    None
+}
+
+/// Renews the lease a few times per TTL; registers again if IPAM no longer knows the node.
+async fn keep_alive(cli: &Cli, name: &str, addresses: &[IpAddr], shutdown: &Shutdown) {
+    let mut period = Duration::from_secs(5);
+    while !shutdown.is_triggered() {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = shutdown.wait() => return,
+        }
+        let answer = async {
+            let mut c = pb::ipam_client::IpamClient::connect(cli.ipam.clone())
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            c.keep_alive(pb::KeepAliveRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+        .await;
+        match answer {
+            Ok(r) => {
+                period = Duration::from_secs(u64::from(r.lease_ttl_seconds))
+                    .div_f64(3.0)
+                    .max(Duration::from_millis(300))
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                tracing::warn!("IPAM does not know this node any more: registering again");
+                register(cli, name, addresses, shutdown).await;
+            }
+            Err(s) => tracing::warn!(error = %s.message(), "lease renewal failed; retrying"),
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), AgentError> {
+    let _telemetry = routeplane_runtime::telemetry::init("routeplane-agent", &cli.telemetry)?;
+    let shutdown = Shutdown::on_signals();
+    let kernel = Kernel::connect()?;
+    let name = match &cli.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| AgentError::Start(format!("no --node-name and no hostname: {e}")))?,
+    };
+    let addresses = if cli.addresses.is_empty() {
+        kernel.addresses().await?
+    } else {
+        cli.addresses.clone()
+    };
+    if addresses.is_empty() {
+        return Err(AgentError::Start(
+            "this node has no global address: give one with --address".into(),
+        ));
+    }
+    tracing::info!(node = %name, ?addresses, "starting");
+    // Routes left by a previous run are reconciled (and stale ones swept) once the first snapshot is in.
+    let mut nodes: BTreeMap<String, FeedNode> = BTreeMap::new();
+    if register(&cli, &name, &addresses, &shutdown).await.is_none() {
+        return Ok(());
+    }
+    let (tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(routeplane_watch::run(
+        cli.ipam.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    let mut tick = tokio::time::interval(cli.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut synced = false;
+    let keeper = keep_alive(&cli, &name, &addresses, &shutdown);
+    tokio::pin!(keeper);
+    loop {
+        tokio::select! {
+            () = &mut keeper => {}
+            ev = feed.recv() => match ev {
+                Some(FeedEvent::Snapshot { nodes: all, .. }) => {
+                    nodes = all.into_iter().map(|n| (n.name.clone(), n)).collect();
+                    synced = true;
+                }
+                Some(FeedEvent::Node(n)) => { nodes.insert(n.name.clone(), n); }
+                Some(FeedEvent::NodeDeleted(n)) => { nodes.remove(&n); }
+                Some(_) => continue,
+                None => return Ok(()),
+            },
+            _ = tick.tick() => {}
+            () = shutdown.wait() => {
+                tracing::info!("stopping; routes stay installed");
+                return Ok(());
+            }
+        }
+        // Until the first snapshot, an empty node list would look like "delete everything".
+        if synced && let Err(e) = reconcile(&kernel, &name, &nodes).await {
+            tracing::warn!(error = %e, "reconcile failed; retrying at the next tick");
+        }
+    }
+}

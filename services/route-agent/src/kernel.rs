@@ -1,0 +1,188 @@
+//! The netlink seam: the routes carrying our protocol number, the subnets this node is directly
+//! connected to, and carrying out reconcile actions. Nothing here decides anything.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use routeplane_net::Cidr;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::desired::{Connected, Route};
+use crate::reconcile::Action;
+
+/// The netlink route protocol that marks routes as routeplane's (`ip route show proto 194`). The
+/// kernel and iproute2 leave 193–251 unassigned.
+pub const PROTOCOL: u8 = 194;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("route {0}: {1}")]
+    Route(String, String),
+}
+
+pub struct Kernel {
+    handle: Handle,
+}
+
+fn addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// One of our routes, from its netlink message.
+fn route_of(m: &RouteMessage) -> Option<Route> {
+    if u8::from(m.header.protocol) != PROTOCOL {
+        return None;
+    }
+    let (mut dest, mut gateway, mut ifindex) = (None, None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dest = addr(d),
+            RouteAttribute::Gateway(g) => gateway = addr(g),
+            RouteAttribute::Oif(i) => ifindex = Some(*i),
+            _ => {}
+        }
+    }
+    Some(Route {
+        destination: Cidr::containing(dest?, m.header.destination_prefix_length)?,
+        gateway: gateway?,
+        ifindex: ifindex?,
+    })
+}
+
+impl Kernel {
+    /// Opens a netlink connection, driven by a task on the current runtime.
+    pub fn connect() -> Result<Kernel, KernelError> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Kernel { handle })
+    }
+
+    /// The routes carrying our protocol number, both families.
+    pub async fn our_routes(&self) -> Result<Vec<Route>, KernelError> {
+        let mut out = Vec::new();
+        for request in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut stream = self.handle.route().get(request).execute();
+            while let Some(m) = stream.try_next().await? {
+                out.extend(route_of(&m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Subnets of this node's global addresses, with their interfaces.
+    pub async fn connected(&self) -> Result<Vec<Connected>, KernelError> {
+        let mut names = BTreeMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links.try_next().await? {
+            let name = l.attributes.iter().find_map(|a| {
+                if let LinkAttribute::IfName(n) = a {
+                    Some(n.clone())
+                } else {
+                    None
+                }
+            });
+            names.insert(l.header.index, name.unwrap_or_default());
+        }
+        let mut out = Vec::new();
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(a) = addresses.try_next().await? {
+            if a.header.scope != AddressScope::Universe {
+                continue;
+            }
+            let ip = a.attributes.iter().find_map(|x| {
+                if let AddressAttribute::Address(ip) = x {
+                    Some(*ip)
+                } else {
+                    None
+                }
+            });
+            if let Some(subnet) = ip.and_then(|ip| Cidr::containing(ip, a.header.prefix_len)) {
+                out.push(Connected {
+                    subnet,
+                    ifindex: a.header.index,
+                    ifname: names.get(&a.header.index).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// This node's global addresses (to register with IPAM when none are configured).
+    pub async fn addresses(&self) -> Result<Vec<IpAddr>, KernelError> {
+        let mut out = Vec::new();
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(a) = addresses.try_next().await? {
+            if a.header.scope == AddressScope::Universe
+                && matches!(a.header.family, AddressFamily::Inet | AddressFamily::Inet6)
+            {
+                out.extend(a.attributes.iter().find_map(|x| {
+                    if let AddressAttribute::Address(ip) = x {
+                        Some(*ip)
+                    } else {
+                        None
+                    }
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    fn message(route: &Route) -> Result<RouteMessage, KernelError> {
+        fn bad(route: &Route, e: impl std::fmt::Display) -> KernelError {
+            KernelError::Route(route.destination.to_string(), e.to_string())
+        }
+        Ok(RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(route.destination.network(), route.destination.prefix_len())
+            .map_err(|e| bad(route, e))?
+            .gateway(route.gateway)
+            .map_err(|e| bad(route, e))?
+            .output_interface(route.ifindex)
+            .protocol(RouteProtocol::from(PROTOCOL))
+            .build())
+    }
+
+    /// Carries out the actions; returns each failure with its action (the others still happen).
+    pub async fn apply(&self, actions: &[Action]) -> Vec<(Action, KernelError)> {
+        let mut failed = Vec::new();
+        for action in actions {
+            let result = async {
+                match action {
+                    Action::Add(r) => self.handle.route().add(Self::message(r)?).execute().await?,
+                    Action::Replace(r) => {
+                        self.handle
+                            .route()
+                            .add(Self::message(r)?)
+                            .replace()
+                            .execute()
+                            .await?
+                    }
+                    Action::Delete(r) => {
+                        self.handle.route().del(Self::message(r)?).execute().await?
+                    }
+                }
+                Ok::<(), KernelError>(())
+            }
+            .await;
+            if let Err(e) = result {
+                failed.push((*action, e));
+            }
+        }
+        failed
+    }
+}
