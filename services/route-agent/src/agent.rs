@@ -98,12 +98,25 @@ fn peer(n: &FeedNode) -> PeerNode {
     }
 }
 
-/// One reconcile pass: desired from the feed's nodes, actual from the kernel, apply the difference.
+/// This node's (pod CIDR, router IP) pairs.
+fn owned(alloc: &Allocation) -> Vec<(routeplane_net::Cidr, IpAddr)> {
+    alloc
+        .pod_cidrs
+        .iter()
+        .zip(&alloc.router_ips)
+        .filter_map(|(c, r)| Some((c.parse().ok()?, r.parse().ok()?)))
+        .collect()
+}
+
+/// One reconcile pass: the router interface, then desired routes from the feed's nodes against the
+/// kernel's, applying the difference.
 async fn reconcile(
     kernel: &Kernel,
     me: &str,
+    alloc: &Allocation,
     nodes: &BTreeMap<String, FeedNode>,
 ) -> Result<(), KernelError> {
+    kernel.ensure_router(&owned(alloc)).await?;
     let connected = kernel.connected().await?;
     let peers: Vec<PeerNode> = nodes.values().map(peer).collect();
     let want = desired(me, &peers, &connected);
@@ -241,8 +254,11 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     tracing::info!(node = %name, ?addresses, "starting");
     // Routes left by a previous run are reconciled (and stale ones swept) once the first snapshot is in.
     let mut nodes: BTreeMap<String, FeedNode> = BTreeMap::new();
-    if register(&cli, &name, &addresses, &shutdown).await.is_none() {
+    let Some(alloc) = register(&cli, &name, &addresses, &shutdown).await else {
         return Ok(());
+    };
+    if let Err(e) = kernel.ensure_router(&owned(&alloc)).await {
+        tracing::warn!(error = %e, "router interface setup failed; retrying at each reconcile");
     }
     let (tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(routeplane_watch::run(
@@ -275,7 +291,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             }
         }
         // Until the first snapshot, an empty node list would look like "delete everything".
-        if synced && let Err(e) = reconcile(&kernel, &name, &nodes).await {
+        if synced && let Err(e) = reconcile(&kernel, &name, &alloc, &nodes).await {
             tracing::warn!(error = %e, "reconcile failed; retrying at the next tick");
         }
     }

@@ -9,8 +9,10 @@ use routeplane_net::Cidr;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::desired::{Connected, Route};
 use crate::reconcile::Action;
@@ -155,6 +157,76 @@ impl Kernel {
             .output_interface(route.ifindex)
             .protocol(RouteProtocol::from(PROTOCOL))
             .build())
+    }
+
+    /// The interface that carries this node's router IPs, as Cilium's cilium_host does.
+    pub const ROUTER_LINK: &'static str = "rp_host";
+    const ROUTER_PEER: &'static str = "rp_net";
+
+    async fn link_index(&self, name: &str) -> Option<u32> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        links
+            .try_next()
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.header.index)
+    }
+
+    /// Makes sure the router interface exists and is up, carries every router IP, and that each
+    /// of this node's pod CIDRs is routed to it. Idempotent: every reconcile pass calls it.
+    pub async fn ensure_router(&self, owned: &[(Cidr, IpAddr)]) -> Result<u32, KernelError> {
+        let index = match self.link_index(Self::ROUTER_LINK).await {
+            Some(i) => i,
+            None => {
+                // A veth pair, since dummy devices are missing on some kernels.
+                self.handle
+                    .link()
+                    .add(LinkVeth::new(Self::ROUTER_LINK, Self::ROUTER_PEER).build())
+                    .execute()
+                    .await?;
+                self.link_index(Self::ROUTER_LINK).await.ok_or_else(|| {
+                    KernelError::Route(Self::ROUTER_LINK.into(), "created but not found".into())
+                })?
+            }
+        };
+        for name in [Self::ROUTER_LINK, Self::ROUTER_PEER] {
+            if let Some(i) = self.link_index(name).await {
+                self.handle
+                    .link()
+                    .set(
+                        rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+                            .index(i)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await?;
+            }
+        }
+        for (cidr, router_ip) in owned {
+            let host = if router_ip.is_ipv4() { 32 } else { 128 };
+            self.handle
+                .address()
+                .add(index, *router_ip, host)
+                .replace()
+                .execute()
+                .await?;
+            let route = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(cidr.network(), cidr.prefix_len())
+                .map_err(|e| KernelError::Route(cidr.to_string(), e.to_string()))?
+                .output_interface(index)
+                .scope(RouteScope::Link)
+                .protocol(RouteProtocol::from(PROTOCOL))
+                .build();
+            self.handle.route().add(route).replace().execute().await?;
+        }
+        Ok(index)
     }
 
     /// Carries out the actions; returns each failure with its action (the others still happen).

@@ -66,8 +66,9 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
-        let id = std::process::id() % 100_000;
+    /// `tag` keeps the namespaces of tests running side by side apart.
+    fn new(tag: &str) -> Lab {
+        let id = format!("{tag}{}", std::process::id() % 100_000);
         let ns: Vec<String> = ["ctl", "n1", "n2"]
             .iter()
             .map(|n| format!("rpa-{id}-{n}"))
@@ -103,6 +104,111 @@ impl Lab {
             children: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// Adds a router (namespace 3: 10.4.94.1 here, 10.4.83.1 on a second segment) and a node on
+    /// that segment (namespace 4: 10.4.83.21); every namespace routes by default through it.
+    fn with_router(mut self) -> Lab {
+        let id = self.ns[0]
+            .trim_start_matches("rpa-")
+            .trim_end_matches("-ctl")
+            .to_string();
+        for n in ["r", "n3"] {
+            let name = format!("rpa-{id}-{n}");
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            sh(&["ip", "netns", "add", &name]);
+            sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+            self.ns.push(name);
+        }
+        let (ctl, r, n3) = (self.ns[0].clone(), self.ns[3].clone(), self.ns[4].clone());
+        let (ra, rb) = (format!("rpr{id}a"), format!("rpr{id}b"));
+        sh(&[
+            "ip", "link", "add", &ra, "type", "veth", "peer", "name", &rb,
+        ]);
+        sh(&["ip", "link", "set", &ra, "netns", &r]);
+        sh(&["ip", "link", "set", &rb, "netns", &ctl]);
+        sh(&["ip", "-n", &r, "addr", "add", "10.4.94.1/24", "dev", &ra]);
+        sh(&["ip", "-n", &r, "link", "set", &ra, "up"]);
+        sh(&["ip", "-n", &ctl, "link", "set", &rb, "master", "seg", "up"]);
+        sh(&["ip", "-n", &r, "link", "add", "seg83", "type", "bridge"]);
+        sh(&[
+            "ip",
+            "-n",
+            &r,
+            "addr",
+            "add",
+            "10.4.83.1/24",
+            "dev",
+            "seg83",
+        ]);
+        sh(&["ip", "-n", &r, "link", "set", "seg83", "up"]);
+        let (na, nb) = (format!("rpn{id}3"), format!("rpb{id}3"));
+        sh(&[
+            "ip", "link", "add", &na, "type", "veth", "peer", "name", &nb,
+        ]);
+        sh(&["ip", "link", "set", &na, "netns", &n3]);
+        sh(&["ip", "link", "set", &nb, "netns", &r]);
+        sh(&["ip", "-n", &n3, "addr", "add", "10.4.83.21/24", "dev", &na]);
+        sh(&["ip", "-n", &n3, "link", "set", &na, "up"]);
+        sh(&["ip", "-n", &r, "link", "set", &nb, "master", "seg83", "up"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &r,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        for i in [0, 1, 2] {
+            sh(&[
+                "ip",
+                "-n",
+                &self.ns[i],
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.4.94.1",
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &n3,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.4.83.1",
+        ]);
+        self
+    }
+
+    /// `traceroute -n` from a node: the hops' addresses, in order.
+    fn traceroute(&self, node: usize, target: &str) -> Vec<String> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns[node],
+                "traceroute",
+                "-n",
+                "-q",
+                "1",
+                "-w",
+                "1",
+                "-m",
+                "5",
+                target,
+            ])
+            .output()
+            .expect("traceroute (scripts/test installs it)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .collect()
     }
 
     fn spawn(&mut self, tag: &str, ns: usize, program: PathBuf, args: &[&str]) {
@@ -216,7 +322,7 @@ fn direct_routes_on_one_segment_reconciled_and_never_touching_others() {
     if !privileged() {
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("d");
     let data = lab.dir.path().join("ipam");
     lab.spawn(
         "ipam",
@@ -310,5 +416,87 @@ fn direct_routes_on_one_segment_reconciled_and_never_touching_others() {
     assert!(
         lab.routes(1).contains("10.99.0.0/24 via 10.4.94.12"),
         "and the foreign route is still there"
+    );
+}
+
+#[test]
+fn the_seeds_two_traceroutes() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::new("t").with_router();
+    let data = lab.dir.path().join("ipam");
+    lab.spawn(
+        "ipam",
+        0,
+        bin("routeplane-ipam"),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-listen",
+            "10.4.94.250:50051",
+            "--metrics-listen",
+            "127.0.0.1:9951",
+        ],
+    );
+    lab.agent(1, "10.4.94.11");
+    lab.agent(2, "10.4.94.12");
+    lab.agent(4, "10.4.83.21");
+    lab.wait("three agents registered", || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns[0],
+                "grpcurl",
+                "-plaintext",
+                "10.4.94.250:50051",
+                "list",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 3)
+    });
+    // The ToRs learn every pod CIDR over BGP; this router stands in for them with static routes.
+    let node = |n: &str| {
+        lab.grpc(
+            "routeplane.ipam.v1.Ipam/GetNode",
+            &format!(r#"{{"name": "{n}"}}"#),
+        )
+    };
+    let (n2, n3) = (node("n2"), node("n4"));
+    for (n, via) in [
+        ("n1", "10.4.94.11"),
+        ("n2", "10.4.94.12"),
+        ("n4", "10.4.83.21"),
+    ] {
+        let cidr = node(n)["podCidrs"][0].as_str().unwrap().to_string();
+        sh(&["ip", "-n", &lab.ns[3], "route", "add", &cidr, "via", via]);
+    }
+    let router2 = n2["routerIps"][0].as_str().unwrap().to_string();
+    let router3 = n3["routerIps"][0].as_str().unwrap().to_string();
+    let cidr2 = n2["podCidrs"][0].as_str().unwrap().to_string();
+    lab.wait("n1 has its direct route to n2's pod CIDR", || {
+        lab.routes(1).contains(&format!("{cidr2} via 10.4.94.12"))
+    });
+    assert!(
+        lab.routes(2).contains("rp_host"),
+        "the node's own pod CIDR goes to its router interface: {}",
+        lab.routes(2)
+    );
+
+    // Same segment: the target is the first hop.
+    assert_eq!(
+        lab.traceroute(1, &router2),
+        vec![router2.clone()],
+        "same segment: one hop"
+    );
+    // Other segment: through the router (the seed's 10.4.94.1), then the target.
+    assert_eq!(
+        lab.traceroute(1, &router3),
+        vec!["10.4.94.1".to_string(), router3.clone()],
+        "other segment: via the router"
     );
 }
