@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "../../proto/routeplane/ipam/v1/ipam.proto",
         "../../proto/routeplane/bgp/v1/bgp.proto",
+        "../../proto/routeplane/agent/v1/agent.proto",
     ];
     println!("cargo:rerun-if-changed=../../proto");
     let fds = protox::compile(protos, ["../../proto"])?;

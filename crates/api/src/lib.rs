@@ -16,6 +16,12 @@ pub mod bgp {
     }
 }
 
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("routeplane.agent.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every routeplane API, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/routeplane_descriptor.bin"));

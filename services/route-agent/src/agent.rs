@@ -54,6 +54,9 @@ pub struct Cli {
     /// How often routes are checked against the kernel even without a change (repairs drift).
     #[arg(long, env = "ROUTEPLANE_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+    /// gRPC listen address (routeplane.agent.v1).
+    #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50053")]
+    pub grpc_listen: std::net::SocketAddr,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -84,10 +87,33 @@ pub enum AgentError {
 
 /// What IPAM gave this node, kept across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Allocation {
-    node: String,
-    pod_cidrs: Vec<String>,
-    router_ips: Vec<String>,
+pub struct Allocation {
+    pub node: String,
+    pub pod_cidrs: Vec<String>,
+    pub router_ips: Vec<String>,
+}
+
+/// What the API shows; the agent's loop keeps it current.
+#[derive(Debug, Default)]
+pub struct AgentState {
+    pub node: String,
+    pub addresses: Vec<IpAddr>,
+    pub alloc: Option<Allocation>,
+    pub nodes: BTreeMap<String, FeedNode>,
+    pub ipam_connected: bool,
+    pub synced: bool,
+    pub installed: Vec<crate::desired::Route>,
+    pub connected: Vec<crate::desired::Connected>,
+    /// Default gateway per family (IPv4, IPv6), with the interface name.
+    pub default_gateway: [Option<(IpAddr, String)>; 2],
+    pub last_reconcile: Option<std::time::SystemTime>,
+    pub last_error: String,
+}
+
+pub type Shared = std::sync::Arc<std::sync::Mutex<AgentState>>;
+
+pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, AgentState> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn peer(n: &FeedNode) -> PeerNode {
@@ -110,24 +136,50 @@ fn owned(alloc: &Allocation) -> Vec<(routeplane_net::Cidr, IpAddr)> {
 
 /// One reconcile pass: the router interface, then desired routes from the feed's nodes against the
 /// kernel's, applying the difference.
-async fn reconcile(
-    kernel: &Kernel,
-    me: &str,
-    alloc: &Allocation,
-    nodes: &BTreeMap<String, FeedNode>,
-) -> Result<(), KernelError> {
-    kernel.ensure_router(&owned(alloc)).await?;
+async fn reconcile(kernel: &Kernel, shared: &Shared) -> Result<(), KernelError> {
+    let (me, alloc, peers) = {
+        let s = lock(shared);
+        (
+            s.node.clone(),
+            s.alloc.clone(),
+            s.nodes.values().map(peer).collect::<Vec<PeerNode>>(),
+        )
+    };
+    if let Some(alloc) = &alloc {
+        kernel.ensure_router(&owned(alloc)).await?;
+    }
     let connected = kernel.connected().await?;
-    let peers: Vec<PeerNode> = nodes.values().map(peer).collect();
-    let want = desired(me, &peers, &connected);
+    let want = desired(&me, &peers, &connected);
     let actions = plan(&want, &kernel.our_routes().await?);
-    if actions.is_empty() {
-        return Ok(());
+    let mut failures = Vec::new();
+    if !actions.is_empty() {
+        tracing::info!(changes = actions.len(), "reconciling routes");
+        for (action, error) in kernel.apply(&actions).await {
+            tracing::warn!(?action, %error, "route change failed; the next reconcile retries");
+            failures.push(format!("{action:?}: {error}"));
+        }
     }
-    tracing::info!(changes = actions.len(), "reconciling routes");
-    for (action, error) in kernel.apply(&actions).await {
-        tracing::warn!(?action, %error, "route change failed; the next reconcile retries");
+    let name_of = |index: u32| {
+        connected
+            .iter()
+            .find(|c| c.ifindex == index)
+            .map(|c| c.ifname.clone())
+            .unwrap_or_default()
+    };
+    let mut gateways = [None, None];
+    for (slot, v6) in gateways.iter_mut().zip([false, true]) {
+        *slot = kernel
+            .default_gateway(v6)
+            .await?
+            .map(|(gw, index)| (gw, name_of(index)));
     }
+    let installed = kernel.our_routes().await?;
+    let mut s = lock(shared);
+    s.installed = installed;
+    s.connected = connected;
+    s.default_gateway = gateways;
+    s.last_reconcile = Some(std::time::SystemTime::now());
+    s.last_error = failures.join("; ");
     Ok(())
 }
 
@@ -253,13 +305,26 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     }
     tracing::info!(node = %name, ?addresses, "starting");
     // Routes left by a previous run are reconciled (and stale ones swept) once the first snapshot is in.
-    let mut nodes: BTreeMap<String, FeedNode> = BTreeMap::new();
     let Some(alloc) = register(&cli, &name, &addresses, &shutdown).await else {
         return Ok(());
     };
     if let Err(e) = kernel.ensure_router(&owned(&alloc)).await {
         tracing::warn!(error = %e, "router interface setup failed; retrying at each reconcile");
     }
+    let shared: Shared = std::sync::Arc::new(std::sync::Mutex::new(AgentState {
+        node: name.clone(),
+        addresses: addresses.clone(),
+        alloc: Some(alloc),
+        ..AgentState::default()
+    }));
+    let listener = routeplane_runtime::bind(cli.grpc_listen).await?;
+    let routes = tonic::service::Routes::new(crate::grpc::AgentGrpc::new(shared.clone()));
+    let server = tokio::spawn(routeplane_runtime::grpc::serve(
+        listener,
+        "routeplane.agent.v1.Agent",
+        routes,
+        shutdown.clone(),
+    ));
     let (tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
@@ -268,31 +333,46 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     ));
     let mut tick = tokio::time::interval(cli.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut synced = false;
     let keeper = keep_alive(&cli, &name, &addresses, &shutdown);
     tokio::pin!(keeper);
     loop {
         tokio::select! {
             () = &mut keeper => {}
-            ev = feed.recv() => match ev {
-                Some(FeedEvent::Snapshot { nodes: all, .. }) => {
-                    nodes = all.into_iter().map(|n| (n.name.clone(), n)).collect();
-                    synced = true;
+            ev = feed.recv() => {
+                let mut s = lock(&shared);
+                match ev {
+                    Some(FeedEvent::Snapshot { nodes: all, .. }) => {
+                        s.nodes = all.into_iter().map(|n| (n.name.clone(), n)).collect();
+                        s.synced = true;
+                    }
+                    Some(FeedEvent::Node(n)) => {
+                        s.nodes.insert(n.name.clone(), n);
+                    }
+                    Some(FeedEvent::NodeDeleted(n)) => {
+                        s.nodes.remove(&n);
+                    }
+                    Some(FeedEvent::Connected(c)) => {
+                        s.ipam_connected = c;
+                        continue;
+                    }
+                    Some(_) => continue,
+                    None => break,
                 }
-                Some(FeedEvent::Node(n)) => { nodes.insert(n.name.clone(), n); }
-                Some(FeedEvent::NodeDeleted(n)) => { nodes.remove(&n); }
-                Some(_) => continue,
-                None => return Ok(()),
-            },
+            }
             _ = tick.tick() => {}
             () = shutdown.wait() => {
                 tracing::info!("stopping; routes stay installed");
-                return Ok(());
+                break;
             }
         }
         // Until the first snapshot, an empty node list would look like "delete everything".
-        if synced && let Err(e) = reconcile(&kernel, &name, &alloc, &nodes).await {
+        let synced = lock(&shared).synced;
+        if synced && let Err(e) = reconcile(&kernel, &shared).await {
             tracing::warn!(error = %e, "reconcile failed; retrying at the next tick");
+            lock(&shared).last_error = e.to_string();
         }
     }
+    shutdown.trigger();
+    let _ = server.await;
+    Ok(())
 }

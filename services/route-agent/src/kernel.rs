@@ -159,6 +159,39 @@ impl Kernel {
             .build())
     }
 
+    /// The gateway of the main table's default route of a family, with its interface index.
+    pub async fn default_gateway(&self, v6: bool) -> Result<Option<(IpAddr, u32)>, KernelError> {
+        let request = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let mut stream = self.handle.route().get(request).execute();
+        while let Some(m) = stream.try_next().await? {
+            if m.header.destination_prefix_length != 0 || m.header.table != 254 {
+                continue;
+            }
+            let gw = m.attributes.iter().find_map(|a| {
+                if let RouteAttribute::Gateway(g) = a {
+                    addr(g)
+                } else {
+                    None
+                }
+            });
+            let oif = m.attributes.iter().find_map(|a| {
+                if let RouteAttribute::Oif(i) = a {
+                    Some(*i)
+                } else {
+                    None
+                }
+            });
+            if let (Some(gw), Some(oif)) = (gw, oif) {
+                return Ok(Some((gw, oif)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The interface that carries this node's router IPs, as Cilium's cilium_host does.
     pub const ROUTER_LINK: &'static str = "rp_host";
     const ROUTER_PEER: &'static str = "rp_net";

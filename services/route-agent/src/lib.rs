@@ -8,5 +8,6 @@
 
 pub mod agent;
 pub mod desired;
+pub mod grpc;
 pub mod kernel;
 pub mod reconcile;

@@ -288,6 +288,32 @@ impl Lab {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
+    /// A call on a node's agent API (it listens on :50053 inside the node's namespace).
+    fn agent_api(&self, node: usize, method: &str, body: &str) -> serde_json::Value {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns[node],
+                "grpcurl",
+                "-plaintext",
+                "-max-time",
+                "10",
+                "-d",
+                body,
+                "127.0.0.1:50053",
+            ])
+            .arg(format!("routeplane.agent.v1.Agent/{method}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
     fn log(&self, tag: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{tag}.log"))).unwrap_or_default()
     }
@@ -499,4 +525,41 @@ fn the_seeds_two_traceroutes() {
         vec!["10.4.94.1".to_string(), router3.clone()],
         "other segment: via the router"
     );
+
+    // The agent says the same through its API.
+    let direct = lab.agent_api(
+        1,
+        "ExplainRoute",
+        &format!(r#"{{"destination": "{router2}"}}"#),
+    );
+    let text = direct["explanation"].as_str().unwrap_or_default();
+    assert_eq!(direct["kind"], "direct", "{direct}");
+    assert!(
+        text.contains("via 10.4.94.12") && text.contains("same L2 segment as node n2"),
+        "{direct}"
+    );
+    let far = lab.agent_api(
+        1,
+        "ExplainRoute",
+        &format!(r#"{{"destination": "{router3}"}}"#),
+    );
+    let text = far["explanation"].as_str().unwrap_or_default();
+    assert_eq!(far["kind"], "default", "{far}");
+    assert!(
+        text.contains("default route via 10.4.94.1")
+            && text.contains("node n4 (10.4.83.21) is on another segment; the ToR learned"),
+        "{far}"
+    );
+    let status = lab.agent_api(1, "GetStatus", "{}");
+    assert_eq!(
+        (
+            status["node"].as_str(),
+            status["synced"].as_bool(),
+            status["routesInstalled"].as_u64()
+        ),
+        (Some("n1"), Some(true), Some(1)),
+        "{status}"
+    );
+    let routes = lab.agent_api(1, "ListRoutes", "{}");
+    assert_eq!(routes["routes"][0]["node"], "n2", "{routes}");
 }

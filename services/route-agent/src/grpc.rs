@@ -1,0 +1,204 @@
+//! routeplane.agent.v1 over tonic: reads the agent's state. The explanations come from the same
+//! decision that installs the routes (`desired::explain`).
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use routeplane_api::agent::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::agent::{Shared, lock};
+use crate::desired::{Explained, PeerNode, explain};
+
+pub struct AgentGrpc {
+    shared: Shared,
+}
+
+impl AgentGrpc {
+    pub fn new(shared: Shared) -> pb::agent_server::AgentServer<AgentGrpc> {
+        pb::agent_server::AgentServer::new(AgentGrpc { shared })
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The explanations for every other node's pod CIDRs, from the agent's current view.
+fn explanations(shared: &Shared) -> Vec<Explained> {
+    let s = lock(shared);
+    let peers: Vec<PeerNode> = s
+        .nodes
+        .values()
+        .map(|n| PeerNode {
+            name: n.name.clone(),
+            addresses: n.addresses.clone(),
+            pod_cidrs: n.pod_cidrs.clone(),
+        })
+        .collect();
+    explain(&s.node, &peers, &s.connected)
+}
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentGrpc {
+    async fn get_status(
+        &self,
+        _: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::AgentStatus>, Status> {
+        let s = lock(&self.shared);
+        let alloc = s.alloc.clone().unwrap_or_else(|| crate::agent::Allocation {
+            node: s.node.clone(),
+            pod_cidrs: vec![],
+            router_ips: vec![],
+        });
+        Ok(Response::new(pb::AgentStatus {
+            node: s.node.clone(),
+            addresses: s.addresses.iter().map(ToString::to_string).collect(),
+            pod_cidrs: alloc.pod_cidrs,
+            router_ips: alloc.router_ips,
+            ipam_connected: s.ipam_connected,
+            synced: s.synced,
+            routes_installed: s.installed.len() as u32,
+            last_reconcile: s.last_reconcile.map(rfc3339).unwrap_or_default(),
+            last_error: s.last_error.clone(),
+        }))
+    }
+
+    async fn list_routes(
+        &self,
+        _: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        let why = explanations(&self.shared);
+        let s = lock(&self.shared);
+        let routes = s
+            .installed
+            .iter()
+            .map(|r| {
+                let ifname = s
+                    .connected
+                    .iter()
+                    .find(|c| c.ifindex == r.ifindex)
+                    .map(|c| c.ifname.clone())
+                    .unwrap_or_default();
+                let node = why.iter().find_map(|e| match e {
+                    Explained::Direct { route, node, .. } if route.destination == r.destination => {
+                        Some(node.clone())
+                    }
+                    _ => None,
+                });
+                pb::InstalledRoute {
+                    destination: r.destination.to_string(),
+                    gateway: r.gateway.to_string(),
+                    interface: ifname,
+                    reason: match &node {
+                        Some(n) => format!("node {n} is on the same L2 segment"),
+                        None => "stale: removed at the next reconcile".to_string(),
+                    },
+                    node: node.unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListRoutesResponse { routes }))
+    }
+
+    async fn explain_route(
+        &self,
+        req: Request<pb::ExplainRouteRequest>,
+    ) -> Result<Response<pb::ExplainRouteResponse>, Status> {
+        let text = req.get_ref().destination.trim().to_string();
+        let ip: IpAddr = text.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "destination {text:?} is not an IP address, e.g. 10.5.114.1"
+            ))
+        })?;
+        let (me, own, gateways) = {
+            let s = lock(&self.shared);
+            let own = s.alloc.as_ref().and_then(|a| {
+                a.pod_cidrs
+                    .iter()
+                    .find(|c| {
+                        c.parse::<routeplane_net::Cidr>()
+                            .is_ok_and(|c| c.contains_addr(ip))
+                    })
+                    .cloned()
+            });
+            (s.node.clone(), own, s.default_gateway.clone())
+        };
+        let answer = |pod_cidr: String, node: String, kind: &str, explanation: String| {
+            Ok(Response::new(pb::ExplainRouteResponse {
+                destination: ip.to_string(),
+                pod_cidr,
+                node,
+                kind: kind.into(),
+                explanation,
+            }))
+        };
+        if let Some(cidr) = own {
+            return answer(
+                cidr.clone(),
+                me,
+                "local",
+                format!("local: {cidr} is this node's pod CIDR, on its router interface rp_host"),
+            );
+        }
+        for e in explanations(&self.shared) {
+            match e {
+                Explained::Direct {
+                    route,
+                    node,
+                    ifname,
+                } if route.destination.contains_addr(ip) => {
+                    return answer(
+                        route.destination.to_string(),
+                        node.clone(),
+                        "direct",
+                        format!(
+                            "direct via {} dev {ifname}: same L2 segment as node {node}",
+                            route.gateway
+                        ),
+                    );
+                }
+                Explained::ViaDefault {
+                    destination,
+                    node,
+                    why,
+                } if destination.contains_addr(ip) => {
+                    let gw = match &gateways[usize::from(ip.is_ipv6())] {
+                        Some((gw, dev)) => format!("default route via {gw} dev {dev}"),
+                        None => "no default route on this node".to_string(),
+                    };
+                    return answer(
+                        destination.to_string(),
+                        node,
+                        "default",
+                        format!("{gw}: {why}"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        Err(Status::not_found(format!(
+            "{ip} is in no node's pod CIDR known to this agent"
+        )))
+    }
+}
