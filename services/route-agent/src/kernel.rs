@@ -262,32 +262,77 @@ impl Kernel {
         Ok(index)
     }
 
-    /// Carries out the actions; returns each failure with its action (the others still happen).
-    pub async fn apply(&self, actions: &[Action]) -> Vec<(Action, KernelError)> {
-        let mut failed = Vec::new();
-        for action in actions {
-            let result = async {
-                match action {
-                    Action::Add(r) => self.handle.route().add(Self::message(r)?).execute().await?,
-                    Action::Replace(r) => {
-                        self.handle
-                            .route()
-                            .add(Self::message(r)?)
-                            .replace()
-                            .execute()
-                            .await?
-                    }
-                    Action::Delete(r) => {
-                        self.handle.route().del(Self::message(r)?).execute().await?
-                    }
-                }
-                Ok::<(), KernelError>(())
+    /// Requests in flight at once: netlink matches replies to requests by sequence number, so the
+    /// kernel works through a window of them instead of waiting for each acknowledgement.
+    const PIPELINE: usize = 256;
+
+    async fn execute(&self, action: Action) -> Result<(), KernelError> {
+        match action {
+            Action::Add(r) => {
+                self.handle
+                    .route()
+                    .add(Self::message(&r)?)
+                    .execute()
+                    .await?
             }
-            .await;
-            if let Err(e) = result {
-                failed.push((*action, e));
+            Action::Replace(r) => {
+                self.handle
+                    .route()
+                    .add(Self::message(&r)?)
+                    .replace()
+                    .execute()
+                    .await?
+            }
+            Action::Delete(r) => {
+                self.handle
+                    .route()
+                    .del(Self::message(&r)?)
+                    .execute()
+                    .await?
             }
         }
-        failed
+        Ok(())
+    }
+
+    /// Carries out the actions in netlink batches (see `batch.rs`) on a blocking thread; returns
+    /// each failure with its action (the others still happen). Should the batch socket itself
+    /// fail, the actions go one by one, pipelined, on the async connection.
+    pub async fn apply(&self, actions: &[Action]) -> Vec<(Action, KernelError)> {
+        let mut prepared = Vec::with_capacity(actions.len());
+        let mut failed = Vec::new();
+        for a in actions {
+            let route = match a {
+                Action::Add(r) | Action::Replace(r) | Action::Delete(r) => r,
+            };
+            match Self::message(route) {
+                Ok(m) => prepared.push((*a, m)),
+                Err(e) => failed.push((*a, e)),
+            }
+        }
+        match tokio::task::spawn_blocking(move || crate::batch::apply(&prepared)).await {
+            Ok(Ok(mut more)) => {
+                failed.append(&mut more);
+                failed
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "batched netlink failed; applying one by one");
+                self.apply_pipelined(actions).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batched netlink thread failed; applying one by one");
+                self.apply_pipelined(actions).await
+            }
+        }
+    }
+
+    /// One request per route, many in flight.
+    pub async fn apply_pipelined(&self, actions: &[Action]) -> Vec<(Action, KernelError)> {
+        use futures::StreamExt as _;
+        futures::stream::iter(actions.iter().copied())
+            .map(|action| async move { self.execute(action).await.err().map(|e| (action, e)) })
+            .buffer_unordered(Self::PIPELINE)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await
     }
 }

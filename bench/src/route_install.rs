@@ -1,0 +1,206 @@
+//! Installing and deleting N kernel routes: the route agent's reconciler (pipelined netlink) vs
+//! `ip -batch` of the same routes, in a network namespace the benchmark creates and removes
+//! (root needed; routes only, no traffic). Alternating runs; medians and their ratio. Run it
+//! through `bench/run-routes`.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use routeplane_agent::desired::Route;
+use routeplane_agent::kernel::{Kernel, PROTOCOL};
+use routeplane_agent::reconcile::Action;
+use routeplane_net::Cidr;
+
+#[derive(Debug, Parser)]
+#[command(about = "Route installs: routeplane-agent's reconciler vs ip -batch")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Route counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    routes: Vec<u32>,
+    /// Runs per tool and count (alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// (Inside the namespace) add or delete N routes through the agent's kernel seam; prints seconds.
+    Agent {
+        #[arg(long)]
+        routes: u32,
+        #[arg(long)]
+        delete: bool,
+    },
+}
+
+const NS: &str = "rpbench-routes";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 2);
+
+/// The i-th destination: /28s through 10.0.0.0/8 (a million of them).
+fn destination(i: u32) -> Cidr {
+    Cidr::containing(
+        IpAddr::V4(Ipv4Addr::from(
+            u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 16,
+        )),
+        28,
+    )
+    .unwrap()
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn setup() {
+    let _ = Command::new("ip").args(["netns", "del", NS]).output();
+    sh(&["ip", "netns", "add", NS]);
+    sh(&[
+        "ip", "-n", NS, "link", "add", "rb0", "type", "veth", "peer", "name", "rb1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        NS,
+        "addr",
+        "add",
+        "192.168.250.1/24",
+        "dev",
+        "rb0",
+    ]);
+    sh(&["ip", "-n", NS, "link", "set", "rb0", "up"]);
+    sh(&["ip", "-n", NS, "link", "set", "rb1", "up"]);
+}
+
+fn ifindex() -> u32 {
+    std::fs::read_to_string("/sys/class/net/rb0/ifindex")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("rb0 (run inside the benchmark's namespace)")
+}
+
+/// `ip -batch` with the same routes; returns its wall time.
+fn ip_batch(n: u32, verb: &str, dir: &std::path::Path) -> Duration {
+    let file = dir.join(format!("{verb}-{n}.batch"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    for i in 0..n {
+        writeln!(
+            f,
+            "route {verb} {} via {GATEWAY} dev rb0 proto {PROTOCOL}",
+            destination(i)
+        )
+        .unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+    let started = Instant::now();
+    sh(&["ip", "-n", NS, "-batch", file.to_str().unwrap()]);
+    started.elapsed()
+}
+
+fn agent(n: u32, delete: bool) -> Duration {
+    let me = std::env::current_exe().unwrap();
+    let mut args = vec!["agent".to_string(), "--routes".into(), n.to_string()];
+    if delete {
+        args.push("--delete".into());
+    }
+    let out = Command::new("ip")
+        .args(["netns", "exec", NS])
+        .arg(me)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "agent side: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Duration::from_secs_f64(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+}
+
+fn count() -> usize {
+    let out = Command::new("ip")
+        .args(["-n", NS, "route", "show", "proto", &PROTOCOL.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if let Some(Cmd::Agent { routes, delete }) = args.command {
+        let kernel = Kernel::connect().expect("netlink");
+        let index = ifindex();
+        let actions: Vec<Action> = (0..routes)
+            .map(|i| Route {
+                destination: destination(i),
+                gateway: IpAddr::V4(GATEWAY),
+                ifindex: index,
+            })
+            .map(|r| {
+                if delete {
+                    Action::Delete(r)
+                } else {
+                    Action::Add(r)
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let failed = kernel.apply(&actions).await;
+        let elapsed = started.elapsed();
+        assert!(
+            failed.is_empty(),
+            "{} of {routes} failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        println!("{}", elapsed.as_secs_f64());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    setup();
+    println!(
+        "routes via {GATEWAY} dev rb0 proto {PROTOCOL} in namespace {NS}; {} runs per tool, alternating",
+        args.rounds
+    );
+    println!(
+        "\n{:>8} {:>10} {:>14} {:>14} {:>8}",
+        "routes", "operation", "agent s", "ip -batch s", "ratio"
+    );
+    for &n in &args.routes {
+        let (mut agent_add, mut ip_add, mut agent_del, mut ip_del) =
+            (vec![], vec![], vec![], vec![]);
+        for _ in 0..args.rounds {
+            agent_add.push(agent(n, false).as_secs_f64());
+            assert_eq!(count(), n as usize, "the agent installed every route");
+            agent_del.push(agent(n, true).as_secs_f64());
+            assert_eq!(count(), 0);
+            ip_add.push(ip_batch(n, "add", dir.path()).as_secs_f64());
+            assert_eq!(count(), n as usize);
+            ip_del.push(ip_batch(n, "del", dir.path()).as_secs_f64());
+            assert_eq!(count(), 0);
+        }
+        for (op, a, b) in [("add", agent_add, ip_add), ("delete", agent_del, ip_del)] {
+            let (a, b) = (median(a), median(b));
+            println!("{n:>8} {op:>10} {a:>14.3} {b:>14.3} {:>7.2}x", a / b);
+        }
+    }
+    println!("\ntarget (issue #4): agent <= 0.8x ip -batch");
+    let _ = Command::new("ip").args(["netns", "del", NS]).output();
+}
