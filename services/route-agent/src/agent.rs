@@ -54,6 +54,14 @@ pub struct Cli {
     /// How often routes are checked against the kernel even without a change (repairs drift).
     #[arg(long, env = "ROUTEPLANE_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+    /// Route other segments' pod CIDRs through this gateway instead of leaving them to the default
+    /// route (one per family; it must be on a connected subnet).
+    #[arg(
+        long = "remote-gateway",
+        env = "ROUTEPLANE_REMOTE_GATEWAYS",
+        value_delimiter = ','
+    )]
+    pub remote_gateways: Vec<IpAddr>,
     /// gRPC listen address (routeplane.agent.v1).
     #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50053")]
     pub grpc_listen: std::net::SocketAddr,
@@ -97,6 +105,7 @@ pub struct Allocation {
 #[derive(Debug, Default)]
 pub struct AgentState {
     pub node: String,
+    pub remote_gateways: Vec<IpAddr>,
     pub addresses: Vec<IpAddr>,
     pub alloc: Option<Allocation>,
     pub nodes: BTreeMap<String, FeedNode>,
@@ -137,19 +146,20 @@ fn owned(alloc: &Allocation) -> Vec<(routeplane_net::Cidr, IpAddr)> {
 /// One reconcile pass: the router interface, then desired routes from the feed's nodes against the
 /// kernel's, applying the difference.
 async fn reconcile(kernel: &Kernel, shared: &Shared) -> Result<(), KernelError> {
-    let (me, alloc, peers) = {
+    let (me, alloc, peers, gateways) = {
         let s = lock(shared);
         (
             s.node.clone(),
             s.alloc.clone(),
             s.nodes.values().map(peer).collect::<Vec<PeerNode>>(),
+            s.remote_gateways.clone(),
         )
     };
     if let Some(alloc) = &alloc {
         kernel.ensure_router(&owned(alloc)).await?;
     }
     let connected = kernel.connected().await?;
-    let want = desired(&me, &peers, &connected);
+    let want = desired(&me, &peers, &connected, &gateways);
     let actions = plan(&want, &kernel.our_routes().await?);
     let mut failures = Vec::new();
     if !actions.is_empty() {
@@ -313,6 +323,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     }
     let shared: Shared = std::sync::Arc::new(std::sync::Mutex::new(AgentState {
         node: name.clone(),
+        remote_gateways: cli.remote_gateways.clone(),
         addresses: addresses.clone(),
         alloc: Some(alloc),
         ..AgentState::default()

@@ -40,6 +40,12 @@ pub enum Explained {
         node: String,
         ifname: String,
     },
+    /// Another segment, routed through a gateway the operator configured (`--remote-gateway`).
+    ViaGateway {
+        route: Route,
+        node: String,
+        ifname: String,
+    },
     ViaDefault {
         destination: Cidr,
         node: String,
@@ -47,8 +53,23 @@ pub enum Explained {
     },
 }
 
-/// For each other node's pod CIDR, its route or why it has none. `me` is this node's name.
-pub fn explain(me: &str, nodes: &[PeerNode], connected: &[Connected]) -> Vec<Explained> {
+impl Explained {
+    pub fn route(&self) -> Option<&Route> {
+        match self {
+            Explained::Direct { route, .. } | Explained::ViaGateway { route, .. } => Some(route),
+            Explained::ViaDefault { .. } => None,
+        }
+    }
+}
+
+/// For each other node's pod CIDR, its route or why it has none. `me` is this node's name;
+/// `gateways` are the configured gateways for other segments (at most one per family).
+pub fn explain(
+    me: &str,
+    nodes: &[PeerNode],
+    connected: &[Connected],
+    gateways: &[IpAddr],
+) -> Vec<Explained> {
     let mut out = Vec::new();
     for node in nodes.iter().filter(|n| n.name != me) {
         for cidr in &node.pod_cidrs {
@@ -74,6 +95,26 @@ pub fn explain(me: &str, nodes: &[PeerNode], connected: &[Connected]) -> Vec<Exp
                     node: node.name.clone(),
                     ifname: c.ifname.clone(),
                 },
+                None if let Some((gateway, c)) = gateways
+                    .iter()
+                    .filter(|g| Family::of(**g) == family)
+                    .find_map(|g| {
+                        connected
+                            .iter()
+                            .find(|c| c.subnet.contains_addr(*g))
+                            .map(|c| (*g, c))
+                    }) =>
+                {
+                    Explained::ViaGateway {
+                        route: Route {
+                            destination: *cidr,
+                            gateway,
+                            ifindex: c.ifindex,
+                        },
+                        node: node.name.clone(),
+                        ifname: c.ifname.clone(),
+                    }
+                }
                 None => Explained::ViaDefault {
                     destination: *cidr,
                     node: node.name.clone(),
@@ -96,13 +137,16 @@ pub fn explain(me: &str, nodes: &[PeerNode], connected: &[Connected]) -> Vec<Exp
 }
 
 /// The routes this node should have, by destination.
-pub fn desired(me: &str, nodes: &[PeerNode], connected: &[Connected]) -> BTreeMap<Cidr, Route> {
-    explain(me, nodes, connected)
-        .into_iter()
-        .filter_map(|e| match e {
-            Explained::Direct { route, .. } => Some((route.destination, route)),
-            Explained::ViaDefault { .. } => None,
-        })
+pub fn desired(
+    me: &str,
+    nodes: &[PeerNode],
+    connected: &[Connected],
+    gateways: &[IpAddr],
+) -> BTreeMap<Cidr, Route> {
+    explain(me, nodes, connected, gateways)
+        .iter()
+        .filter_map(Explained::route)
+        .map(|r| (r.destination, *r))
         .collect()
 }
 
@@ -140,7 +184,7 @@ mod tests {
             node("same-segment", &["10.4.94.12"], &["10.5.114.0/24"]),
             node("other-segment", &["10.4.83.21"], &["10.5.119.0/24"]),
         ];
-        let routes = desired("me", &nodes, &seg94());
+        let routes = desired("me", &nodes, &seg94(), &[]);
         assert_eq!(
             routes.len(),
             1,
@@ -148,8 +192,32 @@ mod tests {
         );
         let r = routes[&"10.5.114.0/24".parse().unwrap()];
         assert_eq!((r.gateway.to_string(), r.ifindex), ("10.4.94.12".into(), 2));
-        let why = explain("me", &nodes, &seg94());
+        let why = explain("me", &nodes, &seg94(), &[]);
         assert!(why.iter().any(|e| matches!(e, Explained::ViaDefault { why, .. } if why.contains("other-segment (10.4.83.21) is on another segment; the ToR learned 10.5.119.0/24 over BGP"))));
+    }
+
+    #[test]
+    fn a_configured_gateway_takes_other_segments() {
+        let nodes = [
+            node("far", &["10.4.83.21"], &["10.5.119.0/24"]),
+            node("near", &["10.4.94.12"], &["10.5.114.0/24"]),
+        ];
+        let gw: IpAddr = "10.4.94.1".parse().unwrap();
+        let routes = desired("me", &nodes, &seg94(), &[gw]);
+        assert_eq!(routes[&"10.5.119.0/24".parse().unwrap()].gateway, gw);
+        assert_eq!(
+            routes[&"10.5.114.0/24".parse().unwrap()]
+                .gateway
+                .to_string(),
+            "10.4.94.12",
+            "same segment stays direct"
+        );
+        let unreachable: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            desired("me", &nodes, &seg94(), &[unreachable]).len(),
+            1,
+            "a gateway on no connected subnet is not used"
+        );
     }
 
     #[test]
@@ -162,7 +230,7 @@ mod tests {
             ),
             node("c", &["10.4.94.13"], &["fd00::300/120"]),
         ];
-        let routes = desired("me", &nodes, &seg94());
+        let routes = desired("me", &nodes, &seg94(), &[]);
         assert_eq!(
             routes[&"fd00::200/120".parse().unwrap()]
                 .gateway
@@ -173,6 +241,6 @@ mod tests {
             !routes.contains_key(&"fd00::300/120".parse().unwrap()),
             "no IPv6 address, no IPv6 route"
         );
-        assert!(explain("me", &nodes, &seg94()).iter().any(|e| matches!(e, Explained::ViaDefault { why, .. } if why == "node c has no IPv6 address")));
+        assert!(explain("me", &nodes, &seg94(), &[]).iter().any(|e| matches!(e, Explained::ViaDefault { why, .. } if why == "node c has no IPv6 address")));
     }
 }

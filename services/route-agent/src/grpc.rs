@@ -56,7 +56,7 @@ fn explanations(shared: &Shared) -> Vec<Explained> {
             pod_cidrs: n.pod_cidrs.clone(),
         })
         .collect();
-    explain(&s.node, &peers, &s.connected)
+    explain(&s.node, &peers, &s.connected, &s.remote_gateways)
 }
 
 #[tonic::async_trait]
@@ -102,7 +102,15 @@ impl pb::agent_server::Agent for AgentGrpc {
                     .unwrap_or_default();
                 let node = why.iter().find_map(|e| match e {
                     Explained::Direct { route, node, .. } if route.destination == r.destination => {
-                        Some(node.clone())
+                        Some((node.clone(), "is on the same L2 segment"))
+                    }
+                    Explained::ViaGateway { route, node, .. }
+                        if route.destination == r.destination =>
+                    {
+                        Some((
+                            node.clone(),
+                            "is on another segment: through the configured gateway",
+                        ))
                     }
                     _ => None,
                 });
@@ -111,10 +119,10 @@ impl pb::agent_server::Agent for AgentGrpc {
                     gateway: r.gateway.to_string(),
                     interface: ifname,
                     reason: match &node {
-                        Some(n) => format!("node {n} is on the same L2 segment"),
+                        Some((n, why)) => format!("node {n} {why}"),
                         None => "stale: removed at the next reconcile".to_string(),
                     },
-                    node: node.unwrap_or_default(),
+                    node: node.map(|n| n.0).unwrap_or_default(),
                 }
             })
             .collect();
@@ -177,6 +185,17 @@ impl pb::agent_server::Agent for AgentGrpc {
                             route.gateway
                         ),
                     );
+                }
+                Explained::ViaGateway {
+                    route,
+                    node,
+                    ifname,
+                } if route.destination.contains_addr(ip) => {
+                    let text = format!(
+                        "via the configured gateway {} dev {ifname}: node {node} is on another segment",
+                        route.gateway
+                    );
+                    return answer(route.destination.to_string(), node.clone(), "gateway", text);
                 }
                 Explained::ViaDefault {
                     destination,

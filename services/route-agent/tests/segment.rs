@@ -226,6 +226,10 @@ impl Lab {
     }
 
     fn agent(&mut self, node: usize, addr: &str) {
+        self.agent_with(node, addr, &[]);
+    }
+
+    fn agent_with(&mut self, node: usize, addr: &str, extra: &[&str]) {
         let cache = self.dir.path().join(format!("cache{node}"));
         let name = format!("n{node}");
         let args = [
@@ -240,6 +244,8 @@ impl Lab {
             "--cache-dir",
             cache.to_str().unwrap(),
         ];
+        let mut args = args.to_vec();
+        args.extend(extra);
         self.spawn(&name, node, bin("routeplane-agent"), &args);
     }
 
@@ -466,7 +472,7 @@ fn the_seeds_two_traceroutes() {
         ],
     );
     lab.agent(1, "10.4.94.11");
-    lab.agent(2, "10.4.94.12");
+    lab.agent_with(2, "10.4.94.12", &["--remote-gateway", "10.4.94.1"]);
     lab.agent(4, "10.4.83.21");
     lab.wait("three agents registered", || {
         Command::new("ip")
@@ -562,4 +568,79 @@ fn the_seeds_two_traceroutes() {
     );
     let routes = lab.agent_api(1, "ListRoutes", "{}");
     assert_eq!(routes["routes"][0]["node"], "n2", "{routes}");
+
+    // n2 was told to route other segments through 10.4.94.1 itself; n1 leaves them to its default.
+    let cidr4 = n3["podCidrs"][0].as_str().unwrap().to_string();
+    lab.wait(
+        "n2 routes the far node's CIDR through the configured gateway",
+        || lab.routes(2).contains(&format!("{cidr4} via 10.4.94.1")),
+    );
+    assert!(!lab.routes(1).contains(&cidr4), "{}", lab.routes(1));
+}
+
+#[test]
+fn restarting_an_agent_drops_no_ping() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::new("p");
+    let data = lab.dir.path().join("ipam");
+    lab.spawn(
+        "ipam",
+        0,
+        bin("routeplane-ipam"),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-listen",
+            "10.4.94.250:50051",
+            "--metrics-listen",
+            "127.0.0.1:9951",
+        ],
+    );
+    lab.agent(1, "10.4.94.11");
+    lab.agent(2, "10.4.94.12");
+    lab.wait("both agents registered", || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns[0],
+                "grpcurl",
+                "-plaintext",
+                "10.4.94.250:50051",
+                "list",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+    });
+    let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
+    let (cidr2, router2) = (
+        n2["podCidrs"][0].as_str().unwrap().to_string(),
+        n2["routerIps"][0].as_str().unwrap().to_string(),
+    );
+    lab.wait("n1 routes to n2's pod CIDR", || {
+        lab.routes(1).contains(&format!("{cidr2} via 10.4.94.12"))
+    });
+    // 80 pings over 4 s while n1's agent stops and starts again.
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &lab.ns[1], "ping", "-q", "-i", "0.05", "-c", "80", "-W", "1",
+            &router2,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.stop("n1");
+    lab.agent(1, "10.4.94.11");
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("80 packets transmitted, 80 received"),
+        "pings were lost across the restart:\n{text}"
+    );
 }
