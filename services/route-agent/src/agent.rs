@@ -62,6 +62,13 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub remote_gateways: Vec<IpAddr>,
+    /// Prometheus /metrics listen address.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9953"
+    )]
+    pub metrics_listen: std::net::SocketAddr,
     /// gRPC listen address (routeplane.agent.v1).
     #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50053")]
     pub grpc_listen: std::net::SocketAddr,
@@ -117,6 +124,10 @@ pub struct AgentState {
     pub default_gateway: [Option<(IpAddr, String)>; 2],
     pub last_reconcile: Option<std::time::SystemTime>,
     pub last_error: String,
+    /// Reconcile passes, those that failed, and the time they took.
+    pub reconciles: u64,
+    pub reconcile_errors: u64,
+    pub reconcile_seconds: f64,
 }
 
 pub type Shared = std::sync::Arc<std::sync::Mutex<AgentState>>;
@@ -328,6 +339,13 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         alloc: Some(alloc),
         ..AgentState::default()
     }));
+    let metrics = routeplane_runtime::bind(cli.metrics_listen).await?;
+    let registry = std::sync::Arc::new(crate::metrics::registry(shared.clone()));
+    tokio::spawn(routeplane_runtime::metrics::serve(
+        metrics,
+        registry,
+        shutdown.clone(),
+    ));
     let listener = routeplane_runtime::bind(cli.grpc_listen).await?;
     let routes = tonic::service::Routes::new(crate::grpc::AgentGrpc::new(shared.clone()));
     let server = tokio::spawn(routeplane_runtime::grpc::serve(
@@ -378,9 +396,17 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         }
         // Until the first snapshot, an empty node list would look like "delete everything".
         let synced = lock(&shared).synced;
-        if synced && let Err(e) = reconcile(&kernel, &shared).await {
-            tracing::warn!(error = %e, "reconcile failed; retrying at the next tick");
-            lock(&shared).last_error = e.to_string();
+        if synced {
+            let started = std::time::Instant::now();
+            let result = reconcile(&kernel, &shared).await;
+            let mut s = lock(&shared);
+            s.reconciles += 1;
+            s.reconcile_seconds += started.elapsed().as_secs_f64();
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "reconcile failed; retrying at the next tick");
+                s.reconcile_errors += 1;
+                s.last_error = e.to_string();
+            }
         }
     }
     shutdown.trigger();

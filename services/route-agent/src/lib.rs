@@ -11,4 +11,5 @@ pub mod batch;
 pub mod desired;
 pub mod grpc;
 pub mod kernel;
+pub mod metrics;
 pub mod reconcile;

@@ -569,6 +569,22 @@ fn the_seeds_two_traceroutes() {
     let routes = lab.agent_api(1, "ListRoutes", "{}");
     assert_eq!(routes["routes"][0]["node"], "n2", "{routes}");
 
+    // Its metrics agree (scraped inside n1's namespace).
+    let scrape = Command::new("ip")
+        .args(["netns", "exec", &lab.ns[1], "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9953; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&scrape.stdout);
+    assert!(
+        body.lines()
+            .any(|l| l == "routeplane_agent_routes_installed 1"),
+        "{body}"
+    );
+    assert!(
+        body.lines().any(|l| l == "routeplane_agent_synced 1"),
+        "{body}"
+    );
+
     // n2 was told to route other segments through 10.4.94.1 itself; n1 leaves them to its default.
     let cidr4 = n3["podCidrs"][0].as_str().unwrap().to_string();
     lab.wait(
