@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use routeplane_net::Cidr;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressScope};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
@@ -244,12 +244,13 @@ impl Kernel {
         }
         for (cidr, router_ip) in owned {
             let host = if router_ip.is_ipv4() { 32 } else { 128 };
-            self.handle
-                .address()
-                .add(index, *router_ip, host)
-                .replace()
-                .execute()
-                .await?;
+            let mut add = self.handle.address().add(index, *router_ip, host).replace();
+            if router_ip.is_ipv6() {
+                // Ours alone, on a private link: duplicate address detection would only keep it
+                // tentative (unusable) for a second or two.
+                add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            }
+            add.execute().await?;
             let route = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(cidr.network(), cidr.prefix_len())
                 .map_err(|e| KernelError::Route(cidr.to_string(), e.to_string()))?

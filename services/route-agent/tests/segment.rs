@@ -96,6 +96,17 @@ impl Lab {
             sh(&["ip", "link", "set", &a, "netns", &ns[i]]);
             sh(&["ip", "link", "set", &b, "netns", &ns[0]]);
             sh(&["ip", "-n", &ns[i], "addr", "add", addr, "dev", &a]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns[i],
+                "addr",
+                "add",
+                &format!("fd04:94::{i}1/64"),
+                "dev",
+                &a,
+                "nodad",
+            ]);
             sh(&["ip", "-n", &ns[i], "link", "set", &a, "up"]);
             sh(&["ip", "-n", &ns[0], "link", "set", &b, "master", "seg", "up"]);
         }
@@ -658,5 +669,85 @@ fn restarting_an_agent_drops_no_ping() {
     assert!(
         text.contains("80 packets transmitted, 80 received"),
         "pings were lost across the restart:\n{text}"
+    );
+}
+
+#[test]
+fn ipv6_pod_cidrs_get_direct_routes_too() {
+    if !privileged() {
+        return;
+    }
+    let mut lab = Lab::new("6");
+    let data = lab.dir.path().join("ipam");
+    let values = lab.dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "{}\nipv6:\n  enabled: true\n",
+            include_str!("../../../examples/seed/values.yaml")
+        ),
+    )
+    .unwrap();
+    let values = values.to_str().unwrap().to_string();
+    lab.spawn(
+        "ipam",
+        0,
+        bin("routeplane-ipam"),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--values",
+            &values,
+            "--grpc-listen",
+            "10.4.94.250:50051",
+            "--metrics-listen",
+            "127.0.0.1:9951",
+        ],
+    );
+    lab.agent_with(1, "10.4.94.11", &["--address", "fd04:94::11"]);
+    lab.agent_with(2, "10.4.94.12", &["--address", "fd04:94::21"]);
+    lab.wait("both agents registered", || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns[0],
+                "grpcurl",
+                "-plaintext",
+                "10.4.94.250:50051",
+                "list",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+    });
+    let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
+    let v6 = n2["podCidrs"][1].as_str().unwrap().to_string();
+    let router6 = n2["routerIps"][1].as_str().unwrap().to_string();
+    let routes6 = |lab: &Lab| {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-n", &lab.ns[1], "-6", "route", "show"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    lab.wait("n1 has an IPv6 route to n2's IPv6 pod CIDR", || {
+        routes6(&lab).contains(&format!("{v6} via fd04:94::21"))
+    });
+    let ping = Command::new("ip")
+        .args([
+            "netns", "exec", &lab.ns[1], "ping", "-6", "-c", "2", "-W", "2", &router6,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "n2's IPv6 router IP answers: {}",
+        String::from_utf8_lossy(&ping.stdout)
     );
 }
