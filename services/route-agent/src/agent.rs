@@ -62,6 +62,17 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub remote_gateways: Vec<IpAddr>,
+    /// Where remote pod CIDRs go: kernel routes, or (IPv4) the eBPF map that the classifier on
+    /// the pod interfaces forwards with, no kernel route needed.
+    #[arg(long, env = "ROUTEPLANE_DATAPATH", value_enum, default_value_t = DatapathKind::Kernel)]
+    pub datapath: DatapathKind,
+    /// Pod-facing interfaces to attach the eBPF classifier to (repeat for several).
+    #[arg(
+        long = "pod-interface",
+        env = "ROUTEPLANE_POD_INTERFACES",
+        value_delimiter = ','
+    )]
+    pub pod_interfaces: Vec<String>,
     /// Prometheus /metrics listen address.
     #[arg(
         long,
@@ -74,6 +85,12 @@ pub struct Cli {
     pub grpc_listen: std::net::SocketAddr,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatapathKind {
+    Kernel,
+    Ebpf,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -126,6 +143,8 @@ pub struct AgentState {
     pub last_error: String,
     /// Reconcile passes, those that failed, and the time they took.
     pub reconciles: u64,
+    /// eBPF packets forwarded and passed, when that datapath runs.
+    pub ebpf_counters: Option<(u64, u64)>,
     pub reconcile_errors: u64,
     pub reconcile_seconds: f64,
 }
@@ -156,7 +175,11 @@ fn owned(alloc: &Allocation) -> Vec<(routeplane_net::Cidr, IpAddr)> {
 
 /// One reconcile pass: the router interface, then desired routes from the feed's nodes against the
 /// kernel's, applying the difference.
-async fn reconcile(kernel: &Kernel, shared: &Shared) -> Result<(), KernelError> {
+async fn reconcile(
+    kernel: &Kernel,
+    shared: &Shared,
+    mut datapath: Option<&mut crate::ebpf::Datapath>,
+) -> Result<(), KernelError> {
     let (me, alloc, peers, gateways) = {
         let s = lock(shared);
         (
@@ -170,7 +193,21 @@ async fn reconcile(kernel: &Kernel, shared: &Shared) -> Result<(), KernelError> 
         kernel.ensure_router(&owned(alloc)).await?;
     }
     let connected = kernel.connected().await?;
-    let want = desired(&me, &peers, &connected, &gateways);
+    let mut want = desired(&me, &peers, &connected, &gateways);
+    if let Some(dp) = datapath.as_deref_mut() {
+        // IPv4 goes to the eBPF map; the kernel keeps the rest (and loses IPv4 routes of ours).
+        let (v4, rest): (BTreeMap<_, _>, BTreeMap<_, _>) = want
+            .into_iter()
+            .partition(|(c, _)| c.family() == routeplane_net::Family::V4);
+        match dp.sync(&v4) {
+            Ok((0, 0)) => {}
+            Ok((changed, removed)) => tracing::info!(changed, removed, "eBPF routes updated"),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF routes not updated; retrying at the next reconcile")
+            }
+        }
+        want = rest;
+    }
     let actions = plan(&want, &kernel.our_routes().await?);
     let mut failures = Vec::new();
     if !actions.is_empty() {
@@ -195,7 +232,9 @@ async fn reconcile(kernel: &Kernel, shared: &Shared) -> Result<(), KernelError> 
             .map(|(gw, index)| (gw, name_of(index)));
     }
     let installed = kernel.our_routes().await?;
+    let counters = datapath.map(|dp| dp.counters());
     let mut s = lock(shared);
+    s.ebpf_counters = counters;
     s.installed = installed;
     s.connected = connected;
     s.default_gateway = gateways;
@@ -326,6 +365,15 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     }
     tracing::info!(node = %name, ?addresses, "starting");
     // Routes left by a previous run are reconciled (and stale ones swept) once the first snapshot is in.
+    let mut datapath = match cli.datapath {
+        DatapathKind::Kernel => None,
+        DatapathKind::Ebpf => {
+            let dp = crate::ebpf::Datapath::attach(&cli.pod_interfaces)
+                .map_err(|e| AgentError::Start(e.to_string()))?;
+            tracing::info!(interfaces = ?cli.pod_interfaces, "eBPF datapath attached");
+            Some(dp)
+        }
+    };
     let Some(alloc) = register(&cli, &name, &addresses, &shutdown).await else {
         return Ok(());
     };
@@ -398,7 +446,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         let synced = lock(&shared).synced;
         if synced {
             let started = std::time::Instant::now();
-            let result = reconcile(&kernel, &shared).await;
+            let result = reconcile(&kernel, &shared, datapath.as_mut()).await;
             let mut s = lock(&shared);
             s.reconciles += 1;
             s.reconcile_seconds += started.elapsed().as_secs_f64();

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod batch;
 pub mod desired;
+pub mod ebpf;
 pub mod grpc;
 pub mod kernel;
 pub mod metrics;

@@ -24,7 +24,7 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::
 
 impl Collector for AgentCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (routes, connected, synced, reconciles, errors, seconds) = {
+        let (routes, connected, synced, reconciles, errors, seconds, ebpf) = {
             let s = lock(&self.0);
             (
                 s.installed.len() as i64,
@@ -33,6 +33,7 @@ impl Collector for AgentCollector {
                 s.reconciles,
                 s.reconcile_errors,
                 s.reconcile_seconds,
+                s.ebpf_counters,
             )
         };
         gauge(
@@ -67,6 +68,22 @@ impl Collector for AgentCollector {
             None,
             c.metric_type(),
         )?)?;
+        if let Some((forwarded, passed)) = ebpf {
+            let c = ConstCounter::new(forwarded);
+            c.encode(e.encode_descriptor(
+                "routeplane_agent_ebpf_forwarded_packets",
+                "Packets the eBPF classifier sent to another node",
+                None,
+                c.metric_type(),
+            )?)?;
+            let c = ConstCounter::new(passed);
+            c.encode(e.encode_descriptor(
+                "routeplane_agent_ebpf_passed_packets",
+                "Packets the eBPF classifier left to the kernel",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
         let c = ConstCounter::new(seconds);
         c.encode(e.encode_descriptor(
             "routeplane_agent_reconcile_seconds",
