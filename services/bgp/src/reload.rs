@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 use crate::settings::Cli;
 use crate::speaker::SpeakerSettings;
 
+/// How long a changed file must stay unchanged before it is loaded.
+const SETTLE: Duration = Duration::from_millis(300);
+
 fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
     files
         .iter()
@@ -45,11 +48,19 @@ pub async fn run(cli: Arc<Cli>, tx: mpsc::UnboundedSender<SpeakerSettings>, shut
                 if now == seen {
                     continue;
                 }
-                seen = now;
+                // A writer that truncates and then writes changes the time twice; reading in
+                // between would load half a file, which may still parse. Wait for it to settle.
+                tokio::time::sleep(SETTLE).await;
+                if stamps(&files) != now {
+                    continue;
+                }
                 "a configuration file changed"
             }
             () = shutdown.wait() => return,
         };
+        // Whatever triggered it, this load reads the files as they are now: a later tick must
+        // not load them again.
+        seen = stamps(&files);
         match cli.load() {
             Ok((settings, _)) => {
                 tracing::info!(trigger = why, "reloading the configuration");
