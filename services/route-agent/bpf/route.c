@@ -1,7 +1,9 @@
 // routeplane-agent's eBPF datapath: a TC classifier on the pod-facing interfaces. A packet whose
 // destination lies in another node's pod CIDR (the LPM trie rp_routes_v4, which the agent keeps in
 // step with the IPAM feed) is sent to that node with bpf_redirect_neigh — no kernel route needed;
-// anything else passes to the stack. Per-CPU counters: [0] forwarded, [1] passed.
+// anything else passes to the stack. Per-CPU counters: [0] forwarded, [1] passed. Both maps are
+// pinned by name under the agent's pin directory, so a restarted agent (and its new program) finds
+// the same entries and counts on.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -27,6 +29,7 @@ struct {
     __type(value, struct nexthop_v4);
     __uint(max_entries, 1 << 20);
     __uint(map_flags, BPF_F_NO_PREALLOC);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
 } rp_routes_v4 SEC(".maps");
 
 struct {
@@ -34,6 +37,7 @@ struct {
     __type(key, __u32);
     __type(value, __u64);
     __uint(max_entries, 2);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
 } rp_counters SEC(".maps");
 
 static __always_inline int count(__u32 which, int verdict) {

@@ -73,6 +73,17 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub pod_interfaces: Vec<String>,
+    /// bpffs directory holding the eBPF maps and the classifier's links; they outlive the agent,
+    /// so pods' packets keep flowing while it restarts.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_BPF_PIN_DIR",
+        default_value = "/sys/fs/bpf/routeplane"
+    )]
+    pub bpf_pin_dir: PathBuf,
+    /// Remove the eBPF datapath (links and maps under --bpf-pin-dir), then exit.
+    #[arg(long)]
+    pub uninstall_ebpf: bool,
     /// Prometheus /metrics listen address.
     #[arg(
         long,
@@ -145,6 +156,8 @@ pub struct AgentState {
     pub reconciles: u64,
     /// eBPF packets forwarded and passed, when that datapath runs.
     pub ebpf_counters: Option<(u64, u64)>,
+    /// The eBPF map's entries, as of the last reconcile.
+    pub ebpf_routes: Vec<crate::desired::Route>,
     pub reconcile_errors: u64,
     pub reconcile_seconds: f64,
 }
@@ -232,9 +245,11 @@ async fn reconcile(
             .map(|(gw, index)| (gw, name_of(index)));
     }
     let installed = kernel.our_routes().await?;
-    let counters = datapath.map(|dp| dp.counters());
+    let counters = datapath.as_deref().map(|dp| dp.counters());
+    let ebpf_routes = datapath.map(|dp| dp.entries()).unwrap_or_default();
     let mut s = lock(shared);
     s.ebpf_counters = counters;
+    s.ebpf_routes = ebpf_routes;
     s.installed = installed;
     s.connected = connected;
     s.default_gateway = gateways;
@@ -345,6 +360,12 @@ async fn keep_alive(cli: &Cli, name: &str, addresses: &[IpAddr], shutdown: &Shut
 
 pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-agent", &cli.telemetry)?;
+    if cli.uninstall_ebpf {
+        let removed = crate::ebpf::uninstall(&cli.bpf_pin_dir)
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+        tracing::info!(dir = %cli.bpf_pin_dir.display(), ?removed, "eBPF datapath removed");
+        return Ok(());
+    }
     let shutdown = Shutdown::on_signals();
     let kernel = Kernel::connect()?;
     let name = match &cli.node_name {
@@ -368,7 +389,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let mut datapath = match cli.datapath {
         DatapathKind::Kernel => None,
         DatapathKind::Ebpf => {
-            let dp = crate::ebpf::Datapath::attach(&cli.pod_interfaces)
+            let dp = crate::ebpf::Datapath::attach(&cli.pod_interfaces, &cli.bpf_pin_dir)
                 .map_err(|e| AgentError::Start(e.to_string()))?;
             tracing::info!(interfaces = ?cli.pod_interfaces, "eBPF datapath attached");
             Some(dp)
@@ -385,6 +406,12 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         remote_gateways: cli.remote_gateways.clone(),
         addresses: addresses.clone(),
         alloc: Some(alloc),
+        // What a previous run left in the pinned maps shows until the first reconcile.
+        ebpf_counters: datapath.as_ref().map(crate::ebpf::Datapath::counters),
+        ebpf_routes: datapath
+            .as_ref()
+            .map(crate::ebpf::Datapath::entries)
+            .unwrap_or_default(),
         ..AgentState::default()
     }));
     let metrics = routeplane_runtime::bind(cli.metrics_listen).await?;

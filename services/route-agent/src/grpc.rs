@@ -81,6 +81,13 @@ impl pb::agent_server::Agent for AgentGrpc {
             routes_installed: s.installed.len() as u32,
             last_reconcile: s.last_reconcile.map(rfc3339).unwrap_or_default(),
             last_error: s.last_error.clone(),
+            datapath: if s.ebpf_counters.is_some() {
+                "ebpf"
+            } else {
+                "kernel"
+            }
+            .into(),
+            ebpf_entries: s.ebpf_routes.len() as u32,
         }))
     }
 
@@ -90,10 +97,11 @@ impl pb::agent_server::Agent for AgentGrpc {
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
         let why = explanations(&self.shared);
         let s = lock(&self.shared);
-        let routes = s
-            .installed
-            .iter()
-            .map(|r| {
+        let kernel = s.installed.iter().map(|r| (r, "kernel"));
+        let ebpf = s.ebpf_routes.iter().map(|r| (r, "ebpf"));
+        let routes = kernel
+            .chain(ebpf)
+            .map(|(r, datapath)| {
                 let ifname = s
                     .connected
                     .iter()
@@ -123,6 +131,7 @@ impl pb::agent_server::Agent for AgentGrpc {
                         None => "stale: removed at the next reconcile".to_string(),
                     },
                     node: node.map(|n| n.0).unwrap_or_default(),
+                    datapath: datapath.into(),
                 }
             })
             .collect();
@@ -139,7 +148,7 @@ impl pb::agent_server::Agent for AgentGrpc {
                 "destination {text:?} is not an IP address, e.g. 10.5.114.1"
             ))
         })?;
-        let (me, own, gateways) = {
+        let (me, own, gateways, ebpf) = {
             let s = lock(&self.shared);
             let own = s.alloc.as_ref().and_then(|a| {
                 a.pod_cidrs
@@ -150,15 +159,33 @@ impl pb::agent_server::Agent for AgentGrpc {
                     })
                     .cloned()
             });
-            (s.node.clone(), own, s.default_gateway.clone())
+            // Which eBPF entry, if any, carries this address, and the counters.
+            let ebpf = s.ebpf_counters.map(|counters| {
+                let entry = s
+                    .ebpf_routes
+                    .iter()
+                    .find(|r| r.destination.contains_addr(ip))
+                    .map(|r| r.destination);
+                (entry, counters)
+            });
+            (s.node.clone(), own, s.default_gateway.clone(), ebpf)
         };
         let answer = |pod_cidr: String, node: String, kind: &str, explanation: String| {
+            let (entry, (forwarded, passed)) = ebpf.unwrap_or((None, (0, 0)));
+            let by_ebpf = entry.is_some_and(|e| e.to_string() == pod_cidr);
             Ok(Response::new(pb::ExplainRouteResponse {
                 destination: ip.to_string(),
                 pod_cidr,
                 node,
                 kind: kind.into(),
-                explanation,
+                explanation: if by_ebpf {
+                    format!("eBPF (bpf_redirect_neigh, no kernel route): {explanation}")
+                } else {
+                    explanation
+                },
+                datapath: if by_ebpf { "ebpf" } else { "kernel" }.into(),
+                ebpf_forwarded_packets: forwarded,
+                ebpf_passed_packets: passed,
             }))
         };
         if let Some(cidr) = own {

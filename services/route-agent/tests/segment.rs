@@ -51,6 +51,9 @@ struct Lab {
     ns: Vec<String>,
     children: Vec<(String, Child)>,
     dir: tempfile::TempDir,
+    /// bpffs mounts the test made: unmounted at the end, which detaches and frees what the
+    /// agents pinned there.
+    bpffs: Vec<PathBuf>,
 }
 
 impl Drop for Lab {
@@ -61,6 +64,9 @@ impl Drop for Lab {
         }
         for ns in &self.ns {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for dir in &self.bpffs {
+            let _ = Command::new("umount").arg("-l").arg(dir).output();
         }
     }
 }
@@ -114,6 +120,7 @@ impl Lab {
             ns,
             children: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
+            bpffs: Vec::new(),
         }
     }
 
@@ -858,12 +865,23 @@ fn ebpf_forwards_a_pods_packets_with_no_kernel_route() {
         "net.ipv4.ip_forward=1",
     ]);
 
+    // A bpffs of the test's own (this machine may have none on /sys/fs/bpf, and `ip netns exec`
+    // remounts /sys anyway); unmounting it at the end frees whatever is pinned there.
+    let bpffs = lab.dir.path().join("bpffs");
+    std::fs::create_dir(&bpffs).unwrap();
+    sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().unwrap()]);
+    lab.bpffs.push(bpffs.clone());
+    let pins = bpffs.join("routeplane");
+    let ebpf_args = [
+        "--datapath",
+        "ebpf",
+        "--pod-interface",
+        &host_side,
+        "--bpf-pin-dir",
+        pins.to_str().unwrap(),
+    ];
     lab.agent(2, "10.4.94.12");
-    lab.agent_with(
-        1,
-        "10.4.94.11",
-        &["--datapath", "ebpf", "--pod-interface", &host_side],
-    );
+    lab.agent_with(1, "10.4.94.11", &ebpf_args);
     let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
     let (cidr2, router2) = (
         n2["podCidrs"][0].as_str().unwrap().to_string(),
@@ -887,15 +905,88 @@ fn ebpf_forwards_a_pods_packets_with_no_kernel_route() {
         lab.routes(1)
     );
     // The counters are read at each reconcile (every second here).
-    lab.wait("the forwarded counter moves", || {
+    let forwarded = |lab: &Lab| {
         lab.metric(1, "routeplane_agent_ebpf_forwarded_packets_total")
-            .is_some_and(|n| n > 0)
-    });
-    // Control: without the classifier (the agent stopped), nothing carries the packet.
+            .unwrap_or(0)
+    };
+    lab.wait("the forwarded counter moves", || forwarded(&lab) > 0);
+
+    // The API shows the map entry and explains the path through it, with the counters.
+    let routes = lab.agent_api(1, "ListRoutes", "{}");
+    let entry = routes["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["destination"] == cidr2.as_str())
+        .unwrap_or_else(|| panic!("no entry for {cidr2}: {routes}"));
+    assert_eq!(entry["datapath"], "ebpf", "{entry}");
+    assert_eq!(entry["node"], "n2", "{entry}");
+    assert_eq!(entry["gateway"], "10.4.94.12", "{entry}");
+    let why = lab.agent_api(
+        1,
+        "ExplainRoute",
+        &format!(r#"{{"destination": "{router2}"}}"#),
+    );
+    assert_eq!(why["datapath"], "ebpf", "{why}");
+    assert!(
+        why["explanation"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("eBPF"),
+        "{why}"
+    );
+    let explained: u64 = why["ebpfForwardedPackets"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(explained > 0, "{why}");
+
+    // Stopped, the agent leaves the classifier and the map pinned: the pod still gets through.
     lab.stop("n1");
+    assert!(
+        pins.join("rp_routes_v4").exists() && pins.join(format!("link-{host_side}")).exists(),
+        "maps and link pinned in {}",
+        pins.display()
+    );
+    assert!(ping(), "forwarding continues while the agent is down");
+
+    // Restarted, it takes the pinned link and map over; the counters carry on from the old run.
+    let before = explained;
+    lab.agent_with(1, "10.4.94.11", &ebpf_args);
+    lab.wait(
+        "the restarted agent reports the counters it inherited",
+        || forwarded(&lab) > before,
+    );
+    assert!(ping(), "forwarding after the restart");
+    assert!(
+        lab.log("n1")
+            .contains("classifier swapped into the pinned link"),
+        "{}",
+        lab.log("n1")
+    );
+    assert!(
+        !lab.routes(1).contains(&cidr2),
+        "still no kernel route: {}",
+        lab.routes(1)
+    );
+
+    // Uninstalled, nothing carries the packet any more: the control for everything above.
+    lab.stop("n1");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns[1]])
+        .arg(bin("routeplane-agent"))
+        .args(["--uninstall-ebpf", "--bpf-pin-dir", pins.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pins.exists(), "{} removed", pins.display());
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !ping(),
-        "with the eBPF program gone and no kernel route, the pod cannot reach n2"
+        "with the classifier uninstalled and no kernel route, the pod cannot reach n2"
     );
 }
