@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use routeplane_api::bgp::v1 as pb;
+use routeplane_bench::{median, sh};
 
 #[derive(Debug, Parser)]
 #[command(about = "BGP convergence: routeplane-bgp vs gobgpd into one BIRD")]
@@ -42,18 +43,6 @@ enum Cmd {
 const NS_BIRD: &str = "rpbench-bird";
 const NS_RP: &str = "rpbench-rp";
 const NS_GO: &str = "rpbench-gobgp";
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn topology() {
     for ns in [NS_BIRD, NS_RP, NS_GO] {
@@ -303,11 +292,6 @@ fn parse_time_of_day(t: &str) -> Option<f64> {
         parts.next()?.parse().ok()?,
     );
     Some(h * 3600.0 + m * 60.0 + s)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 async fn load(

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use routeplane_agent::desired::Route;
 use routeplane_agent::kernel::{Kernel, PROTOCOL};
 use routeplane_agent::reconcile::Action;
-use routeplane_net::Cidr;
+use routeplane_bench::{median, sh, slash28};
 
 #[derive(Debug, Parser)]
 #[command(about = "Route installs: routeplane-agent's reconciler vs ip -batch")]
@@ -41,26 +41,6 @@ enum Cmd {
 
 const NS: &str = "rpbench-routes";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 2);
-
-/// The i-th destination: /28s through 10.0.0.0/8 (a million of them).
-fn destination(i: u32) -> Cidr {
-    Cidr::containing(
-        IpAddr::V4(Ipv4Addr::from(
-            u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 16,
-        )),
-        28,
-    )
-    .unwrap()
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn setup() {
     let _ = Command::new("ip").args(["netns", "del", NS]).output();
@@ -97,7 +77,7 @@ fn ip_batch(n: u32, verb: &str, dir: &std::path::Path) -> Duration {
         writeln!(
             f,
             "route {verb} {} via {GATEWAY} dev rb0 proto {PROTOCOL}",
-            destination(i)
+            slash28(i)
         )
         .unwrap();
     }
@@ -136,11 +116,6 @@ fn count() -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -149,7 +124,7 @@ async fn main() {
         let index = ifindex();
         let actions: Vec<Action> = (0..routes)
             .map(|i| Route {
-                destination: destination(i),
+                destination: slash28(i),
                 gateway: IpAddr::V4(GATEWAY),
                 ifindex: index,
             })

@@ -86,6 +86,7 @@ pub struct Datapath {
     bpf: aya::Ebpf,
     /// What the LPM map holds, when known.
     mirror: Option<Entries>,
+    map_pin: std::path::PathBuf,
 }
 
 #[cfg(ebpf)]
@@ -118,7 +119,11 @@ impl Datapath {
         for iface in interfaces {
             attach_pinned(program, iface, &pin_dir.join(format!("link-{iface}")))?;
         }
-        Ok(Datapath { bpf, mirror: None })
+        Ok(Datapath {
+            bpf,
+            mirror: None,
+            map_pin: pin_dir.join("rp_routes_v4"),
+        })
     }
 
     /// Makes the LPM trie hold exactly the IPv4 routes given; returns (added or changed, removed).
@@ -150,9 +155,14 @@ impl Datapath {
             trie.remove(&aya::maps::lpm_trie::Key::new(*len, *addr))
                 .map_err(err)?;
         }
-        for ((len, addr), value) in &upserts {
-            trie.insert(&aya::maps::lpm_trie::Key::new(*len, *addr), value, 0)
-                .map_err(err)?;
+        let upserts: Vec<_> = upserts.into_iter().collect();
+        if upserts.len() < PARALLEL_FROM {
+            for ((len, addr), value) in &upserts {
+                trie.insert(&aya::maps::lpm_trie::Key::new(*len, *addr), value, 0)
+                    .map_err(err)?;
+            }
+        } else {
+            insert_in_parallel(&self.map_pin, &upserts)?;
         }
         self.mirror = Some(want);
         Ok((upserts.len(), removals.len()))
@@ -197,6 +207,40 @@ impl Datapath {
         let sum = |i: u32| array.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         (sum(0), sum(1))
     }
+}
+
+/// From this many writes on, they are spread over one thread per CPU.
+#[cfg(ebpf)]
+const PARALLEL_FROM: usize = 4096;
+
+/// Inserts the entries through one handle on the pinned map per CPU. The kernel's update is well
+/// under a microsecond; the syscall around it is most of the cost, and that part runs side by side
+/// (100,000 entries: 0.105 s on one thread, 0.076 s on two, bench/run-lpm).
+#[cfg(ebpf)]
+fn insert_in_parallel(map_pin: &Path, entries: &[(LpmKey, [u8; 8])]) -> Result<(), DatapathError> {
+    use aya::maps::{LpmTrie, Map, MapData};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = entries.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || -> Result<(), DatapathError> {
+                    let data = MapData::from_pin(map_pin).map_err(err)?;
+                    let mut trie: LpmTrie<_, [u8; 4], [u8; 8]> =
+                        LpmTrie::try_from(Map::LpmTrie(data)).map_err(err)?;
+                    for ((len, addr), value) in part {
+                        trie.insert(&aya::maps::lpm_trie::Key::new(*len, *addr), value, 0)
+                            .map_err(err)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| err("a map writer panicked"))?)
+    })
 }
 
 /// Points the pinned link of `iface` at `program`, or attaches a new TCX link and pins it. A

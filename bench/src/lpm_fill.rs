@@ -1,0 +1,132 @@
+//! Filling the eBPF LPM map with N entries: routeplane-agent's datapath (its `sync`, as a start or
+//! a big feed change runs it) vs `bpftool batch file` of the same updates, on the same pinned map
+//! in a bpffs the benchmark mounts and unmounts (root needed; no traffic, no interface). Alternating
+//! runs; medians and their ratio. Run it through `bench/run-lpm`.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use routeplane_agent::desired::Route;
+use routeplane_agent::ebpf::Datapath;
+use routeplane_bench::{median, sh, slash28};
+use routeplane_net::Cidr;
+
+#[derive(Debug, Parser)]
+#[command(about = "eBPF LPM map fill: routeplane-agent's datapath vs bpftool batch")]
+struct Args {
+    /// Entry counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    entries: Vec<u32>,
+    /// Runs per tool and count (alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 2);
+const IFINDEX: u32 = 1;
+
+fn routes(n: u32) -> BTreeMap<Cidr, Route> {
+    (0..n)
+        .map(slash28)
+        .map(|destination| {
+            let route = Route {
+                destination,
+                gateway: IpAddr::V4(GATEWAY),
+                ifindex: IFINDEX,
+            };
+            (destination, route)
+        })
+        .collect()
+}
+
+/// A datapath as a starting agent has it: the pinned map read afresh.
+fn datapath(pins: &Path) -> Datapath {
+    Datapath::attach(&[], pins).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The map emptied (outside any timing) and checked.
+fn clear(pins: &Path) {
+    let mut dp = datapath(pins);
+    dp.sync(&BTreeMap::new()).unwrap();
+    assert!(dp.entries().is_empty());
+}
+
+fn agent(pins: &Path, want: &BTreeMap<Cidr, Route>) -> Duration {
+    let mut dp = datapath(pins);
+    let started = Instant::now();
+    let (written, _) = dp.sync(want).unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(written, want.len());
+    assert_eq!(dp.entries().len(), want.len(), "the agent filled the map");
+    elapsed
+}
+
+/// The same updates as `bpftool batch file`: key `struct lpm_v4`, value `struct nexthop_v4`,
+/// byte by byte (x86: little-endian u32s).
+fn bpftool(pins: &Path, n: u32, dir: &Path) -> Duration {
+    let map = pins.join("rp_routes_v4");
+    let file = dir.join(format!("fill-{n}.batch"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+    let [g0, g1, g2, g3] = GATEWAY.octets();
+    let [i0, i1, i2, i3] = IFINDEX.to_le_bytes();
+    for i in 0..n {
+        let cidr = slash28(i);
+        let IpAddr::V4(net) = cidr.network() else {
+            unreachable!("slash28 is IPv4")
+        };
+        let [a, b, c, d] = net.octets();
+        writeln!(
+            f,
+            "map update pinned {} key {} 0 0 0 {a} {b} {c} {d} value {i0} {i1} {i2} {i3} {g0} {g1} {g2} {g3}",
+            map.display(),
+            cidr.prefix_len()
+        )
+        .unwrap();
+    }
+    f.flush().unwrap();
+    drop(f);
+    let started = Instant::now();
+    sh(&["bpftool", "batch", "file", file.to_str().unwrap()]);
+    let elapsed = started.elapsed();
+    let dp = datapath(pins);
+    assert_eq!(dp.entries().len(), n as usize, "bpftool filled the map");
+    elapsed
+}
+
+fn main() {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let bpffs = dir.path().join("bpffs");
+    std::fs::create_dir(&bpffs).unwrap();
+    sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().unwrap()]);
+    let pins = bpffs.join("routeplane");
+    println!(
+        "LPM trie rp_routes_v4 (pinned in {}), /28 keys; {} runs per tool, alternating",
+        bpffs.display(),
+        args.rounds
+    );
+    println!(
+        "\n{:>8} {:>10} {:>14} {:>8}",
+        "entries", "agent s", "bpftool s", "ratio"
+    );
+    for &n in &args.entries {
+        let want = routes(n);
+        let (mut ours, mut theirs) = (vec![], vec![]);
+        for _ in 0..args.rounds {
+            clear(&pins);
+            ours.push(agent(&pins, &want).as_secs_f64());
+            clear(&pins);
+            theirs.push(bpftool(&pins, n, dir.path()).as_secs_f64());
+        }
+        let (a, b) = (median(ours), median(theirs));
+        println!("{n:>8} {a:>10.3} {b:>14.3} {:>7.2}x", a / b);
+    }
+    println!("\ntarget (issue #4): agent <= 0.2x bpftool batch");
+    let _ = Command::new("umount").arg(&bpffs).output();
+}
