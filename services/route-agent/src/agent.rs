@@ -62,8 +62,8 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub remote_gateways: Vec<IpAddr>,
-    /// Where remote pod CIDRs go: kernel routes, or (IPv4) the eBPF map that the classifier on
-    /// the pod interfaces forwards with, no kernel route needed.
+    /// Where remote pod CIDRs go: kernel routes, or the eBPF maps (IPv4 and IPv6) that the
+    /// classifier on the pod interfaces forwards with, no kernel route needed.
     #[arg(long, env = "ROUTEPLANE_DATAPATH", value_enum, default_value_t = DatapathKind::Kernel)]
     pub datapath: DatapathKind,
     /// Pod-facing interfaces to attach the eBPF classifier to (repeat for several).
@@ -208,18 +208,16 @@ async fn reconcile(
     let connected = kernel.connected().await?;
     let mut want = desired(&me, &peers, &connected, &gateways);
     if let Some(dp) = datapath.as_deref_mut() {
-        // IPv4 goes to the eBPF map; the kernel keeps the rest (and loses IPv4 routes of ours).
-        let (v4, rest): (BTreeMap<_, _>, BTreeMap<_, _>) = want
-            .into_iter()
-            .partition(|(c, _)| c.family() == routeplane_net::Family::V4);
-        match dp.sync(&v4) {
+        // Remote pod CIDRs go to the eBPF maps, and the kernel loses its routes of ours for them.
+        match dp.sync(&want) {
             Ok((0, 0)) => {}
             Ok((changed, removed)) => tracing::info!(changed, removed, "eBPF routes updated"),
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF routes not updated; retrying at the next reconcile")
             }
         }
-        want = rest;
+        // Only a next hop of another family than its CIDR has no place in the maps.
+        want.retain(|c, r| c.network().is_ipv4() != r.gateway.is_ipv4());
     }
     let actions = plan(&want, &kernel.our_routes().await?);
     let mut failures = Vec::new();

@@ -1,6 +1,6 @@
 //! Loading and feeding the eBPF datapath (bpf/route.c) with aya: the classifier goes on each
-//! pod-facing interface's ingress, and the LPM trie holds one entry per other node's IPv4 pod CIDR
-//! (next hop and interface), kept in step with the desired routes by diffing its keys.
+//! pod-facing interface's ingress, and two LPM tries (IPv4, IPv6) hold one entry per other node's
+//! pod CIDR (next hop and interface), kept in step with the desired routes (see `lpm`).
 //!
 //! Everything lives on in the pin directory (default /sys/fs/bpf/routeplane): the maps, pinned by
 //! name, and one TCX link per interface (`link-<iface>`), so packets keep being forwarded while
@@ -9,12 +9,13 @@
 //! which detaches the classifier and frees the maps.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 
 use routeplane_net::Cidr;
 
 use crate::desired::Route;
+#[cfg(ebpf)]
+use crate::lpm::{self, Entries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -26,68 +27,22 @@ pub enum DatapathError {
     Ebpf(String),
 }
 
-fn err(e: impl std::fmt::Display) -> DatapathError {
+pub(crate) fn err(e: impl std::fmt::Display) -> DatapathError {
     DatapathError::Ebpf(e.to_string())
-}
-
-/// Value of an LPM entry, as `struct nexthop_v4`: interface index (native order), then the next
-/// hop's address.
-fn nexthop(route: &Route) -> Option<[u8; 8]> {
-    let IpAddr::V4(gw) = route.gateway else {
-        return None;
-    };
-    let mut v = [0u8; 8];
-    v[..4].copy_from_slice(&route.ifindex.to_ne_bytes());
-    v[4..].copy_from_slice(&gw.octets());
-    Some(v)
-}
-
-fn key_of(cidr: &Cidr) -> Option<aya::maps::lpm_trie::Key<[u8; 4]>> {
-    let IpAddr::V4(net) = cidr.network() else {
-        return None;
-    };
-    Some(aya::maps::lpm_trie::Key::new(
-        u32::from(cidr.prefix_len()),
-        net.octets(),
-    ))
-}
-
-/// An LPM key: (prefix length, IPv4 network).
-type LpmKey = (u32, [u8; 4]);
-/// LPM entries: key → `struct nexthop_v4`.
-type Entries = BTreeMap<LpmKey, [u8; 8]>;
-
-/// The entries for the IPv4 routes given (others have no place in the map).
-fn entries_of(routes: &BTreeMap<Cidr, Route>) -> Entries {
-    routes
-        .values()
-        .filter_map(|r| Some((key_of(&r.destination)?, nexthop(r)?)))
-        .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-        .collect()
-}
-
-/// What to write so that `have` becomes `want`: entries to insert or overwrite, keys to remove.
-fn diff(want: &Entries, have: &Entries) -> (Entries, Vec<LpmKey>) {
-    let upserts = want
-        .iter()
-        .filter(|(k, v)| have.get(*k) != Some(*v))
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let removals = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .copied()
-        .collect();
-    (upserts, removals)
 }
 
 #[cfg(ebpf)]
 pub struct Datapath {
     bpf: aya::Ebpf,
-    /// What the LPM map holds, when known.
+    /// What the LPM maps hold, when known.
     mirror: Option<Entries>,
-    map_pin: std::path::PathBuf,
+    pin_dir: std::path::PathBuf,
 }
+
+#[cfg(ebpf)]
+const V4: &str = "rp_routes_v4";
+#[cfg(ebpf)]
+const V6: &str = "rp_routes_v6";
 
 #[cfg(ebpf)]
 impl Datapath {
@@ -122,77 +77,58 @@ impl Datapath {
         Ok(Datapath {
             bpf,
             mirror: None,
-            map_pin: pin_dir.join("rp_routes_v4"),
+            pin_dir: pin_dir.to_path_buf(),
         })
     }
 
-    /// Makes the LPM trie hold exactly the IPv4 routes given; returns (added or changed, removed).
-    /// Only the difference reaches the kernel, one syscall per entry: the map's contents are
-    /// mirrored here (read from the map once, and again after any failed write), since this
-    /// agent is the map's only writer.
+    /// Makes the LPM maps hold exactly the routes given; returns (added or changed, removed).
+    /// Only the difference reaches the kernel, one syscall per entry: the maps' contents are
+    /// mirrored here (read from the maps once, and again after any failed write), since this
+    /// agent is their only writer.
     pub fn sync(
         &mut self,
         routes: &BTreeMap<Cidr, Route>,
     ) -> Result<(usize, usize), DatapathError> {
-        use aya::maps::LpmTrie;
-        let want = entries_of(routes);
-        let map = self
-            .bpf
-            .map_mut("rp_routes_v4")
-            .ok_or_else(|| err("no rp_routes_v4 map"))?;
-        let mut trie: LpmTrie<_, [u8; 4], [u8; 8]> = LpmTrie::try_from(map).map_err(err)?;
-        let mirror = match self.mirror.take() {
+        let want = lpm::entries_of(routes);
+        // On failure the mirror stays unknown, so the next pass reads the maps again.
+        let have = match self.mirror.take() {
             Some(m) => m,
-            None => trie
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-                .collect(),
+            None => self.read()?,
         };
-        let (upserts, removals) = diff(&want, &mirror);
-        // On failure the mirror stays unknown, so the next pass reads the map again.
-        for (len, addr) in &removals {
-            trie.remove(&aya::maps::lpm_trie::Key::new(*len, *addr))
-                .map_err(err)?;
-        }
-        let upserts: Vec<_> = upserts.into_iter().collect();
-        if upserts.len() < PARALLEL_FROM {
-            for ((len, addr), value) in &upserts {
-                trie.insert(&aya::maps::lpm_trie::Key::new(*len, *addr), value, 0)
-                    .map_err(err)?;
-            }
-        } else {
-            insert_in_parallel(&self.map_pin, &upserts)?;
-        }
+        let (upserts, removals) = lpm::diff(&want, &have);
+        let (v4, v6) = (self.pin_dir.join(V4), self.pin_dir.join(V6));
+        let (gone4, gone6): (Vec<Cidr>, Vec<Cidr>) =
+            removals.iter().partition(|c| c.network().is_ipv4());
+        lpm::remove::<4, 8>(&v4, &gone4)?;
+        lpm::remove::<16, 20>(&v6, &gone6)?;
+        let (new4, new6): (Vec<Route>, Vec<Route>) = upserts
+            .iter()
+            .partition(|r| r.destination.network().is_ipv4());
+        lpm::insert::<4, 8>(&v4, &new4)?;
+        lpm::insert::<16, 20>(&v6, &new6)?;
         self.mirror = Some(want);
         Ok((upserts.len(), removals.len()))
     }
 
-    /// The map's entries, as routes.
+    fn read(&self) -> Result<Entries, DatapathError> {
+        let v4 = lpm::read::<4, 8>(&self.pin_dir.join(V4))?;
+        let v6 = lpm::read::<16, 20>(&self.pin_dir.join(V6))?;
+        Ok(v4
+            .into_iter()
+            .chain(v6)
+            .map(|r| (r.destination, r))
+            .collect())
+    }
+
+    /// The maps' entries, as routes.
     pub fn entries(&self) -> Vec<Route> {
-        use aya::maps::LpmTrie;
-        let Some(map) = self.bpf.map("rp_routes_v4") else {
-            return vec![];
-        };
-        let Ok(trie) = LpmTrie::<_, [u8; 4], [u8; 8]>::try_from(map) else {
-            return vec![];
-        };
-        trie.iter()
-            .filter_map(Result::ok)
-            .filter_map(|(key, value)| {
-                let destination = Cidr::containing(
-                    IpAddr::from(key.data()),
-                    u8::try_from(key.prefix_len()).ok()?,
-                )?;
-                let ifindex = u32::from_ne_bytes([value[0], value[1], value[2], value[3]]);
-                let gateway = IpAddr::from([value[4], value[5], value[6], value[7]]);
-                Some(Route {
-                    destination,
-                    gateway,
-                    ifindex,
-                })
-            })
-            .collect()
+        match &self.mirror {
+            Some(m) => m.values().copied().collect(),
+            None => self
+                .read()
+                .map(|m| m.into_values().collect())
+                .unwrap_or_default(),
+        }
     }
 
     /// Packets forwarded and passed, summed over CPUs.
@@ -207,40 +143,6 @@ impl Datapath {
         let sum = |i: u32| array.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         (sum(0), sum(1))
     }
-}
-
-/// From this many writes on, they are spread over one thread per CPU.
-#[cfg(ebpf)]
-const PARALLEL_FROM: usize = 4096;
-
-/// Inserts the entries through one handle on the pinned map per CPU. The kernel's update is well
-/// under a microsecond; the syscall around it is most of the cost, and that part runs side by side
-/// (100,000 entries: 0.105 s on one thread, 0.076 s on two, bench/run-lpm).
-#[cfg(ebpf)]
-fn insert_in_parallel(map_pin: &Path, entries: &[(LpmKey, [u8; 8])]) -> Result<(), DatapathError> {
-    use aya::maps::{LpmTrie, Map, MapData};
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = entries.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let writers: Vec<_> = entries
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || -> Result<(), DatapathError> {
-                    let data = MapData::from_pin(map_pin).map_err(err)?;
-                    let mut trie: LpmTrie<_, [u8; 4], [u8; 8]> =
-                        LpmTrie::try_from(Map::LpmTrie(data)).map_err(err)?;
-                    for ((len, addr), value) in part {
-                        trie.insert(&aya::maps::lpm_trie::Key::new(*len, *addr), value, 0)
-                            .map_err(err)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        writers
-            .into_iter()
-            .try_for_each(|w| w.join().map_err(|_| err("a map writer panicked"))?)
-    })
 }
 
 /// Points the pinned link of `iface` at `program`, or attaches a new TCX link and pins it. A
@@ -329,67 +231,5 @@ impl Datapath {
 
     pub fn counters(&self) -> (u64, u64) {
         (0, 0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(dst: &str, gw: &str) -> (Cidr, Route) {
-        let destination: Cidr = dst.parse().unwrap();
-        let r = Route {
-            destination,
-            gateway: gw.parse().unwrap(),
-            ifindex: 3,
-        };
-        (destination, r)
-    }
-
-    #[test]
-    fn only_the_difference_is_written() {
-        let have = entries_of(&BTreeMap::from([
-            route("10.5.113.0/24", "10.4.94.12"),
-            route("10.5.114.0/24", "10.4.94.13"),
-            route("10.5.115.0/24", "10.4.94.14"),
-        ]));
-        let want = entries_of(&BTreeMap::from([
-            route("10.5.113.0/24", "10.4.94.12"),
-            route("10.5.114.0/24", "10.4.94.99"),
-            route("10.5.116.0/24", "10.4.94.16"),
-            route("fd00:5::/120", "fd00:4::12"),
-        ]));
-        assert_eq!(want.len(), 3, "IPv6 has no place in the IPv4 map");
-        let (upserts, removals) = diff(&want, &have);
-        let keys: Vec<[u8; 4]> = upserts.iter().map(|((_, a), _)| *a).collect();
-        assert_eq!(
-            keys,
-            vec![[10, 5, 114, 0], [10, 5, 116, 0]],
-            "changed and new"
-        );
-        assert_eq!(removals, vec![(24, [10, 5, 115, 0])]);
-        assert_eq!(
-            diff(&want, &want),
-            (Entries::new(), vec![]),
-            "in step: nothing to write"
-        );
-    }
-
-    #[test]
-    fn entries_match_the_c_layout() {
-        let r = Route {
-            destination: "10.5.113.0/24".parse().unwrap(),
-            gateway: "10.4.94.12".parse().unwrap(),
-            ifindex: 7,
-        };
-        let v = nexthop(&r).unwrap();
-        assert_eq!(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]), 7);
-        assert_eq!(&v[4..], &[10, 4, 94, 12]);
-        let k = key_of(&r.destination).unwrap();
-        assert_eq!((k.prefix_len(), k.data()), (24, [10, 5, 113, 0]));
-        assert!(
-            key_of(&"fd00::/120".parse().unwrap()).is_none(),
-            "IPv4 only for now"
-        );
     }
 }

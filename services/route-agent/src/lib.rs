@@ -12,5 +12,6 @@ pub mod desired;
 pub mod ebpf;
 pub mod grpc;
 pub mod kernel;
+pub mod lpm;
 pub mod metrics;
 pub mod reconcile;
