@@ -134,9 +134,10 @@ mod pinned {
         Ok(())
     }
 
-    /// Inserts or overwrites. The kernel's update is well under a microsecond; the syscall around
-    /// it is most of the cost, and that part runs side by side, so large batches go through one
-    /// handle per CPU (100,000 entries: 0.105 s on one thread, 0.080 s on two; bench/run-lpm).
+    /// Inserts or overwrites. Each insert costs about a microsecond in the trie itself (a batch
+    /// syscall saves nothing), but only part of it runs under the trie's lock, so large batches
+    /// go through one handle per CPU (100,000 entries: 0.105 s on one thread, 0.080–0.089 s on
+    /// two; bench/run-lpm).
     pub fn insert<const A: usize, const V: usize>(
         pin: &Path,
         routes: &[Route],
