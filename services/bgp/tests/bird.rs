@@ -492,24 +492,33 @@ fn the_seed_peer_groups_split_nodes_between_an_ebgp_and_an_ibgp_tor() {
     );
 }
 
-/// When BIRD's session on router `index` (None: the first router) last changed state, in
-/// milliseconds of the day. BIRD prints it by converting its monotonic clock to wall time at
-/// display, so two reads of the same instant can differ by a millisecond or two: compare with
+/// BIRD's session on router `index` (None: the first router): whether it is Established, and when
+/// it last changed state, in milliseconds of the day — both from one `show protocols`, so they
+/// describe the same moment. BIRD prints the time by converting its monotonic clock to wall time
+/// at display, so two reads of the same instant can differ by a millisecond or two: compare with
 /// [`same_instant`], never with `==`.
-fn since(lab: &Lab, index: Option<usize>) -> u64 {
+fn session(lab: &Lab, index: Option<usize>) -> (bool, u64) {
     let text = match index {
         Some(i) => lab.birdc_on(i, "show protocols routeplane"),
         None => lab.birdc("show protocols routeplane"),
     };
-    let field = text
+    let line = text
         .lines()
         .find(|l| l.starts_with("routeplane"))
-        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap_or_else(|| panic!("no routeplane protocol in {text}"));
+    let field = line
+        .split_whitespace()
+        .nth(4)
         .unwrap_or_else(|| panic!("no state-change time in {text}"));
     let (hms, ms) = field.split_once('.').unwrap_or((field, "0"));
     let parts: Vec<u64> = hms.split(':').map(|p| p.parse().unwrap()).collect();
     assert_eq!(parts.len(), 3, "unexpected time {field}");
-    ((parts[0] * 60 + parts[1]) * 60 + parts[2]) * 1000 + ms.parse::<u64>().unwrap()
+    let at = ((parts[0] * 60 + parts[1]) * 60 + parts[2]) * 1000 + ms.parse::<u64>().unwrap();
+    (line.contains("Established"), at)
+}
+
+fn since(lab: &Lab, index: Option<usize>) -> u64 {
+    session(lab, index).1
 }
 
 /// A reset and re-establishment takes BIRD far longer than this (it waits in Idle before it
@@ -553,20 +562,29 @@ fn a_reload_adds_and_resets_only_the_peers_that_changed() {
         same_instant(since(&lab, None), first_since),
         "the unchanged session stayed up"
     );
-    let ibgp_since = since(&lab, Some(ibgp));
 
     // Change only the new peer and send SIGHUP: it alone is reset, with Other Configuration Change.
     std::thread::sleep(Duration::from_millis(1100));
+    let ibgp_since = since(&lab, Some(ibgp));
     std::fs::write(
         lab.path("bgp-config.yaml"),
         format!("{one}{ibgp_peer}    hold-time: 30s\n"),
     )
     .unwrap();
     lab.signal_bgp("-HUP");
+    // Only once the reset has happened can BIRD's next Established be the one after it.
+    lab.wait_for(
+        "the reload resets the peer",
+        Duration::from_secs(10),
+        || lab.log("bgp.log").contains("changes=reset 10.4.36.250"),
+    );
     lab.wait_for(
         "the changed peer is reset and comes back",
         Duration::from_secs(20),
-        || ibgp_up(&lab) && !same_instant(since(&lab, Some(ibgp)), ibgp_since),
+        || {
+            let (up, at) = session(&lab, Some(ibgp));
+            up && !same_instant(at, ibgp_since)
+        },
     );
     let shown = lab.birdc_on(ibgp, "show protocols all routeplane");
     assert!(
@@ -583,7 +601,13 @@ fn a_reload_adds_and_resets_only_the_peers_that_changed() {
         "routeplane.bgp.v1.Bgp/GetPeer",
         r#"{"peerAddress": "10.4.36.250"}"#,
     );
-    assert_eq!(peer["holdTimeSeconds"], 30, "{peer}");
+    assert_eq!(
+        peer["holdTimeSeconds"],
+        30,
+        "{peer}\n{}\n{}",
+        lab.birdc_on(ibgp, "show protocols all routeplane"),
+        lab.log("bgp.log")
+    );
 
     // A broken file is refused and changes nothing.
     std::thread::sleep(Duration::from_millis(1100));
