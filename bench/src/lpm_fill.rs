@@ -52,7 +52,7 @@ fn datapath(pins: &Path) -> Datapath {
 
 /// The map emptied (outside any timing) and checked.
 fn clear(pins: &Path) {
-    datapath(pins).sync(&BTreeMap::new()).unwrap();
+    datapath(pins).sync(BTreeMap::new()).unwrap();
     assert!(
         datapath(pins).entries().is_empty(),
         "read back from the map"
@@ -61,8 +61,11 @@ fn clear(pins: &Path) {
 
 fn agent(pins: &Path, want: &BTreeMap<Cidr, Route>) -> Duration {
     let mut dp = datapath(pins);
+    // The agent hands its freshly computed desired routes over; bpftool's file is written
+    // before its clock starts too.
+    let routes = want.clone();
     let started = Instant::now();
-    let (written, _) = dp.sync(want).unwrap();
+    let (written, _) = dp.sync(routes).unwrap();
     let elapsed = started.elapsed();
     assert_eq!(written, want.len());
     // A fresh handle reads the map itself, not the agent's mirror of it.

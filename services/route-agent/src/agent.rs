@@ -209,15 +209,19 @@ async fn reconcile(
     let mut want = desired(&me, &peers, &connected, &gateways);
     if let Some(dp) = datapath.as_deref_mut() {
         // Remote pod CIDRs go to the eBPF maps, and the kernel loses its routes of ours for them.
-        match dp.sync(&want) {
+        // Only a next hop of another family than its CIDR has no place in the maps.
+        let leftover: BTreeMap<_, _> = want
+            .iter()
+            .filter(|(c, r)| !crate::lpm::fits(c, r))
+            .map(|(c, r)| (*c, *r))
+            .collect();
+        match dp.sync(std::mem::replace(&mut want, leftover)) {
             Ok((0, 0)) => {}
             Ok((changed, removed)) => tracing::info!(changed, removed, "eBPF routes updated"),
             Err(e) => {
                 tracing::warn!(error = %e, "eBPF routes not updated; retrying at the next reconcile")
             }
         }
-        // Only a next hop of another family than its CIDR has no place in the maps.
-        want.retain(|c, r| c.network().is_ipv4() != r.gateway.is_ipv4());
     }
     let actions = plan(&want, &kernel.our_routes().await?);
     let mut failures = Vec::new();

@@ -85,10 +85,7 @@ impl Datapath {
     /// Only the difference reaches the kernel, one syscall per entry: the maps' contents are
     /// mirrored here (read from the maps once, and again after any failed write), since this
     /// agent is their only writer.
-    pub fn sync(
-        &mut self,
-        routes: &BTreeMap<Cidr, Route>,
-    ) -> Result<(usize, usize), DatapathError> {
+    pub fn sync(&mut self, routes: BTreeMap<Cidr, Route>) -> Result<(usize, usize), DatapathError> {
         let want = lpm::entries_of(routes);
         // On failure the mirror stays unknown, so the next pass reads the maps again.
         let have = match self.mirror.take() {
@@ -97,15 +94,11 @@ impl Datapath {
         };
         let (upserts, removals) = lpm::diff(&want, &have);
         let (v4, v6) = (self.pin_dir.join(V4), self.pin_dir.join(V6));
-        let (gone4, gone6): (Vec<Cidr>, Vec<Cidr>) =
-            removals.iter().partition(|c| c.network().is_ipv4());
-        lpm::remove::<4, 8>(&v4, &gone4)?;
-        lpm::remove::<16, 20>(&v6, &gone6)?;
-        let (new4, new6): (Vec<Route>, Vec<Route>) = upserts
-            .iter()
-            .partition(|r| r.destination.network().is_ipv4());
-        lpm::insert::<4, 8>(&v4, &new4)?;
-        lpm::insert::<16, 20>(&v6, &new6)?;
+        // Each family's map takes the entries whose addresses fit its keys and skips the rest.
+        lpm::remove::<4, 8>(&v4, &removals)?;
+        lpm::remove::<16, 20>(&v6, &removals)?;
+        lpm::insert::<4, 8>(&v4, &upserts)?;
+        lpm::insert::<16, 20>(&v6, &upserts)?;
         self.mirror = Some(want);
         Ok((upserts.len(), removals.len()))
     }
@@ -221,7 +214,7 @@ impl Datapath {
         Err(DatapathError::NotBuilt)
     }
 
-    pub fn sync(&mut self, _: &BTreeMap<Cidr, Route>) -> Result<(usize, usize), DatapathError> {
+    pub fn sync(&mut self, _: BTreeMap<Cidr, Route>) -> Result<(usize, usize), DatapathError> {
         Err(DatapathError::NotBuilt)
     }
 
