@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 
 /// Errors while starting a service's shared machinery.
 #[derive(Debug, thiserror::Error)]

@@ -2,10 +2,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use routeplane_api::bgp::v1 as pb;
 use routeplane_net::{Cidr, Family};
+use routeplane_runtime::time::rfc3339;
 use tonic::{Request, Response, Status};
 
 use crate::message::{Nlri, Origin, PathAttributes};
@@ -220,27 +221,6 @@ fn family_name(f: &Family) -> String {
         Family::V4 => "ipv4-unicast".into(),
         Family::V6 => "ipv6-unicast".into(),
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    // Seconds since the epoch, formatted without a date library: UTC, RFC 3339.
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
 fn peer(config: &routeplane_config::Peer, s: &PeerStatus, router_id: String) -> pb::Peer {

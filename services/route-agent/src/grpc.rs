@@ -2,9 +2,9 @@
 //! decision that installs the routes (`desired::explain`).
 
 use std::net::IpAddr;
-use std::time::SystemTime;
 
 use routeplane_api::agent::v1 as pb;
+use routeplane_runtime::time::rfc3339;
 use tonic::{Request, Response, Status};
 
 use crate::agent::{Shared, lock};
@@ -18,30 +18,6 @@ impl AgentGrpc {
     pub fn new(shared: Shared) -> pb::agent_server::AgentServer<AgentGrpc> {
         pb::agent_server::AgentServer::new(AgentGrpc { shared })
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// The explanations for every other node's pod CIDRs, from the agent's current view.
