@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 
 use routeplane_net::Cidr;
 
@@ -20,15 +19,4 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs a set-up command (ip, mount, bpftool…); a failure ends the benchmark with its stderr.
-pub fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+pub use routeplane_testkit::sh;

@@ -9,46 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn privileged(test: &str) -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    let tools = ["ip", "bird", "birdc", "grpcurl", "gobgpd", "gobgp"]
-        .iter()
-        .all(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if root && tools {
-        return true;
-    }
-    let why = if root {
-        "ip, bird, birdc or grpcurl is missing (scripts/test installs them)"
-    } else {
-        "it needs root (network namespaces)"
-    };
-    assert!(
-        std::env::var("ROUTEPLANE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test}: cannot run: {why}, and ROUTEPLANE_REQUIRE_PRIVILEGED=1"
-    );
-    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
-    false
-}
+pub use routeplane_testkit::sh;
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Root, plus BIRD, GoBGP, ip and grpcurl (scripts/test installs them).
+pub fn privileged(test: &str) -> bool {
+    routeplane_testkit::privileged(test, &["ip", "bird", "birdc", "grpcurl", "gobgpd", "gobgp"])
 }
 
 /// Two namespaces: `router` (BIRD, 10.4.36.239) and `speaker` (routeplane, 10.4.36.10).

@@ -6,35 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn privileged() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tools = ["ip", "grpcurl"].iter().all(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if root && tools {
-        return true;
-    }
-    assert!(
-        std::env::var("ROUTEPLANE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "cannot run: needs root, ip and grpcurl, and ROUTEPLANE_REQUIRE_PRIVILEGED=1"
-    );
-    eprintln!("\n*** SKIPPED route-agent segment test: it needs root (network namespaces) ***\n");
-    false
-}
+use routeplane_testkit::sh;
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn privileged() -> bool {
+    routeplane_testkit::privileged("route-agent segment test", &["ip", "grpcurl"])
 }
 
 /// Sets a kernel parameter inside a namespace.

@@ -1,0 +1,57 @@
+//! What routeplane's namespace tests and benchmarks share.
+//!
+//! Contract: [`sh`] runs a set-up command and ends the caller with the command's stderr when it
+//! fails; [`privileged`] says whether a test that needs root and some tools can run, skipping
+//! loudly when it cannot — and failing instead when ROUTEPLANE_REQUIRE_PRIVILEGED=1 (CI).
+#![forbid(unsafe_code)]
+
+use std::process::Command;
+
+/// Runs a set-up command (ip, mount, sysctl…); a failure panics with its stderr.
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `test` can run: root, and every one of `tools` on the PATH. Otherwise it prints a
+/// SKIPPED banner and returns false — or panics under ROUTEPLANE_REQUIRE_PRIVILEGED=1.
+pub fn privileged(test: &str, tools: &[&str]) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!(
+            "{} missing (scripts/test installs them)",
+            missing.join(", ")
+        )
+    } else {
+        "it needs root (network namespaces)".to_string()
+    };
+    assert!(
+        std::env::var("ROUTEPLANE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test}: cannot run: {why}, and ROUTEPLANE_REQUIRE_PRIVILEGED=1"
+    );
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+    false
+}
