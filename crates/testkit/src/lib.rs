@@ -48,6 +48,12 @@ pub fn privileged(test: &str, tools: &[&str]) -> bool {
     } else {
         "it needs root (network namespaces)".to_string()
     };
+    skip(test, &why)
+}
+
+/// Skips `test` loudly, saying `why`, and returns false — or panics under
+/// ROUTEPLANE_REQUIRE_PRIVILEGED=1, where nothing may be skipped.
+pub fn skip(test: &str, why: &str) -> bool {
     assert!(
         std::env::var("ROUTEPLANE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
         "{test}: cannot run: {why}, and ROUTEPLANE_REQUIRE_PRIVILEGED=1"

@@ -1,0 +1,432 @@
+//! The seed's network as docker-compose.yml brings it up: two BIRD ToRs, routeplane-ipam,
+//! routeplane-bgp and four nodes, checked from the routers' side (what BIRD learned), from the
+//! nodes' side (traceroute, ping) and through the services' gRPC APIs with grpcurl — then stopped
+//! and restarted piece by piece. Needs root, a running dockerd, Docker Compose v2 and the images
+//! of docker/build-images; scripts/test provides all of them.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use routeplane_e2e::{BirdRoute, Stack, grpcurl, parse_ping, parse_traceroute, wait_for};
+use serde_json::Value;
+
+const IPAM: &str = "10.4.36.5:50051";
+const BGP: &str = "10.4.36.10:50052";
+/// The IPAM lease TTL and routeplane-bgp's withdraw grace, both left at their defaults by the stack.
+const LEASE_TTL_PLUS_GRACE: Duration = Duration::from_secs(20 + 10);
+
+/// A ToR: its compose service, its core address and the BIRD protocol towards the other ToR.
+struct Tor {
+    service: &'static str,
+    core: &'static str,
+    gateway: &'static str,
+    to_other: &'static str,
+}
+const TOR_94: Tor = Tor {
+    service: "tor-94",
+    core: "10.4.36.239",
+    gateway: "10.4.94.1",
+    to_other: "tor83",
+};
+const TOR_83: Tor = Tor {
+    service: "tor-83",
+    core: "10.4.36.250",
+    gateway: "10.4.83.1",
+    to_other: "tor94",
+};
+
+/// The four nodes: service (= node name), address, and its ToR (the seed's peer groups: labelled
+/// kubernetes/route=bgp-peer-83 to 10.4.36.250, the others to 10.4.36.239).
+const NODES: [(&str, &str, &Tor); 4] = [
+    ("node-94-1", "10.4.94.11", &TOR_94),
+    ("node-94-2", "10.4.94.12", &TOR_94),
+    ("node-83-1", "10.4.83.11", &TOR_83),
+    ("node-83-2", "10.4.83.12", &TOR_83),
+];
+
+fn other(tor: &Tor) -> &'static Tor {
+    if tor.service == TOR_94.service {
+        &TOR_83
+    } else {
+        &TOR_94
+    }
+}
+
+/// node name -> (pod CIDRs, router IPs), as IPAM has them.
+type Allocations = BTreeMap<String, (Vec<String>, Vec<String>)>;
+
+/// The allocations, once IPAM has all four nodes Ready with a pod CIDR each.
+fn ipam_nodes() -> Result<Allocations, String> {
+    let reply = grpcurl(IPAM, "routeplane.ipam.v1.Ipam/ListNodes", "{}")?;
+    let strings = |node: &Value, key: &str| -> Vec<String> {
+        node[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let nodes: Allocations = reply["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["ready"].as_bool() == Some(true))
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                (strings(n, "podCidrs"), strings(n, "routerIps")),
+            )
+        })
+        .collect();
+    if nodes.len() == NODES.len() && nodes.values().all(|(cidrs, _)| cidrs.len() == 1) {
+        Ok(nodes)
+    } else {
+        Err(format!("IPAM's ready nodes: {reply}"))
+    }
+}
+
+/// Whether each ToR holds every node's pod CIDR the way the seed's peer groups say: its own nodes'
+/// from routeplane with the node as next hop, the other segment's from the other ToR.
+fn routers_route_every_node(stack: &Stack, nodes: &Allocations) -> Result<(), String> {
+    for tor in [&TOR_94, &TOR_83] {
+        let routes = stack.bird_routes(tor.service);
+        for (name, address, home) in NODES {
+            let cidr = &nodes[name].0[0];
+            let want = if home.service == tor.service {
+                BirdRoute {
+                    protocol: "routeplane".into(),
+                    via: address.into(),
+                }
+            } else {
+                BirdRoute {
+                    protocol: tor.to_other.into(),
+                    via: other(tor).core.into(),
+                }
+            };
+            if routes.get(cidr) != Some(&want) {
+                return Err(format!(
+                    "{}: {cidr} of {name} is {:?}, want {want:?}; all: {routes:?}",
+                    tor.service,
+                    routes.get(cidr)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn peer_states() -> Result<BTreeMap<String, String>, String> {
+    let reply = grpcurl(BGP, "routeplane.bgp.v1.Bgp/ListPeers", "{}")?;
+    Ok(reply["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["peerAddress"].as_str().unwrap_or_default().to_string(),
+                p["sessionState"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+fn established(peers: &[&str]) -> Result<(), String> {
+    let states = peer_states()?;
+    match peers
+        .iter()
+        .find(|p| states.get(**p).map(String::as_str) != Some("established"))
+    {
+        None => Ok(()),
+        Some(p) => Err(format!("{p} is not established: {states:?}")),
+    }
+}
+
+fn traceroute(stack: &Stack, from: &str, to: &str) -> Vec<Option<String>> {
+    let out = stack
+        .exec(
+            from,
+            &["traceroute", "-n", "-q", "2", "-w", "1", "-m", "6", to],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("{from}$ traceroute -n {to}\n{out}");
+    parse_traceroute(&out)
+}
+
+/// Whether neither ToR has a route for `prefix`.
+fn withdrawn_at_both(stack: &Stack, prefix: &str) -> Result<(), String> {
+    match [&TOR_94, &TOR_83]
+        .iter()
+        .find(|t| stack.bird_routes(t.service).contains_key(prefix))
+    {
+        Some(t) => Err(format!("{} still routes {prefix}", t.service)),
+        None => Ok(()),
+    }
+}
+
+fn bird_session_established(stack: &Stack, tor: &Tor) -> bool {
+    stack
+        .birdc(tor.service, "show protocols routeplane")
+        .lines()
+        .any(|l| l.starts_with("routeplane") && l.contains("Established"))
+}
+
+#[test]
+fn the_compose_stack_routes_the_seeds_network_and_survives_restarts() {
+    let test = "the_compose_stack_routes_the_seeds_network_and_survives_restarts";
+    if !routeplane_testkit::privileged(test, &["docker", "grpcurl", "iptables"]) {
+        return;
+    }
+    if !Command::new("docker")
+        .args(["compose", "version"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        || !Command::new("docker")
+            .arg("info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        routeplane_testkit::skip(
+            test,
+            "no running dockerd with Docker Compose v2 (scripts/test installs and starts them)",
+        );
+        return;
+    }
+    for image in [
+        "routeplane-ipam",
+        "routeplane-bgp",
+        "routeplane-agent",
+        "routeplane-bird",
+    ] {
+        let found = Command::new("docker")
+            .args(["image", "inspect", &format!("{image}:latest")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            found.is_ok_and(|s| s.success()),
+            "image {image}:latest is missing: run docker/build-images first"
+        );
+    }
+
+    let stack = Stack::up();
+    let started = std::time::Instant::now();
+
+    // IPAM gives every node a pod CIDR; both ToRs learn all four, per the seed's peer groups.
+    let (nodes, took) = wait_for(
+        "four Ready nodes in IPAM",
+        Duration::from_secs(60),
+        ipam_nodes,
+    );
+    println!("IPAM: {nodes:?} after {took:?}");
+    let ((), took) = wait_for(
+        "every pod CIDR at both ToRs",
+        Duration::from_secs(60),
+        || routers_route_every_node(&stack, &nodes),
+    );
+    println!("both ToRs route every node's pod CIDR {took:?} after the nodes were Ready");
+
+    // The seed's absent peers (.238, .251) are sessions that cannot connect, retried at the
+    // connect-retry pace — not established, not an error loop.
+    let states = peer_states().expect("ListPeers");
+    for absent in ["10.4.36.238", "10.4.36.251"] {
+        let state = states.get(absent).map(String::as_str);
+        assert!(
+            matches!(state, Some("connect" | "active" | "idle")),
+            "{absent}: {state:?} in {states:?}"
+        );
+    }
+    established(&["10.4.36.239", "10.4.36.250"]).expect("sessions with both ToRs");
+
+    // Every service answers grpcurl from the host, over the internal bridges.
+    let status = grpcurl(
+        "10.4.94.11:50053",
+        "routeplane.agent.v1.Agent/GetStatus",
+        "{}",
+    )
+    .expect("agent GetStatus");
+    assert_eq!(status["node"], "node-94-1", "{status}");
+    assert_eq!(
+        status["podCidrs"][0].as_str(),
+        Some(nodes["node-94-1"].0[0].as_str()),
+        "{status}"
+    );
+
+    // Same segment: the target answers at the first hop. Other segment: via both ToRs.
+    let router_ip = |node: &str| nodes[node].1[0].clone();
+    let same = traceroute(&stack, "node-94-1", &router_ip("node-94-2"));
+    assert_eq!(
+        same,
+        vec![Some(router_ip("node-94-2"))],
+        "same segment is one hop"
+    );
+    let across = traceroute(&stack, "node-94-1", &router_ip("node-83-1"));
+    assert_eq!(
+        across,
+        vec![
+            Some(TOR_94.gateway.into()),
+            Some(TOR_83.core.into()),
+            Some(router_ip("node-83-1"))
+        ]
+    );
+    let back = traceroute(&stack, "node-83-2", &router_ip("node-94-1"));
+    assert_eq!(
+        back,
+        vec![
+            Some(TOR_83.gateway.into()),
+            Some(TOR_94.core.into()),
+            Some(router_ip("node-94-1"))
+        ]
+    );
+
+    // A LoadBalancer IP reaches both ToRs with one of their own nodes as next hop; released, it goes.
+    let lb = grpcurl(
+        IPAM,
+        "routeplane.ipam.v1.Ipam/AllocateServiceIP",
+        r#"{"service": "default/e2e-lb"}"#,
+    )
+    .expect("AllocateServiceIP");
+    let lb_prefix = format!("{}/32", lb["ip"].as_str().expect("an ip"));
+    let ((), took) = wait_for(
+        "the LoadBalancer IP at both ToRs",
+        Duration::from_secs(20),
+        || {
+            for tor in [&TOR_94, &TOR_83] {
+                let route = stack.bird_routes(tor.service).remove(&lb_prefix);
+                let own_node = |via: &str| {
+                    NODES
+                        .iter()
+                        .any(|(_, addr, home)| *addr == via && home.service == tor.service)
+                };
+                match route {
+                    Some(r) if r.protocol == "routeplane" && own_node(&r.via) => {}
+                    other => return Err(format!("{}: {lb_prefix} is {other:?}", tor.service)),
+                }
+            }
+            Ok(())
+        },
+    );
+    println!("LoadBalancer {lb_prefix} at both ToRs after {took:?}");
+    grpcurl(
+        IPAM,
+        "routeplane.ipam.v1.Ipam/ReleaseServiceIP",
+        r#"{"service": "default/e2e-lb"}"#,
+    )
+    .expect("ReleaseServiceIP");
+    let ((), took) = wait_for(
+        "the released LoadBalancer IP withdrawn",
+        Duration::from_secs(20),
+        || withdrawn_at_both(&stack, &lb_prefix),
+    );
+    println!("LoadBalancer {lb_prefix} withdrawn from both ToRs after {took:?}");
+
+    // A stopped agent: its CIDR is withdrawn within lease TTL + grace; back, it has the same one.
+    let cidr = nodes["node-94-2"].0[0].clone();
+    stack.run(&["stop", "node-94-2"]);
+    let ((), took) = wait_for(
+        "node-94-2's CIDR withdrawn",
+        LEASE_TTL_PLUS_GRACE + Duration::from_secs(5),
+        || withdrawn_at_both(&stack, &cidr),
+    );
+    println!(
+        "agent of node-94-2 stopped: {cidr} withdrawn from both ToRs after {took:?} (lease TTL + grace = {LEASE_TTL_PLUS_GRACE:?})"
+    );
+    stack.run(&["start", "node-94-2"]);
+    let (again, _) = wait_for("node-94-2 Ready again", Duration::from_secs(60), ipam_nodes);
+    assert_eq!(again, nodes, "a returning node keeps its pod CIDR");
+    let ((), took) = wait_for("node-94-2's CIDR back", Duration::from_secs(60), || {
+        routers_route_every_node(&stack, &nodes)
+    });
+    println!("agent of node-94-2 back: {cidr} at both ToRs again after {took:?}");
+
+    // IPAM restarts from its volume with nothing changed.
+    grpcurl(
+        IPAM,
+        "routeplane.ipam.v1.Ipam/AllocateServiceIP",
+        r#"{"service": "default/e2e-kept"}"#,
+    )
+    .expect("AllocateServiceIP");
+    let services =
+        grpcurl(IPAM, "routeplane.ipam.v1.Ipam/ListServiceIPs", "{}").expect("ListServiceIPs");
+    stack.run(&["restart", "ipam"]);
+    let (after, _) = wait_for(
+        "IPAM back with four Ready nodes",
+        Duration::from_secs(60),
+        ipam_nodes,
+    );
+    assert_eq!(after, nodes, "node allocations after an IPAM restart");
+    assert_eq!(
+        grpcurl(IPAM, "routeplane.ipam.v1.Ipam/ListServiceIPs", "{}").expect("ListServiceIPs"),
+        services
+    );
+    routers_route_every_node(&stack, &nodes).expect("routes after an IPAM restart");
+
+    // By now the absent peers have been retried for a while: at the connect-retry pace (5 s, two
+    // state changes per attempt), not in a loop.
+    let secs = started.elapsed().as_secs();
+    let log = stack.logs(Some("bgp"));
+    for absent in ["10.4.36.238", "10.4.36.251"] {
+        let lines = log.lines().filter(|l| l.contains(absent)).count() as u64;
+        println!("{absent} (absent): {lines} log lines in {secs} s");
+        assert!(
+            lines <= 2 * (secs / 5 + 1) + 2,
+            "{absent}: {lines} log lines in {secs} s:\n{log}"
+        );
+    }
+
+    // routeplane-bgp restarts: graceful restart keeps the routes at the ToRs, and a ping across
+    // segments running meanwhile loses at most a few packets.
+    let target = router_ip("node-83-1");
+    let ping = stack.spawn_exec(
+        "node-94-1",
+        &["ping", "-n", "-i", "0.1", "-c", "250", "-W", "1", &target],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stack.run(&["stop", "bgp"]);
+    for tor in [&TOR_94, &TOR_83] {
+        assert!(
+            !bird_session_established(&stack, tor),
+            "{}: session still up with routeplane-bgp stopped",
+            tor.service
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    routers_route_every_node(&stack, &nodes)
+        .expect("the ToRs keep the routes while routeplane-bgp is down");
+    stack.run(&["start", "bgp"]);
+    wait_for(
+        "sessions with both ToRs again",
+        Duration::from_secs(60),
+        || established(&["10.4.36.239", "10.4.36.250"]),
+    );
+    wait_for(
+        "every pod CIDR at both ToRs after the restart",
+        Duration::from_secs(30),
+        || routers_route_every_node(&stack, &nodes),
+    );
+    let out = ping.wait_with_output().expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sent, received) = parse_ping(&text).unwrap_or_else(|| {
+        panic!(
+            "no ping summary: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    println!(
+        "ping node-94-1 -> {target} across segments while routeplane-bgp restarted: {sent} sent, {} lost",
+        sent - received
+    );
+    assert!(sent >= 100, "ping ran: {text}");
+    assert!(
+        sent - received <= 5,
+        "lost {} of {sent} packets across the routeplane-bgp restart",
+        sent - received
+    );
+
+    // Tear-down leaves nothing of the project behind.
+    let left = stack.tear_down();
+    assert!(left.is_empty(), "left after docker compose down: {left:?}");
+}
