@@ -9,6 +9,7 @@
 
 pub mod grpc;
 pub mod metrics;
+pub mod probe;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

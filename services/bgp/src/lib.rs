@@ -6,6 +6,9 @@
 // Unsafe code is refused everywhere but in md5.rs (one setsockopt call), which allows it.
 #![deny(unsafe_code)]
 
+/// The gRPC service name, as health checks and reflection know it.
+pub const GRPC_SERVICE: &str = "routeplane.bgp.v1.Bgp";
+
 pub mod fsm;
 pub mod grpc;
 pub mod md5;

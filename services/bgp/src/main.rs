@@ -7,7 +7,12 @@ use routeplane_bgp::settings::Cli;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match server::run(Cli::parse()).await {
+    let cli = Cli::parse();
+    if cli.probe {
+        return routeplane_runtime::probe::exit_code(cli.grpc_listen, routeplane_bgp::GRPC_SERVICE)
+            .await;
+    }
+    match server::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("routeplane-bgp: {e}");

@@ -52,13 +52,7 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let registry = Arc::new(crate::metrics::registry(speaker.clone()));
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
     let routes = tonic::service::Routes::new(BgpGrpc::new(speaker));
-    let served = grpc::serve(
-        grpc_listener,
-        "routeplane.bgp.v1.Bgp",
-        routes,
-        shutdown.clone(),
-    )
-    .await;
+    let served = grpc::serve(grpc_listener, crate::GRPC_SERVICE, routes, shutdown.clone()).await;
     shutdown.trigger();
     let _ = metrics_task.await;
     // Every session sends its Cease (or closes for graceful restart) before the runtime goes.

@@ -45,6 +45,10 @@ pub struct Cli {
     /// gRPC listen address.
     #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50052")]
     pub grpc_listen: SocketAddr,
+    /// Check this service's grpc.health.v1 on the --grpc-listen port (loopback for 0.0.0.0) and
+    /// exit: 0 when SERVING, else 1 with the reason. For Kubernetes exec probes.
+    #[arg(long)]
+    pub probe: bool,
     /// Prometheus /metrics listen address.
     #[arg(
         long,

@@ -9,6 +9,9 @@
 //! published view) and `grpc` (tonic) sit around it.
 #![forbid(unsafe_code)]
 
+/// The gRPC service name, as health checks and reflection know it.
+pub const GRPC_SERVICE: &str = "routeplane.ipam.v1.Ipam";
+
 pub mod address_set;
 pub mod commit;
 pub mod error;

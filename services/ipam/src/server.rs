@@ -63,13 +63,7 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let registry = Arc::new(crate::metrics::registry(ipam.clone()));
     let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone()));
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
-    let served = grpc::serve(
-        grpc_listener,
-        "routeplane.ipam.v1.Ipam",
-        routes,
-        shutdown.clone(),
-    )
-    .await;
+    let served = grpc::serve(grpc_listener, crate::GRPC_SERVICE, routes, shutdown.clone()).await;
     shutdown.trigger();
     if let Ok(Err(e)) = metrics_task.await {
         tracing::warn!(error = %e, "metrics server stopped with an error");

@@ -94,6 +94,10 @@ pub struct Cli {
     /// gRPC listen address (routeplane.agent.v1).
     #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50053")]
     pub grpc_listen: std::net::SocketAddr,
+    /// Check this service's grpc.health.v1 on the --grpc-listen port (loopback for 0.0.0.0) and
+    /// exit: 0 when SERVING, else 1 with the reason. For Kubernetes exec probes.
+    #[arg(long)]
+    pub probe: bool,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -427,7 +431,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let routes = tonic::service::Routes::new(crate::grpc::AgentGrpc::new(shared.clone()));
     let server = tokio::spawn(routeplane_runtime::grpc::serve(
         listener,
-        "routeplane.agent.v1.Agent",
+        crate::GRPC_SERVICE,
         routes,
         shutdown.clone(),
     ));

@@ -6,6 +6,9 @@
 //! (`reconcile`) are pure functions; netlink sits behind `kernel`.
 #![forbid(unsafe_code)]
 
+/// The gRPC service name, as health checks and reflection know it.
+pub const GRPC_SERVICE: &str = "routeplane.agent.v1.Agent";
+
 pub mod agent;
 pub mod batch;
 pub mod desired;

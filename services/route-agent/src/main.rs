@@ -6,7 +6,15 @@ use routeplane_agent::agent::{Cli, run};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    if cli.probe {
+        return routeplane_runtime::probe::exit_code(
+            cli.grpc_listen,
+            routeplane_agent::GRPC_SERVICE,
+        )
+        .await;
+    }
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("routeplane-agent: {e}");
