@@ -17,6 +17,7 @@ pub mod commit;
 pub mod error;
 pub mod grpc;
 pub mod ipam;
+pub mod kubernetes;
 pub mod metrics;
 pub mod model;
 pub mod pod_pools;

@@ -21,6 +21,10 @@ pub enum ServeError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(
+        "--kubernetes: no Kubernetes API credentials (in-cluster service account or KUBECONFIG): {0}"
+    )]
+    Kubernetes(#[from] kube::Error),
 }
 
 pub async fn run(cli: Cli) -> Result<(), ServeError> {
@@ -61,6 +65,16 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
     let registry = Arc::new(crate::metrics::registry(ipam.clone()));
+    if cli.kubernetes {
+        let client = kube::Client::try_default().await?;
+        tracing::info!(release_grace = ?cli.node_release_grace, "Kubernetes mode: following Nodes and LoadBalancer Services");
+        tokio::spawn(crate::kubernetes::run(
+            client,
+            ipam.clone(),
+            cli.node_release_grace,
+            shutdown.clone(),
+        ));
+    }
     let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone()));
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
     let served = grpc::serve(grpc_listener, crate::GRPC_SERVICE, routes, shutdown.clone()).await;

@@ -61,6 +61,14 @@ pub struct Cli {
     /// Events a watcher may fall behind before it is cut off (and told where to resume).
     #[arg(long, env = "ROUTEPLANE_WATCH_BUFFER", default_value_t = 4096)]
     pub watch_buffer: usize,
+    /// Kubernetes mode: follow the cluster's Nodes (pod CIDRs, written back to each Node) and
+    /// LoadBalancer Services (status.loadBalancer.ingress), with the in-cluster credentials or
+    /// KUBECONFIG. Without it, nodes register themselves through their route agents.
+    #[arg(long, env = "ROUTEPLANE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Kubernetes mode: how long a deleted Node's pod CIDRs wait before release, in case it returns.
+    #[arg(long, env = "ROUTEPLANE_NODE_RELEASE_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub node_release_grace: Duration,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

@@ -1,0 +1,364 @@
+//! The controllers against kube's own test tooling: the real kube Client over a mocked API server
+//! (tower-test), which checks each request the controller makes and answers it, and a real IPAM
+//! on a temporary directory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::Controller;
+use crate::ipam::{Ipam, IpamOptions};
+use crate::settings::Cli;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The mocked API server: each `expect` takes the controller's next request, checks its method and
+/// path, answers with `status` and `reply`, and returns the request's JSON body.
+struct MockApi(Handle);
+
+impl MockApi {
+    async fn expect(&mut self, method: &str, path: &str, status: u16, reply: Value) -> Value {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
+            .expect("the client is gone");
+        assert_eq!(
+            (request.method().as_str(), request.uri().path()),
+            (method, path),
+            "the controller's request"
+        );
+        let body = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .expect("request body");
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap();
+        send.send_response(response);
+        if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).expect("a JSON body")
+        }
+    }
+}
+
+async fn setup(grace: Duration) -> (Controller, MockApi, Arc<Ipam>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = Cli::parse_from(["routeplane-ipam"]).load().unwrap();
+    let (ipam, _) = Ipam::start(
+        loaded.core,
+        dir.path(),
+        IpamOptions::default(),
+        routeplane_runtime::shutdown::Shutdown::new(),
+    )
+    .unwrap();
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    (
+        Controller::new(client, ipam.clone(), grace),
+        MockApi(handle),
+        ipam,
+        dir,
+    )
+}
+
+fn node(name: &str, ip: &str, labels: &[(&str, &str)], version: &str) -> Value {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "resourceVersion": version, "labels": labels},
+        "spec": {},
+        "status": {"addresses": [{"type": "Hostname", "address": name}, {"type": "InternalIP", "address": ip}]}
+    })
+}
+
+fn service(type_: &str, load_balancer_ip: Option<&str>, ingress: &[&str]) -> Value {
+    let ingress: Vec<Value> = ingress.iter().map(|ip| json!({"ip": ip})).collect();
+    let mut spec = json!({"type": type_, "ports": [{"port": 80}]});
+    if let Some(ip) = load_balancer_ip {
+        spec["loadBalancerIP"] = json!(ip);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default", "resourceVersion": "3", "uid": "u-1"},
+        "spec": spec,
+        "status": {"loadBalancer": {"ingress": ingress}}
+    })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> T {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+/// A controller call that must not reach the API: the mock answers nothing, so a request would hang.
+async fn without_api_calls<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the controller made an API request it had no reason for")
+}
+
+fn conflict() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+           "message": "the object has been modified; please apply your changes to the latest version and try again"})
+}
+
+#[tokio::test]
+async fn a_node_added_gets_a_pod_cidr_written_to_its_spec_and_annotation() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let n1 = node("worker-1", "10.4.94.11", &[], "5");
+    let object: Node = typed(&n1);
+    let (result, patch) = tokio::join!(
+        controller.node_applied(&object),
+        api.expect("PATCH", "/api/v1/nodes/worker-1", 200, n1.clone())
+    );
+    result.unwrap();
+    let held = ipam.node("worker-1").unwrap();
+    assert_eq!(
+        held.addresses,
+        vec!["10.4.94.11".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let cidr = held.pod_cidrs[0].to_string();
+    assert_eq!(
+        patch["metadata"]["annotations"]["routeplane.io/pod-cidrs"],
+        json!(cidr)
+    );
+    assert_eq!(patch["spec"]["podCIDRs"], json!([cidr]));
+    assert_eq!(
+        patch["metadata"]["resourceVersion"],
+        json!("5"),
+        "the write is guarded by the version read"
+    );
+}
+
+#[tokio::test]
+async fn a_label_change_follows_the_node_without_moving_its_cidr() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let n1 = node("worker-1", "10.4.83.11", &[], "5");
+    let object: Node = typed(&n1);
+    let (result, _) = tokio::join!(
+        controller.node_applied(&object),
+        api.expect("PATCH", "/api/v1/nodes/worker-1", 200, n1.clone())
+    );
+    result.unwrap();
+    let cidr = ipam.node("worker-1").unwrap().pod_cidrs[0].to_string();
+
+    // The Node now shows the allocation and carries the seed's label: IPAM takes the label, and no
+    // write is needed (the mock would fail an unexpected request at the next expect).
+    let mut labelled = node(
+        "worker-1",
+        "10.4.83.11",
+        &[("kubernetes/route", "bgp-peer-83")],
+        "6",
+    );
+    labelled["metadata"]["annotations"] = json!({"routeplane.io/pod-cidrs": cidr});
+    labelled["spec"]["podCIDRs"] = json!([cidr]);
+    without_api_calls(controller.node_applied(&typed::<Node>(&labelled)))
+        .await
+        .unwrap();
+    let held = ipam.node("worker-1").unwrap();
+    assert_eq!(
+        held.labels.get("kubernetes/route").map(String::as_str),
+        Some("bgp-peer-83")
+    );
+    assert_eq!(held.pod_cidrs[0].to_string(), cidr, "the CIDR stays");
+}
+
+#[tokio::test]
+async fn a_deleted_node_is_released_after_the_grace_and_a_returning_one_is_not() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    for (name, ip) in [("gone", "10.4.94.11"), ("back", "10.4.94.12")] {
+        let n = node(name, ip, &[], "1");
+        let path = format!("/api/v1/nodes/{name}");
+        let object: Node = typed(&n);
+        let (result, _) = tokio::join!(
+            controller.node_applied(&object),
+            api.expect("PATCH", &path, 200, n.clone())
+        );
+        result.unwrap();
+    }
+    let back_cidr = ipam.node("back").unwrap().pod_cidrs.clone();
+    controller.node_deleted("gone");
+    controller.node_deleted("back");
+    assert!(
+        controller.release_due(Instant::now()).await.is_empty(),
+        "nothing before the grace"
+    );
+    assert!(ipam.node("gone").is_ok());
+
+    // "back" is re-created within the grace (already annotated: no write).
+    let mut again = node("back", "10.4.94.12", &[], "9");
+    let text = back_cidr[0].to_string();
+    again["metadata"]["annotations"] = json!({"routeplane.io/pod-cidrs": text});
+    again["spec"]["podCIDRs"] = json!([text]);
+    without_api_calls(controller.node_applied(&typed::<Node>(&again)))
+        .await
+        .unwrap();
+
+    let released = controller
+        .release_due(Instant::now() + Duration::from_secs(61))
+        .await;
+    assert_eq!(released, vec!["gone".to_string()]);
+    assert!(ipam.node("gone").is_err(), "its CIDR went back to the pool");
+    assert_eq!(ipam.node("back").unwrap().pod_cidrs, back_cidr);
+}
+
+#[tokio::test]
+async fn a_conflicting_node_write_reads_the_node_again_and_retries() {
+    let (controller, mut api, _ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let n1 = node("worker-1", "10.4.94.11", &[], "5");
+    let newer = node("worker-1", "10.4.94.11", &[("zone", "a")], "6");
+    let object: Node = typed(&n1);
+    let (result, (first, second)) = tokio::join!(controller.node_applied(&object), async {
+        let first = api
+            .expect("PATCH", "/api/v1/nodes/worker-1", 409, conflict())
+            .await;
+        api.expect("GET", "/api/v1/nodes/worker-1", 200, newer.clone())
+            .await;
+        let second = api
+            .expect("PATCH", "/api/v1/nodes/worker-1", 200, newer.clone())
+            .await;
+        (first, second)
+    });
+    result.unwrap();
+    assert_eq!(first["metadata"]["resourceVersion"], json!("5"));
+    assert_eq!(
+        second["metadata"]["resourceVersion"],
+        json!("6"),
+        "the retry carries the version it read"
+    );
+    assert_eq!(
+        second["metadata"]["annotations"],
+        first["metadata"]["annotations"]
+    );
+}
+
+#[tokio::test]
+async fn a_load_balancer_gets_an_address_in_its_status_and_gives_it_back_when_deleted() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let svc = service("LoadBalancer", None, &[]);
+    let object: Service = typed(&svc);
+    let (result, patch) = tokio::join!(
+        controller.service_applied(&object),
+        api.expect(
+            "PATCH",
+            "/api/v1/namespaces/default/services/web/status",
+            200,
+            svc.clone()
+        )
+    );
+    result.unwrap();
+    let held = ipam.service_ips();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].service, "default/web");
+    assert_eq!(
+        patch["status"]["loadBalancer"]["ingress"],
+        json!([{"ip": held[0].ip.to_string()}])
+    );
+    controller.service_deleted("default/web").await.unwrap();
+    assert!(ipam.service_ips().is_empty());
+}
+
+#[tokio::test]
+async fn a_service_no_longer_load_balancer_releases_its_address_and_clears_its_status() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let given = ipam
+        .allocate_service_ip("default/web", None, None, None)
+        .await
+        .unwrap();
+    let svc = service("ClusterIP", None, &[&given.ip.to_string()]);
+    let object: Service = typed(&svc);
+    let (result, patch) = tokio::join!(
+        controller.service_applied(&object),
+        api.expect(
+            "PATCH",
+            "/api/v1/namespaces/default/services/web/status",
+            200,
+            svc.clone()
+        )
+    );
+    result.unwrap();
+    assert!(ipam.service_ips().is_empty());
+    assert_eq!(patch["status"]["loadBalancer"]["ingress"], json!([]));
+}
+
+#[tokio::test]
+async fn a_requested_address_that_is_taken_is_an_event_and_a_pending_status_not_a_crash() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    ipam.allocate_service_ip(
+        "default/other",
+        None,
+        Some("10.5.120.53".parse().unwrap()),
+        None,
+    )
+    .await
+    .unwrap();
+    let svc = service("LoadBalancer", Some("10.5.120.53"), &[]);
+    let object: Service = typed(&svc);
+    let (result, event) = tokio::join!(
+        controller.service_applied(&object),
+        api.expect("POST", "/api/v1/namespaces/default/events", 201, json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1", "namespace": "default"}, "involvedObject": {}}))
+    );
+    result.unwrap();
+    assert_eq!(event["type"], json!("Warning"));
+    assert_eq!(event["reason"], json!("AllocationFailed"));
+    assert_eq!(event["involvedObject"]["name"], json!("web"));
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains("10.5.120.53"),
+        "the event names the address: {message}"
+    );
+    assert_eq!(
+        ipam.service_ips().len(),
+        1,
+        "the other Service keeps its address"
+    );
+}
+
+#[tokio::test]
+async fn a_conflicting_status_write_reads_the_service_again_and_retries() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let svc = service("LoadBalancer", None, &[]);
+    let mut newer = svc.clone();
+    newer["metadata"]["resourceVersion"] = json!("4");
+    let object: Service = typed(&svc);
+    let (result, second) = tokio::join!(controller.service_applied(&object), async {
+        api.expect(
+            "PATCH",
+            "/api/v1/namespaces/default/services/web/status",
+            409,
+            conflict(),
+        )
+        .await;
+        api.expect(
+            "GET",
+            "/api/v1/namespaces/default/services/web",
+            200,
+            newer.clone(),
+        )
+        .await;
+        api.expect(
+            "PATCH",
+            "/api/v1/namespaces/default/services/web/status",
+            200,
+            newer.clone(),
+        )
+        .await
+    });
+    result.unwrap();
+    let held = ipam.service_ips();
+    assert_eq!(held.len(), 1, "one address, not a second one for the retry");
+    assert_eq!(second["metadata"]["resourceVersion"], json!("4"));
+    assert_eq!(
+        second["status"]["loadBalancer"]["ingress"],
+        json!([{"ip": held[0].ip.to_string()}])
+    );
+}
