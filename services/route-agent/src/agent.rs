@@ -14,6 +14,7 @@ use routeplane_runtime::shutdown::Shutdown;
 use routeplane_runtime::telemetry::TelemetryArgs;
 use routeplane_watch::{FeedEvent, FeedNode};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::desired::{PeerNode, desired};
 use crate::kernel::{Kernel, KernelError};
@@ -44,6 +45,10 @@ pub struct Cli {
     /// Node labels as KEY=VALUE (repeat for several), e.g. kubernetes/route=bgp-peer-83.
     #[arg(long = "label", env = "ROUTEPLANE_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Kubernetes mode: take the labels from this node's Node object (and follow their changes),
+    /// with the in-cluster credentials or KUBECONFIG; --label flags apply on top.
+    #[arg(long, env = "ROUTEPLANE_KUBERNETES")]
+    pub kubernetes: bool,
     /// Where the node's allocation is cached.
     #[arg(
         long,
@@ -269,13 +274,14 @@ async fn register(
     cli: &Cli,
     name: &str,
     addresses: &[IpAddr],
+    labels: &BTreeMap<String, String>,
     shutdown: &Shutdown,
 ) -> Option<Allocation> {
     let cache = cli.cache_dir.join("allocation.json");
     let request = pb::RegisterNodeRequest {
         name: name.to_string(),
         addresses: addresses.iter().map(ToString::to_string).collect(),
-        labels: cli.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        labels: labels.clone().into_iter().collect::<HashMap<_, _>>(),
     };
     let mut warned = false;
     while !shutdown.is_triggered() {
@@ -331,7 +337,13 @@ async fn register(
 }
 
 /// Renews the lease a few times per TTL; registers again if IPAM no longer knows the node.
-async fn keep_alive(cli: &Cli, name: &str, addresses: &[IpAddr], shutdown: &Shutdown) {
+async fn keep_alive(
+    cli: &Cli,
+    name: &str,
+    addresses: &[IpAddr],
+    labels: &watch::Receiver<BTreeMap<String, String>>,
+    shutdown: &Shutdown,
+) {
     let mut period = Duration::from_secs(5);
     while !shutdown.is_triggered() {
         tokio::select! {
@@ -357,11 +369,42 @@ async fn keep_alive(cli: &Cli, name: &str, addresses: &[IpAddr], shutdown: &Shut
             }
             Err(s) if s.code() == tonic::Code::NotFound => {
                 tracing::warn!("IPAM does not know this node any more: registering again");
-                register(cli, name, addresses, shutdown).await;
+                let current = labels.borrow().clone();
+                register(cli, name, addresses, &current, shutdown).await;
             }
             Err(s) => tracing::warn!(error = %s.message(), "lease renewal failed; retrying"),
         }
     }
+}
+
+/// The labels to register with: the flags; in Kubernetes mode the Node's too, followed from then on.
+async fn start_labels(
+    cli: &Cli,
+    name: &str,
+    shutdown: &Shutdown,
+) -> Result<watch::Receiver<BTreeMap<String, String>>, AgentError> {
+    let flags: BTreeMap<String, String> = cli.labels.iter().cloned().collect();
+    if !cli.kubernetes {
+        return Ok(watch::channel(flags).1);
+    }
+    let client = kube::Client::try_default().await.map_err(|e| {
+        AgentError::Start(format!(
+            "--kubernetes: no Kubernetes API credentials (in-cluster service account or KUBECONFIG): {e}"
+        ))
+    })?;
+    let node_labels = crate::node_labels::fetch(&client, name)
+        .await
+        .map_err(|e| AgentError::Start(format!("--kubernetes: cannot read Node {name}: {e}")))?;
+    let (tx, rx) = watch::channel(crate::node_labels::effective(&node_labels, &cli.labels));
+    tracing::info!(labels = ?*rx.borrow(), "labels from the Node object");
+    tokio::spawn(crate::node_labels::follow(
+        client,
+        name.to_string(),
+        cli.labels.clone(),
+        tx,
+        shutdown.clone(),
+    ));
+    Ok(rx)
 }
 
 pub async fn run(cli: Cli) -> Result<(), AgentError> {
@@ -401,7 +444,9 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             Some(dp)
         }
     };
-    let Some(alloc) = register(&cli, &name, &addresses, &shutdown).await else {
+    let labels = start_labels(&cli, &name, &shutdown).await?;
+    let initial = labels.borrow().clone();
+    let Some(alloc) = register(&cli, &name, &addresses, &initial, &shutdown).await else {
         return Ok(());
     };
     if let Err(e) = kernel.ensure_router(&owned(&alloc)).await {
@@ -443,11 +488,18 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     ));
     let mut tick = tokio::time::interval(cli.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let keeper = keep_alive(&cli, &name, &addresses, &shutdown);
+    let mut label_changes = labels.clone();
+    let keeper = keep_alive(&cli, &name, &addresses, &labels, &shutdown);
     tokio::pin!(keeper);
     loop {
         tokio::select! {
             () = &mut keeper => {}
+            Ok(()) = label_changes.changed() => {
+                // IPAM keeps the node's CIDR; only its labels (and so its BGP peers) change.
+                let current = label_changes.borrow_and_update().clone();
+                register(&cli, &name, &addresses, &current, &shutdown).await;
+                continue;
+            }
             ev = feed.recv() => {
                 let mut s = lock(&shared);
                 match ev {
