@@ -690,3 +690,45 @@ fn announced_paths_reach_bird_and_watch_events_report_them() {
     );
     assert!(text.contains("\"withdrawn\""), "and the withdrawal: {text}");
 }
+
+/// The router side of routeplane-bgp on Kubernetes, where its pods may run on any node: BIRD
+/// accepts a session from any address of the node subnet (`neighbor range`, the README's
+/// snippet verbatim) and learns the pod CIDRs from it, without naming routeplane's address.
+#[test]
+fn bird_with_a_neighbor_range_accepts_routeplane_from_a_node_address_it_was_not_told() {
+    if !lab::privileged(
+        "bird_with_a_neighbor_range_accepts_routeplane_from_a_node_address_it_was_not_told",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("n");
+    let tor = lab.add_router("10.4.36.250");
+    // README: "Routers for routeplane-bgp on Kubernetes".
+    let snippet = "  local 10.4.36.250 as 64512;\n  neighbor range 10.4.36.0/24 internal;\n  dynamic name \"routeplane\";\n  direct;\n  graceful restart on;\n  ipv4 { import all; export none; };";
+    lab.start_bird_on(tor, "10.4.36.250", snippet);
+    lab.start_routeplane_config(
+        "peers:\n  - peer-address: 10.4.36.250\n    peer-asn: 64512\n    my-asn: 64512\naddress-pools:\n  - name: default\n    protocol: bgp\n    addresses: [10.5.120.0/24]\n",
+        &[],
+    );
+    lab.grpc(
+        50051,
+        "routeplane.ipam.v1.Ipam/RegisterNode",
+        r#"{"name": "n83a", "addresses": ["10.4.36.21"]}"#,
+    );
+    lab.wait_for(
+        "BIRD learns the pod CIDR over the ranged session",
+        Duration::from_secs(20),
+        || {
+            routes_on(&lab, tor)
+                .iter()
+                .any(|r| r.0.starts_with("10.5.11") && r.1 == "10.4.36.21")
+        },
+    );
+    let protocols = lab.birdc_on(tor, "show protocols");
+    assert!(
+        protocols
+            .lines()
+            .any(|l| l.starts_with("routeplane1") && l.contains("Established")),
+        "BIRD spawned a session for routeplane's address:\n{protocols}"
+    );
+}
