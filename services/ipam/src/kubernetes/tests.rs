@@ -106,6 +106,22 @@ async fn without_api_calls<T>(call: impl std::future::Future<Output = T>) -> T {
         .expect("the controller made an API request it had no reason for")
 }
 
+/// Applies the Service, expecting one status write (answered 200); returns what was written.
+async fn applied_with_status_write(
+    controller: &Controller,
+    api: &mut MockApi,
+    svc: &Value,
+) -> Value {
+    let object: Service = typed(svc);
+    let status_path = "/api/v1/namespaces/default/services/web/status";
+    let (result, patch) = tokio::join!(
+        controller.service_applied(&object),
+        api.expect("PATCH", status_path, 200, svc.clone())
+    );
+    result.unwrap();
+    patch
+}
+
 fn conflict() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
            "message": "the object has been modified; please apply your changes to the latest version and try again"})
@@ -245,17 +261,7 @@ async fn a_conflicting_node_write_reads_the_node_again_and_retries() {
 async fn a_load_balancer_gets_an_address_in_its_status_and_gives_it_back_when_deleted() {
     let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
     let svc = service("LoadBalancer", None, &[]);
-    let object: Service = typed(&svc);
-    let (result, patch) = tokio::join!(
-        controller.service_applied(&object),
-        api.expect(
-            "PATCH",
-            "/api/v1/namespaces/default/services/web/status",
-            200,
-            svc.clone()
-        )
-    );
-    result.unwrap();
+    let patch = applied_with_status_write(&controller, &mut api, &svc).await;
     let held = ipam.service_ips();
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].service, "default/web");
@@ -275,17 +281,7 @@ async fn a_service_no_longer_load_balancer_releases_its_address_and_clears_its_s
         .await
         .unwrap();
     let svc = service("ClusterIP", None, &[&given.ip.to_string()]);
-    let object: Service = typed(&svc);
-    let (result, patch) = tokio::join!(
-        controller.service_applied(&object),
-        api.expect(
-            "PATCH",
-            "/api/v1/namespaces/default/services/web/status",
-            200,
-            svc.clone()
-        )
-    );
-    result.unwrap();
+    let patch = applied_with_status_write(&controller, &mut api, &svc).await;
     assert!(ipam.service_ips().is_empty());
     assert_eq!(patch["status"]["loadBalancer"]["ingress"], json!([]));
 }
