@@ -292,6 +292,19 @@ impl Controller {
         Ok(())
     }
 
+    /// After a full list of the Services (`listed`: the keys of LoadBalancer Services): releases the
+    /// addresses of Services that went while routeplane-ipam was not watching; returns their keys.
+    pub async fn services_listed(
+        &self,
+        listed: &BTreeSet<String>,
+    ) -> Result<Vec<String>, KubeError> {
+        let orphaned = services::orphaned(listed, &self.ipam.service_ips());
+        for key in &orphaned {
+            self.service_deleted(key).await?;
+        }
+        Ok(orphaned)
+    }
+
     /// `status.loadBalancer.ingress`, guarded by the version the decision was made on.
     async fn set_ingress(
         &self,
@@ -394,16 +407,27 @@ async fn watch_services(controller: Arc<Controller>, shutdown: Shutdown) {
     let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
+    let mut listed = BTreeSet::new();
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(Ok(watcher::Event::Apply(service) | watcher::Event::InitApply(service))) => {
+                Some(Ok(watcher::Event::Init)) => listed.clear(),
+                Some(Ok(watcher::Event::InitApply(service))) => {
+                    let kube = KubeService::from(&service);
+                    if kube.load_balancer {
+                        listed.insert(kube.key);
+                    }
+                    log_failure("service", controller.service_applied(&service).await);
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    log_failure("services", controller.services_listed(&listed).await.map(drop));
+                }
+                Some(Ok(watcher::Event::Apply(service))) => {
                     log_failure("service", controller.service_applied(&service).await);
                 }
                 Some(Ok(watcher::Event::Delete(service))) => {
                     log_failure("service", controller.service_deleted(&KubeService::from(&service).key).await);
                 }
-                Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
                 Some(Err(e)) => tracing::warn!(error = %e, "watching Services; retrying"),
                 None => return,
             },

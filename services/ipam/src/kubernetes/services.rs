@@ -96,6 +96,19 @@ pub fn plan(service: &KubeService, held: Option<&ServiceIp>) -> Vec<ServiceActio
     steps
 }
 
+/// After a full list of the Services: the IPAM keys no listed LoadBalancer Service holds — Services
+/// deleted, or changed away from LoadBalancer, while routeplane-ipam was not watching (it restarts
+/// with `Recreate`). In Kubernetes mode the Services are the record of LoadBalancer IPs.
+pub fn orphaned<'a>(
+    listed: &std::collections::BTreeSet<String>,
+    held: impl IntoIterator<Item = &'a ServiceIp>,
+) -> Vec<String> {
+    held.into_iter()
+        .filter(|h| !listed.contains(&h.service))
+        .map(|h| h.service.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +184,20 @@ mod tests {
         );
         s.ingress.clear();
         assert!(plan(&s, None).is_empty());
+    }
+
+    #[test]
+    fn addresses_of_services_gone_while_not_watching_are_orphaned() {
+        let listed: std::collections::BTreeSet<String> = ["default/web".to_string()].into();
+        let gone = ServiceIp {
+            service: "default/gone".into(),
+            ip: "10.5.120.8".parse().unwrap(),
+            pool: "default".into(),
+        };
+        assert_eq!(
+            orphaned(&listed, [&held("10.5.120.7", "default"), &gone]),
+            vec!["default/gone".to_string()]
+        );
     }
 
     #[test]

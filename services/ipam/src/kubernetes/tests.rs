@@ -358,3 +358,20 @@ async fn a_conflicting_status_write_reads_the_service_again_and_retries() {
         json!([{"ip": held[0].ip.to_string()}])
     );
 }
+
+#[tokio::test]
+async fn addresses_of_services_deleted_while_not_watching_go_back_after_the_full_list() {
+    let (controller, _api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    for key in ["default/web", "default/gone"] {
+        ipam.allocate_service_ip(key, None, None, None)
+            .await
+            .unwrap();
+    }
+    let listed = ["default/web".to_string()].into();
+    let released = without_api_calls(controller.services_listed(&listed))
+        .await
+        .unwrap();
+    assert_eq!(released, vec!["default/gone".to_string()]);
+    let held: Vec<String> = ipam.service_ips().into_iter().map(|s| s.service).collect();
+    assert_eq!(held, vec!["default/web".to_string()]);
+}
