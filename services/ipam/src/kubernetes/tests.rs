@@ -375,3 +375,117 @@ async fn addresses_of_services_deleted_while_not_watching_go_back_after_the_full
     let held: Vec<String> = ipam.service_ips().into_iter().map(|s| s.service).collect();
     assert_eq!(held, vec!["default/web".to_string()]);
 }
+
+/// The Node watch loop itself, over the mocked API: a full list registers and writes back, and a
+/// DELETED event from the watch starts the node's grace.
+#[tokio::test]
+async fn the_node_watch_lists_registers_and_follows_a_deletion() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let controller = Arc::new(controller);
+    let shutdown = routeplane_runtime::shutdown::Shutdown::new();
+    let watching = tokio::spawn(super::watch_nodes(controller.clone(), shutdown.clone()));
+    let n1 = node("worker-1", "10.4.94.11", &[], "7");
+    let list = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "7"}, "items": [n1]});
+    api.expect("GET", "/api/v1/nodes", 200, list).await;
+    api.expect("PATCH", "/api/v1/nodes/worker-1", 200, n1.clone())
+        .await;
+    assert!(ipam.node("worker-1").is_ok(), "listed node registered");
+    let deleted = format!("{}\n", json!({"type": "DELETED", "object": n1}));
+    let (request, send) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("watch=true"),
+        "then a watch: {}",
+        request.uri()
+    );
+    send.send_response(
+        Response::builder()
+            .body(Body::from(deleted.into_bytes()))
+            .unwrap(),
+    );
+    // The deletion is processed before the watcher asks again (its next request).
+    let (_again, _keep_open) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        controller
+            .release_due(Instant::now() + Duration::from_secs(61))
+            .await,
+        vec!["worker-1".to_string()]
+    );
+    assert!(ipam.node("worker-1").is_err());
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), watching)
+        .await
+        .expect("the watch loop ends on shutdown")
+        .unwrap();
+}
+
+/// The Service watch loop over the mocked API: the full list gives the listed LoadBalancer its
+/// address, takes back the address of one deleted while not watching, and a DELETED event from
+/// the watch releases the listed one.
+#[tokio::test]
+async fn the_service_watch_lists_allocates_reclaims_and_follows_a_deletion() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    ipam.allocate_service_ip("default/gone", None, None, None)
+        .await
+        .unwrap();
+    let controller = Arc::new(controller);
+    let shutdown = routeplane_runtime::shutdown::Shutdown::new();
+    let watching = tokio::spawn(super::watch_services(controller.clone(), shutdown.clone()));
+    let svc = service("LoadBalancer", None, &[]);
+    let list = json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "3"}, "items": [svc]});
+    api.expect("GET", "/api/v1/services", 200, list).await;
+    api.expect(
+        "PATCH",
+        "/api/v1/namespaces/default/services/web/status",
+        200,
+        svc.clone(),
+    )
+    .await;
+    let (request, send) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    let held: Vec<String> = ipam.service_ips().into_iter().map(|s| s.service).collect();
+    assert_eq!(
+        held,
+        vec!["default/web".to_string()],
+        "listed one allocated, the one gone reclaimed"
+    );
+    assert!(
+        request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("watch=true"),
+        "then a watch: {}",
+        request.uri()
+    );
+    let deleted = format!("{}\n", json!({"type": "DELETED", "object": svc}));
+    send.send_response(
+        Response::builder()
+            .body(Body::from(deleted.into_bytes()))
+            .unwrap(),
+    );
+    let (_again, _keep_open) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        ipam.service_ips().is_empty(),
+        "the deleted Service's address went back"
+    );
+    shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(5), watching)
+        .await
+        .expect("the watch loop ends on shutdown")
+        .unwrap();
+}
