@@ -21,10 +21,9 @@ pub enum ServeError {
     Ipam(#[from] IpamError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error(
-        "--kubernetes: no Kubernetes API credentials (in-cluster service account or KUBECONFIG): {0}"
-    )]
-    Kubernetes(#[from] kube::Error),
+    /// Kubernetes mode without API credentials; the message says which were looked for.
+    #[error("{0}")]
+    Kubernetes(String),
 }
 
 pub async fn run(cli: Cli) -> Result<(), ServeError> {
@@ -66,7 +65,9 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let metrics_listener = bind(cli.metrics_listen).await?;
     let registry = Arc::new(crate::metrics::registry(ipam.clone()));
     if cli.kubernetes {
-        let client = kube::Client::try_default().await?;
+        let client = routeplane_kubernetes::client()
+            .await
+            .map_err(ServeError::Kubernetes)?;
         tracing::info!(release_grace = ?cli.node_release_grace, "Kubernetes mode: following Nodes and LoadBalancer Services");
         tokio::spawn(crate::kubernetes::run(
             client,

@@ -46,7 +46,8 @@ pub struct Cli {
     #[arg(long = "label", env = "ROUTEPLANE_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Kubernetes mode: take the labels from this node's Node object (and follow their changes),
-    /// with the in-cluster credentials or KUBECONFIG; --label flags apply on top.
+    /// and its addresses unless --address is given, with the in-cluster credentials or KUBECONFIG;
+    /// --label flags apply on top.
     #[arg(long, env = "ROUTEPLANE_KUBERNETES")]
     pub kubernetes: bool,
     /// Where the node's allocation is cached.
@@ -377,34 +378,33 @@ async fn keep_alive(
     }
 }
 
-/// The labels to register with: the flags; in Kubernetes mode the Node's too, followed from then on.
-async fn start_labels(
+/// The labels to register with — the flags; in Kubernetes mode the Node's too, followed from then
+/// on — and in Kubernetes mode the Node's addresses.
+async fn from_node_object(
     cli: &Cli,
     name: &str,
     shutdown: &Shutdown,
-) -> Result<watch::Receiver<BTreeMap<String, String>>, AgentError> {
+) -> Result<(watch::Receiver<BTreeMap<String, String>>, Vec<IpAddr>), AgentError> {
     let flags: BTreeMap<String, String> = cli.labels.iter().cloned().collect();
     if !cli.kubernetes {
-        return Ok(watch::channel(flags).1);
+        return Ok((watch::channel(flags).1, Vec::new()));
     }
-    let client = kube::Client::try_default().await.map_err(|e| {
-        AgentError::Start(format!(
-            "--kubernetes: no Kubernetes API credentials (in-cluster service account or KUBECONFIG): {e}"
-        ))
-    })?;
-    let node_labels = crate::node_labels::fetch(&client, name)
+    let client = routeplane_kubernetes::client()
+        .await
+        .map_err(AgentError::Start)?;
+    let (node_labels, addresses) = crate::node_object::fetch(&client, name)
         .await
         .map_err(|e| AgentError::Start(format!("--kubernetes: cannot read Node {name}: {e}")))?;
-    let (tx, rx) = watch::channel(crate::node_labels::effective(&node_labels, &cli.labels));
-    tracing::info!(labels = ?*rx.borrow(), "labels from the Node object");
-    tokio::spawn(crate::node_labels::follow(
+    let (tx, rx) = watch::channel(crate::node_object::effective(&node_labels, &cli.labels));
+    tracing::info!(labels = ?*rx.borrow(), ?addresses, "labels and addresses from the Node object");
+    tokio::spawn(crate::node_object::follow(
         client,
         name.to_string(),
         cli.labels.clone(),
         tx,
         shutdown.clone(),
     ));
-    Ok(rx)
+    Ok((rx, addresses))
 }
 
 pub async fn run(cli: Cli) -> Result<(), AgentError> {
@@ -423,10 +423,13 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             .map(|h| h.trim().to_string())
             .map_err(|e| AgentError::Start(format!("no --node-name and no hostname: {e}")))?,
     };
-    let addresses = if cli.addresses.is_empty() {
-        kernel.addresses().await?
-    } else {
+    let (labels, node_addresses) = from_node_object(&cli, &name, &shutdown).await?;
+    let addresses = if !cli.addresses.is_empty() {
         cli.addresses.clone()
+    } else if !node_addresses.is_empty() {
+        node_addresses
+    } else {
+        kernel.addresses().await?
     };
     if addresses.is_empty() {
         return Err(AgentError::Start(
@@ -444,7 +447,6 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             Some(dp)
         }
     };
-    let labels = start_labels(&cli, &name, &shutdown).await?;
     let initial = labels.borrow().clone();
     let Some(alloc) = register(&cli, &name, &addresses, &initial, &shutdown).await else {
         return Ok(());

@@ -17,5 +17,5 @@ pub mod grpc;
 pub mod kernel;
 pub mod lpm;
 pub mod metrics;
-pub mod node_labels;
+pub mod node_object;
 pub mod reconcile;

@@ -52,23 +52,9 @@ fn is_conflict(e: &KubeError) -> bool {
 
 impl From<&Node> for KubeNode {
     fn from(node: &Node) -> KubeNode {
-        let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
-        let of_type = |kind: &str| -> Vec<std::net::IpAddr> {
-            addresses
-                .into_iter()
-                .flatten()
-                .filter(|a| a.type_ == kind)
-                .filter_map(|a| a.address.parse().ok())
-                .collect()
-        };
-        let internal = of_type("InternalIP");
         KubeNode {
             name: node.name_any(),
-            addresses: if internal.is_empty() {
-                of_type("ExternalIP")
-            } else {
-                internal
-            },
+            addresses: routeplane_kubernetes::node_addresses(node),
             labels: node.labels().clone(),
             spec_pod_cidrs: node
                 .spec

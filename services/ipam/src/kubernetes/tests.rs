@@ -7,49 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use http::{Request, Response};
 use k8s_openapi::api::core::v1::{Node, Service};
-use kube::client::Body;
+use routeplane_kubernetes::mock::{MockApi, Reply, answer_bytes};
 use serde_json::{Value, json};
 
 use super::Controller;
 use crate::ipam::{Ipam, IpamOptions};
 use crate::settings::Cli;
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// The mocked API server: each `expect` takes the controller's next request, checks its method and
-/// path, answers with `status` and `reply`, and returns the request's JSON body.
-struct MockApi(Handle);
-
-impl MockApi {
-    async fn expect(&mut self, method: &str, path: &str, status: u16, reply: Value) -> Value {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("no request came; expected {method} {path}"))
-            .expect("the client is gone");
-        assert_eq!(
-            (request.method().as_str(), request.uri().path()),
-            (method, path),
-            "the controller's request"
-        );
-        let body = request
-            .into_body()
-            .collect_bytes()
-            .await
-            .expect("request body");
-        let response = Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap();
-        send.send_response(response);
-        if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).expect("a JSON body")
-        }
-    }
-}
 
 async fn setup(grace: Duration) -> (Controller, MockApi, Arc<Ipam>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -61,14 +25,8 @@ async fn setup(grace: Duration) -> (Controller, MockApi, Arc<Ipam>, tempfile::Te
         routeplane_runtime::shutdown::Shutdown::new(),
     )
     .unwrap();
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
-    (
-        Controller::new(client, ipam.clone(), grace),
-        MockApi(handle),
-        ipam,
-        dir,
-    )
+    let (client, api) = MockApi::new();
+    (Controller::new(client, ipam.clone(), grace), api, ipam, dir)
 }
 
 fn node(name: &str, ip: &str, labels: &[(&str, &str)], version: &str) -> Value {
@@ -120,6 +78,33 @@ async fn applied_with_status_write(
     );
     result.unwrap();
     patch
+}
+
+/// The watcher's watch request (after its list), not answered yet.
+async fn take_watch(api: &mut MockApi) -> Reply {
+    let (request, send) = api.next("a watch").await;
+    let query = request.uri().query().unwrap_or_default().to_string();
+    assert!(
+        query.contains("watch=true"),
+        "then a watch: {}",
+        request.uri()
+    );
+    send
+}
+
+/// Answers a watch with one event, then waits for the watcher's next request, which it makes only
+/// once the loop has handled that event.
+async fn deliver(api: &mut MockApi, watch: Reply, event: Value) {
+    answer_bytes(watch, 200, format!("{event}\n").into_bytes());
+    let _next = api
+        .next("the watcher's next request, after the event")
+        .await;
+}
+
+/// Takes the watch request and delivers one event on it.
+async fn watch_delivers(api: &mut MockApi, event: Value) {
+    let watch = take_watch(api).await;
+    deliver(api, watch, event).await;
 }
 
 fn conflict() -> Value {
@@ -390,30 +375,7 @@ async fn the_node_watch_lists_registers_and_follows_a_deletion() {
     api.expect("PATCH", "/api/v1/nodes/worker-1", 200, n1.clone())
         .await;
     assert!(ipam.node("worker-1").is_ok(), "listed node registered");
-    let deleted = format!("{}\n", json!({"type": "DELETED", "object": n1}));
-    let (request, send) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        request
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .contains("watch=true"),
-        "then a watch: {}",
-        request.uri()
-    );
-    send.send_response(
-        Response::builder()
-            .body(Body::from(deleted.into_bytes()))
-            .unwrap(),
-    );
-    // The deletion is processed before the watcher asks again (its next request).
-    let (_again, _keep_open) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
-        .await
-        .unwrap()
-        .unwrap();
+    watch_delivers(&mut api, json!({"type": "DELETED", "object": n1})).await;
     assert_eq!(
         controller
             .release_due(Instant::now() + Duration::from_secs(61))
@@ -450,35 +412,14 @@ async fn the_service_watch_lists_allocates_reclaims_and_follows_a_deletion() {
         svc.clone(),
     )
     .await;
-    let (request, send) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
-        .await
-        .unwrap()
-        .unwrap();
+    let watch = take_watch(&mut api).await;
     let held: Vec<String> = ipam.service_ips().into_iter().map(|s| s.service).collect();
     assert_eq!(
         held,
         vec!["default/web".to_string()],
         "listed one allocated, the one gone reclaimed"
     );
-    assert!(
-        request
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .contains("watch=true"),
-        "then a watch: {}",
-        request.uri()
-    );
-    let deleted = format!("{}\n", json!({"type": "DELETED", "object": svc}));
-    send.send_response(
-        Response::builder()
-            .body(Body::from(deleted.into_bytes()))
-            .unwrap(),
-    );
-    let (_again, _keep_open) = tokio::time::timeout(Duration::from_secs(10), api.0.next_request())
-        .await
-        .unwrap()
-        .unwrap();
+    deliver(&mut api, watch, json!({"type": "DELETED", "object": svc})).await;
     assert!(
         ipam.service_ips().is_empty(),
         "the deleted Service's address went back"

@@ -1,9 +1,12 @@
-//! The node's labels from its Kubernetes Node object (`--kubernetes`), for IPAM and BGP's
-//! node-selectors: read at start, then followed, so that labelling a node
+//! What the agent takes from its own Kubernetes Node object (`--kubernetes`): its labels, for
+//! IPAM and BGP's node-selectors — read at start, then followed, so that labelling a node
 //! (`kubectl label node worker-83-1 kubernetes/route=bgp-peer-83`) moves its pod CIDR to the
-//! peers that select it. `--label` flags are applied on top of the Node's labels.
+//! peers that select it; `--label` flags apply on top — and, unless `--address` is given, its
+//! addresses: the InternalIPs (ExternalIPs where it has none), the same ones routeplane-ipam's
+//! Kubernetes mode reads, so the two never register the node differently.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -22,10 +25,17 @@ pub fn effective(
     labels
 }
 
-/// The Node's labels now.
-pub async fn fetch(client: &Client, name: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+/// The Node's labels and addresses now.
+pub async fn fetch(
+    client: &Client,
+    name: &str,
+) -> Result<(BTreeMap<String, String>, Vec<IpAddr>), kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
-    Ok(api.get(name).await?.labels().clone())
+    let node = api.get(name).await?;
+    Ok((
+        node.labels().clone(),
+        routeplane_kubernetes::node_addresses(&node),
+    ))
 }
 
 /// Follows the Node named `name`, sending its effective labels whenever they change, until
@@ -68,8 +78,7 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Request, Response};
-    use kube::client::Body;
+    use routeplane_kubernetes::mock::MockApi;
 
     #[test]
     fn flags_override_the_node_labels() {
@@ -85,29 +94,23 @@ mod tests {
         assert_eq!(labels["zone"], "a");
     }
 
-    /// Over kube's mocked API: the agent asks for its own Node and takes its labels.
+    /// Over kube's mocked API: the agent asks for its own Node and takes its labels and address.
     #[tokio::test]
     async fn the_labels_come_from_the_nodes_own_object() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
+        let (client, mut api) = MockApi::new();
+        let node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "worker-83-1", "labels": {"kubernetes/route": "bgp-peer-83"}},
+            "status": {"addresses": [{"type": "Hostname", "address": "worker-83-1"}, {"type": "InternalIP", "address": "10.4.83.11"}]}});
         let server = async {
-            let (request, send) = handle.next_request().await.expect("a request");
-            assert_eq!(
-                (request.method().as_str(), request.uri().path()),
-                ("GET", "/api/v1/nodes/worker-83-1")
-            );
-            let node = serde_json::json!({"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": "worker-83-1", "labels": {"kubernetes/route": "bgp-peer-83"}}});
-            send.send_response(
-                Response::builder()
-                    .body(Body::from(serde_json::to_vec(&node).unwrap()))
-                    .unwrap(),
-            );
+            api.expect("GET", "/api/v1/nodes/worker-83-1", 200, node)
+                .await;
         };
-        let (labels, ()) = tokio::join!(fetch(&client, "worker-83-1"), server);
+        let (fetched, ()) = tokio::join!(fetch(&client, "worker-83-1"), server);
+        let (labels, addresses) = fetched.unwrap();
         assert_eq!(
-            labels.unwrap(),
+            labels,
             BTreeMap::from([("kubernetes/route".to_string(), "bgp-peer-83".to_string())])
         );
+        assert_eq!(addresses, vec!["10.4.83.11".parse::<IpAddr>().unwrap()]);
     }
 }
