@@ -249,6 +249,17 @@ impl Ipam {
             .await
     }
 
+    /// A node from the cluster's API: see [`IpamState::sync_node`] (readiness stays the agent's).
+    pub async fn sync_node(
+        &self,
+        name: &str,
+        addresses: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Node> {
+        self.commit(|s| s.sync_node(name, addresses, labels, Instant::now()))
+            .await
+    }
+
     pub fn node(&self, name: &str) -> Result<Node> {
         self.read(|s| s.node(name).cloned())
     }

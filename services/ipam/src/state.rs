@@ -102,6 +102,13 @@ impl NodeEntry {
     }
 }
 
+/// Whether registering a node renews its lease (its agent speaking) or leaves it (the cluster's API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseUpdate {
+    Renew,
+    Keep,
+}
+
 pub struct IpamState {
     families: Vec<Family>,
     default_masks: BTreeMap<Family, u8>,
@@ -267,6 +274,32 @@ impl IpamState {
         labels: BTreeMap<String, String>,
         now: Instant,
     ) -> Result<(Node, Option<Mutation>)> {
+        self.upsert_node(name, addresses, labels, now, LeaseUpdate::Renew)
+    }
+
+    /// A node as the cluster's API describes it (Kubernetes mode): created or updated with these
+    /// addresses and labels, its pod CIDRs allocated — but readiness stays the agent's to give. A
+    /// new node starts NotReady (nothing is advertised for it before its agent runs), and an
+    /// existing one keeps its lease, so a label change on a node whose agent is gone does not
+    /// bring its routes back.
+    pub fn sync_node(
+        &mut self,
+        name: &str,
+        addresses: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+        now: Instant,
+    ) -> Result<(Node, Option<Mutation>)> {
+        self.upsert_node(name, addresses, labels, now, LeaseUpdate::Keep)
+    }
+
+    fn upsert_node(
+        &mut self,
+        name: &str,
+        addresses: Vec<IpAddr>,
+        labels: BTreeMap<String, String>,
+        now: Instant,
+        lease: LeaseUpdate,
+    ) -> Result<(Node, Option<Mutation>)> {
         model::validate_node_name(name)?;
         model::validate_labels(&labels)?;
         let addresses: Vec<IpAddr> = addresses
@@ -291,7 +324,11 @@ impl IpamState {
                 )));
             }
         }
-        let lease_deadline = now + self.lease_ttl;
+        // Keep: a new node's lease is already over (it waits for its agent), an existing one's stays.
+        let lease_deadline = match lease {
+            LeaseUpdate::Renew => now + self.lease_ttl,
+            LeaseUpdate::Keep => self.nodes.get(name).map_or(now, |e| e.lease_deadline),
+        };
         let existing = self.nodes.get(name).map(|e| e.node.clone());
         let held: Vec<Family> = existing
             .iter()
@@ -315,12 +352,14 @@ impl IpamState {
             addresses: Vec::new(),
             labels: BTreeMap::new(),
             pod_cidrs: Vec::new(),
-            ready: true,
+            ready: false,
             revision: 0,
         });
         node.addresses = addresses;
         node.labels = labels;
-        node.ready = true;
+        if lease == LeaseUpdate::Renew {
+            node.ready = true;
+        }
         node.pod_cidrs.extend(new_cidrs.iter().copied());
         node.pod_cidrs.sort_by_key(|c| c.family());
         let entry = self

@@ -123,7 +123,7 @@ impl Controller {
         let ipam_node = if nodes::needs_register(&kube, held.as_ref()) {
             let registered = self
                 .ipam
-                .register_node(&kube.name, kube.addresses.clone(), kube.labels.clone())
+                .sync_node(&kube.name, kube.addresses.clone(), kube.labels.clone())
                 .await?;
             tracing::info!(node = %kube.name, cidrs = ?registered.pod_cidrs, labels = ?registered.labels, "node from the Kubernetes API");
             registered

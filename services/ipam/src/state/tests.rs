@@ -489,3 +489,50 @@ fn service_ips_publish_events() {
         Err(IpamError::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn a_node_from_the_cluster_api_waits_for_its_agent_to_be_ready() {
+    let mut s = seed();
+    let t0 = Instant::now();
+    let (n, m) = s
+        .sync_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    assert!(!n.ready, "nothing is advertised before the agent runs");
+    assert_eq!(n.pod_cidrs.len(), 1, "the CIDR is allocated at once");
+    assert!(m.is_some());
+    let (n, _) = s
+        .register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    assert!(n.ready, "the agent's registration makes it Ready");
+}
+
+#[test]
+fn a_cluster_update_neither_renews_a_lease_nor_revives_a_node() {
+    let mut s = seed();
+    let t0 = Instant::now();
+    s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    let labels = BTreeMap::from([("kubernetes/route".to_string(), "bgp-peer-83".to_string())]);
+    let later = t0 + Duration::from_secs(5);
+    let (n, _) = s
+        .sync_node("a", vec![ip("10.4.94.10")], labels.clone(), later)
+        .unwrap();
+    assert!(n.ready && n.labels == labels);
+    assert_eq!(
+        s.expire_leases(t0 + Duration::from_secs(10)).len(),
+        1,
+        "the lease still ends 10 s after the agent's registration"
+    );
+    let (n, _) = s
+        .sync_node(
+            "a",
+            vec![ip("10.4.94.10")],
+            BTreeMap::new(),
+            t0 + Duration::from_secs(11),
+        )
+        .unwrap();
+    assert!(
+        !n.ready,
+        "a label change does not bring a dead node's routes back"
+    );
+}
