@@ -200,17 +200,7 @@ pub fn leftovers() -> Vec<String> {
 
 /// grpcurl against a service of the stack (an address on its internal bridges); the reply as JSON.
 pub fn grpcurl(addr: &str, method: &str, body: &str) -> Result<serde_json::Value, String> {
-    let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "10", "-d", body, addr, method])
-        .output()
-        .map_err(|e| format!("grpcurl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "grpcurl {addr} {method} {body}: {}",
-            text(&out.stderr)
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("{method}: {e}: {}", text(&out.stdout)))
+    routeplane_testkit::grpcurl(None, addr, method, body)
 }
 
 /// Polls `check` every 250 ms until it gives a value or `limit` passes; then panics with `what`

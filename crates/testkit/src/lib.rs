@@ -1,7 +1,8 @@
 //! What routeplane's namespace tests and benchmarks share.
 //!
 //! Contract: [`sh`] runs a set-up command and ends the caller with the command's stderr when it
-//! fails; [`privileged`] says whether a test that needs root and some tools can run, skipping
+//! fails; [`grpcurl`] makes one call with the real grpcurl, in a network namespace if asked, and
+//! gives the reply as JSON or the failure as text; [`privileged`] says whether a test that needs root and some tools can run, skipping
 //! loudly when it cannot — and failing instead when ROUTEPLANE_REQUIRE_PRIVILEGED=1 (CI).
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,37 @@ pub fn sh(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One unary call with the real grpcurl (scripts/test installs it), inside the network namespace
+/// `netns` when given, to a plaintext server at `addr`: the reply as JSON, or grpcurl's complaint.
+pub fn grpcurl(
+    netns: Option<&str>,
+    addr: &str,
+    method: &str,
+    body: &str,
+) -> Result<serde_json::Value, String> {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "grpcurl"]);
+            c
+        }
+        None => Command::new("grpcurl"),
+    };
+    let out = command
+        .args(["-plaintext", "-max-time", "10", "-d", body, addr, method])
+        .output()
+        .map_err(|e| format!("grpcurl (scripts/test installs it): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "grpcurl {addr} {method} {body}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{method}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Whether `test` can run: root, and every one of `tools` on the PATH. Otherwise it prints a

@@ -403,31 +403,9 @@ impl Lab {
 
     /// grpcurl inside the speaker namespace; panics (with the logs) on failure.
     pub fn grpc(&self, port: u16, method: &str, body: &str) -> serde_json::Value {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.speaker,
-                "grpcurl",
-                "-plaintext",
-                "-max-time",
-                "10",
-                "-d",
-                body,
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(method)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{method} {body}: {}{}\nbgp.log:\n{}",
-            text,
-            String::from_utf8_lossy(&out.stderr),
-            self.log("bgp.log")
-        );
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+        let addr = format!("127.0.0.1:{port}");
+        routeplane_testkit::grpcurl(Some(&self.speaker), &addr, method, body)
+            .unwrap_or_else(|e| panic!("{e}\nbgp.log:\n{}", self.log("bgp.log")))
     }
 
     pub fn birdc(&self, command: &str) -> String {

@@ -93,16 +93,7 @@ impl RawPeer {
 }
 
 fn grpcurl(addr: &str, method: &str, body: &str) -> serde_json::Value {
-    let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "10", "-d", body, addr, method])
-        .output()
-        .expect("grpcurl (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    routeplane_testkit::grpcurl(None, addr, method, body).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn state(addr: &str, peer: &str) -> String {

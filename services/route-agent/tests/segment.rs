@@ -305,54 +305,15 @@ impl Lab {
     }
 
     fn grpc(&self, method: &str, body: &str) -> serde_json::Value {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns[0],
-                "grpcurl",
-                "-plaintext",
-                "-max-time",
-                "10",
-                "-d",
-                body,
-                "10.4.94.250:50051",
-                method,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{method}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+        routeplane_testkit::grpcurl(Some(&self.ns[0]), "10.4.94.250:50051", method, body)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A call on a node's agent API (it listens on :50053 inside the node's namespace).
     fn agent_api(&self, node: usize, method: &str, body: &str) -> serde_json::Value {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns[node],
-                "grpcurl",
-                "-plaintext",
-                "-max-time",
-                "10",
-                "-d",
-                body,
-                "127.0.0.1:50053",
-            ])
-            .arg(format!("routeplane.agent.v1.Agent/{method}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{method}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+        let method = format!("routeplane.agent.v1.Agent/{method}");
+        routeplane_testkit::grpcurl(Some(&self.ns[node]), "127.0.0.1:50053", &method, body)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// One sample of a node agent's /metrics (scraped inside its namespace).
