@@ -227,42 +227,22 @@ pub struct BirdRoute {
     pub via: String,
 }
 
-/// BIRD 2's `show route`: a line per route (`PREFIX  unicast [PROTO TIME …] * (PREF) …`, the
-/// prefix left out on alternatives), then its next hop (`\tvia ADDR on IFACE` or `\tdev IFACE`).
-/// Only preferred routes (`*`) are kept; a device route's `via` is `dev IFACE`.
+/// The preferred path of each prefix in BIRD's `show route`, with the protocol that gave it and its
+/// hop (`dev IFACE` for a device route).
 pub fn parse_bird_routes(text: &str) -> BTreeMap<String, BirdRoute> {
-    let mut routes = BTreeMap::new();
-    let mut prefix = String::new();
-    let mut pending: Option<String> = None;
-    for line in text.lines() {
-        if let Some(hop) = line.strip_prefix('\t') {
-            if let Some(protocol) = pending.take() {
-                let via = match hop.split_whitespace().collect::<Vec<_>>()[..] {
-                    ["via", addr, ..] => addr.to_string(),
-                    ["dev", iface, ..] => format!("dev {iface}"),
-                    _ => hop.trim().to_string(),
-                };
-                routes.insert(prefix.clone(), BirdRoute { protocol, via });
-            }
-            continue;
-        }
-        let Some((head, rest)) = line.split_once('[') else {
-            continue;
-        };
-        if !line.contains("unicast") {
-            continue;
-        }
-        if let Some(first) = head.split_whitespace().next().filter(|w| w.contains('/')) {
-            prefix = first.to_string();
-        }
-        let protocol = rest
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        pending = rest.contains("] * (").then_some(protocol);
-    }
-    routes
+    routeplane_testkit::bird::parse_routes(text)
+        .into_iter()
+        .filter(|p| p.preferred)
+        .map(|p| {
+            (
+                p.prefix,
+                BirdRoute {
+                    protocol: p.protocol,
+                    via: p.via,
+                },
+            )
+        })
+        .collect()
 }
 
 /// traceroute -n: per hop, the first address that answered (None for a hop of `*` only).

@@ -2,9 +2,12 @@
 //!
 //! Contract: [`sh`] runs a set-up command and ends the caller with the command's stderr when it
 //! fails; [`grpcurl`] makes one call with the real grpcurl, in a network namespace if asked, and
-//! gives the reply as JSON or the failure as text; [`privileged`] says whether a test that needs root and some tools can run, skipping
+//! gives the reply as JSON or the failure as text; [`bird`] reads BIRD's route listings;
+//! [`privileged`] says whether a test that needs root and some tools can run, skipping
 //! loudly when it cannot — and failing instead when ROUTEPLANE_REQUIRE_PRIVILEGED=1 (CI).
 #![forbid(unsafe_code)]
+
+pub mod bird;
 
 use std::process::Command;
 

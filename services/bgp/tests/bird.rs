@@ -371,28 +371,10 @@ fn graceful_restart_keeps_our_routes_at_bird_while_routeplane_restarts() {
 
 /// BIRD's routes on an added router as (prefix, next hop, AS path, local pref).
 fn routes_on(lab: &Lab, index: usize) -> Vec<(String, String, String, String)> {
-    let text = lab.birdc_on(index, "show route all");
-    let mut out: Vec<(String, String, String, String)> = Vec::new();
-    for line in text.lines() {
-        if line.contains(" unicast [") && !line.starts_with(char::is_whitespace) {
-            out.push((
-                line.split_whitespace().next().unwrap_or_default().into(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ));
-        } else if let Some(r) = out.last_mut() {
-            let l = line.trim();
-            if let Some(v) = l.strip_prefix("BGP.next_hop:") {
-                r.1 = v.trim().into();
-            } else if let Some(v) = l.strip_prefix("BGP.as_path:") {
-                r.2 = v.trim().into();
-            } else if let Some(v) = l.strip_prefix("BGP.local_pref:") {
-                r.3 = v.trim().into();
-            }
-        }
-    }
-    out
+    routeplane_testkit::bird::parse_routes(&lab.birdc_on(index, "show route all"))
+        .into_iter()
+        .map(|p| (p.prefix, p.next_hop, p.as_path, p.local_pref))
+        .collect()
 }
 
 #[test]

@@ -445,35 +445,10 @@ impl Lab {
 
     /// BIRD's routes as (prefix, next hop, AS path).
     pub fn bird_routes(&self) -> Vec<(String, String, String)> {
-        let text = self.birdc("show route all");
-        let mut out = Vec::new();
-        let mut current: Option<(String, String, String)> = None;
-        for line in text.lines() {
-            let starts_route = line.contains(" unicast [");
-            if starts_route && !line.starts_with(char::is_whitespace) {
-                out.extend(current.take());
-                let prefix = line
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                current = Some((prefix, String::new(), String::new()));
-            } else if starts_route {
-                // Another path of the same prefix: BIRD leaves the prefix out.
-                let prefix = current.as_ref().map(|c| c.0.clone()).unwrap_or_default();
-                out.extend(current.take());
-                current = Some((prefix, String::new(), String::new()));
-            } else if let Some(c) = current.as_mut() {
-                let l = line.trim();
-                if let Some(v) = l.strip_prefix("BGP.next_hop:") {
-                    c.1 = v.trim().to_string();
-                } else if let Some(v) = l.strip_prefix("BGP.as_path:") {
-                    c.2 = v.trim().to_string();
-                }
-            }
-        }
-        out.extend(current);
-        out
+        routeplane_testkit::bird::parse_routes(&self.birdc("show route all"))
+            .into_iter()
+            .map(|p| (p.prefix, p.next_hop, p.as_path))
+            .collect()
     }
 
     pub fn kill(&self, pid: u32, signal: &str) {
