@@ -323,6 +323,11 @@ impl Ipam {
         self.lock().service_ips().cloned().collect()
     }
 
+    /// The LoadBalancer IP `service` holds, if any.
+    pub fn service_ip(&self, service: &str) -> Option<ServiceIp> {
+        self.lock().service_ip(service).cloned()
+    }
+
     /// Pod pools, and LoadBalancer pools as (config, total, used).
     pub fn pools(
         &self,

@@ -608,6 +608,10 @@ impl IpamState {
         self.services.all()
     }
 
+    pub fn service_ip(&self, service: &str) -> Option<&ServiceIp> {
+        self.services.get(service)
+    }
+
     // ---- pools -------------------------------------------------------------------------------
 
     pub fn pod_pools(&self) -> Vec<PodPoolView> {

@@ -224,11 +224,7 @@ impl Controller {
 
     async fn service_once(&self, service: &Service) -> Result<(), KubeError> {
         let kube = KubeService::from(service);
-        let held = self
-            .ipam
-            .service_ips()
-            .into_iter()
-            .find(|s| s.service == kube.key);
+        let held = self.ipam.service_ip(&kube.key);
         for step in services::plan(&kube, held.as_ref()) {
             match step {
                 ServiceAction::Release => {
