@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub const PROJECT: &str = "routeplane";
 
 /// The repository's root, where docker-compose.yml is.
-pub fn repo_root() -> PathBuf {
+fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("e2e/ sits in the repository")
@@ -161,7 +161,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// Containers, networks and volumes labelled with the project, and the DOCKER-USER rules of
 /// docker/bird/bridge-forwarding still in the host's iptables.
-pub fn leftovers() -> Vec<String> {
+fn leftovers() -> Vec<String> {
     let label = format!("label=com.docker.compose.project={PROJECT}");
     let mut left = Vec::new();
     for (kind, args) in [

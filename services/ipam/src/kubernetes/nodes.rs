@@ -132,7 +132,8 @@ impl PendingReleases {
         due
     }
 
-    pub fn waiting(&self) -> usize {
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.due.len()
     }
 }
