@@ -6,16 +6,17 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use routeplane_testkit::Service;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
@@ -72,27 +73,14 @@ impl Cell {
 }
 
 struct Server {
-    child: Child,
+    _process: Service,
     grpc: SocketAddr,
     metrics: SocketAddr,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn addr_in(line: &str, what: &str) -> Option<SocketAddr> {
-    line.contains(what).then(|| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("addr=")?.parse().ok())
-    })?
-}
-
 fn start_server(bin: &Path, data: &Path, config: &Path, durability: &str) -> Server {
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    command
         .args(["--data-dir", data.to_str().unwrap()])
         .args([
             "--values",
@@ -109,31 +97,14 @@ fn start_server(bin: &Path, data: &Path, config: &Path, durability: &str) -> Ser
             durability,
             "--log",
             "warn,routeplane_runtime=info",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut grpc, mut metrics) = (None, None);
-    let mut seen = Vec::new();
-    while grpc.is_none() || metrics.is_none() {
-        let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
-            panic!(
-                "routeplane-ipam exited during startup:\n{}",
-                seen.join("\n")
-            )
-        });
-        seen.push(line.clone());
-        grpc = grpc.or(addr_in(&line, "gRPC listening"));
-        metrics = metrics.or(addr_in(&line, "metrics listening"));
-    }
-    std::thread::spawn(move || lines.for_each(drop));
+        ]);
+    let mut process = Service::start("routeplane-ipam", command);
+    let grpc = process.listen_addr("gRPC");
+    let metrics = process.listen_addr("metrics");
     Server {
-        child,
-        grpc: grpc.unwrap(),
-        metrics: metrics.unwrap(),
+        _process: process,
+        grpc,
+        metrics,
     }
 }
 

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 /// The compose project: containers, networks and volumes carry this label value.
 pub const PROJECT: &str = "routeplane";
@@ -98,14 +97,17 @@ impl Stack {
             .unwrap_or_else(|e| panic!("docker compose {args:?}: {e}"))
     }
 
-    /// birdc on a ToR.
-    pub fn birdc(&self, tor: &str, command: &str) -> String {
-        self.exec(tor, &["birdc", command]).unwrap_or_else(|e| e)
+    /// birdc on a ToR: its answer, or an error when birdc fails (BIRD down, a refused command) —
+    /// never an error message taken for an answer.
+    pub fn birdc(&self, tor: &str, command: &str) -> Result<String, String> {
+        let mut args = vec!["birdc"];
+        args.extend(command.split_whitespace());
+        self.exec(tor, &args)
     }
 
     /// A ToR's preferred IPv4 routes.
-    pub fn bird_routes(&self, tor: &str) -> BTreeMap<String, BirdRoute> {
-        parse_bird_routes(&self.birdc(tor, "show route"))
+    pub fn bird_routes(&self, tor: &str) -> Result<BTreeMap<String, BirdRoute>, String> {
+        Ok(parse_bird_routes(&self.birdc(tor, "show route")?))
     }
 
     /// The log of one service, or of all.
@@ -122,14 +124,12 @@ impl Drop for Stack {
         if self.up && std::thread::panicking() {
             eprintln!("\n===== logs of every container =====\n{}", self.logs(None));
             for tor in ["tor-94", "tor-83"] {
-                eprintln!(
-                    "===== {tor}: birdc show protocols all =====\n{}",
-                    self.birdc(tor, "show protocols all")
-                );
-                eprintln!(
-                    "===== {tor}: birdc show route =====\n{}",
-                    self.birdc(tor, "show route")
-                );
+                for command in ["show protocols all", "show route"] {
+                    eprintln!(
+                        "===== {tor}: birdc {command} =====\n{}",
+                        self.birdc(tor, command).unwrap_or_else(|e| e)
+                    );
+                }
             }
             let _ = compose(&["down", "--volumes", "--remove-orphans", "--timeout", "10"]);
         }
@@ -203,22 +203,7 @@ pub fn grpcurl(addr: &str, method: &str, body: &str) -> Result<serde_json::Value
     routeplane_testkit::grpcurl(None, addr, method, body)
 }
 
-/// Polls `check` every 250 ms until it gives a value or `limit` passes; then panics with `what`
-/// and the last reason. Returns the value and how long it took.
-pub fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> (T, Duration) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(value) => return (value, start.elapsed()),
-            Err(why) if start.elapsed() > limit => panic!("{what}: not within {limit:?}: {why}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
+pub use routeplane_testkit::wait_until as wait_for;
 
 /// One preferred route in BIRD's `show route`: the protocol that gave it and the next hop.
 #[derive(Debug, Clone, PartialEq, Eq)]

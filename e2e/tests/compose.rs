@@ -90,7 +90,7 @@ fn ipam_nodes() -> Result<Allocations, String> {
 /// from routeplane with the node as next hop, the other segment's from the other ToR.
 fn routers_route_every_node(stack: &Stack, nodes: &Allocations) -> Result<(), String> {
     for tor in [&TOR_94, &TOR_83] {
-        let routes = stack.bird_routes(tor.service);
+        let routes = stack.bird_routes(tor.service)?;
         for (name, address, home) in NODES {
             let cidr = &nodes[name].0[0];
             let want = if home.service == tor.service {
@@ -155,63 +155,49 @@ fn traceroute(stack: &Stack, from: &str, to: &str) -> Vec<Option<String>> {
 
 /// Whether neither ToR has a route for `prefix`.
 fn withdrawn_at_both(stack: &Stack, prefix: &str) -> Result<(), String> {
-    match [&TOR_94, &TOR_83]
-        .iter()
-        .find(|t| stack.bird_routes(t.service).contains_key(prefix))
-    {
-        Some(t) => Err(format!("{} still routes {prefix}", t.service)),
-        None => Ok(()),
+    for t in [&TOR_94, &TOR_83] {
+        if stack.bird_routes(t.service)?.contains_key(prefix) {
+            return Err(format!("{} still routes {prefix}", t.service));
+        }
     }
+    Ok(())
 }
 
 fn bird_session_established(stack: &Stack, tor: &Tor) -> bool {
     stack
         .birdc(tor.service, "show protocols routeplane")
+        .unwrap_or_else(|e| panic!("{e}"))
         .lines()
         .any(|l| l.starts_with("routeplane") && l.contains("Established"))
 }
 
-/// Root, a running dockerd with Compose v2, and the images of docker/build-images; otherwise a
-/// loud skip (a failure under ROUTEPLANE_REQUIRE_PRIVILEGED=1), or a failure naming the missing image.
-fn ready_to_run(test: &str) -> bool {
-    if !routeplane_testkit::privileged(test, &["docker", "grpcurl", "iptables"]) {
-        return false;
-    }
-    if !Command::new("docker")
-        .args(["compose", "version"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        || !Command::new("docker")
-            .arg("info")
+/// Root, a running dockerd with Compose v2, and the images of docker/build-images; a test that
+/// lacks one fails, naming it (scripts/test provides them all).
+fn require_stack() {
+    routeplane_testkit::privileged::require(&["docker", "grpcurl", "iptables"]);
+    let works = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
-    {
-        routeplane_testkit::skip(
-            test,
-            "no running dockerd with Docker Compose v2 (scripts/test installs and starts them)",
-        );
-        return false;
-    }
+    };
+    assert!(
+        works(&["compose", "version"]) && works(&["info"]),
+        "no running dockerd with Docker Compose v2 (scripts/test installs and starts them)"
+    );
     for image in [
         "routeplane-ipam",
         "routeplane-bgp",
         "routeplane-agent",
         "routeplane-bird",
     ] {
-        let found = Command::new("docker")
-            .args(["image", "inspect", &format!("{image}:latest")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
         assert!(
-            found.is_ok_and(|s| s.success()),
+            works(&["image", "inspect", &format!("{image}:latest")]),
             "image {image}:latest is missing: run docker/build-images first"
         );
     }
-    true
 }
 
 /// IPAM gives every node a pod CIDR; both ToRs learn all four, per the seed's peer groups.
@@ -305,7 +291,7 @@ fn load_balancer_ip_comes_and_goes(stack: &Stack) {
         Duration::from_secs(20),
         || {
             for tor in [&TOR_94, &TOR_83] {
-                let route = stack.bird_routes(tor.service).remove(&lb_prefix);
+                let route = stack.bird_routes(tor.service)?.remove(&lb_prefix);
                 let own_node = |via: &str| {
                     NODES
                         .iter()
@@ -448,24 +434,26 @@ fn bgp_restart_keeps_traffic_flowing(stack: &Stack, nodes: &Allocations) {
     );
 }
 
-#[test]
-fn the_compose_stack_routes_the_seeds_network_and_survives_restarts() {
-    if !ready_to_run("the_compose_stack_routes_the_seeds_network_and_survives_restarts") {
-        return;
-    }
-    let stack = Stack::up();
-    let started = Instant::now();
-    let nodes = routers_learn_every_node(&stack);
-    absent_peers_are_not_established();
-    services_answer_grpcurl_from_the_host(&nodes);
-    traceroutes_follow_the_seed(&stack, &nodes);
-    load_balancer_ip_comes_and_goes(&stack);
-    stopped_agent_is_withdrawn_and_returns(&stack, &nodes);
-    ipam_restart_changes_nothing(&stack, &nodes);
-    absent_peers_retry_at_their_pace(&stack, started);
-    bgp_restart_keeps_traffic_flowing(&stack, &nodes);
+mod privileged {
+    use super::*;
 
-    // Tear-down leaves nothing of the project behind.
-    let left = stack.tear_down();
-    assert!(left.is_empty(), "left after docker compose down: {left:?}");
+    #[test]
+    fn the_compose_stack_routes_the_seeds_network_and_survives_restarts() {
+        require_stack();
+        let stack = Stack::up();
+        let started = Instant::now();
+        let nodes = routers_learn_every_node(&stack);
+        absent_peers_are_not_established();
+        services_answer_grpcurl_from_the_host(&nodes);
+        traceroutes_follow_the_seed(&stack, &nodes);
+        load_balancer_ip_comes_and_goes(&stack);
+        stopped_agent_is_withdrawn_and_returns(&stack, &nodes);
+        ipam_restart_changes_nothing(&stack, &nodes);
+        absent_peers_retry_at_their_pace(&stack, started);
+        bgp_restart_keeps_traffic_flowing(&stack, &nodes);
+
+        // Tear-down leaves nothing of the project behind.
+        let left = stack.tear_down();
+        assert!(left.is_empty(), "left after docker compose down: {left:?}");
+    }
 }

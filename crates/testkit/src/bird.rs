@@ -1,9 +1,35 @@
-//! Reading BIRD 2's `show route` and `show route all`, as the BGP lab tests and the compose e2e
-//! test ask a router what it learned.
+//! Asking BIRD 2 what it knows: [`birdc`] runs one command on a control socket and fails when
+//! BIRD refuses it or does not answer (birdc's exit status — never an error message read as a
+//! listing), and [`parse_routes`] reads `show route` and `show route all`, as the BGP lab tests
+//! and the compose e2e test ask a router what it learned.
 //!
 //! A route line is `PREFIX  unicast [PROTOCOL TIME …] * (PREF) …` — the prefix left out on a
 //! prefix's further paths, `*` marking the preferred one — followed by tab-indented lines: the hop
 //! (`via ADDR on IFACE`, or `dev IFACE`) and, with `all`, attributes such as `BGP.next_hop: …`.
+
+use std::path::Path;
+
+/// One birdc command on the control socket `socket`, run in network namespace `netns` when given:
+/// its output, or an error with birdc's complaint (BIRD not running, a command it refuses).
+pub fn birdc(netns: Option<&str>, socket: &Path, command: &str) -> Result<String, String> {
+    let out = crate::command_in(netns, "birdc")
+        .arg("-s")
+        .arg(socket)
+        .args(command.split_whitespace())
+        .output()
+        .map_err(|e| format!("birdc (scripts/test installs bird2): {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "birdc -s {} {command}: {}{text}{}",
+            socket.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
 
 /// One path of one prefix.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,6 +104,15 @@ mod tests {
         10.5.114.0/24        unicast [routeplane 10:23:24.119 from 10.4.36.10] * (100) [i]\n\
         \tvia 10.4.83.11 on eth1\n\tType: BGP univ\n\tBGP.origin: IGP\n\tBGP.as_path: \n\
         \tBGP.next_hop: 10.4.83.11\n\tBGP.local_pref: 100\n";
+
+    #[test]
+    fn birdc_without_a_bird_is_an_error_not_an_empty_listing() {
+        let dir = std::env::temp_dir().join("routeplane-no-bird.ctl");
+        match birdc(None, &dir, "show route") {
+            Err(e) => assert!(e.contains("show route"), "{e}"),
+            Ok(text) => panic!("no BIRD runs, yet birdc answered: {text}"),
+        }
+    }
 
     #[test]
     fn every_path_with_its_protocol_preference_and_hop() {

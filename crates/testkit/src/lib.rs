@@ -1,15 +1,26 @@
-//! What routeplane's namespace tests and benchmarks share.
+//! The one harness of routeplane's tests and benchmarks.
 //!
-//! Contract: [`sh`] runs a set-up command and ends the caller with the command's stderr when it
-//! fails; [`grpcurl`] makes one call with the real grpcurl, in a network namespace if asked, and
-//! gives the reply as JSON or the failure as text; [`bird`] reads BIRD's route listings;
-//! [`privileged`] says whether a test that needs root and some tools can run, skipping
-//! loudly when it cannot — and failing instead when ROUTEPLANE_REQUIRE_PRIVILEGED=1 (CI).
+//! Contract: [`process`] finds workspace binaries and runs them (in a namespace if asked), keeping
+//! their output and reading the addresses they listen on; [`netns`] makes network namespaces
+//! whose names are unique per test and that go away with their owner; [`wait`] waits for an
+//! event instead of sleeping; [`bird`] asks BIRD through birdc, a refused command being an error;
+//! [`privileged`] makes a root-only test fail — never pass — where it cannot run, and names the
+//! module (`privileged::`) by which `scripts/test --unprivileged` leaves such tests out; [`sh`]
+//! runs a set-up command and fails with its stderr; [`grpcurl`] makes one call with the real
+//! grpcurl and gives the reply as JSON or the failure as text.
 #![forbid(unsafe_code)]
 
 pub mod bird;
+pub mod netns;
+pub mod privileged;
+pub mod process;
+pub mod wait;
 
 use std::process::Command;
+
+pub use netns::{Netns, unique_id};
+pub use process::{Service, bin};
+pub use wait::{wait_for, wait_until};
 
 /// Runs a set-up command (ip, mount, sysctl…); a failure panics with its stderr.
 pub fn sh(args: &[&str]) {
@@ -24,6 +35,18 @@ pub fn sh(args: &[&str]) {
     );
 }
 
+/// `program`, to run inside network namespace `netns` when given (`ip netns exec NS program`).
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 /// One unary call with the real grpcurl (scripts/test installs it), inside the network namespace
 /// `netns` when given, to a plaintext server at `addr`: the reply as JSON, or grpcurl's complaint.
 pub fn grpcurl(
@@ -32,15 +55,7 @@ pub fn grpcurl(
     method: &str,
     body: &str,
 ) -> Result<serde_json::Value, String> {
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "grpcurl"]);
-            c
-        }
-        None => Command::new("grpcurl"),
-    };
-    let out = command
+    let out = command_in(netns, "grpcurl")
         .args(["-plaintext", "-max-time", "10", "-d", body, addr, method])
         .output()
         .map_err(|e| format!("grpcurl (scripts/test installs it): {e}"))?;
@@ -55,44 +70,68 @@ pub fn grpcurl(
         .map_err(|e| format!("{method}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Whether `test` can run: root, and every one of `tools` on the PATH. Otherwise it prints a
-/// SKIPPED banner and returns false — or panics under ROUTEPLANE_REQUIRE_PRIVILEGED=1.
-pub fn privileged(test: &str, tools: &[&str]) -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if root && missing.is_empty() {
-        return true;
-    }
-    let why = if root {
-        format!(
-            "{} missing (scripts/test installs them)",
-            missing.join(", ")
-        )
-    } else {
-        "it needs root (network namespaces)".to_string()
-    };
-    skip(test, &why)
+/// One sample of a Prometheus text exposition (`name{labels} value`): the value of the line whose
+/// name and labels are exactly `sample`.
+pub fn metric_sample(exposition: &str, sample: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
-/// Skips `test` loudly, saying `why`, and returns false — or panics under
-/// ROUTEPLANE_REQUIRE_PRIVILEGED=1, where nothing may be skipped.
-pub fn skip(test: &str, why: &str) -> bool {
-    assert!(
-        std::env::var("ROUTEPLANE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test}: cannot run: {why}, and ROUTEPLANE_REQUIRE_PRIVILEGED=1"
+/// GET /metrics over plain HTTP/1.0 from `addr`, inside network namespace `netns` when given.
+pub fn scrape(netns: Option<&str>, addr: &str) -> Result<String, String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr} is not HOST:PORT"))?;
+    let script = format!(
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 10 cat <&3"
     );
-    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
-    false
+    let out = command_in(netns, "bash")
+        .args(["-c", &script])
+        .output()
+        .map_err(|e| format!("bash: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() && text.starts_with("HTTP/1.") && text.contains(" 200 ") {
+        Ok(text)
+    } else {
+        Err(format!(
+            "GET http://{addr}/metrics: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Here, not in `privileged`: the filter `privileged::` would leave them out of unprivileged runs.
+    #[test]
+    fn a_missing_tool_is_named() {
+        assert_eq!(
+            privileged::missing_tools(&["sh", "routeplane-no-such-tool"]),
+            vec!["routeplane-no-such-tool"]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "belongs in a `mod privileged`")]
+    fn a_privileged_test_outside_the_privileged_module_fails() {
+        privileged::require(&[]);
+    }
+
+    #[test]
+    fn a_sample_is_found_by_its_exact_name_and_labels() {
+        let text = "# HELP x\nrouteplane_x_total{peer=\"a\"} 3\nrouteplane_x_total 7\nrouteplane_x_totals 9\n";
+        assert_eq!(metric_sample(text, "routeplane_x_total"), Some(7.0));
+        assert_eq!(
+            metric_sample(text, "routeplane_x_total{peer=\"a\"}"),
+            Some(3.0)
+        );
+        assert_eq!(metric_sample(text, "routeplane_y"), None);
+    }
 }

@@ -1,6 +1,6 @@
 //! Reloading the configuration: on SIGHUP, and when values.yaml or bgp-config changes on disk
-//! (checked every 2 s by modification time, which also catches a Kubernetes ConfigMap volume
-//! swapping its files). A file that does not load is refused with its error; the running
+//! (checked every 2 s by modification time and content, which also catches a Kubernetes ConfigMap
+//! volume swapping its files, and an edit within the file system's timestamp granularity). A file that does not load is refused with its error; the running
 //! configuration stays.
 
 use std::path::PathBuf;
@@ -17,10 +17,20 @@ use crate::speaker::SpeakerSettings;
 /// How long a changed file must stay unchanged before it is loaded.
 const SETTLE: Duration = Duration::from_millis(300);
 
-fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+/// What a file looks like now: its modification time and a hash of its content (None when it
+/// cannot be read). The content counts because two writes within one tick of a coarse clock leave
+/// the time unchanged.
+fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    use std::hash::{Hash, Hasher};
     files
         .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .map(|f| {
+            let modified = std::fs::metadata(f).and_then(|m| m.modified()).ok()?;
+            let content = std::fs::read(f).ok()?;
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            content.hash(&mut hasher);
+            Some((modified, hasher.finish()))
+        })
         .collect()
 }
 

@@ -1,23 +1,17 @@
 //! routeplane-bgp without root: its API and its startup checks. The one peer configured here is
 //! 127.0.0.2 on a closed port, so nothing leaves the machine and the session stays down.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use routeplane_testkit::Service;
 
 const BIN: &str = env!("CARGO_BIN_EXE_routeplane-bgp");
 const CONFIG: &str = "peers:\n  - peer-address: 127.0.0.2\n    peer-port: 1790\n    peer-asn: 64524\n    my-asn: 64513\n";
 
 struct Server {
-    child: Child,
+    _process: Service,
     grpc: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn command(dir: &std::path::Path, config: &str, extra: &[&str]) -> Command {
@@ -37,45 +31,24 @@ fn command(dir: &std::path::Path, config: &str, extra: &[&str]) -> Command {
     // Nothing listens there: the feed keeps retrying, which these tests do not need.
     .args(["--ipam", "http://127.0.0.1:9"])
     .args(extra)
-    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     cmd
 }
 
 fn start(dir: &std::path::Path) -> Server {
-    let mut child = command(
-        dir,
-        CONFIG,
-        &["--router-id", "10.0.0.1", "--connect-retry", "1s"],
-    )
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    let grpc = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no gRPC listener:\n{}",
-            seen.join("\n")
-        );
-        let line = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("exited:\n{}", seen.join("\n")));
-        seen.push(line.clone());
-        if line.contains("gRPC listening") {
-            break line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .unwrap()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, grpc }
+    let mut process = Service::start(
+        "routeplane-bgp",
+        command(
+            dir,
+            CONFIG,
+            &["--router-id", "10.0.0.1", "--connect-retry", "1s"],
+        ),
+    );
+    let grpc = process.listen_addr("gRPC").to_string();
+    Server {
+        _process: process,
+        grpc,
+    }
 }
 
 fn grpcurl(server: &Server, method: &str, body: &str) -> (bool, String) {
@@ -105,30 +78,33 @@ fn grpcurl(server: &Server, method: &str, body: &str) -> (bool, String) {
 fn peers_are_listed_with_their_state_and_last_error() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (ok, out) = grpcurl(&server, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
-        assert!(ok, "{out}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let peer = &v["peers"][0];
-        assert_eq!(
-            (
-                peer["peerAddress"].as_str(),
-                peer["localAsn"].as_u64(),
-                peer["peerAsn"].as_u64()
-            ),
-            (Some("127.0.0.2"), Some(64513), Some(64524))
-        );
-        assert_ne!(peer["sessionState"], "established");
-        if peer["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains("connect to 127.0.0.2:1790"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no connect error reported: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    routeplane_testkit::wait_until(
+        "the connect error is reported",
+        Duration::from_secs(15),
+        || {
+            let (ok, out) = grpcurl(&server, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
+            assert!(ok, "{out}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let peer = &v["peers"][0];
+            assert_eq!(
+                (
+                    peer["peerAddress"].as_str(),
+                    peer["localAsn"].as_u64(),
+                    peer["peerAsn"].as_u64()
+                ),
+                (Some("127.0.0.2"), Some(64513), Some(64524))
+            );
+            assert_ne!(peer["sessionState"], "established");
+            if peer["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("connect to 127.0.0.2:1790"))
+            {
+                Ok(())
+            } else {
+                Err(format!("no connect error reported: {v}"))
+            }
+        },
+    );
 }
 
 #[test]

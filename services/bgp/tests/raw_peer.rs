@@ -2,23 +2,14 @@
 //! and must get the RFC's NOTIFICATION (UPDATE Message Error) and lose its session; the other's
 //! session must not notice.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use routeplane_bgp::message::{Capabilities, Message, Open};
 use routeplane_bgp::wire::Codec;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A peer that speaks just enough BGP by hand.
 struct RawPeer {
@@ -125,7 +116,8 @@ fn a_malformed_update_gets_a_notification_and_other_sessions_stay_up() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_routeplane-bgp"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_routeplane-bgp"));
+    command
         .args([
             "--bgp-config",
             config.to_str().unwrap(),
@@ -141,39 +133,17 @@ fn a_malformed_update_gets_a_notification_and_other_sessions_stay_up() {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
-        ])
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let server = Server(child);
-    let grpc = loop {
-        let line = lines
-            .next()
-            .and_then(Result::ok)
-            .expect("routeplane-bgp starts");
-        if line.contains("gRPC listening") {
-            break line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .unwrap()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
+        ]);
+    let mut server = routeplane_testkit::Service::start("routeplane-bgp", command);
+    let grpc = server.listen_addr("gRPC").to_string();
 
     let mut pa = RawPeer::accept(&a);
     pa.establish("192.0.2.2");
     let mut pb = RawPeer::accept(&b);
     pb.establish("192.0.2.3");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while state(&grpc, "127.0.0.2") != "established" || state(&grpc, "127.0.0.3") != "established" {
-        assert!(Instant::now() < deadline, "both sessions established");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    routeplane_testkit::wait_for("both sessions established", Duration::from_secs(10), || {
+        state(&grpc, "127.0.0.2") == "established" && state(&grpc, "127.0.0.3") == "established"
+    });
 
     // An UPDATE whose ORIGIN attribute claims 200 octets in a 4-octet attribute list.
     let mut bad = vec![0xffu8; 16];

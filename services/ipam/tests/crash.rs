@@ -110,7 +110,8 @@ async fn sigkill_under_load_loses_nothing_and_duplicates_nothing() {
             c.register_node(req).await.unwrap();
         }
         let before = acked.lock().unwrap().pods.len();
-        // Kill while the load is in full flight: the load runs for 5 s, the kill comes at 1.5 s.
+        // Kill while the load is in full flight: the load runs for 5 s, the kill comes once
+        // hundreds of its allocations have been acknowledged.
         let loader = tokio::spawn({
             let server_addr = server.endpoint();
             let acked = acked.clone();
@@ -119,7 +120,15 @@ async fn sigkill_under_load_loses_nothing_and_duplicates_nothing() {
                 load(&probe, round, acked, Duration::from_secs(5)).await;
             }
         });
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let in_flight = tokio::time::Instant::now() + Duration::from_secs(4);
+        while acked.lock().unwrap().pods.len() < before + 1000 {
+            assert!(
+                tokio::time::Instant::now() < in_flight,
+                "round {round}: the load never got going:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let pid = server.pid();
         server.kill9();
         tokio::time::timeout(Duration::from_secs(30), loader)

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,8 @@ async fn spans_reach_the_otlp_collector_named_by_method() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(common::BIN)
+    let mut command = Command::new(common::BIN);
+    command
         .args([
             "--data-dir",
             dir.path().to_str().unwrap(),
@@ -80,40 +81,13 @@ async fn spans_reach_the_otlp_collector_named_by_method() {
             "127.0.0.1:0",
         ])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let grpc = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("server did not start:\n{}", log.join("\n")));
-        log.push(line.clone());
-        if line.contains("gRPC listening") {
-            break line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .unwrap()
-                .to_string();
-        }
-    };
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    let mut server = routeplane_testkit::Service::start("routeplane-ipam", command);
+    let grpc = server.listen_addr("gRPC");
     assert!(
-        log.iter().any(|l| l.contains("exporting traces over OTLP")),
-        "{log:?}"
+        server.log().contains("exporting traces over OTLP"),
+        "{}",
+        server.log()
     );
 
     let mut c = pb::ipam_client::IpamClient::connect(format!("http://{grpc}"))
@@ -142,6 +116,5 @@ async fn spans_reach_the_otlp_collector_named_by_method() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    server.kill9();
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use routeplane_testkit::sh;
 
-fn privileged() -> bool {
-    routeplane_testkit::privileged("route-agent segment test", &["ip", "grpcurl"])
+fn require() {
+    routeplane_testkit::privileged::require(&["ip", "grpcurl", "traceroute", "ping"]);
 }
 
 /// Sets a kernel parameter inside a namespace.
@@ -52,9 +52,8 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// `tag` keeps the namespaces of tests running side by side apart.
-    fn new(tag: &str) -> Lab {
-        let id = format!("{tag}{}", std::process::id() % 100_000);
+    fn new() -> Lab {
+        let id = routeplane_testkit::unique_id();
         let ns: Vec<String> = ["ctl", "n1", "n2"]
             .iter()
             .map(|n| format!("rpa-{id}-{n}"))
@@ -357,519 +356,513 @@ impl Lab {
     }
 }
 
-#[test]
-fn direct_routes_on_one_segment_reconciled_and_never_touching_others() {
-    if !privileged() {
-        return;
-    }
-    let mut lab = Lab::new("d");
-    lab.ipam(false);
-    lab.agent(1, "10.4.94.11");
-    lab.agent(2, "10.4.94.12");
-    // A node on the other segment: nobody here may route to it directly.
-    lab.grpc(
-        "routeplane.ipam.v1.Ipam/RegisterNode",
-        r#"{"name": "n3", "addresses": ["10.4.83.21"]}"#,
-    );
-    lab.wait("both agents registered", || {
-        lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 3)
-    });
-    let (c1, c2, c3) = (lab.cidr_of("n1"), lab.cidr_of("n2"), lab.cidr_of("n3"));
-    let to2 = format!("{c2} via 10.4.94.12");
-    lab.wait("n1 routes to n2's pod CIDR, n2 to n1's", || {
-        lab.routes(1).contains(&to2) && lab.routes(2).contains(&format!("{c1} via 10.4.94.11"))
-    });
-    assert!(
-        lab.routes(1).contains("proto 194"),
-        "routes carry our protocol: {}",
-        lab.routes(1)
-    );
-    assert!(
-        !lab.routes(1).contains(&c3),
-        "n3 is on another segment: its CIDR follows the default route"
-    );
+mod privileged {
+    use super::*;
 
-    // Someone else's route stays; ours, deleted by hand, comes back with the periodic reconcile.
-    sh(&[
-        "ip",
-        "-n",
-        &lab.ns[1],
-        "route",
-        "add",
-        "10.99.0.0/24",
-        "via",
-        "10.4.94.12",
-    ]);
-    sh(&["ip", "-n", &lab.ns[1], "route", "del", &c2]);
-    lab.wait("the deleted route is repaired", || {
-        lab.routes(1).contains(&to2)
-    });
-    assert!(
-        lab.routes(1).contains("10.99.0.0/24 via 10.4.94.12"),
-        "a foreign route is never touched"
-    );
-
-    // Stopping the agent leaves its routes; a node deleted meanwhile is swept at the next start.
-    lab.stop("n1");
-    assert!(
-        lab.routes(1).contains(&to2),
-        "routes stay while the agent is down"
-    );
-    lab.stop("n2");
-    lab.grpc(
-        "routeplane.ipam.v1.Ipam/DeleteNode",
-        r#"{"name": "n2", "force": true}"#,
-    );
-    lab.agent(1, "10.4.94.11");
-    lab.wait("the stale route to the deleted node is swept", || {
-        !lab.routes(1).contains(&c2)
-    });
-    assert!(
-        lab.routes(1).contains("10.99.0.0/24 via 10.4.94.12"),
-        "and the foreign route is still there"
-    );
-}
-
-#[test]
-fn the_seeds_two_traceroutes() {
-    if !privileged() {
-        return;
-    }
-    let mut lab = Lab::new("t").with_router();
-    lab.ipam(false);
-    lab.agent(1, "10.4.94.11");
-    lab.agent_with(2, "10.4.94.12", &["--remote-gateway", "10.4.94.1"]);
-    lab.agent(4, "10.4.83.21");
-    lab.wait("three agents registered", || {
-        lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 3)
-    });
-    // The ToRs learn every pod CIDR over BGP; this router stands in for them with static routes.
-    let node = |n: &str| {
+    #[test]
+    fn direct_routes_on_one_segment_reconciled_and_never_touching_others() {
+        require();
+        let mut lab = Lab::new();
+        lab.ipam(false);
+        lab.agent(1, "10.4.94.11");
+        lab.agent(2, "10.4.94.12");
+        // A node on the other segment: nobody here may route to it directly.
         lab.grpc(
-            "routeplane.ipam.v1.Ipam/GetNode",
-            &format!(r#"{{"name": "{n}"}}"#),
-        )
-    };
-    let (n2, n3) = (node("n2"), node("n4"));
-    for (n, via) in [
-        ("n1", "10.4.94.11"),
-        ("n2", "10.4.94.12"),
-        ("n4", "10.4.83.21"),
-    ] {
-        let cidr = node(n)["podCidrs"][0].as_str().unwrap().to_string();
-        sh(&["ip", "-n", &lab.ns[3], "route", "add", &cidr, "via", via]);
+            "routeplane.ipam.v1.Ipam/RegisterNode",
+            r#"{"name": "n3", "addresses": ["10.4.83.21"]}"#,
+        );
+        lab.wait("both agents registered", || {
+            lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 3)
+        });
+        let (c1, c2, c3) = (lab.cidr_of("n1"), lab.cidr_of("n2"), lab.cidr_of("n3"));
+        let to2 = format!("{c2} via 10.4.94.12");
+        lab.wait("n1 routes to n2's pod CIDR, n2 to n1's", || {
+            lab.routes(1).contains(&to2) && lab.routes(2).contains(&format!("{c1} via 10.4.94.11"))
+        });
+        assert!(
+            lab.routes(1).contains("proto 194"),
+            "routes carry our protocol: {}",
+            lab.routes(1)
+        );
+        assert!(
+            !lab.routes(1).contains(&c3),
+            "n3 is on another segment: its CIDR follows the default route"
+        );
+
+        // Someone else's route stays; ours, deleted by hand, comes back with the periodic reconcile.
+        sh(&[
+            "ip",
+            "-n",
+            &lab.ns[1],
+            "route",
+            "add",
+            "10.99.0.0/24",
+            "via",
+            "10.4.94.12",
+        ]);
+        sh(&["ip", "-n", &lab.ns[1], "route", "del", &c2]);
+        lab.wait("the deleted route is repaired", || {
+            lab.routes(1).contains(&to2)
+        });
+        assert!(
+            lab.routes(1).contains("10.99.0.0/24 via 10.4.94.12"),
+            "a foreign route is never touched"
+        );
+
+        // Stopping the agent leaves its routes; a node deleted meanwhile is swept at the next start.
+        lab.stop("n1");
+        assert!(
+            lab.routes(1).contains(&to2),
+            "routes stay while the agent is down"
+        );
+        lab.stop("n2");
+        lab.grpc(
+            "routeplane.ipam.v1.Ipam/DeleteNode",
+            r#"{"name": "n2", "force": true}"#,
+        );
+        lab.agent(1, "10.4.94.11");
+        lab.wait("the stale route to the deleted node is swept", || {
+            !lab.routes(1).contains(&c2)
+        });
+        assert!(
+            lab.routes(1).contains("10.99.0.0/24 via 10.4.94.12"),
+            "and the foreign route is still there"
+        );
     }
-    let router2 = n2["routerIps"][0].as_str().unwrap().to_string();
-    let router3 = n3["routerIps"][0].as_str().unwrap().to_string();
-    let cidr2 = n2["podCidrs"][0].as_str().unwrap().to_string();
-    lab.wait("n1 has its direct route to n2's pod CIDR", || {
-        lab.routes(1).contains(&format!("{cidr2} via 10.4.94.12"))
-    });
-    assert!(
-        lab.routes(2).contains("rp_host"),
-        "the node's own pod CIDR goes to its router interface: {}",
-        lab.routes(2)
-    );
 
-    // Same segment: the target is the first hop.
-    assert_eq!(
-        lab.traceroute(1, &router2),
-        vec![router2.clone()],
-        "same segment: one hop"
-    );
-    // Other segment: through the router (the seed's 10.4.94.1), then the target.
-    assert_eq!(
-        lab.traceroute(1, &router3),
-        vec!["10.4.94.1".to_string(), router3.clone()],
-        "other segment: via the router"
-    );
+    #[test]
+    fn the_seeds_two_traceroutes() {
+        require();
+        let mut lab = Lab::new().with_router();
+        lab.ipam(false);
+        lab.agent(1, "10.4.94.11");
+        lab.agent_with(2, "10.4.94.12", &["--remote-gateway", "10.4.94.1"]);
+        lab.agent(4, "10.4.83.21");
+        lab.wait("three agents registered", || {
+            lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 3)
+        });
+        // The ToRs learn every pod CIDR over BGP; this router stands in for them with static routes.
+        let node = |n: &str| {
+            lab.grpc(
+                "routeplane.ipam.v1.Ipam/GetNode",
+                &format!(r#"{{"name": "{n}"}}"#),
+            )
+        };
+        let (n2, n3) = (node("n2"), node("n4"));
+        for (n, via) in [
+            ("n1", "10.4.94.11"),
+            ("n2", "10.4.94.12"),
+            ("n4", "10.4.83.21"),
+        ] {
+            let cidr = node(n)["podCidrs"][0].as_str().unwrap().to_string();
+            sh(&["ip", "-n", &lab.ns[3], "route", "add", &cidr, "via", via]);
+        }
+        let router2 = n2["routerIps"][0].as_str().unwrap().to_string();
+        let router3 = n3["routerIps"][0].as_str().unwrap().to_string();
+        let cidr2 = n2["podCidrs"][0].as_str().unwrap().to_string();
+        lab.wait("n1 has its direct route to n2's pod CIDR", || {
+            lab.routes(1).contains(&format!("{cidr2} via 10.4.94.12"))
+        });
+        assert!(
+            lab.routes(2).contains("rp_host"),
+            "the node's own pod CIDR goes to its router interface: {}",
+            lab.routes(2)
+        );
 
-    // The agent says the same through its API.
-    let direct = lab.agent_api(
-        1,
-        "ExplainRoute",
-        &format!(r#"{{"destination": "{router2}"}}"#),
-    );
-    let text = direct["explanation"].as_str().unwrap_or_default();
-    assert_eq!(direct["kind"], "direct", "{direct}");
-    assert!(
-        text.contains("via 10.4.94.12") && text.contains("same L2 segment as node n2"),
-        "{direct}"
-    );
-    let far = lab.agent_api(
-        1,
-        "ExplainRoute",
-        &format!(r#"{{"destination": "{router3}"}}"#),
-    );
-    let text = far["explanation"].as_str().unwrap_or_default();
-    assert_eq!(far["kind"], "default", "{far}");
-    assert!(
-        text.contains("default route via 10.4.94.1")
-            && text.contains("node n4 (10.4.83.21) is on another segment; the ToR learned"),
-        "{far}"
-    );
-    let status = lab.agent_api(1, "GetStatus", "{}");
-    assert_eq!(
-        (
-            status["node"].as_str(),
-            status["synced"].as_bool(),
-            status["routesInstalled"].as_u64()
-        ),
-        (Some("n1"), Some(true), Some(1)),
-        "{status}"
-    );
-    let routes = lab.agent_api(1, "ListRoutes", "{}");
-    assert_eq!(routes["routes"][0]["node"], "n2", "{routes}");
+        // Same segment: the target is the first hop.
+        assert_eq!(
+            lab.traceroute(1, &router2),
+            vec![router2.clone()],
+            "same segment: one hop"
+        );
+        // Other segment: through the router (the seed's 10.4.94.1), then the target.
+        assert_eq!(
+            lab.traceroute(1, &router3),
+            vec!["10.4.94.1".to_string(), router3.clone()],
+            "other segment: via the router"
+        );
 
-    // Its metrics agree (scraped inside n1's namespace).
-    let scrape = Command::new("ip")
+        // The agent says the same through its API.
+        let direct = lab.agent_api(
+            1,
+            "ExplainRoute",
+            &format!(r#"{{"destination": "{router2}"}}"#),
+        );
+        let text = direct["explanation"].as_str().unwrap_or_default();
+        assert_eq!(direct["kind"], "direct", "{direct}");
+        assert!(
+            text.contains("via 10.4.94.12") && text.contains("same L2 segment as node n2"),
+            "{direct}"
+        );
+        let far = lab.agent_api(
+            1,
+            "ExplainRoute",
+            &format!(r#"{{"destination": "{router3}"}}"#),
+        );
+        let text = far["explanation"].as_str().unwrap_or_default();
+        assert_eq!(far["kind"], "default", "{far}");
+        assert!(
+            text.contains("default route via 10.4.94.1")
+                && text.contains("node n4 (10.4.83.21) is on another segment; the ToR learned"),
+            "{far}"
+        );
+        let status = lab.agent_api(1, "GetStatus", "{}");
+        assert_eq!(
+            (
+                status["node"].as_str(),
+                status["synced"].as_bool(),
+                status["routesInstalled"].as_u64()
+            ),
+            (Some("n1"), Some(true), Some(1)),
+            "{status}"
+        );
+        let routes = lab.agent_api(1, "ListRoutes", "{}");
+        assert_eq!(routes["routes"][0]["node"], "n2", "{routes}");
+
+        // Its metrics agree (scraped inside n1's namespace).
+        let scrape = Command::new("ip")
         .args(["netns", "exec", &lab.ns[1], "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9953; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"])
         .output()
         .unwrap();
-    let body = String::from_utf8_lossy(&scrape.stdout);
-    assert!(
-        body.lines()
-            .any(|l| l == "routeplane_agent_routes_installed 1"),
-        "{body}"
-    );
-    assert!(
-        body.lines().any(|l| l == "routeplane_agent_synced 1"),
-        "{body}"
-    );
-
-    // n2 was told to route other segments through 10.4.94.1 itself; n1 leaves them to its default.
-    let cidr4 = n3["podCidrs"][0].as_str().unwrap().to_string();
-    lab.wait(
-        "n2 routes the far node's CIDR through the configured gateway",
-        || lab.routes(2).contains(&format!("{cidr4} via 10.4.94.1")),
-    );
-    assert!(!lab.routes(1).contains(&cidr4), "{}", lab.routes(1));
-}
-
-#[test]
-fn restarting_an_agent_drops_no_ping() {
-    if !privileged() {
-        return;
-    }
-    let mut lab = Lab::new("p");
-    lab.ipam(false);
-    lab.agent(1, "10.4.94.11");
-    lab.agent(2, "10.4.94.12");
-    lab.wait("both agents registered", || {
-        lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 2)
-    });
-    let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
-    let (cidr2, router2) = (
-        n2["podCidrs"][0].as_str().unwrap().to_string(),
-        n2["routerIps"][0].as_str().unwrap().to_string(),
-    );
-    lab.wait("n1 routes to n2's pod CIDR", || {
-        lab.routes(1).contains(&format!("{cidr2} via 10.4.94.12"))
-    });
-    // 80 pings over 4 s while n1's agent stops and starts again.
-    let ping = Command::new("ip")
-        .args([
-            "netns", "exec", &lab.ns[1], "ping", "-q", "-i", "0.05", "-c", "80", "-W", "1",
-            &router2,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    lab.stop("n1");
-    lab.agent(1, "10.4.94.11");
-    let out = ping.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("80 packets transmitted, 80 received"),
-        "pings were lost across the restart:\n{text}"
-    );
-}
-
-#[test]
-fn ipv6_pod_cidrs_get_direct_routes_too() {
-    if !privileged() {
-        return;
-    }
-    let mut lab = Lab::new("6");
-    lab.ipam(true);
-    lab.agent_with(1, "10.4.94.11", &["--address", "fd04:94::11"]);
-    lab.agent_with(2, "10.4.94.12", &["--address", "fd04:94::21"]);
-    lab.wait("both agents registered", || {
-        lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 2)
-    });
-    let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
-    let v6 = n2["podCidrs"][1].as_str().unwrap().to_string();
-    let router6 = n2["routerIps"][1].as_str().unwrap().to_string();
-    lab.wait("n1 has an IPv6 route to n2's IPv6 pod CIDR", || {
-        lab.routes6(1).contains(&format!("{v6} via fd04:94::21"))
-    });
-    let ping = Command::new("ip")
-        .args([
-            "netns", "exec", &lab.ns[1], "ping", "-6", "-c", "2", "-W", "2", &router6,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "n2's IPv6 router IP answers: {}",
-        String::from_utf8_lossy(&ping.stdout)
-    );
-}
-
-#[test]
-fn ebpf_forwards_a_pods_packets_with_no_kernel_route() {
-    if !privileged() {
-        return;
-    }
-    let mut lab = Lab::new("e");
-    lab.ipam(true);
-    // n1's allocation first (the agent's own registration returns the same), to address the pod.
-    let n1 = lab.grpc(
-        "routeplane.ipam.v1.Ipam/RegisterNode",
-        r#"{"name": "n1", "addresses": ["10.4.94.11", "fd04:94::11"]}"#,
-    );
-    let router1 = n1["routerIps"][0].as_str().unwrap().to_string();
-    let cidr1: routeplane_net::Cidr = n1["podCidrs"][0].as_str().unwrap().parse().unwrap();
-    let cidr1_v6: routeplane_net::Cidr = n1["podCidrs"][1].as_str().unwrap().parse().unwrap();
-    let pod_ip = cidr1.nth_addr(10).unwrap().to_string();
-    let pod_ip6 = cidr1_v6.nth_addr(10).unwrap().to_string();
-
-    // A pod behind n1: its own namespace, a veth to n1, default route through n1's router IP.
-    let id = lab.ns[0]
-        .trim_start_matches("rpa-")
-        .trim_end_matches("-ctl")
-        .to_string();
-    let pod = format!("rpa-{id}-pod");
-    let _ = Command::new("ip").args(["netns", "del", &pod]).output();
-    sh(&["ip", "netns", "add", &pod]);
-    lab.ns.push(pod.clone());
-    // No duplicate address detection on the pod link: its addresses are usable at once.
-    for ns in [&lab.ns[1], &pod] {
-        sysctl(ns, "net.ipv6.conf.default.accept_dad=0");
-    }
-    let (host_side, pod_side) = (format!("vp{id}"), format!("pe{id}"));
-    sh(&[
-        "ip", "-n", &lab.ns[1], "link", "add", &host_side, "type", "veth", "peer", "name",
-        &pod_side,
-    ]);
-    sh(&[
-        "ip", "-n", &lab.ns[1], "link", "set", &pod_side, "netns", &pod,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &pod,
-        "addr",
-        "add",
-        &format!("{pod_ip}/32"),
-        "dev",
-        &pod_side,
-    ]);
-    sh(&["ip", "-n", &pod, "link", "set", &pod_side, "up"]);
-    sh(&["ip", "-n", &pod, "route", "add", &router1, "dev", &pod_side]);
-    sh(&["ip", "-n", &pod, "route", "add", "default", "via", &router1]);
-    // IPv6: the pod's default router is a link-local address answered by a static neighbour
-    // entry (the node's veth end), as a CNI would set it up.
-    sh(&[
-        "ip",
-        "-n",
-        &pod,
-        "addr",
-        "add",
-        &format!("{pod_ip6}/128"),
-        "dev",
-        &pod_side,
-        "nodad",
-    ]);
-    let host_mac = Command::new("ip")
-        .args(["-n", &lab.ns[1], "-o", "link", "show", &host_side])
-        .output()
-        .unwrap();
-    let host_mac = String::from_utf8_lossy(&host_mac.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap()
-        .to_string();
-    sh(&[
-        "ip",
-        "-n",
-        &pod,
-        "-6",
-        "neigh",
-        "add",
-        "fe80::1",
-        "lladdr",
-        &host_mac,
-        "dev",
-        &pod_side,
-        "nud",
-        "permanent",
-    ]);
-    sh(&[
-        "ip", "-n", &pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", &pod_side,
-    ]);
-    sh(&["ip", "-n", &lab.ns[1], "link", "set", &host_side, "up"]);
-    sysctl(&lab.ns[1], "net.ipv4.ip_forward=1");
-    // The way back to the pod, both families.
-    for host in [format!("{pod_ip}/32"), format!("{pod_ip6}/128")] {
-        sh(&[
-            "ip", "-n", &lab.ns[1], "route", "add", &host, "dev", &host_side,
-        ]);
-    }
-    sysctl(&lab.ns[1], "net.ipv6.conf.all.forwarding=1");
-
-    // A bpffs of the test's own (this machine may have none on /sys/fs/bpf, and `ip netns exec`
-    // remounts /sys anyway); unmounting it at the end frees whatever is pinned there.
-    let bpffs = lab.dir.path().join("bpffs");
-    std::fs::create_dir(&bpffs).unwrap();
-    sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().unwrap()]);
-    lab.bpffs.push(bpffs.clone());
-    let pins = bpffs.join("routeplane");
-    let ebpf_args = [
-        "--datapath",
-        "ebpf",
-        "--pod-interface",
-        &host_side,
-        "--bpf-pin-dir",
-        pins.to_str().unwrap(),
-        "--address",
-        "fd04:94::11",
-    ];
-    lab.agent_with(2, "10.4.94.12", &["--address", "fd04:94::21"]);
-    lab.agent_with(1, "10.4.94.11", &ebpf_args);
-    let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
-    let (cidr2, router2) = (
-        n2["podCidrs"][0].as_str().unwrap().to_string(),
-        n2["routerIps"][0].as_str().unwrap().to_string(),
-    );
-    let (cidr2_v6, router2_v6) = (
-        n2["podCidrs"][1].as_str().unwrap().to_string(),
-        n2["routerIps"][1].as_str().unwrap().to_string(),
-    );
-    lab.wait("n2 routes back to n1's pod CIDRs", || {
-        lab.routes(2).contains(&format!("{cidr1} via 10.4.94.11"))
-            && lab
-                .routes6(2)
-                .contains(&format!("{cidr1_v6} via fd04:94::11"))
-    });
-    let ping = |to: &str| {
-        Command::new("ip")
-            .args(["netns", "exec", &pod, "ping", "-c", "1", "-W", "1", to])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let both = || ping(&router2) && ping(&router2_v6);
-    lab.wait(
-        "the pod reaches n2's router IP through the eBPF map",
-        || ping(&router2),
-    );
-    lab.wait("and n2's IPv6 router IP through the IPv6 map", || {
-        ping(&router2_v6)
-    });
-    let no_kernel_route = |lab: &Lab| {
+        let body = String::from_utf8_lossy(&scrape.stdout);
         assert!(
-            !lab.routes(1).contains(&cidr2) && !lab.routes6(1).contains(&cidr2_v6),
-            "n1 has no kernel route to n2's pod CIDRs: {}{}",
-            lab.routes(1),
-            lab.routes6(1)
+            body.lines()
+                .any(|l| l == "routeplane_agent_routes_installed 1"),
+            "{body}"
         );
-    };
-    no_kernel_route(&lab);
-    // The counters are read at each reconcile (every second here).
-    let forwarded = |lab: &Lab| {
-        lab.metric(1, "routeplane_agent_ebpf_forwarded_packets_total")
-            .unwrap_or(0)
-    };
-    lab.wait("the forwarded counter moves", || forwarded(&lab) > 0);
+        assert!(
+            body.lines().any(|l| l == "routeplane_agent_synced 1"),
+            "{body}"
+        );
 
-    // The API shows the map entry and explains the path through it, with the counters.
-    let routes = lab.agent_api(1, "ListRoutes", "{}");
-    let entry = |cidr: &str| {
-        routes["routes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["destination"] == cidr)
-            .unwrap_or_else(|| panic!("no entry for {cidr}: {routes}"))
-            .clone()
-    };
-    for (cidr, gateway) in [(&cidr2, "10.4.94.12"), (&cidr2_v6, "fd04:94::21")] {
-        let e = entry(cidr);
-        assert_eq!(e["datapath"], "ebpf", "{e}");
-        assert_eq!(e["node"], "n2", "{e}");
-        assert_eq!(e["gateway"], gateway, "{e}");
+        // n2 was told to route other segments through 10.4.94.1 itself; n1 leaves them to its default.
+        let cidr4 = n3["podCidrs"][0].as_str().unwrap().to_string();
+        lab.wait(
+            "n2 routes the far node's CIDR through the configured gateway",
+            || lab.routes(2).contains(&format!("{cidr4} via 10.4.94.1")),
+        );
+        assert!(!lab.routes(1).contains(&cidr4), "{}", lab.routes(1));
     }
-    let why = lab.agent_api(
-        1,
-        "ExplainRoute",
-        &format!(r#"{{"destination": "{router2}"}}"#),
-    );
-    assert_eq!(why["datapath"], "ebpf", "{why}");
-    assert!(
-        why["explanation"]
+
+    #[test]
+    fn restarting_an_agent_drops_no_ping() {
+        require();
+        let mut lab = Lab::new();
+        lab.ipam(false);
+        lab.agent(1, "10.4.94.11");
+        lab.agent(2, "10.4.94.12");
+        lab.wait("both agents registered", || {
+            lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+        });
+        let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
+        let (cidr2, router2) = (
+            n2["podCidrs"][0].as_str().unwrap().to_string(),
+            n2["routerIps"][0].as_str().unwrap().to_string(),
+        );
+        lab.wait("n1 routes to n2's pod CIDR", || {
+            lab.routes(1).contains(&format!("{cidr2} via 10.4.94.12"))
+        });
+        // 80 pings over 4 s while n1's agent stops and starts again.
+        let ping = Command::new("ip")
+            .args([
+                "netns", "exec", &lab.ns[1], "ping", "-q", "-i", "0.05", "-c", "80", "-W", "1",
+                &router2,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        lab.stop("n1");
+        lab.agent(1, "10.4.94.11");
+        let out = ping.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("80 packets transmitted, 80 received"),
+            "pings were lost across the restart:\n{text}"
+        );
+    }
+
+    #[test]
+    fn ipv6_pod_cidrs_get_direct_routes_too() {
+        require();
+        let mut lab = Lab::new();
+        lab.ipam(true);
+        lab.agent_with(1, "10.4.94.11", &["--address", "fd04:94::11"]);
+        lab.agent_with(2, "10.4.94.12", &["--address", "fd04:94::21"]);
+        lab.wait("both agents registered", || {
+            lab.grpc("routeplane.ipam.v1.Ipam/ListNodes", "{}")["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 2)
+        });
+        let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
+        let v6 = n2["podCidrs"][1].as_str().unwrap().to_string();
+        let router6 = n2["routerIps"][1].as_str().unwrap().to_string();
+        lab.wait("n1 has an IPv6 route to n2's IPv6 pod CIDR", || {
+            lab.routes6(1).contains(&format!("{v6} via fd04:94::21"))
+        });
+        let ping = Command::new("ip")
+            .args([
+                "netns", "exec", &lab.ns[1], "ping", "-6", "-c", "2", "-W", "2", &router6,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            ping.status.success(),
+            "n2's IPv6 router IP answers: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+    }
+
+    #[test]
+    fn ebpf_forwards_a_pods_packets_with_no_kernel_route() {
+        require();
+        let mut lab = Lab::new();
+        lab.ipam(true);
+        // n1's allocation first (the agent's own registration returns the same), to address the pod.
+        let n1 = lab.grpc(
+            "routeplane.ipam.v1.Ipam/RegisterNode",
+            r#"{"name": "n1", "addresses": ["10.4.94.11", "fd04:94::11"]}"#,
+        );
+        let router1 = n1["routerIps"][0].as_str().unwrap().to_string();
+        let cidr1: routeplane_net::Cidr = n1["podCidrs"][0].as_str().unwrap().parse().unwrap();
+        let cidr1_v6: routeplane_net::Cidr = n1["podCidrs"][1].as_str().unwrap().parse().unwrap();
+        let pod_ip = cidr1.nth_addr(10).unwrap().to_string();
+        let pod_ip6 = cidr1_v6.nth_addr(10).unwrap().to_string();
+
+        // A pod behind n1: its own namespace, a veth to n1, default route through n1's router IP.
+        let id = lab.ns[0]
+            .trim_start_matches("rpa-")
+            .trim_end_matches("-ctl")
+            .to_string();
+        let pod = format!("rpa-{id}-pod");
+        let _ = Command::new("ip").args(["netns", "del", &pod]).output();
+        sh(&["ip", "netns", "add", &pod]);
+        lab.ns.push(pod.clone());
+        // No duplicate address detection on the pod link: its addresses are usable at once.
+        for ns in [&lab.ns[1], &pod] {
+            sysctl(ns, "net.ipv6.conf.default.accept_dad=0");
+        }
+        let (host_side, pod_side) = (format!("vp{id}"), format!("pe{id}"));
+        sh(&[
+            "ip", "-n", &lab.ns[1], "link", "add", &host_side, "type", "veth", "peer", "name",
+            &pod_side,
+        ]);
+        sh(&[
+            "ip", "-n", &lab.ns[1], "link", "set", &pod_side, "netns", &pod,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("{pod_ip}/32"),
+            "dev",
+            &pod_side,
+        ]);
+        sh(&["ip", "-n", &pod, "link", "set", &pod_side, "up"]);
+        sh(&["ip", "-n", &pod, "route", "add", &router1, "dev", &pod_side]);
+        sh(&["ip", "-n", &pod, "route", "add", "default", "via", &router1]);
+        // IPv6: the pod's default router is a link-local address answered by a static neighbour
+        // entry (the node's veth end), as a CNI would set it up.
+        sh(&[
+            "ip",
+            "-n",
+            &pod,
+            "addr",
+            "add",
+            &format!("{pod_ip6}/128"),
+            "dev",
+            &pod_side,
+            "nodad",
+        ]);
+        let host_mac = Command::new("ip")
+            .args(["-n", &lab.ns[1], "-o", "link", "show", &host_side])
+            .output()
+            .unwrap();
+        let host_mac = String::from_utf8_lossy(&host_mac.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        sh(&[
+            "ip",
+            "-n",
+            &pod,
+            "-6",
+            "neigh",
+            "add",
+            "fe80::1",
+            "lladdr",
+            &host_mac,
+            "dev",
+            &pod_side,
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "ip", "-n", &pod, "-6", "route", "add", "default", "via", "fe80::1", "dev", &pod_side,
+        ]);
+        sh(&["ip", "-n", &lab.ns[1], "link", "set", &host_side, "up"]);
+        sysctl(&lab.ns[1], "net.ipv4.ip_forward=1");
+        // The way back to the pod, both families.
+        for host in [format!("{pod_ip}/32"), format!("{pod_ip6}/128")] {
+            sh(&[
+                "ip", "-n", &lab.ns[1], "route", "add", &host, "dev", &host_side,
+            ]);
+        }
+        sysctl(&lab.ns[1], "net.ipv6.conf.all.forwarding=1");
+
+        // A bpffs of the test's own (this machine may have none on /sys/fs/bpf, and `ip netns exec`
+        // remounts /sys anyway); unmounting it at the end frees whatever is pinned there.
+        let bpffs = lab.dir.path().join("bpffs");
+        std::fs::create_dir(&bpffs).unwrap();
+        sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().unwrap()]);
+        lab.bpffs.push(bpffs.clone());
+        let pins = bpffs.join("routeplane");
+        let ebpf_args = [
+            "--datapath",
+            "ebpf",
+            "--pod-interface",
+            &host_side,
+            "--bpf-pin-dir",
+            pins.to_str().unwrap(),
+            "--address",
+            "fd04:94::11",
+        ];
+        lab.agent_with(2, "10.4.94.12", &["--address", "fd04:94::21"]);
+        lab.agent_with(1, "10.4.94.11", &ebpf_args);
+        let n2 = lab.grpc("routeplane.ipam.v1.Ipam/GetNode", r#"{"name": "n2"}"#);
+        let (cidr2, router2) = (
+            n2["podCidrs"][0].as_str().unwrap().to_string(),
+            n2["routerIps"][0].as_str().unwrap().to_string(),
+        );
+        let (cidr2_v6, router2_v6) = (
+            n2["podCidrs"][1].as_str().unwrap().to_string(),
+            n2["routerIps"][1].as_str().unwrap().to_string(),
+        );
+        lab.wait("n2 routes back to n1's pod CIDRs", || {
+            lab.routes(2).contains(&format!("{cidr1} via 10.4.94.11"))
+                && lab
+                    .routes6(2)
+                    .contains(&format!("{cidr1_v6} via fd04:94::11"))
+        });
+        let ping = |to: &str| {
+            Command::new("ip")
+                .args(["netns", "exec", &pod, "ping", "-c", "1", "-W", "1", to])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let both = || ping(&router2) && ping(&router2_v6);
+        lab.wait(
+            "the pod reaches n2's router IP through the eBPF map",
+            || ping(&router2),
+        );
+        lab.wait("and n2's IPv6 router IP through the IPv6 map", || {
+            ping(&router2_v6)
+        });
+        let no_kernel_route = |lab: &Lab| {
+            assert!(
+                !lab.routes(1).contains(&cidr2) && !lab.routes6(1).contains(&cidr2_v6),
+                "n1 has no kernel route to n2's pod CIDRs: {}{}",
+                lab.routes(1),
+                lab.routes6(1)
+            );
+        };
+        no_kernel_route(&lab);
+        // The counters are read at each reconcile (every second here).
+        let forwarded = |lab: &Lab| {
+            lab.metric(1, "routeplane_agent_ebpf_forwarded_packets_total")
+                .unwrap_or(0)
+        };
+        lab.wait("the forwarded counter moves", || forwarded(&lab) > 0);
+
+        // The API shows the map entry and explains the path through it, with the counters.
+        let routes = lab.agent_api(1, "ListRoutes", "{}");
+        let entry = |cidr: &str| {
+            routes["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["destination"] == cidr)
+                .unwrap_or_else(|| panic!("no entry for {cidr}: {routes}"))
+                .clone()
+        };
+        for (cidr, gateway) in [(&cidr2, "10.4.94.12"), (&cidr2_v6, "fd04:94::21")] {
+            let e = entry(cidr);
+            assert_eq!(e["datapath"], "ebpf", "{e}");
+            assert_eq!(e["node"], "n2", "{e}");
+            assert_eq!(e["gateway"], gateway, "{e}");
+        }
+        let why = lab.agent_api(
+            1,
+            "ExplainRoute",
+            &format!(r#"{{"destination": "{router2}"}}"#),
+        );
+        assert_eq!(why["datapath"], "ebpf", "{why}");
+        assert!(
+            why["explanation"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("eBPF"),
+            "{why}"
+        );
+        let explained: u64 = why["ebpfForwardedPackets"]
             .as_str()
-            .unwrap_or("")
-            .starts_with("eBPF"),
-        "{why}"
-    );
-    let explained: u64 = why["ebpfForwardedPackets"]
-        .as_str()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(explained > 0, "{why}");
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(explained > 0, "{why}");
 
-    // Stopped, the agent leaves the classifier and the map pinned: the pod still gets through.
-    lab.stop("n1");
-    assert!(
-        pins.join("rp_routes_v4").exists() && pins.join(format!("link-{host_side}")).exists(),
-        "maps and link pinned in {}",
-        pins.display()
-    );
-    assert!(both(), "forwarding continues while the agent is down");
+        // Stopped, the agent leaves the classifier and the map pinned: the pod still gets through.
+        lab.stop("n1");
+        assert!(
+            pins.join("rp_routes_v4").exists() && pins.join(format!("link-{host_side}")).exists(),
+            "maps and link pinned in {}",
+            pins.display()
+        );
+        assert!(both(), "forwarding continues while the agent is down");
 
-    // Restarted, it takes the pinned link and map over; the counters carry on from the old run.
-    let before = explained;
-    lab.agent_with(1, "10.4.94.11", &ebpf_args);
-    lab.wait(
-        "the restarted agent reports the counters it inherited",
-        || forwarded(&lab) > before,
-    );
-    assert!(both(), "forwarding after the restart");
-    assert!(
-        lab.log("n1")
-            .contains("classifier swapped into the pinned link"),
-        "{}",
-        lab.log("n1")
-    );
-    no_kernel_route(&lab);
+        // Restarted, it takes the pinned link and map over; the counters carry on from the old run.
+        let before = explained;
+        lab.agent_with(1, "10.4.94.11", &ebpf_args);
+        lab.wait(
+            "the restarted agent reports the counters it inherited",
+            || forwarded(&lab) > before,
+        );
+        assert!(both(), "forwarding after the restart");
+        assert!(
+            lab.log("n1")
+                .contains("classifier swapped into the pinned link"),
+            "{}",
+            lab.log("n1")
+        );
+        no_kernel_route(&lab);
 
-    // Uninstalled, nothing carries the packet any more: the control for everything above.
-    lab.stop("n1");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns[1]])
-        .arg(bin("routeplane-agent"))
-        .args(["--uninstall-ebpf", "--bpf-pin-dir", pins.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "uninstall: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!pins.exists(), "{} removed", pins.display());
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !ping(&router2) && !ping(&router2_v6),
-        "with the classifier uninstalled and no kernel route, the pod cannot reach n2"
-    );
+        // Uninstalled, nothing carries the packet any more: the control for everything above.
+        lab.stop("n1");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.ns[1]])
+            .arg(bin("routeplane-agent"))
+            .args(["--uninstall-ebpf", "--bpf-pin-dir", pins.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!pins.exists(), "{} removed", pins.display());
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !ping(&router2) && !ping(&router2_v6),
+            "with the classifier uninstalled and no kernel route, the pod cannot reach n2"
+        );
+    }
 }

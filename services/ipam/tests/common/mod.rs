@@ -1,12 +1,13 @@
 //! Test harness: a real routeplane-ipam process on ephemeral loopback ports, and gRPC clients to it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use routeplane_testkit::Service;
 
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use tonic::transport::Channel;
@@ -52,67 +53,23 @@ pub fn output_text(cmd: &mut Command) -> (bool, String) {
 }
 
 pub struct Server {
-    child: Child,
+    process: Service,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
     pub data_dir: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-fn listening_addr(line: &str, what: &str) -> Option<SocketAddr> {
-    if !line.contains(what) {
-        return None;
-    }
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .and_then(|a| a.parse().ok())
 }
 
 impl Server {
     /// Starts the server on `data_dir` with extra flags; panics with its log if it does not come up.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = command(data_dir, extra)
-            .spawn()
-            .expect("spawn routeplane-ipam");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        // Keep draining stderr for the life of the process so that it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let lines = log.lock().unwrap().clone();
-            let grpc = lines
-                .iter()
-                .find_map(|l| listening_addr(l, "gRPC listening"));
-            let metrics = lines
-                .iter()
-                .find_map(|l| listening_addr(l, "metrics listening"));
-            if let (Some(grpc), Some(metrics)) = (grpc, metrics) {
-                return Server {
-                    child,
-                    grpc,
-                    metrics,
-                    data_dir: data_dir.to_path_buf(),
-                    log,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "routeplane-ipam exited with {status} before listening:\n{}",
-                    lines.join("\n")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "routeplane-ipam did not start in 30 s:\n{}",
-                lines.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut process = Service::start("routeplane-ipam", command(data_dir, extra));
+        let grpc = process.listen_addr("gRPC");
+        let metrics = process.listen_addr("metrics");
+        Server {
+            process,
+            grpc,
+            metrics,
+            data_dir: data_dir.to_path_buf(),
         }
     }
 
@@ -133,38 +90,21 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.process.log()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.process.kill9();
     }
 
     /// SIGTERM, then the exit status (bounded wait).
     pub fn terminate(mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "routeplane-ipam ignored SIGTERM for 15 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.terminate()
     }
 
     /// GET /metrics over plain HTTP/1.0.
@@ -219,13 +159,6 @@ impl Attached {
                 .await
                 .expect("connect"),
         )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,400 @@
+//! Against a real BIRD 2 (or GoBGP): routeplane-ipam and routeplane-bgp in one network namespace,
+//! the routers in others, a bridge between them — all created by the test (names unique per test),
+//! removed when it ends. Privileged: the tests using it live in `mod privileged` and require root,
+//! BIRD, GoBGP and grpcurl (scripts/test installs them).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use routeplane_testkit::{Netns, Service, bin};
+
+/// Fails the test unless it can run: root, BIRD, GoBGP, ip and grpcurl.
+pub fn require() {
+    routeplane_testkit::privileged::require(&["ip", "bird", "birdc", "grpcurl", "gobgpd", "gobgp"]);
+}
+
+/// A router on the core segment: its namespace, and BIRD's control socket once BIRD runs there.
+pub struct Router {
+    pub ns: Netns,
+    pub ctl: PathBuf,
+}
+
+/// Namespaces `speaker` (routeplane, 10.4.36.10) and the routers (the first at 10.4.36.239).
+pub struct Lab {
+    id: String,
+    pub speaker: Netns,
+    /// The first router is `routers[0]`; [`Lab::add_router`] adds more.
+    pub routers: Vec<Router>,
+    pub dir: tempfile::TempDir,
+    services: Vec<Service>,
+    /// routeplane-bgp's arguments, to restart it.
+    bgp_args: Vec<String>,
+    /// How many times routeplane-bgp was started: its logs are bgp.log, bgp2.log…
+    bgp_starts: usize,
+}
+
+pub const SPEAKER_IP: &str = "10.4.36.10";
+pub const ROUTER_IP: &str = "10.4.36.239";
+pub const SPEAKER_IP6: &str = "fd04:36::10";
+pub const ROUTER_IP6: &str = "fd04:36::239";
+
+impl Lab {
+    /// The seed's core segment: a bridge in the speaker namespace carrying 10.4.36.10 (and
+    /// fd04:36::10), with the first router (10.4.36.239, fd04:36::239) attached.
+    #[allow(clippy::new_without_default)] // it builds namespaces: no default value
+    pub fn new() -> Lab {
+        let id = routeplane_testkit::unique_id();
+        let speaker = Netns::new(&id, "s");
+        speaker.ip(&["link", "add", "core", "type", "bridge"]);
+        speaker.ip(&["addr", "add", &format!("{SPEAKER_IP}/24"), "dev", "core"]);
+        // nodad: IPv6 usable at once, for the dual-stack tests.
+        speaker.ip(&[
+            "addr",
+            "add",
+            &format!("{SPEAKER_IP6}/64"),
+            "dev",
+            "core",
+            "nodad",
+        ]);
+        speaker.ip(&["link", "set", "core", "up"]);
+        let mut lab = Lab {
+            id,
+            speaker,
+            routers: Vec::new(),
+            dir: tempfile::tempdir().unwrap(),
+            services: Vec::new(),
+            bgp_args: Vec::new(),
+            bgp_starts: 0,
+        };
+        lab.add_router_with(ROUTER_IP, Some(ROUTER_IP6));
+        lab
+    }
+
+    /// The first router's namespace.
+    pub fn router(&self) -> &str {
+        self.routers[0].ns.name()
+    }
+
+    /// Another router on the core segment, at `router_ip`/24. Returns its index for
+    /// [`Lab::start_bird_on`] and [`Lab::birdc_on`].
+    pub fn add_router(&mut self, router_ip: &str) -> usize {
+        self.add_router_with(router_ip, None)
+    }
+
+    fn add_router_with(&mut self, ip: &str, ip6: Option<&str>) -> usize {
+        let index = self.routers.len();
+        let ns = Netns::new(&self.id, &format!("r{index}"));
+        let (vr, vs) = (
+            format!("vr{}{index}", self.id),
+            format!("vs{}{index}", self.id),
+        );
+        routeplane_testkit::netns::veth(&ns, &vr, &self.speaker, &vs);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &vr]);
+        if let Some(ip6) = ip6 {
+            ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", &vr, "nodad"]);
+        }
+        self.speaker.ip(&["link", "set", &vs, "master", "core"]);
+        let ctl = self.path(&format!("bird{index}.ctl"));
+        self.routers.push(Router { ns, ctl });
+        index
+    }
+
+    /// BIRD on router `index`, with a full protocol body of our choosing.
+    pub fn start_bird_on(&mut self, index: usize, router_id: &str, protocol: &str) -> u32 {
+        let conf = format!(
+            "router id {router_id};\nprotocol device {{}}\nprotocol bgp routeplane {{\n  error wait time 1, 5;\n{protocol}\n}}\n"
+        );
+        let file = self.path(&format!("bird{index}.conf"));
+        std::fs::write(&file, conf).unwrap();
+        let ctl = self.routers[index].ctl.clone();
+        let ns = self.routers[index].ns.name().to_string();
+        self.spawn(
+            &format!("bird{index}"),
+            &ns,
+            Path::new("bird"),
+            &[
+                "-f",
+                "-c",
+                file.to_str().unwrap(),
+                "-s",
+                ctl.to_str().unwrap(),
+            ],
+        )
+    }
+
+    /// birdc on router `index`; a command BIRD refuses, or a BIRD that does not answer, fails the test.
+    pub fn birdc_on(&self, index: usize, command: &str) -> String {
+        routeplane_testkit::bird::birdc(None, &self.routers[index].ctl, command)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log(&format!("bird{index}"))))
+    }
+
+    /// birdc on the first router.
+    pub fn birdc(&self, command: &str) -> String {
+        self.birdc_on(0, command)
+    }
+
+    /// Whether the `routeplane` session on router `index` is Established.
+    pub fn established_on(&self, index: usize) -> bool {
+        self.birdc_on(index, "show protocols routeplane")
+            .lines()
+            .any(|l| l.starts_with("routeplane") && l.contains("Established"))
+    }
+
+    /// routeplane-ipam and routeplane-bgp with a bgp-config of our choosing.
+    pub fn start_routeplane_config(&mut self, bgp_config: &str, bgp_args: &[&str]) {
+        std::fs::write(self.path("bgp-config.yaml"), bgp_config).unwrap();
+        self.start_services(&[], bgp_args);
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn spawn(&mut self, name: &str, ns: &str, program: &Path, args: &[&str]) -> u32 {
+        let service = Service::spawn(name, Some(ns), program, args);
+        let pid = service.pid();
+        self.services.push(service);
+        pid
+    }
+
+    /// BIRD on the first router with one BGP protocol `routeplane` towards the speaker; returns
+    /// its pid. `extra` goes into the protocol.
+    pub fn start_bird(&mut self, local_as: u32, extra: &str) -> u32 {
+        self.start_bird_with(local_as, extra, "")
+    }
+
+    /// As [`Lab::start_bird`]; `channel` goes into its ipv4 channel.
+    pub fn start_bird_with(&mut self, local_as: u32, extra: &str, channel: &str) -> u32 {
+        let protocol = format!(
+            "  local {ROUTER_IP} as {local_as};\n  neighbor {SPEAKER_IP} as 64513;\n{extra}\n  ipv4 {{ import all; export none; {channel} }};"
+        );
+        self.start_bird_on(0, ROUTER_IP, &protocol)
+    }
+
+    /// gobgpd on the first router (AS 64524, peer routeplane at 10.4.36.10 in AS 64513, IPv4 and
+    /// IPv6 unicast); `neighbor` adds TOML lines to the neighbor (e.g. passive mode).
+    pub fn start_gobgp(&mut self, neighbor: &str) -> u32 {
+        let conf = format!(
+            "[global.config]\n  as = 64524\n  router-id = \"{ROUTER_IP}\"\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{SPEAKER_IP}\"\n    peer-as = 64513\n{neighbor}\n  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv6-unicast\"\n"
+        );
+        std::fs::write(self.path("gobgpd.toml"), conf).unwrap();
+        let file = self.path("gobgpd.toml").to_str().unwrap().to_string();
+        let router = self.router().to_string();
+        self.spawn(
+            "gobgpd",
+            &router,
+            Path::new("gobgpd"),
+            &["-f", &file, "-t", "toml", "--api-hosts", "127.0.0.1:50151"],
+        )
+    }
+
+    /// The gobgp CLI against the first router's gobgpd; its failure fails the test.
+    pub fn gobgp(&self, args: &str) -> String {
+        let mut all = vec!["gobgp", "-p", "50151", "-u", "127.0.0.1"];
+        all.extend(args.split_whitespace());
+        let (ok, out) = self.routers[0].ns.run(&all);
+        assert!(ok, "gobgp {args}: {out}\n{}", self.log("gobgpd"));
+        out
+    }
+
+    /// routeplane-ipam and routeplane-bgp in the speaker namespace, with one peer (the router).
+    pub fn start_routeplane(&mut self, ipam_args: &[&str], bgp_args: &[&str]) {
+        self.start_routeplane_with("", ipam_args, bgp_args)
+    }
+
+    /// As [`Lab::start_routeplane`], with extra keys for the peer in bgp-config.
+    pub fn start_routeplane_with(
+        &mut self,
+        peer_keys: &str,
+        ipam_args: &[&str],
+        bgp_args: &[&str],
+    ) {
+        let bgp_config = format!(
+            "peers:\n  - peer-address: {ROUTER_IP}\n    peer-asn: 64524\n    my-asn: 64513\n{peer_keys}address-pools:\n  - name: default\n    protocol: bgp\n    addresses: [10.5.120.0/24]\n"
+        );
+        std::fs::write(self.path("bgp-config.yaml"), bgp_config).unwrap();
+        self.start_services(ipam_args, bgp_args);
+    }
+
+    fn start_services(&mut self, ipam_args: &[&str], bgp_args: &[&str]) {
+        let cfg = self.path("bgp-config.yaml").to_str().unwrap().to_string();
+        let data = self.path("ipam").to_str().unwrap().to_string();
+        let speaker = self.speaker.name().to_string();
+        let mut args = vec![
+            "--data-dir",
+            &data,
+            "--bgp-config",
+            &cfg,
+            "--grpc-listen",
+            "127.0.0.1:50051",
+            "--metrics-listen",
+            "127.0.0.1:9951",
+        ];
+        args.extend(ipam_args);
+        self.spawn("ipam", &speaker, &bin("routeplane-ipam"), &args);
+        let listen = format!("{SPEAKER_IP}:179");
+        let mut args = vec![
+            "--bgp-config",
+            &cfg,
+            "--router-id",
+            SPEAKER_IP,
+            "--bgp-listen",
+            &listen,
+            "--connect-retry",
+            "1s",
+            "--grpc-listen",
+            "127.0.0.1:50052",
+            "--metrics-listen",
+            "127.0.0.1:9952",
+        ];
+        args.extend(bgp_args);
+        self.bgp_args = args.iter().map(|a| a.to_string()).collect();
+        self.start_bgp_again();
+        self.wait_serving(50051, "ipam");
+    }
+
+    fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().rev().find(|s| s.name() == name)
+    }
+
+    fn bgp_name(&self) -> String {
+        match self.bgp_starts {
+            0 | 1 => "bgp".to_string(),
+            n => format!("bgp{n}"),
+        }
+    }
+
+    /// Sends routeplane-bgp a signal (e.g. "-HUP").
+    pub fn signal_bgp(&self, signal: &str) {
+        self.service(&self.bgp_name())
+            .expect("routeplane-bgp is running")
+            .signal(signal);
+    }
+
+    /// SIGTERM to routeplane-bgp, waiting (bounded) until it has exited.
+    pub fn stop_bgp(&mut self) {
+        let name = self.bgp_name();
+        let index = self
+            .services
+            .iter()
+            .rposition(|s| s.name() == name)
+            .expect("routeplane-bgp is running");
+        let mut bgp = self.services.remove(index);
+        bgp.terminate();
+        // Kept for its log.
+        self.services.push(bgp);
+    }
+
+    /// Starts routeplane-bgp (again) with the same arguments; its log is bgp.log, then bgp2.log…
+    pub fn start_bgp_again(&mut self) {
+        let args: Vec<String> = self.bgp_args.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let speaker = self.speaker.name().to_string();
+        self.bgp_starts += 1;
+        let name = self.bgp_name();
+        self.spawn(&name, &speaker, &bin("routeplane-bgp"), &args);
+        self.wait_serving(50052, &name);
+    }
+
+    fn wait_serving(&self, port: u16, name: &str) {
+        self.wait_for(
+            &format!("{name}: the service answers"),
+            Duration::from_secs(20),
+            || {
+                routeplane_testkit::grpcurl(
+                    Some(self.speaker.name()),
+                    &format!("127.0.0.1:{port}"),
+                    "grpc.health.v1.Health/Check",
+                    "{}",
+                )
+                .is_ok_and(|v| v["status"] == "SERVING")
+            },
+        );
+    }
+
+    /// What a service printed: "ipam", "bgp" (then "bgp2"… after restarts), "bird0", "gobgpd".
+    pub fn log(&self, name: &str) -> String {
+        let name = name.trim_end_matches(".log");
+        self.service(name).map(Service::log).unwrap_or_default()
+    }
+
+    /// grpcurl inside the speaker namespace; panics (with the logs) on failure.
+    pub fn grpc(&self, port: u16, method: &str, body: &str) -> serde_json::Value {
+        let addr = format!("127.0.0.1:{port}");
+        routeplane_testkit::grpcurl(Some(self.speaker.name()), &addr, method, body)
+            .unwrap_or_else(|e| panic!("{e}\nbgp.log:\n{}", self.log(&self.bgp_name())))
+    }
+
+    /// routeplane-bgp's /metrics (scraped inside the speaker namespace).
+    pub fn bgp_metrics(&self) -> String {
+        routeplane_testkit::scrape(Some(self.speaker.name()), "127.0.0.1:9952")
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Polls `check` until it holds or `limit` passes; then fails with BIRD's view and the logs.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            routeplane_testkit::wait_for(what, limit, &mut check)
+        }));
+        if let Err(e) = result {
+            let routers: String = self
+                .routers
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let show = |c: &str| {
+                        routeplane_testkit::bird::birdc(None, &r.ctl, c).unwrap_or_else(|e| e)
+                    };
+                    format!(
+                        "router {i}:\n{}\n{}\n{}",
+                        show("show protocols all routeplane"),
+                        show("show route all"),
+                        self.log(&format!("bird{i}"))
+                    )
+                })
+                .collect();
+            panic!(
+                "{}\n{routers}\nbgp log:\n{}\nipam log:\n{}",
+                e.downcast_ref::<String>().cloned().unwrap_or_default(),
+                self.log(&self.bgp_name()),
+                self.log("ipam")
+            );
+        }
+    }
+
+    /// The first router's routes as (prefix, next hop, AS path).
+    pub fn bird_routes(&self) -> Vec<(String, String, String)> {
+        routeplane_testkit::bird::parse_routes(&self.birdc("show route all"))
+            .into_iter()
+            .map(|p| (p.prefix, p.next_hop, p.as_path))
+            .collect()
+    }
+
+    pub fn kill(&self, pid: u32, signal: &str) {
+        routeplane_testkit::sh(&["kill", signal, &pid.to_string()]);
+    }
+
+    /// A counter of the kernel's TCP statistics (`nstat -az NAME`) in namespace `ns`.
+    pub fn tcp_stat(ns: &Netns, name: &str) -> u64 {
+        let (ok, out) = ns.run(&["nstat", "-az", name]);
+        assert!(ok, "nstat: {out}");
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Processes first (they run inside the namespaces), then the namespaces with the fields.
+        self.services.clear();
+    }
+}
