@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/routeplane/ipam/v1/ipam.proto",
         "../../proto/routeplane/bgp/v1/bgp.proto",
         "../../proto/routeplane/agent/v1/agent.proto",
+        "../../proto/routeplane/agent/v1/cni.proto",
     ];
     println!("cargo:rerun-if-changed=../../proto");
     let fds = protox::compile(protos, ["../../proto"])?;

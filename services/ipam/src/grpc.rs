@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::error::IpamError;
 use crate::ipam::{Ipam, WatchItem};
 use crate::model::{Event, Node, ServiceIp};
+use crate::state::{PodIps, ReportedPod};
 
 pub struct IpamGrpc {
     ipam: Arc<Ipam>,
@@ -131,6 +132,25 @@ impl From<crate::state::PodPoolView> for pb::PodPool {
             drained: p.drained,
             source: p.source,
         }
+    }
+}
+
+fn pod_allocation(node: &str, owner: String, held: &PodIps) -> pb::PodIpAllocation {
+    pb::PodIpAllocation {
+        node: node.to_string(),
+        owner,
+        ips: strings(&held.ips),
+        pod: held
+            .agent
+            .as_ref()
+            .map(|a| a.pod.clone())
+            .unwrap_or_default(),
+        managed_by: if held.agent.is_some() {
+            "agent"
+        } else {
+            "ipam"
+        }
+        .into(),
     }
 }
 
@@ -256,6 +276,8 @@ impl pb::ipam_server::Ipam for IpamGrpc {
             node: r.node,
             owner: r.owner,
             ips: strings(&ips),
+            pod: String::new(),
+            managed_by: "ipam".into(),
         }))
     }
 
@@ -282,13 +304,43 @@ impl pb::ipam_server::Ipam for IpamGrpc {
             .ipam
             .pod_ips(node)?
             .into_iter()
-            .map(|(owner, ips)| pb::PodIpAllocation {
-                node: node.to_string(),
-                owner,
-                ips: strings(&ips),
-            })
+            .map(|(owner, held)| pod_allocation(node, owner, &held))
             .collect();
         Ok(Response::new(pb::ListPodIPsResponse { allocations }))
+    }
+
+    async fn sync_pod_i_ps(
+        &self,
+        req: Request<pb::SyncPodIPsRequest>,
+    ) -> Result<Response<pb::SyncPodIPsResponse>, Status> {
+        let r = req.into_inner();
+        let node = required("node", &r.node)?.to_string();
+        let report = r
+            .allocations
+            .into_iter()
+            .map(|a| {
+                let ips = a
+                    .ips
+                    .iter()
+                    .map(|ip| parse_ip(&format!("allocations[{}].ips", a.owner), ip))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(ReportedPod {
+                    owner: a.owner,
+                    ips,
+                    pod: a.pod,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let outcome = self.ipam.sync_pod_ips(&node, r.generation, report).await?;
+        Ok(Response::new(pb::SyncPodIPsResponse {
+            accepted: outcome.accepted,
+            generation: outcome.generation,
+            reserved: outcome
+                .reserved
+                .into_iter()
+                .map(|(owner, ips)| pod_allocation(&node, owner, &PodIps { ips, agent: None }))
+                .collect(),
+        }))
     }
 
     async fn allocate_service_ip(

@@ -17,7 +17,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::commit::{Commit, CommitStats, Feed, WatchStart, run_committer, run_materializer};
 use crate::error::{IpamError, Result};
 use crate::model::{Node, Revision, ServiceIp};
-use crate::state::{CoreConfig, IpamState, Mutation, PodPoolView};
+use crate::state::{
+    CoreConfig, IpamState, Mutation, PodIps, PodPoolView, ReportedPod, SyncOutcome,
+};
 use crate::store::Store;
 use crate::wal::Wal;
 
@@ -300,8 +302,19 @@ impl Ipam {
         self.commit(|s| s.release_pod_ip(node, owner)).await
     }
 
-    pub fn pod_ips(&self, node: &str) -> Result<BTreeMap<String, Vec<IpAddr>>> {
+    pub fn pod_ips(&self, node: &str) -> Result<BTreeMap<String, PodIps>> {
         self.read(|s| s.pod_ips(node).cloned())
+    }
+
+    /// The route agent's report of its node's pod IPs (see `state/pod_ips.rs`).
+    pub async fn sync_pod_ips(
+        &self,
+        node: &str,
+        generation: u64,
+        report: Vec<ReportedPod>,
+    ) -> Result<SyncOutcome> {
+        self.commit(|s| s.sync_pod_ips(node, generation, report))
+            .await
     }
 
     pub async fn allocate_service_ip(

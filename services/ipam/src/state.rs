@@ -17,6 +17,9 @@ use crate::model::{self, Event, Node, ROUTER_OFFSET, Revision, ServiceIp};
 use crate::pod_pools::PodPools;
 use crate::service_pools::{ServicePool, ServicePools};
 
+mod pod_ips;
+pub use pod_ips::{AgentPod, PodIps, ReportedPod, SyncOutcome};
+
 /// A record to write or delete, in storage-neutral terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
@@ -26,10 +29,18 @@ pub enum Change {
         node: String,
         owner: String,
         ips: Vec<IpAddr>,
+        /// Set for an attachment the node's route agent reported (`pod_ips.rs`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<AgentPod>,
     },
     DeletePodIps {
         node: String,
         owner: String,
+    },
+    /// The generation of the last report of the node's route agent that was applied.
+    PutPodSync {
+        node: String,
+        generation: u64,
     },
     PutServiceIp(ServiceIp),
     DeleteServiceIp(String),
@@ -59,7 +70,9 @@ pub struct Mutation {
 pub struct Persisted {
     pub revision: Revision,
     pub nodes: Vec<Node>,
-    pub pod_ips: Vec<(String, String, Vec<IpAddr>)>,
+    pub pod_ips: Vec<(String, String, PodIps)>,
+    /// Per node, the generation of its agent's last applied report.
+    pub pod_syncs: Vec<(String, u64)>,
     pub service_ips: Vec<ServiceIp>,
     pub pools: Vec<PoolRecord>,
 }
@@ -92,8 +105,10 @@ pub struct PodPoolView {
 struct NodeEntry {
     node: Node,
     lease_deadline: Instant,
-    pods: BTreeMap<String, Vec<IpAddr>>,
+    pods: BTreeMap<String, PodIps>,
     taken: BTreeMap<Family, AddressSet>,
+    /// Set once the node's route agent reported its pod IPs: from then on it hands them out.
+    agent_generation: Option<u64>,
 }
 
 impl NodeEntry {
@@ -188,6 +203,7 @@ impl IpamState {
             let entry = NodeEntry {
                 lease_deadline: now + state.lease_ttl,
                 pods: BTreeMap::new(),
+                agent_generation: None,
                 taken: node
                     .pod_cidrs
                     .iter()
@@ -197,14 +213,20 @@ impl IpamState {
             };
             state.nodes.insert(entry.node.name.clone(), entry);
         }
-        for (node, owner, ips) in persisted.pod_ips {
+        for (node, generation) in persisted.pod_syncs {
+            if let Some(entry) = state.nodes.get_mut(&node) {
+                entry.agent_generation = Some(generation);
+            }
+        }
+        for (node, owner, held) in persisted.pod_ips {
             let Some(entry) = state.nodes.get_mut(&node) else {
                 warnings.push(format!(
-                    "pod IPs {ips:?} of {owner} belong to unknown node {node}: ignored"
+                    "pod IPs {:?} of {owner} belong to unknown node {node}: ignored",
+                    held.ips
                 ));
                 continue;
             };
-            for ip in &ips {
+            for ip in &held.ips {
                 let cidr = entry.node.cidr_of(Family::of(*ip));
                 match (
                     cidr.and_then(|c| c.offset_of(*ip)),
@@ -218,7 +240,7 @@ impl IpamState {
                     )),
                 }
             }
-            entry.pods.insert(owner, ips);
+            entry.pods.insert(owner, held);
         }
         for ip in persisted.service_ips {
             let (service, addr) = (ip.service.clone(), ip.ip);
@@ -370,6 +392,7 @@ impl IpamState {
                 lease_deadline,
                 pods: BTreeMap::new(),
                 taken: BTreeMap::new(),
+                agent_generation: None,
             });
         entry.lease_deadline = lease_deadline;
         for c in &new_cidrs {
@@ -473,98 +496,7 @@ impl IpamState {
             .collect()
     }
 
-    // ---- pod IPs -----------------------------------------------------------------------------
-
-    /// Gives `owner` an address of each wanted family from the node's CIDRs. Idempotent per owner.
-    pub fn allocate_pod_ip(
-        &mut self,
-        node: &str,
-        owner: &str,
-        family: Option<Family>,
-    ) -> Result<(Vec<IpAddr>, Option<Mutation>)> {
-        model::validate_owner(owner)?;
-        let entry = self
-            .nodes
-            .get_mut(node)
-            .ok_or_else(|| not_registered(node))?;
-        let wanted: Vec<Cidr> = match family {
-            None => entry.node.pod_cidrs.clone(),
-            Some(f) => vec![entry.node.cidr_of(f).ok_or_else(|| {
-                IpamError::FailedPrecondition(format!("node {node} has no {f} pod CIDR: {f} is not enabled in values.yaml (ipv4.enabled / ipv6.enabled)"))
-            })?],
-        };
-        let held = entry.pods.get(owner).cloned().unwrap_or_default();
-        let mut fresh = Vec::new();
-        for cidr in &wanted {
-            if held.iter().any(|ip| cidr.contains_addr(*ip)) {
-                continue;
-            }
-            let set = entry.taken.entry(cidr.family()).or_default();
-            match set
-                .allocate(cidr.size(), |o| reserved_in(cidr, o))
-                .and_then(|o| cidr.nth_addr(o))
-            {
-                Some(ip) => fresh.push(ip),
-                None => {
-                    for ip in &fresh {
-                        release_offset(entry, *ip);
-                    }
-                    let free = usable(cidr);
-                    return Err(IpamError::Exhausted(format!(
-                        "node {node}'s pod CIDR {cidr} is full: {free} of {free} pod IPs in use; release pod IPs that are gone or use a shorter clusterPool mask size for new nodes"
-                    )));
-                }
-            }
-        }
-        let mut ips: Vec<IpAddr> = held
-            .iter()
-            .chain(&fresh)
-            .copied()
-            .filter(|ip| wanted.iter().any(|c| c.contains_addr(*ip)))
-            .collect();
-        ips.sort_by_key(|ip| Family::of(*ip));
-        if fresh.is_empty() {
-            return Ok((ips, None));
-        }
-        let mut all = held;
-        all.extend(&fresh);
-        all.sort_by_key(|ip| Family::of(*ip));
-        entry.pods.insert(owner.to_string(), all.clone());
-        self.bump();
-        let change = Change::PutPodIps {
-            node: node.to_string(),
-            owner: owner.to_string(),
-            ips: all,
-        };
-        Ok((ips, Some(self.mutation(vec![change], None))))
-    }
-
-    pub fn release_pod_ip(
-        &mut self,
-        node: &str,
-        owner: &str,
-    ) -> Result<(Vec<IpAddr>, Option<Mutation>)> {
-        let entry = self
-            .nodes
-            .get_mut(node)
-            .ok_or_else(|| not_registered(node))?;
-        let Some(ips) = entry.pods.remove(owner) else {
-            return Ok((Vec::new(), None));
-        };
-        for ip in &ips {
-            release_offset(entry, *ip);
-        }
-        self.bump();
-        let change = Change::DeletePodIps {
-            node: node.to_string(),
-            owner: owner.to_string(),
-        };
-        Ok((ips, Some(self.mutation(vec![change], None))))
-    }
-
-    pub fn pod_ips(&self, node: &str) -> Result<&BTreeMap<String, Vec<IpAddr>>> {
-        Ok(&self.entry(node)?.pods)
-    }
+    // ---- pod IPs: state/pod_ips.rs ----------------------------------------------------------
 
     // ---- Service IPs -------------------------------------------------------------------------
 

@@ -3,14 +3,25 @@
 //! (`wal.rs`), which is what makes a change durable; `flush` here is the checkpoint after which the
 //! log segments it covers can go.
 //!
-//! Keys: `m/revision` → u64 BE; `n/NAME` → Node; `p/NODE\0OWNER` → [IpAddr]; `s/SERVICE` → ServiceIp;
-//! `c/CIDR` → PoolRecord. Values are JSON so that a stored record can be read with sled's tools.
+//! Keys: `m/revision` → u64 BE; `n/NAME` → Node; `p/NODE\0OWNER` → [IpAddr] (AllocatePodIP's) or
+//! {ips, agent} (the node's route agent's); `g/NODE` → the generation of the agent's last applied
+//! report; `s/SERVICE` → ServiceIp; `c/CIDR` → PoolRecord. Values are JSON so that a stored record
+//! can be read with sled's tools.
 
 use std::net::IpAddr;
 use std::path::Path;
 
 use crate::error::{IpamError, Result};
-use crate::state::{Change, Mutation, Persisted, PoolRecord};
+use crate::state::{AgentPod, Change, Mutation, Persisted, PodIps, PoolRecord};
+
+/// A pod-IP record as stored: a bare list for AllocatePodIP's owners (the format from before
+/// agents reported pods), an object for an agent's attachment.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum PodRecord {
+    Ips(Vec<IpAddr>),
+    Agent { ips: Vec<IpAddr>, agent: AgentPod },
+}
 
 const REVISION: &[u8] = b"m/revision";
 
@@ -79,12 +90,23 @@ impl Store {
         }
         for item in self.db.scan_prefix(b"p/") {
             let (k, v) = item?;
-            let ips: Vec<IpAddr> = decode(&k, &v)?;
+            let held = match decode::<PodRecord>(&k, &v)? {
+                PodRecord::Ips(ips) => PodIps { ips, agent: None },
+                PodRecord::Agent { ips, agent } => PodIps {
+                    ips,
+                    agent: Some(agent),
+                },
+            };
             let rest = String::from_utf8_lossy(&k[2..]).into_owned();
             let (node, owner) = rest
                 .split_once('\0')
                 .ok_or_else(|| IpamError::Storage(format!("stored pod key {rest:?} is corrupt")))?;
-            p.pod_ips.push((node.to_string(), owner.to_string(), ips));
+            p.pod_ips.push((node.to_string(), owner.to_string(), held));
+        }
+        for item in self.db.scan_prefix(b"g/") {
+            let (k, v) = item?;
+            let node = String::from_utf8_lossy(&k[2..]).into_owned();
+            p.pod_syncs.push((node, decode(&k, &v)?));
         }
         for item in self.db.scan_prefix(b"s/") {
             let (k, v) = item?;
@@ -103,9 +125,27 @@ impl Store {
         for change in &m.changes {
             match change {
                 Change::PutNode(n) => batch.insert(key("n/", &n.name), json(n)?),
-                Change::DeleteNode(name) => batch.remove(key("n/", name)),
-                Change::PutPodIps { node, owner, ips } => {
-                    batch.insert(pod_key(node, owner), json(ips)?)
+                Change::DeleteNode(name) => {
+                    batch.remove(key("n/", name));
+                    batch.remove(key("g/", name));
+                }
+                Change::PutPodIps {
+                    node,
+                    owner,
+                    ips,
+                    agent,
+                } => {
+                    let record = match agent {
+                        None => PodRecord::Ips(ips.clone()),
+                        Some(a) => PodRecord::Agent {
+                            ips: ips.clone(),
+                            agent: a.clone(),
+                        },
+                    };
+                    batch.insert(pod_key(node, owner), json(&record)?)
+                }
+                Change::PutPodSync { node, generation } => {
+                    batch.insert(key("g/", node), json(generation)?)
                 }
                 Change::DeletePodIps { node, owner } => batch.remove(pod_key(node, owner)),
                 Change::PutServiceIp(s) => batch.insert(key("s/", &s.service), json(s)?),
@@ -164,6 +204,9 @@ mod tests {
             ip: "10.5.120.0".parse().unwrap(),
             pool: "default".into(),
         };
+        let attachment = AgentPod {
+            pod: "default/busybox".into(),
+        };
         {
             let s = Store::open(dir.path()).unwrap();
             s.apply(&Mutation {
@@ -172,14 +215,23 @@ mod tests {
                 event: None,
             })
             .unwrap();
-            let pods = |o: &str| Change::PutPodIps {
+            let pods = |o: &str, agent: Option<AgentPod>| Change::PutPodIps {
                 node: "a".into(),
                 owner: o.into(),
                 ips: vec!["10.5.112.2".parse().unwrap()],
+                agent,
             };
             s.apply(&Mutation {
                 revision: 2,
-                changes: vec![pods("x"), pods("y")],
+                changes: vec![
+                    pods("x", None),
+                    pods("y", None),
+                    pods("c1/eth0", Some(attachment.clone())),
+                    Change::PutPodSync {
+                        node: "a".into(),
+                        generation: 7,
+                    },
+                ],
                 event: None,
             })
             .unwrap();
@@ -204,14 +256,22 @@ mod tests {
         let p = Store::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(p.revision, 3);
         assert_eq!(p.nodes, vec![node]);
+        let held = |agent| PodIps {
+            ips: vec!["10.5.112.2".parse().unwrap()],
+            agent,
+        };
         assert_eq!(
             p.pod_ips,
-            vec![(
-                "a".to_string(),
-                "x".to_string(),
-                vec!["10.5.112.2".parse().unwrap()]
-            )]
+            vec![
+                (
+                    "a".to_string(),
+                    "c1/eth0".to_string(),
+                    held(Some(attachment))
+                ),
+                ("a".to_string(), "x".to_string(), held(None)),
+            ]
         );
+        assert_eq!(p.pod_syncs, vec![("a".to_string(), 7)]);
         assert_eq!(p.service_ips, vec![svc]);
     }
 

@@ -1,6 +1,6 @@
 use super::*;
 
-const SEED_VALUES: &str = include_str!("../../../../examples/seed/values.yaml");
+const SEED_VALUES: &str = include_str!("../../../../../examples/seed/values.yaml");
 
 fn config(values: &str, lb: &str) -> CoreConfig {
     let v = routeplane_config::HelmValues::parse(values, "t").unwrap();
@@ -52,7 +52,8 @@ fn register(s: &mut IpamState, name: &str, addr: &str) -> Node {
 struct MemStore {
     revision: Revision,
     nodes: BTreeMap<String, Node>,
-    pods: BTreeMap<(String, String), Vec<IpAddr>>,
+    pods: BTreeMap<(String, String), PodIps>,
+    syncs: BTreeMap<String, u64>,
     services: BTreeMap<String, ServiceIp>,
     pools: BTreeMap<String, PoolRecord>,
 }
@@ -68,9 +69,18 @@ impl MemStore {
                 }
                 Change::DeleteNode(n) => {
                     self.nodes.remove(&n);
+                    self.syncs.remove(&n);
                 }
-                Change::PutPodIps { node, owner, ips } => {
-                    self.pods.insert((node, owner), ips);
+                Change::PutPodIps {
+                    node,
+                    owner,
+                    ips,
+                    agent,
+                } => {
+                    self.pods.insert((node, owner), PodIps { ips, agent });
+                }
+                Change::PutPodSync { node, generation } => {
+                    self.syncs.insert(node, generation);
                 }
                 Change::DeletePodIps { node, owner } => {
                     self.pods.remove(&(node, owner));
@@ -97,6 +107,7 @@ impl MemStore {
                 .iter()
                 .map(|((n, o), ips)| (n.clone(), o.clone(), ips.clone()))
                 .collect(),
+            pod_syncs: self.syncs.clone().into_iter().collect(),
             service_ips: self.services.values().cloned().collect(),
             pools: self.pools.values().cloned().collect(),
         }
@@ -369,8 +380,7 @@ fn restored_state_hands_out_nothing_twice() {
         .pod_ips("n1")
         .unwrap()
         .values()
-        .flatten()
-        .copied()
+        .flat_map(|p| p.ips.iter().copied())
         .collect();
     for i in 10..20 {
         let (ips, _) = r.allocate_pod_ip("n1", &format!("p{i}"), None).unwrap();
@@ -456,7 +466,7 @@ fn pools_add_drain_and_refuse_overlaps() {
 
 #[test]
 fn seed_lb_pool_on_the_pod_cidr_stops_the_start() {
-    let seed_bgp = include_str!("../../../../examples/seed/bgp-config.yaml");
+    let seed_bgp = include_str!("../../../../../examples/seed/bgp-config.yaml");
     let err = IpamState::restore(
         config(SEED_VALUES, seed_bgp),
         Persisted::default(),
@@ -536,3 +546,5 @@ fn a_cluster_update_neither_renews_a_lease_nor_revives_a_node() {
         "a label change does not bring a dead node's routes back"
     );
 }
+
+mod pod_ips;
