@@ -37,7 +37,7 @@ fn routes(n: u32) -> BTreeMap<Cidr, Route> {
         .map(|destination| {
             let route = Route {
                 destination,
-                gateway: IpAddr::V4(GATEWAY),
+                gateway: Some(IpAddr::V4(GATEWAY)),
                 ifindex: IFINDEX,
             };
             (destination, route)
@@ -54,7 +54,7 @@ fn datapath(pins: &Path) -> Datapath {
 fn clear(pins: &Path) {
     datapath(pins).sync(BTreeMap::new()).unwrap();
     assert!(
-        datapath(pins).entries().is_empty(),
+        datapath(pins).entries().expect("the map reads").is_empty(),
         "read back from the map"
     );
 }
@@ -70,7 +70,7 @@ fn agent(pins: &Path, want: &BTreeMap<Cidr, Route>) -> Duration {
     assert_eq!(written, want.len());
     // A fresh handle reads the map itself, not the agent's mirror of it.
     assert_eq!(
-        datapath(pins).entries().len(),
+        datapath(pins).entries().expect("the map reads").len(),
         want.len(),
         "the agent filled the map"
     );
@@ -105,7 +105,11 @@ fn bpftool(pins: &Path, n: u32, dir: &Path) -> Duration {
     sh(&["bpftool", "batch", "file", file.to_str().unwrap()]);
     let elapsed = started.elapsed();
     let dp = datapath(pins);
-    assert_eq!(dp.entries().len(), n as usize, "bpftool filled the map");
+    assert_eq!(
+        dp.entries().expect("the map reads").len(),
+        n as usize,
+        "bpftool filled the map"
+    );
     elapsed
 }
 

@@ -125,7 +125,7 @@ async fn main() {
         let actions: Vec<Action> = (0..routes)
             .map(|i| Route {
                 destination: slash28(i),
-                gateway: IpAddr::V4(GATEWAY),
+                gateway: Some(IpAddr::V4(GATEWAY)),
                 ifindex: index,
             })
             .map(|r| {

@@ -1,8 +1,9 @@
 //! Serving a service's gRPC routes with the extras every routeplane server has: grpc.health.v1
 //! (SERVING for the service and for "" while up, NOT_SERVING while draining) and reflection v1 and
-//! v1alpha over routeplane's descriptors and health's.
+//! v1alpha over routeplane's descriptors and health's — on a TCP listener ([`serve`]) or a Unix
+//! socket ([`serve_unix`], the route agent's socket for routeplane-cni).
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tonic::service::Routes;
 
 use std::time::Duration;
@@ -23,6 +24,44 @@ pub async fn serve(
     routes: Routes,
     shutdown: Shutdown,
 ) -> Result<(), RuntimeError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, service = service_name, "gRPC listening");
+    }
+    // Small responses must not wait for Nagle's algorithm to meet the peer's delayed ACK (40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    serve_incoming(incoming, service_name, routes, shutdown).await
+}
+
+/// As [`serve`], on a Unix socket (its path logged as `gRPC listening on socket`).
+pub async fn serve_unix(
+    listener: UnixListener,
+    service_name: &'static str,
+    routes: Routes,
+    shutdown: Shutdown,
+) -> Result<(), RuntimeError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(socket = ?addr.as_pathname(), service = service_name, "gRPC listening on socket");
+    }
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    serve_incoming(incoming, service_name, routes, shutdown).await
+}
+
+async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    service_name: &'static str,
+    routes: Routes,
+    shutdown: Shutdown,
+) -> Result<(), RuntimeError>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(service_name, tonic_health::ServingStatus::Serving)
@@ -39,9 +78,6 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, service = service_name, "gRPC listening");
-    }
     let stop = shutdown.clone();
     let drain = async move {
         shutdown.wait().await;
@@ -62,11 +98,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // Small responses must not wait for Nagle's algorithm to meet the peer's delayed ACK (40 ms).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drain,
-        );
+        .serve_with_incoming_shutdown(incoming, drain);
     let deadline = async move {
         stop.wait().await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;

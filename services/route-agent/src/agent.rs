@@ -1,132 +1,23 @@
-//! The agent's life: register the node with IPAM (and keep a copy of the allocation on disk, so a
-//! node whose agent restarts while IPAM is down keeps its CIDR), renew the lease, follow the Watch
-//! feed, and reconcile the kernel's routes with what the feed says — on every change, at start and
-//! every `--reconcile-interval`. On shutdown the routes stay: a restarting agent drops no traffic.
+//! The agent's life: register the node (`registration`), own its pods (`pods`), follow the IPAM
+//! Watch feed, and reconcile the kernel's routes and the eBPF maps with what the feed and the pods
+//! say — on every change, at start and every `--reconcile-interval`. On shutdown routes, maps and
+//! pods' wiring stay: a restarting agent drops no traffic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
-use clap::Parser;
-use routeplane_api::ipam::v1 as pb;
 use routeplane_runtime::shutdown::Shutdown;
-use routeplane_runtime::telemetry::TelemetryArgs;
 use routeplane_watch::{FeedEvent, FeedNode};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::desired::{PeerNode, desired};
+use crate::desired::{Connected, PeerNode, Route, desired};
+use crate::ebpf::{Counters, Datapath, SharedDatapath, Side};
 use crate::kernel::{Kernel, KernelError};
+use crate::pods::PodNetwork;
 use crate::reconcile::plan;
-
-/// routeplane route agent: registers this node with routeplane-ipam, keeps its lease, and installs
-/// kernel routes (protocol 194) to the pod CIDRs of nodes on directly connected segments.
-#[derive(Debug, Parser)]
-#[command(name = "routeplane-agent", version)]
-pub struct Cli {
-    /// The IPAM service.
-    #[arg(
-        long,
-        env = "ROUTEPLANE_IPAM",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub ipam: String,
-    /// This node's name (Kubernetes: the downward API's spec.nodeName); default: the hostname.
-    #[arg(long, env = "ROUTEPLANE_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// This node's addresses (repeat for several); default: its global addresses.
-    #[arg(
-        long = "address",
-        env = "ROUTEPLANE_NODE_ADDRESSES",
-        value_delimiter = ','
-    )]
-    pub addresses: Vec<IpAddr>,
-    /// Node labels as KEY=VALUE (repeat for several), e.g. kubernetes/route=bgp-peer-83.
-    #[arg(long = "label", env = "ROUTEPLANE_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
-    /// Kubernetes mode: take the labels from this node's Node object (and follow their changes),
-    /// and its addresses unless --address is given, with the in-cluster credentials or KUBECONFIG;
-    /// --label flags apply on top.
-    #[arg(long, env = "ROUTEPLANE_KUBERNETES")]
-    pub kubernetes: bool,
-    /// Where the node's allocation is cached.
-    #[arg(
-        long,
-        env = "ROUTEPLANE_CACHE_DIR",
-        default_value = "/var/lib/routeplane/agent"
-    )]
-    pub cache_dir: PathBuf,
-    /// How often routes are checked against the kernel even without a change (repairs drift).
-    #[arg(long, env = "ROUTEPLANE_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
-    pub reconcile_interval: Duration,
-    /// Route other segments' pod CIDRs through this gateway instead of leaving them to the default
-    /// route (one per family; it must be on a connected subnet).
-    #[arg(
-        long = "remote-gateway",
-        env = "ROUTEPLANE_REMOTE_GATEWAYS",
-        value_delimiter = ','
-    )]
-    pub remote_gateways: Vec<IpAddr>,
-    /// Where remote pod CIDRs go: kernel routes, or the eBPF maps (IPv4 and IPv6) that the
-    /// classifier on the pod interfaces forwards with, no kernel route needed.
-    #[arg(long, env = "ROUTEPLANE_DATAPATH", value_enum, default_value_t = DatapathKind::Kernel)]
-    pub datapath: DatapathKind,
-    /// Pod-facing interfaces to attach the eBPF classifier to (repeat for several).
-    #[arg(
-        long = "pod-interface",
-        env = "ROUTEPLANE_POD_INTERFACES",
-        value_delimiter = ','
-    )]
-    pub pod_interfaces: Vec<String>,
-    /// bpffs directory holding the eBPF maps and the classifier's links; they outlive the agent,
-    /// so pods' packets keep flowing while it restarts.
-    #[arg(
-        long,
-        env = "ROUTEPLANE_BPF_PIN_DIR",
-        default_value = "/sys/fs/bpf/routeplane"
-    )]
-    pub bpf_pin_dir: PathBuf,
-    /// Remove the eBPF datapath (links and maps under --bpf-pin-dir), then exit.
-    #[arg(long)]
-    pub uninstall_ebpf: bool,
-    /// Prometheus /metrics listen address.
-    #[arg(
-        long,
-        env = "ROUTEPLANE_METRICS_LISTEN",
-        default_value = "0.0.0.0:9953"
-    )]
-    pub metrics_listen: std::net::SocketAddr,
-    /// gRPC listen address (routeplane.agent.v1).
-    #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50053")]
-    pub grpc_listen: std::net::SocketAddr,
-    /// Check this service's grpc.health.v1 on the --grpc-listen port (loopback for 0.0.0.0) and
-    /// exit: 0 when SERVING, else 1 with the reason. For Kubernetes exec probes.
-    #[arg(long)]
-    pub probe: bool,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DatapathKind {
-    Kernel,
-    Ebpf,
-}
-
-fn parse_label(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| {
-            format!("label {text:?} is not KEY=VALUE, e.g. kubernetes/route=bgp-peer-83")
-        })
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    routeplane_config::parse_go_duration(text)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?} is not a duration such as 10s or 1m"))
-}
+use crate::registration::{Identity, NodeAllocation, Registration};
+use crate::settings::{Cli, DatapathKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -138,41 +29,37 @@ pub enum AgentError {
     Start(String),
 }
 
-/// What IPAM gave this node, kept across restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
-    pub node: String,
-    pub pod_cidrs: Vec<String>,
-    pub router_ips: Vec<String>,
-}
-
 /// What the API shows; the agent's loop keeps it current.
 #[derive(Debug, Default)]
 pub struct AgentState {
     pub node: String,
     pub remote_gateways: Vec<IpAddr>,
     pub addresses: Vec<IpAddr>,
-    pub alloc: Option<Allocation>,
+    pub alloc: Option<NodeAllocation>,
     pub nodes: BTreeMap<String, FeedNode>,
     pub ipam_connected: bool,
     pub synced: bool,
-    pub installed: Vec<crate::desired::Route>,
-    pub connected: Vec<crate::desired::Connected>,
+    pub installed: Vec<Route>,
+    pub connected: Vec<Connected>,
     /// Default gateway per family (IPv4, IPv6), with the interface name.
     pub default_gateway: [Option<(IpAddr, String)>; 2],
     pub last_reconcile: Option<std::time::SystemTime>,
     pub last_error: String,
     /// Reconcile passes, those that failed, and the time they took.
     pub reconciles: u64,
-    /// eBPF packets forwarded and passed, when that datapath runs.
-    pub ebpf_counters: Option<(u64, u64)>,
+    /// The eBPF programs' counters, when they run.
+    pub ebpf_counters: Option<Counters>,
+    /// Whether the remote pod CIDRs go to the eBPF maps (else kernel routes).
+    pub ebpf_routes_on: bool,
     /// The eBPF map's entries, as of the last reconcile.
-    pub ebpf_routes: Vec<crate::desired::Route>,
+    pub ebpf_routes: Vec<Route>,
+    /// Interfaces carrying the hop rule's uplink program.
+    pub uplinks: Vec<String>,
     pub reconcile_errors: u64,
     pub reconcile_seconds: f64,
 }
 
-pub type Shared = std::sync::Arc<std::sync::Mutex<AgentState>>;
+pub type Shared = Arc<std::sync::Mutex<AgentState>>;
 
 pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, AgentState> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -186,58 +73,103 @@ fn peer(n: &FeedNode) -> PeerNode {
     }
 }
 
-/// This node's (pod CIDR, router IP) pairs.
-fn owned(alloc: &Allocation) -> Vec<(routeplane_net::Cidr, IpAddr)> {
+/// Everything a reconcile pass works with.
+pub struct Machinery {
+    pub kernel: Arc<Kernel>,
+    pub pods: Arc<PodNetwork>,
+    pub datapath: Option<SharedDatapath>,
+    /// Whether remote pod CIDRs go to the eBPF maps.
+    pub ebpf_routes: bool,
+    /// --uplink-interface, or empty for the interfaces carrying the node's addresses.
+    pub uplinks: Vec<String>,
+}
+
+/// The node's own pod CIDR routes: `<pod CIDR> dev rp_host`, so that what is not a pod's /32 goes
+/// to the router interface (and is dropped there) instead of back out by the default route.
+fn own_routes(alloc: &NodeAllocation, router_index: u32) -> Vec<Route> {
     alloc
         .pod_cidrs
         .iter()
-        .zip(&alloc.router_ips)
-        .filter_map(|(c, r)| Some((c.parse().ok()?, r.parse().ok()?)))
+        .map(|c| Route {
+            destination: *c,
+            gateway: None,
+            ifindex: router_index,
+        })
         .collect()
 }
 
-/// One reconcile pass: the router interface, then desired routes from the feed's nodes against the
-/// kernel's, applying the difference.
-async fn reconcile(
-    kernel: &Kernel,
-    shared: &Shared,
-    mut datapath: Option<&mut crate::ebpf::Datapath>,
-) -> Result<(), KernelError> {
-    let (me, alloc, peers, gateways) = {
+/// One reconcile pass: the router interface, then desired routes (other nodes' from the feed,
+/// this node's pod CIDRs and its pods') against the kernel's and the eBPF maps', applying the
+/// difference. Pods' wiring waits meanwhile (`kernel_lock`).
+async fn reconcile(m: &Machinery, shared: &Shared) -> Result<(), KernelError> {
+    let _exclusive = m.pods.kernel_lock.write().await;
+    let (me, alloc, peers, gateways, addresses) = {
         let s = lock(shared);
         (
             s.node.clone(),
             s.alloc.clone(),
             s.nodes.values().map(peer).collect::<Vec<PeerNode>>(),
             s.remote_gateways.clone(),
+            s.addresses.clone(),
         )
     };
-    if let Some(alloc) = &alloc {
-        kernel.ensure_router(&owned(alloc)).await?;
-    }
-    let connected = kernel.connected().await?;
+    let mut failures = Vec::new();
+    let connected = m.kernel.connected().await?;
     let mut want = desired(&me, &peers, &connected, &gateways);
-    if let Some(dp) = datapath.as_deref_mut() {
-        // Remote pod CIDRs go to the eBPF maps, and the kernel loses its routes of ours for them.
-        // Only a next hop of another family than its CIDR has no place in the maps.
-        let leftover: BTreeMap<_, _> = want
+    let links = m.kernel.links().await?;
+    let mut uplinks = Vec::new();
+    if let Some(dp) = &m.datapath {
+        let mut dp = crate::ebpf::lock(dp);
+        if m.ebpf_routes {
+            // Remote pod CIDRs go to the eBPF maps, and the kernel loses its routes of ours for
+            // them. Only a next hop of another family than its CIDR has no place in the maps.
+            let leftover: BTreeMap<_, _> = want
+                .iter()
+                .filter(|(c, r)| !crate::lpm::fits(c, r))
+                .map(|(c, r)| (*c, *r))
+                .collect();
+            match dp.sync(std::mem::replace(&mut want, leftover)) {
+                Ok((0, 0)) => {}
+                Ok((changed, removed)) => tracing::info!(changed, removed, "eBPF routes updated"),
+                Err(e) => failures.push(format!("eBPF routes not updated: {e}")),
+            }
+        }
+        let local: Vec<_> = alloc
             .iter()
-            .filter(|(c, r)| !crate::lpm::fits(c, r))
-            .map(|(c, r)| (*c, *r))
+            .flat_map(|a| {
+                a.pod_cidrs
+                    .iter()
+                    .copied()
+                    .zip(a.router_ips.iter().copied())
+            })
             .collect();
-        match dp.sync(std::mem::replace(&mut want, leftover)) {
-            Ok((0, 0)) => {}
-            Ok((changed, removed)) => tracing::info!(changed, removed, "eBPF routes updated"),
-            Err(e) => {
-                tracing::warn!(error = %e, "eBPF routes not updated; retrying at the next reconcile")
+        if let Err(e) = dp.set_local(&local) {
+            failures.push(format!("eBPF local CIDRs not updated: {e}"));
+        }
+        uplinks = if m.uplinks.is_empty() {
+            uplinks_of(&connected, &addresses)
+        } else {
+            m.uplinks.clone()
+        };
+        for iface in &uplinks {
+            if let Err(e) = dp.attach_to(iface, Side::Uplink) {
+                failures.push(format!("uplink classifier on {iface}: {e}"));
             }
         }
     }
-    let actions = plan(&want, &kernel.our_routes().await?);
-    let mut failures = Vec::new();
+    if let Some(alloc) = &alloc {
+        let router = m.kernel.ensure_router(&alloc.router_ips).await?;
+        for r in own_routes(alloc, router) {
+            want.insert(r.destination, r);
+        }
+    }
+    for r in m.pods.host_routes(&links) {
+        want.insert(r.destination, r);
+    }
+    let actions = plan(&want, &m.kernel.our_routes().await?);
     if !actions.is_empty() {
         tracing::info!(changes = actions.len(), "reconciling routes");
-        for (action, error) in kernel.apply(&actions).await {
+        for (action, error) in m.kernel.apply(&actions).await {
             tracing::warn!(?action, %error, "route change failed; the next reconcile retries");
             failures.push(format!("{action:?}: {error}"));
         }
@@ -249,133 +181,54 @@ async fn reconcile(
             .map(|c| c.ifname.clone())
             .unwrap_or_default()
     };
-    let mut gateways = [None, None];
-    for (slot, v6) in gateways.iter_mut().zip([false, true]) {
-        *slot = kernel
+    let mut default_gateway = [None, None];
+    for (slot, v6) in default_gateway.iter_mut().zip([false, true]) {
+        *slot = m
+            .kernel
             .default_gateway(v6)
             .await?
             .map(|(gw, index)| (gw, name_of(index)));
     }
-    let installed = kernel.our_routes().await?;
-    let counters = datapath.as_deref().map(|dp| dp.counters());
-    let ebpf_routes = datapath.map(|dp| dp.entries()).unwrap_or_default();
+    let installed = m.kernel.our_routes().await?;
+    let (counters, ebpf_routes) = match &m.datapath {
+        Some(dp) => {
+            let dp = crate::ebpf::lock(dp);
+            let counters = dp
+                .counters()
+                .map_err(|e| failures.push(format!("eBPF counters: {e}")))
+                .ok();
+            let entries = if m.ebpf_routes {
+                dp.entries()
+                    .map_err(|e| failures.push(format!("eBPF map entries: {e}")))
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            (counters, entries)
+        }
+        None => (None, Vec::new()),
+    };
     let mut s = lock(shared);
     s.ebpf_counters = counters;
     s.ebpf_routes = ebpf_routes;
+    s.uplinks = uplinks;
     s.installed = installed;
     s.connected = connected;
-    s.default_gateway = gateways;
+    s.default_gateway = default_gateway;
     s.last_reconcile = Some(std::time::SystemTime::now());
     s.last_error = failures.join("; ");
     Ok(())
 }
 
-/// Registers (retrying until IPAM answers, or falling back to the cached allocation).
-async fn register(
-    cli: &Cli,
-    name: &str,
-    addresses: &[IpAddr],
-    labels: &BTreeMap<String, String>,
-    shutdown: &Shutdown,
-) -> Option<Allocation> {
-    let cache = cli.cache_dir.join("allocation.json");
-    let request = pb::RegisterNodeRequest {
-        name: name.to_string(),
-        addresses: addresses.iter().map(ToString::to_string).collect(),
-        labels: labels.clone().into_iter().collect::<HashMap<_, _>>(),
-    };
-    let mut warned = false;
-    while !shutdown.is_triggered() {
-        let answer = async {
-            let mut c = pb::ipam_client::IpamClient::connect(cli.ipam.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            c.register_node(request.clone())
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string())
-        }
-        .await;
-        match answer {
-            Ok(node) => {
-                let alloc = Allocation {
-                    node: node.name,
-                    pod_cidrs: node.pod_cidrs,
-                    router_ips: node.router_ips,
-                };
-                let _ = std::fs::create_dir_all(&cli.cache_dir);
-                if let Err(e) = serde_json::to_vec(&alloc)
-                    .map_err(std::io::Error::other)
-                    .and_then(|b| std::fs::write(&cache, b))
-                {
-                    tracing::warn!(error = %e, path = %cache.display(), "cannot cache the allocation");
-                }
-                tracing::info!(pod_cidrs = ?alloc.pod_cidrs, router_ips = ?alloc.router_ips, "registered with IPAM");
-                return Some(alloc);
-            }
-            Err(e) if !warned => {
-                warned = true;
-                let cached = std::fs::read(&cache)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Allocation>(&b).ok());
-                match &cached {
-                    Some(a) => {
-                        tracing::warn!(error = %e, pod_cidrs = ?a.pod_cidrs, "IPAM unreachable: serving with the cached allocation while retrying")
-                    }
-                    None => {
-                        tracing::warn!(error = %e, "IPAM unreachable and nothing cached yet: retrying")
-                    }
-                }
-            }
-            Err(_) => {}
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = shutdown.wait() => {}
-        }
-    }
-    None
-}
-
-/// Renews the lease a few times per TTL; registers again if IPAM no longer knows the node.
-async fn keep_alive(
-    cli: &Cli,
-    name: &str,
-    addresses: &[IpAddr],
-    labels: &watch::Receiver<BTreeMap<String, String>>,
-    shutdown: &Shutdown,
-) {
-    let mut period = Duration::from_secs(5);
-    while !shutdown.is_triggered() {
-        tokio::select! {
-            () = tokio::time::sleep(period) => {}
-            () = shutdown.wait() => return,
-        }
-        let answer = async {
-            let mut c = pb::ipam_client::IpamClient::connect(cli.ipam.clone())
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            c.keep_alive(pb::KeepAliveRequest {
-                name: name.to_string(),
-            })
-            .await
-            .map(|r| r.into_inner())
-        }
-        .await;
-        match answer {
-            Ok(r) => {
-                period = Duration::from_secs(u64::from(r.lease_ttl_seconds))
-                    .div_f64(3.0)
-                    .max(Duration::from_millis(300))
-            }
-            Err(s) if s.code() == tonic::Code::NotFound => {
-                tracing::warn!("IPAM does not know this node any more: registering again");
-                let current = labels.borrow().clone();
-                register(cli, name, addresses, &current, shutdown).await;
-            }
-            Err(s) => tracing::warn!(error = %s.message(), "lease renewal failed; retrying"),
-        }
-    }
+/// The interfaces carrying one of the node's addresses.
+fn uplinks_of(connected: &[Connected], addresses: &[IpAddr]) -> Vec<String> {
+    let set: BTreeSet<String> = connected
+        .iter()
+        .filter(|c| c.ifname != Kernel::ROUTER_LINK)
+        .filter(|c| addresses.iter().any(|a| c.subnet.contains_addr(*a)))
+        .map(|c| c.ifname.clone())
+        .collect();
+    set.into_iter().collect()
 }
 
 /// The labels to register with — the flags; in Kubernetes mode the Node's too, followed from then
@@ -407,16 +260,66 @@ async fn from_node_object(
     Ok((rx, addresses))
 }
 
+/// The datapath the flags ask for: with `ebpf` it must load; with `kernel` it runs when it can
+/// (the hop rule of the seed's traceroutes), and its absence is said once.
+fn datapath(cli: &Cli) -> Result<Option<SharedDatapath>, AgentError> {
+    let loaded = Datapath::attach(&cli.pod_interfaces, &cli.bpf_pin_dir);
+    match (cli.datapath, loaded) {
+        (_, Ok(dp)) => {
+            tracing::info!(pod_interfaces = ?cli.pod_interfaces, pins = %cli.bpf_pin_dir.display(), "eBPF classifiers loaded");
+            Ok(Some(Arc::new(std::sync::Mutex::new(dp))))
+        }
+        (DatapathKind::Ebpf, Err(e)) => Err(AgentError::Start(e.to_string())),
+        (DatapathKind::Kernel, Err(e)) => {
+            tracing::warn!(error = %e, "kernel datapath without the eBPF classifiers: nodes answer traceroutes as ordinary routers do (the seed's hop rule needs eBPF)");
+            Ok(None)
+        }
+    }
+}
+
+/// Forwarding on: the node routes its pods' packets. Best effort (a container may not allow it;
+/// its runtime then has to).
+fn enable_forwarding() {
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+            continue;
+        }
+        if let Err(e) = std::fs::write(path, "1") {
+            tracing::warn!(path, error = %e, "cannot enable forwarding: pods' packets will not be routed");
+        }
+    }
+}
+
+fn one_shots(cli: &Cli) -> Option<Result<(), AgentError>> {
+    if cli.uninstall_ebpf {
+        return Some(
+            crate::ebpf::uninstall(&cli.bpf_pin_dir)
+                .map(|removed| {
+                    tracing::info!(dir = %cli.bpf_pin_dir.display(), ?removed, "eBPF datapath removed")
+                })
+                .map_err(|e| AgentError::Start(e.to_string())),
+        );
+    }
+    if cli.uninstall_cni {
+        return Some(
+            crate::cni_install::uninstall(&cli.cni_conf_dir, &cli.cni_bin_dir)
+                .map(|removed| tracing::info!(?removed, "CNI plugin and conflist removed"))
+                .map_err(|e| AgentError::Start(e.to_string())),
+        );
+    }
+    None
+}
+
 pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-agent", &cli.telemetry)?;
-    if cli.uninstall_ebpf {
-        let removed = crate::ebpf::uninstall(&cli.bpf_pin_dir)
-            .map_err(|e| AgentError::Start(e.to_string()))?;
-        tracing::info!(dir = %cli.bpf_pin_dir.display(), ?removed, "eBPF datapath removed");
-        return Ok(());
+    if let Some(done) = one_shots(&cli) {
+        return done;
     }
     let shutdown = Shutdown::on_signals();
-    let kernel = Kernel::connect()?;
+    let kernel = Arc::new(Kernel::connect()?);
     let name = match &cli.node_name {
         Some(n) => n.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -437,51 +340,63 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         ));
     }
     tracing::info!(node = %name, ?addresses, "starting");
-    // Routes left by a previous run are reconciled (and stale ones swept) once the first snapshot is in.
-    let mut datapath = match cli.datapath {
-        DatapathKind::Kernel => None,
-        DatapathKind::Ebpf => {
-            let dp = crate::ebpf::Datapath::attach(&cli.pod_interfaces, &cli.bpf_pin_dir)
-                .map_err(|e| AgentError::Start(e.to_string()))?;
-            tracing::info!(interfaces = ?cli.pod_interfaces, "eBPF datapath attached");
-            Some(dp)
-        }
-    };
-    let initial = labels.borrow().clone();
-    let Some(alloc) = register(&cli, &name, &addresses, &initial, &shutdown).await else {
-        return Ok(());
-    };
-    if let Err(e) = kernel.ensure_router(&owned(&alloc)).await {
-        tracing::warn!(error = %e, "router interface setup failed; retrying at each reconcile");
-    }
-    let shared: Shared = std::sync::Arc::new(std::sync::Mutex::new(AgentState {
+    enable_forwarding();
+    let datapath = datapath(&cli)?;
+    let pods = Arc::new(
+        PodNetwork::open(
+            &cli.cache_dir,
+            kernel.clone(),
+            crate::pods::wiring::Wiring::connect().map_err(KernelError::Socket)?,
+            datapath.clone(),
+        )
+        .map_err(|e| AgentError::Start(e.to_string()))?,
+    );
+    let registration = crate::registration::start(
+        Identity {
+            ipam: cli.ipam.clone(),
+            name: name.clone(),
+            addresses: addresses.clone(),
+            labels,
+            cache_dir: cli.cache_dir.clone(),
+        },
+        kernel.clone(),
+        shutdown.clone(),
+    );
+    let shared: Shared = Arc::new(std::sync::Mutex::new(AgentState {
         node: name.clone(),
         remote_gateways: cli.remote_gateways.clone(),
         addresses: addresses.clone(),
-        alloc: Some(alloc),
-        // What a previous run left in the pinned maps shows until the first reconcile.
-        ebpf_counters: datapath.as_ref().map(crate::ebpf::Datapath::counters),
-        ebpf_routes: datapath
-            .as_ref()
-            .map(crate::ebpf::Datapath::entries)
-            .unwrap_or_default(),
+        ebpf_routes_on: cli.datapath == DatapathKind::Ebpf,
         ..AgentState::default()
     }));
-    let metrics = routeplane_runtime::bind(cli.metrics_listen).await?;
-    let registry = std::sync::Arc::new(crate::metrics::registry(shared.clone()));
-    tokio::spawn(routeplane_runtime::metrics::serve(
-        metrics,
-        registry,
+    let servers =
+        crate::server::start(&cli, shared.clone(), pods.clone(), shutdown.clone()).await?;
+    tokio::spawn(crate::pods::report::run(
+        pods.clone(),
+        cli.ipam.clone(),
         shutdown.clone(),
     ));
-    let listener = routeplane_runtime::bind(cli.grpc_listen).await?;
-    let routes = tonic::service::Routes::new(crate::grpc::AgentGrpc::new(shared.clone()));
-    let server = tokio::spawn(routeplane_runtime::grpc::serve(
-        listener,
-        crate::GRPC_SERVICE,
-        routes,
-        shutdown.clone(),
-    ));
+    let machinery = Machinery {
+        kernel,
+        pods: pods.clone(),
+        datapath,
+        ebpf_routes: cli.datapath == DatapathKind::Ebpf,
+        uplinks: cli.uplink_interfaces.clone(),
+    };
+    follow(&cli, &machinery, &shared, registration, &shutdown).await;
+    servers.stop(&cli).await;
+    Ok(())
+}
+
+/// The loop: allocations from registration, the feed's events and the tick each lead to a
+/// reconcile pass, once the feed's first snapshot and the node's allocation are in.
+async fn follow(
+    cli: &Cli,
+    m: &Machinery,
+    shared: &Shared,
+    registration: Registration,
+    shutdown: &Shutdown,
+) {
     let (tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
@@ -490,20 +405,20 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     ));
     let mut tick = tokio::time::interval(cli.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut label_changes = labels.clone();
-    let keeper = keep_alive(&cli, &name, &addresses, &labels, &shutdown);
-    tokio::pin!(keeper);
+    let mut alloc_changes = registration.allocation.clone();
+    // A cached allocation is there before the first change.
+    alloc_changes.mark_changed();
     loop {
         tokio::select! {
-            () = &mut keeper => {}
-            Ok(()) = label_changes.changed() => {
-                // IPAM keeps the node's CIDR; only its labels (and so its BGP peers) change.
-                let current = label_changes.borrow_and_update().clone();
-                register(&cli, &name, &addresses, &current, &shutdown).await;
-                continue;
+            Ok(()) = alloc_changes.changed() => {
+                let alloc = alloc_changes.borrow_and_update().clone();
+                if let Some(a) = &alloc {
+                    m.pods.set_node(a).await;
+                }
+                lock(shared).alloc = alloc;
             }
             ev = feed.recv() => {
-                let mut s = lock(&shared);
+                let mut s = lock(shared);
                 match ev {
                     Some(FeedEvent::Snapshot { nodes: all, .. }) => {
                         s.nodes = all.into_iter().map(|n| (n.name.clone(), n)).collect();
@@ -522,19 +437,27 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
                     Some(_) => continue,
                     None => break,
                 }
+                if let Some(other) = claimed_elsewhere(&s) {
+                    tracing::error!(%other, "another node holds a pod CIDR this node serves: registering again to learn this node's");
+                    registration.again();
+                }
             }
             _ = tick.tick() => {}
             () = shutdown.wait() => {
-                tracing::info!("stopping; routes stay installed");
+                tracing::info!("stopping; routes, maps and pods' wiring stay");
                 break;
             }
         }
-        // Until the first snapshot, an empty node list would look like "delete everything".
-        let synced = lock(&shared).synced;
-        if synced {
+        // Before the feed's first snapshot an empty node list would look like "delete everything",
+        // and before the node's allocation is known its own routes would look stale.
+        let ready = {
+            let s = lock(shared);
+            s.synced && s.alloc.is_some()
+        };
+        if ready {
             let started = std::time::Instant::now();
-            let result = reconcile(&kernel, &shared, datapath.as_mut()).await;
-            let mut s = lock(&shared);
+            let result = reconcile(m, shared).await;
+            let mut s = lock(shared);
             s.reconciles += 1;
             s.reconcile_seconds += started.elapsed().as_secs_f64();
             if let Err(e) = result {
@@ -544,7 +467,16 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             }
         }
     }
-    shutdown.trigger();
-    let _ = server.await;
-    Ok(())
+    // Keep the registration alive until here: its receiver was cloned.
+    drop(registration);
+}
+
+/// Another node of the feed holding one of this node's pod CIDRs, by name.
+fn claimed_elsewhere(s: &AgentState) -> Option<String> {
+    let mine = s.alloc.as_ref()?;
+    s.nodes
+        .values()
+        .filter(|n| n.name != s.node)
+        .find(|n| n.pod_cidrs.iter().any(|c| mine.pod_cidrs.contains(c)))
+        .map(|n| n.name.clone())
 }

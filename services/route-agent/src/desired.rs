@@ -8,11 +8,12 @@ use std::net::IpAddr;
 
 use routeplane_net::{Cidr, Family};
 
-/// A route this agent owns.
+/// A route this agent owns: through a gateway (another node, a configured gateway), or on-link
+/// (`None`: a pod's address on its veth, this node's pod CIDR on its router interface).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
     pub destination: Cidr,
-    pub gateway: IpAddr,
+    pub gateway: Option<IpAddr>,
     pub ifindex: u32,
 }
 
@@ -89,7 +90,7 @@ pub fn explain(
                 Some((gateway, c)) => Explained::Direct {
                     route: Route {
                         destination: *cidr,
-                        gateway,
+                        gateway: Some(gateway),
                         ifindex: c.ifindex,
                     },
                     node: node.name.clone(),
@@ -108,7 +109,7 @@ pub fn explain(
                     Explained::ViaGateway {
                         route: Route {
                             destination: *cidr,
-                            gateway,
+                            gateway: Some(gateway),
                             ifindex: c.ifindex,
                         },
                         node: node.name.clone(),
@@ -154,6 +155,10 @@ pub fn desired(
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     fn node(name: &str, addrs: &[&str], cidrs: &[&str]) -> PeerNode {
         PeerNode {
             name: name.into(),
@@ -191,7 +196,7 @@ mod tests {
             "only the same-segment node gets a direct route: {routes:?}"
         );
         let r = routes[&"10.5.114.0/24".parse().unwrap()];
-        assert_eq!((r.gateway.to_string(), r.ifindex), ("10.4.94.12".into(), 2));
+        assert_eq!((r.gateway, r.ifindex), (Some(ip("10.4.94.12")), 2));
         let why = explain("me", &nodes, &seg94(), &[]);
         assert!(why.iter().any(|e| matches!(e, Explained::ViaDefault { why, .. } if why.contains("other-segment (10.4.83.21) is on another segment; the ToR learned 10.5.119.0/24 over BGP"))));
     }
@@ -204,12 +209,10 @@ mod tests {
         ];
         let gw: IpAddr = "10.4.94.1".parse().unwrap();
         let routes = desired("me", &nodes, &seg94(), &[gw]);
-        assert_eq!(routes[&"10.5.119.0/24".parse().unwrap()].gateway, gw);
+        assert_eq!(routes[&"10.5.119.0/24".parse().unwrap()].gateway, Some(gw));
         assert_eq!(
-            routes[&"10.5.114.0/24".parse().unwrap()]
-                .gateway
-                .to_string(),
-            "10.4.94.12",
+            routes[&"10.5.114.0/24".parse().unwrap()].gateway,
+            Some(ip("10.4.94.12")),
             "same segment stays direct"
         );
         let unreachable: IpAddr = "192.0.2.1".parse().unwrap();
@@ -232,10 +235,8 @@ mod tests {
         ];
         let routes = desired("me", &nodes, &seg94(), &[]);
         assert_eq!(
-            routes[&"fd00::200/120".parse().unwrap()]
-                .gateway
-                .to_string(),
-            "fd04:94::12"
+            routes[&"fd00::200/120".parse().unwrap()].gateway,
+            Some(ip("fd04:94::12"))
         );
         assert!(
             !routes.contains_key(&"fd00::300/120".parse().unwrap()),

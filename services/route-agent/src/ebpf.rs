@@ -1,12 +1,15 @@
-//! Loading and feeding the eBPF datapath (bpf/route.c) with aya: the classifier goes on each
-//! pod-facing interface's ingress, and two LPM tries (IPv4, IPv6) hold one entry per other node's
-//! pod CIDR (next hop and interface), kept in step with the desired routes (see `lpm`).
+//! Loading and feeding the eBPF datapath (bpf/route.c) with aya: `rp_pod` goes on the ingress of
+//! each pod's host-side veth (and of any --pod-interface), `rp_uplink` on the node's own
+//! interfaces; two LPM tries (IPv4, IPv6) hold one entry per other node's pod CIDR (next hop and
+//! interface), kept in step with the desired routes (see `lpm`), and two small ones this node's
+//! pod CIDRs with their router IPs, for the hop rule the programs keep.
 //!
 //! Everything lives on in the pin directory (default /sys/fs/bpf/routeplane): the maps, pinned by
-//! name, and one TCX link per interface (`link-<iface>`), so packets keep being forwarded while
-//! the agent is stopped or restarting. A restarted agent reuses the maps and swaps its freshly
-//! loaded program into the pinned links atomically; `--uninstall-ebpf` removes the directory,
-//! which detaches the classifier and frees the maps.
+//! name, and one TCX link per interface (`link-<iface>` for pods, `uplink-<iface>`), so packets
+//! keep being forwarded while the agent is stopped or restarting. A restarted agent reuses the
+//! maps and swaps its freshly loaded programs into the pinned links atomically; a pod's link goes
+//! with the pod (DEL, GC); `--uninstall-ebpf` removes the directory, which detaches every program
+//! and frees the maps.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,24 +34,81 @@ pub(crate) fn err(e: impl std::fmt::Display) -> DatapathError {
     DatapathError::Ebpf(e.to_string())
 }
 
+/// The datapath as the agent's loop and its CNI handlers share it.
+pub type SharedDatapath = std::sync::Arc<std::sync::Mutex<Datapath>>;
+
+pub fn lock(dp: &SharedDatapath) -> std::sync::MutexGuard<'_, Datapath> {
+    dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Which program an interface gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A pod's host-side veth: `rp_pod`, pinned as `link-<iface>`.
+    Pod,
+    /// One of the node's own interfaces: `rp_uplink`, pinned as `uplink-<iface>`.
+    Uplink,
+}
+
+impl Side {
+    #[cfg(ebpf)]
+    fn program(self) -> &'static str {
+        match self {
+            Side::Pod => "rp_pod",
+            Side::Uplink => "rp_uplink",
+        }
+    }
+
+    fn pin(self, iface: &str) -> String {
+        match self {
+            Side::Pod => format!("link-{iface}"),
+            Side::Uplink => format!("uplink-{iface}"),
+        }
+    }
+}
+
+/// Counters of the programs, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub forwarded: u64,
+    pub passed: u64,
+    /// Packets whose TTL (hop limit) ran out on this node, dropped without an answer.
+    pub hop_drops: u64,
+}
+
 #[cfg(ebpf)]
 pub struct Datapath {
     bpf: aya::Ebpf,
     /// What the LPM maps hold, when known.
     mirror: Option<Entries>,
     pin_dir: std::path::PathBuf,
+    /// Interfaces this run attached to (or took over), per side.
+    attached: std::collections::BTreeSet<(String, bool)>,
 }
 
 #[cfg(ebpf)]
 const V4: &str = "rp_routes_v4";
 #[cfg(ebpf)]
 const V6: &str = "rp_routes_v6";
+#[cfg(ebpf)]
+const LOCAL_V4: &str = "rp_local_v4";
+#[cfg(ebpf)]
+const LOCAL_V6: &str = "rp_local_v6";
 
 #[cfg(ebpf)]
 impl Datapath {
-    /// Loads the classifier (reusing the maps pinned in `pin_dir`) and attaches it to the ingress
-    /// of every interface named, through the link pinned for it when there is one.
+    /// Loads both programs (reusing the maps pinned in `pin_dir`) and attaches `rp_pod` to the
+    /// ingress of every interface named, through the link pinned for it when there is one.
     pub fn attach(interfaces: &[String], pin_dir: &Path) -> Result<Datapath, DatapathError> {
+        let mut dp = Datapath::load(pin_dir)?;
+        for iface in interfaces {
+            dp.attach_to(iface, Side::Pod)?;
+        }
+        Ok(dp)
+    }
+
+    /// Loads both programs, reusing the maps pinned in `pin_dir`; attaches nothing.
+    pub fn load(pin_dir: &Path) -> Result<Datapath, DatapathError> {
         use aya::programs::SchedClassifier;
         std::fs::create_dir_all(pin_dir).map_err(|e| {
             err(format!(
@@ -65,20 +125,84 @@ impl Datapath {
                     pin_dir.display()
                 ))
             })?;
-        let program: &mut SchedClassifier = bpf
-            .program_mut("rp_route")
-            .ok_or_else(|| err("no rp_route program"))?
-            .try_into()
-            .map_err(err)?;
-        program.load().map_err(err)?;
-        for iface in interfaces {
-            attach_pinned(program, iface, &pin_dir.join(format!("link-{iface}")))?;
+        for name in [Side::Pod.program(), Side::Uplink.program()] {
+            let program: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| err(format!("no {name} program")))?
+                .try_into()
+                .map_err(err)?;
+            program.load().map_err(err)?;
         }
         Ok(Datapath {
             bpf,
             mirror: None,
             pin_dir: pin_dir.to_path_buf(),
+            attached: std::collections::BTreeSet::new(),
         })
+    }
+
+    /// Attaches a side's program to `iface` (through its pinned link when there is one); nothing
+    /// to do when this run already did.
+    pub fn attach_to(&mut self, iface: &str, side: Side) -> Result<(), DatapathError> {
+        use aya::programs::SchedClassifier;
+        let id = (iface.to_string(), side == Side::Pod);
+        if self.attached.contains(&id) {
+            return Ok(());
+        }
+        let program: &mut SchedClassifier = self
+            .bpf
+            .program_mut(side.program())
+            .ok_or_else(|| err(format!("no {} program", side.program())))?
+            .try_into()
+            .map_err(err)?;
+        attach_pinned(program, iface, &self.pin_dir.join(side.pin(iface)))?;
+        self.attached.insert(id);
+        Ok(())
+    }
+
+    pub fn attach_pod(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach_to(iface, Side::Pod)
+    }
+
+    /// Detaches from a pod's host side (its pinned link goes; the link itself went with the
+    /// interface if that is gone already).
+    pub fn detach(&mut self, iface: &str) {
+        self.attached.remove(&(iface.to_string(), true));
+        let pin = self.pin_dir.join(Side::Pod.pin(iface));
+        if let Err(e) = std::fs::remove_file(&pin)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pin = %pin.display(), error = %e, "cannot remove a pod's pinned link");
+        }
+    }
+
+    /// This node's pod CIDRs with their router IPs, for the hop rule.
+    pub fn set_local(&mut self, local: &[(Cidr, std::net::IpAddr)]) -> Result<(), DatapathError> {
+        let want: Entries = local
+            .iter()
+            .map(|(cidr, router)| {
+                (
+                    *cidr,
+                    Route {
+                        destination: *cidr,
+                        gateway: Some(*router),
+                        ifindex: 0,
+                    },
+                )
+            })
+            .collect();
+        let (v4, v6) = (self.pin_dir.join(LOCAL_V4), self.pin_dir.join(LOCAL_V6));
+        let have: Entries = lpm::read::<4, 8>(&v4)?
+            .into_iter()
+            .chain(lpm::read::<16, 20>(&v6)?)
+            .map(|r| (r.destination, r))
+            .collect();
+        let (upserts, removals) = lpm::diff(&want, &have);
+        lpm::remove::<4, 8>(&v4, &removals)?;
+        lpm::remove::<16, 20>(&v6, &removals)?;
+        lpm::insert::<4, 8>(&v4, &upserts)?;
+        lpm::insert::<16, 20>(&v6, &upserts)?;
+        Ok(())
     }
 
     /// Makes the LPM maps hold exactly the routes given; returns (added or changed, removed).
@@ -114,27 +238,33 @@ impl Datapath {
     }
 
     /// The maps' entries, as routes.
-    pub fn entries(&self) -> Vec<Route> {
+    pub fn entries(&self) -> Result<Vec<Route>, DatapathError> {
         match &self.mirror {
-            Some(m) => m.values().copied().collect(),
-            None => self
-                .read()
-                .map(|m| m.into_values().collect())
-                .unwrap_or_default(),
+            Some(m) => Ok(m.values().copied().collect()),
+            None => self.read().map(|m| m.into_values().collect()),
         }
     }
 
-    /// Packets forwarded and passed, summed over CPUs.
-    pub fn counters(&self) -> (u64, u64) {
+    /// The programs' counters, summed over CPUs; an error when a map cannot be read (a zero
+    /// would read as "nothing happened").
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
         use aya::maps::PerCpuArray;
-        let Some(map) = self.bpf.map("rp_counters") else {
-            return (0, 0);
+        let sum = |name: &str, i: u32| -> Result<u64, DatapathError> {
+            let map = self
+                .bpf
+                .map(name)
+                .ok_or_else(|| err(format!("no {name} map")))?;
+            let array = PerCpuArray::<_, u64>::try_from(map).map_err(err)?;
+            let values = array
+                .get(&i, 0)
+                .map_err(|e| err(format!("reading {name}[{i}]: {e}")))?;
+            Ok(values.iter().sum())
         };
-        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
-            return (0, 0);
-        };
-        let sum = |i: u32| array.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
-        (sum(0), sum(1))
+        Ok(Counters {
+            forwarded: sum("rp_counters", 0)?,
+            passed: sum("rp_counters", 1)?,
+            hop_drops: sum("rp_hop_drops", 0)?,
+        })
     }
 }
 
@@ -214,15 +344,33 @@ impl Datapath {
         Err(DatapathError::NotBuilt)
     }
 
+    pub fn load(_: &Path) -> Result<Datapath, DatapathError> {
+        Err(DatapathError::NotBuilt)
+    }
+
+    pub fn attach_to(&mut self, _: &str, _: Side) -> Result<(), DatapathError> {
+        Err(DatapathError::NotBuilt)
+    }
+
+    pub fn attach_pod(&mut self, _: &str) -> Result<(), DatapathError> {
+        Err(DatapathError::NotBuilt)
+    }
+
+    pub fn detach(&mut self, _: &str) {}
+
+    pub fn set_local(&mut self, _: &[(Cidr, std::net::IpAddr)]) -> Result<(), DatapathError> {
+        Err(DatapathError::NotBuilt)
+    }
+
     pub fn sync(&mut self, _: BTreeMap<Cidr, Route>) -> Result<(usize, usize), DatapathError> {
         Err(DatapathError::NotBuilt)
     }
 
-    pub fn entries(&self) -> Vec<Route> {
-        vec![]
+    pub fn entries(&self) -> Result<Vec<Route>, DatapathError> {
+        Err(DatapathError::NotBuilt)
     }
 
-    pub fn counters(&self) -> (u64, u64) {
-        (0, 0)
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
+        Err(DatapathError::NotBuilt)
     }
 }

@@ -33,6 +33,9 @@ pub enum KernelError {
 
 pub struct Kernel {
     handle: Handle,
+    /// The kernel runs one dump at a time per netlink socket (a second one gets EBUSY): the
+    /// reconciler, registration and the API share this connection, so dumps take turns.
+    dumps: tokio::sync::Mutex<()>,
 }
 
 fn addr(a: &RouteAddress) -> Option<IpAddr> {
@@ -59,7 +62,7 @@ fn route_of(m: &RouteMessage) -> Option<Route> {
     }
     Some(Route {
         destination: Cidr::containing(dest?, m.header.destination_prefix_length)?,
-        gateway: gateway?,
+        gateway,
         ifindex: ifindex?,
     })
 }
@@ -69,11 +72,15 @@ impl Kernel {
     pub fn connect() -> Result<Kernel, KernelError> {
         let (connection, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(connection);
-        Ok(Kernel { handle })
+        Ok(Kernel {
+            handle,
+            dumps: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The routes carrying our protocol number, both families.
     pub async fn our_routes(&self) -> Result<Vec<Route>, KernelError> {
+        let _turn = self.dumps.lock().await;
         let mut out = Vec::new();
         for request in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -89,6 +96,7 @@ impl Kernel {
 
     /// Subnets of this node's global addresses, with their interfaces.
     pub async fn connected(&self) -> Result<Vec<Connected>, KernelError> {
+        let _turn = self.dumps.lock().await;
         let mut names = BTreeMap::new();
         let mut links = self.handle.link().get().execute();
         while let Some(l) = links.try_next().await? {
@@ -127,6 +135,7 @@ impl Kernel {
 
     /// This node's global addresses (to register with IPAM when none are configured).
     pub async fn addresses(&self) -> Result<Vec<IpAddr>, KernelError> {
+        let _turn = self.dumps.lock().await;
         let mut out = Vec::new();
         let mut addresses = self.handle.address().get().execute();
         while let Some(a) = addresses.try_next().await? {
@@ -149,11 +158,14 @@ impl Kernel {
         fn bad(route: &Route, e: impl std::fmt::Display) -> KernelError {
             KernelError::Route(route.destination.to_string(), e.to_string())
         }
-        Ok(RouteMessageBuilder::<IpAddr>::new()
+        let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(route.destination.network(), route.destination.prefix_len())
-            .map_err(|e| bad(route, e))?
-            .gateway(route.gateway)
-            .map_err(|e| bad(route, e))?
+            .map_err(|e| bad(route, e))?;
+        let builder = match route.gateway {
+            Some(gateway) => builder.gateway(gateway).map_err(|e| bad(route, e))?,
+            None => builder.scope(RouteScope::Link),
+        };
+        Ok(builder
             .output_interface(route.ifindex)
             .protocol(RouteProtocol::from(PROTOCOL))
             .build())
@@ -161,6 +173,7 @@ impl Kernel {
 
     /// The gateway of the main table's default route of a family, with its interface index.
     pub async fn default_gateway(&self, v6: bool) -> Result<Option<(IpAddr, u32)>, KernelError> {
+        let _turn = self.dumps.lock().await;
         let request = if v6 {
             RouteMessageBuilder::<Ipv6Addr>::new().build()
         } else {
@@ -211,9 +224,11 @@ impl Kernel {
             .map(|l| l.header.index)
     }
 
-    /// Makes sure the router interface exists and is up, carries every router IP, and that each
-    /// of this node's pod CIDRs is routed to it. Idempotent: every reconcile pass calls it.
-    pub async fn ensure_router(&self, owned: &[(Cidr, IpAddr)]) -> Result<u32, KernelError> {
+    /// Makes sure the router interface exists and is up and carries exactly the router IPs given
+    /// (an address of an earlier pod CIDR goes: the interface is ours alone). Returns its index;
+    /// the routes of the node's pod CIDRs to it are the reconciler's. Idempotent: every reconcile
+    /// pass calls it.
+    pub async fn ensure_router(&self, router_ips: &[IpAddr]) -> Result<u32, KernelError> {
         let index = match self.link_index(Self::ROUTER_LINK).await {
             Some(i) => i,
             None => {
@@ -242,7 +257,30 @@ impl Kernel {
                     .await?;
             }
         }
-        for (cidr, router_ip) in owned {
+        let mut stale = Vec::new();
+        let turn = self.dumps.lock().await;
+        let mut addresses = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(a) = addresses.try_next().await? {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if a.header.scope == AddressScope::Universe
+                && ip.is_some_and(|ip| !router_ips.contains(&ip))
+            {
+                stale.push(a);
+            }
+        }
+        drop(turn);
+        for a in stale {
+            self.handle.address().del(a).execute().await?;
+        }
+        for router_ip in router_ips {
             let host = if router_ip.is_ipv4() { 32 } else { 128 };
             let mut add = self.handle.address().add(index, *router_ip, host).replace();
             if router_ip.is_ipv6() {
@@ -251,16 +289,60 @@ impl Kernel {
                 add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
             }
             add.execute().await?;
-            let route = RouteMessageBuilder::<IpAddr>::new()
-                .destination_prefix(cidr.network(), cidr.prefix_len())
-                .map_err(|e| KernelError::Route(cidr.to_string(), e.to_string()))?
-                .output_interface(index)
-                .scope(RouteScope::Link)
-                .protocol(RouteProtocol::from(PROTOCOL))
-                .build();
-            self.handle.route().add(route).replace().execute().await?;
         }
         Ok(index)
+    }
+
+    /// Every link's index by name.
+    pub async fn links(&self) -> Result<BTreeMap<String, u32>, KernelError> {
+        let _turn = self.dumps.lock().await;
+        let mut out = BTreeMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links.try_next().await? {
+            if let Some(name) = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }) {
+                out.insert(name, l.header.index);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs one route of ours at once (a pod's, on ADD): added, or replacing one of ours to
+    /// the same destination — never one of another owner, which is an error naming it.
+    pub async fn install(&self, route: &Route) -> Result<(), KernelError> {
+        match self.execute(Action::Add(*route)).await {
+            Ok(()) => Ok(()),
+            Err(KernelError::Netlink(rtnetlink::Error::NetlinkError(e))) if e.raw_code() == -17 => {
+                if self
+                    .our_routes()
+                    .await?
+                    .iter()
+                    .any(|r| r.destination == route.destination)
+                {
+                    self.execute(Action::Replace(*route)).await
+                } else {
+                    Err(KernelError::Route(
+                        route.destination.to_string(),
+                        "a route to it exists that is not routeplane's (not protocol 194): it is left alone; remove it, or keep its address out of the pod CIDRs".into(),
+                    ))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes one route of ours; one that is not there is no error.
+    pub async fn uninstall(&self, route: &Route) -> Result<(), KernelError> {
+        match self.execute(Action::Delete(*route)).await {
+            Err(KernelError::Netlink(rtnetlink::Error::NetlinkError(e)))
+                if e.raw_code() == -3 || e.raw_code() == -19 =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Requests in flight at once: netlink matches replies to requests by sequence number, so the

@@ -18,9 +18,12 @@ pub fn entries_of(mut routes: BTreeMap<Cidr, Route>) -> Entries {
     routes
 }
 
-/// Whether a route has a place in the maps: a next hop of its destination's family.
+/// Whether a route has a place in the maps: a next hop of its destination's family (an on-link
+/// route, a pod's or this node's own, stays in the kernel).
 pub fn fits(cidr: &Cidr, route: &Route) -> bool {
-    cidr.network().is_ipv4() == route.gateway.is_ipv4()
+    route
+        .gateway
+        .is_some_and(|g| cidr.network().is_ipv4() == g.is_ipv4())
 }
 
 /// What to write so that `have` becomes `want`: entries to insert or overwrite, keys to remove.
@@ -64,7 +67,7 @@ pub fn key<const A: usize>(cidr: &Cidr) -> Option<(u32, [u8; A])> {
 
 /// `struct nexthop_vN`: interface index (native order), then the next hop's address.
 pub fn value<const A: usize, const V: usize>(route: &Route) -> Option<[u8; V]> {
-    let gateway: [u8; A] = addr_bytes(route.gateway)?;
+    let gateway: [u8; A] = addr_bytes(route.gateway?)?;
     let mut v = [0u8; V];
     v.get_mut(..4)?
         .copy_from_slice(&route.ifindex.to_ne_bytes());
@@ -81,7 +84,7 @@ pub fn decode<const A: usize, const V: usize>(
     let gateway = ip_of::<A>(value.get(4..)?.try_into().ok()?)?;
     Some(Route {
         destination,
-        gateway,
+        gateway: Some(gateway),
         ifindex,
     })
 }
@@ -180,7 +183,7 @@ mod tests {
         let destination: Cidr = dst.parse().unwrap();
         let r = Route {
             destination,
-            gateway: gw.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
             ifindex: 3,
         };
         (destination, r)

@@ -2,7 +2,8 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use routeplane_agent::agent::{Cli, run};
+use routeplane_agent::agent::run;
+use routeplane_agent::settings::Cli;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

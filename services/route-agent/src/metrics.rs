@@ -1,5 +1,6 @@
 //! Prometheus metrics of the agent, read from its state at scrape time: routes installed, the
-//! feed's state, and reconcile passes with their errors and duration.
+//! feed's state, reconcile passes with their errors and duration, the pods it owns and their
+//! addresses per pod CIDR, and the eBPF programs' counters.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -7,9 +8,19 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::agent::{Shared, lock};
+use std::sync::Arc;
 
-struct AgentCollector(Shared);
+use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::agent::{Shared, lock};
+use crate::pods::PodNetwork;
+
+struct AgentCollector(Shared, Arc<PodNetwork>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CidrLabel {
+    cidr: String,
+}
 
 impl std::fmt::Debug for AgentCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,7 +79,54 @@ impl Collector for AgentCollector {
             None,
             c.metric_type(),
         )?)?;
-        if let Some((forwarded, passed)) = ebpf {
+        let pods = &self.1;
+        gauge(
+            &mut e,
+            "routeplane_agent_pods",
+            "Pod attachments this agent owns (routeplane-cni)",
+            pods.attachments().len() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "routeplane_agent_pods_report_pending",
+            "1 while a change of the pods waits to be reported to routeplane-ipam",
+            i64::from(pods.reported().1),
+        )?;
+        let usage = pods.usage();
+        for (name, help, of) in [
+            (
+                "routeplane_agent_pod_ips_in_use",
+                "Pod IPs held in a pod CIDR of this node",
+                (|used, _| used) as fn(u128, u128) -> u128,
+            ),
+            (
+                "routeplane_agent_pod_ips_free",
+                "Pod IPs still free in a pod CIDR of this node",
+                |used, cap: u128| cap.saturating_sub(used),
+            ),
+        ] {
+            let mut family = e.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (cidr, used, cap) in &usage {
+                let g = ConstGauge::new(i64::try_from(of(*used, *cap)).unwrap_or(i64::MAX));
+                g.encode(family.encode_family(&CidrLabel {
+                    cidr: cidr.to_string(),
+                })?)?;
+            }
+        }
+        if let Some(counters) = ebpf {
+            let c = ConstCounter::new(counters.hop_drops);
+            c.encode(e.encode_descriptor(
+                "routeplane_agent_ebpf_hop_drops",
+                "Packets whose TTL (hop limit) ran out on this node, dropped without an ICMP answer",
+                None,
+                c.metric_type(),
+            )?)?;
+            let (forwarded, passed) = (counters.forwarded, counters.passed);
             let c = ConstCounter::new(forwarded);
             c.encode(e.encode_descriptor(
                 "routeplane_agent_ebpf_forwarded_packets",
@@ -95,8 +153,8 @@ impl Collector for AgentCollector {
     }
 }
 
-pub fn registry(shared: Shared) -> Registry {
+pub fn registry(shared: Shared, pods: Arc<PodNetwork>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(AgentCollector(shared)));
+    registry.register_collector(Box::new(AgentCollector(shared, pods)));
     registry
 }

@@ -48,7 +48,7 @@ mod tests {
     fn r(dest: &str, gw: &str, ifindex: u32) -> Route {
         Route {
             destination: dest.parse().unwrap(),
-            gateway: gw.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
             ifindex,
         }
     }

@@ -257,8 +257,11 @@ impl Lab {
 
     fn agent_with(&mut self, node: usize, addr: &str, extra: &[&str]) {
         let cache = self.dir.path().join(format!("cache{node}"));
+        let socket = self.dir.path().join(format!("agent{node}.sock"));
         let name = format!("n{node}");
         let args = [
+            "--cni-socket",
+            socket.to_str().unwrap(),
             "--ipam",
             "http://10.4.94.250:50051",
             "--node-name",
@@ -517,11 +520,29 @@ mod privileged {
                 status["synced"].as_bool(),
                 status["routesInstalled"].as_u64()
             ),
-            (Some("n1"), Some(true), Some(1)),
-            "{status}"
+            (Some("n1"), Some(true), Some(2)),
+            "the direct route to n2's pod CIDR and n1's own to its router interface: {status}"
         );
         let routes = lab.agent_api(1, "ListRoutes", "{}");
-        assert_eq!(routes["routes"][0]["node"], "n2", "{routes}");
+        let listed: Vec<(String, String)> = routes["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["node"].as_str().unwrap_or_default().to_string(),
+                    r["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            listed.contains(&("n2".into(), "node n2 is on the same L2 segment".into()))
+                && listed.contains(&(
+                    "n1".into(),
+                    "this node's pod CIDR, to its router interface".into()
+                )),
+            "{routes}"
+        );
 
         // Its metrics agree (scraped inside n1's namespace).
         let scrape = Command::new("ip")
@@ -531,7 +552,7 @@ mod privileged {
         let body = String::from_utf8_lossy(&scrape.stdout);
         assert!(
             body.lines()
-                .any(|l| l == "routeplane_agent_routes_installed 1"),
+                .any(|l| l == "routeplane_agent_routes_installed 2"),
             "{body}"
         );
         assert!(
@@ -584,7 +605,8 @@ mod privileged {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains("80 packets transmitted, 80 received"),
-            "pings were lost across the restart:\n{text}"
+            "pings were lost across the restart:\n{text}\n{}",
+            lab.log("n1")
         );
     }
 
