@@ -23,6 +23,19 @@ fn one_node(extra: &[&str]) -> NodeLab {
     lab
 }
 
+/// One bad invocation: what it is, command, container, netns, ifname, stdin, the error code, and
+/// words its message must hold.
+type BadInput<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    String,
+    u64,
+    &'a str,
+);
+
 fn host_links(lab: &NodeLab, node: usize) -> Vec<String> {
     let (_, out) = lab.nodes[node].ns.run(&["ip", "-o", "link", "show"]);
     out.lines()
@@ -144,8 +157,7 @@ mod privileged {
         let target = Netns::new(&lab.id, "target");
         let netns = format!("/var/run/netns/{}", target.name());
         let conf = lab.conf("1.1.0");
-        // (what, command, container, netns, ifname, stdin, code, words the message must hold)
-        let cases: Vec<(&str, &str, &str, &str, &str, String, u64, &str)> = vec![
+        let cases: Vec<BadInput> = vec![
             (
                 "malformed stdin",
                 "ADD",
