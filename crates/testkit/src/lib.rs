@@ -3,7 +3,9 @@
 //! Contract: [`process`] finds workspace binaries and runs them (in a namespace if asked), keeping
 //! their output and reading the addresses they listen on; [`netns`] makes network namespaces
 //! whose names are unique per test and that go away with their owner; [`lab`] builds the seed's
-//! node network from them, with real agents and pods attached through routeplane-cni; [`wait`] waits for an
+//! node network from them, with real agents and pods attached through routeplane-cni;
+//! [`containerd`] runs a real container runtime that attaches containers through a node's CNI
+//! configuration; [`wait`] waits for an
 //! event instead of sleeping; [`bird`] asks BIRD through birdc, a refused command being an error;
 //! [`privileged`] makes a root-only test fail — never pass — where it cannot run, and names the
 //! module (`privileged::`) by which `scripts/test --unprivileged` leaves such tests out; [`sh`]
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bird;
+pub mod containerd;
 pub mod lab;
 pub mod netns;
 pub mod privileged;

@@ -11,7 +11,7 @@ the node's routeplane-agent over the Unix socket the configuration names (\"agen
 /var/run/routeplane/agent.sock), and prints the spec's result or error JSON. routeplane-agent
 --install-cni puts it into /opt/cni/bin and writes its conflist, 05-routeplane.conflist:
 
-  {\"cniVersion\": \"1.1.0\", \"name\": \"routeplane\",
+  {\"cniVersion\": \"1.0.0\", \"cniVersions\": [\"1.0.0\", \"1.1.0\"], \"name\": \"routeplane\",
    \"plugins\": [{\"type\": \"routeplane-cni\", \"agentSocket\": \"/var/run/routeplane/agent.sock\"}]}
 
 Error codes: the spec's (1 version, 3 unknown container, 4 environment, 6 stdin, 7 configuration,

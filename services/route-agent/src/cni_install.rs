@@ -26,10 +26,13 @@ fn at(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
     }
 }
 
-/// The conflist runtimes read: CNI 1.1.0, one plugin, the agent's socket.
+/// The conflist runtimes read: one plugin, the agent's socket. `cniVersions` (CNI 1.1.0) lets a
+/// runtime pick the newest version both know; one older than 1.1.0 reads `cniVersion`, 1.0.0 —
+/// the newest whose results containerd 1.6 and the runtimes of Kubernetes 1.22 parse.
 pub fn conflist(socket: &Path) -> String {
     let conf = serde_json::json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": "1.0.0",
+        "cniVersions": ["1.0.0", "1.1.0"],
         "name": NETWORK,
         "plugins": [{ "type": PLUGIN, "agentSocket": socket.display().to_string() }],
     });
@@ -108,7 +111,8 @@ mod tests {
         let written = install_conflist(&conf, Path::new("/var/run/routeplane/agent.sock")).unwrap();
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
-        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["cniVersions"], serde_json::json!(["1.0.0", "1.1.0"]));
         assert_eq!(v["name"], "routeplane");
         assert_eq!(v["plugins"][0]["type"], "routeplane-cni");
         assert_eq!(
