@@ -710,4 +710,117 @@ mod privileged {
             assert_eq!(has_version, version != "1.0.0", "{version}: {}", out.stdout);
         }
     }
+
+    #[test]
+    fn a_node_given_another_cidr_adopts_it_and_never_serves_the_old_one() {
+        require();
+        let lab = one_node(&[]);
+        let pod = lab.add_pod(0, "old");
+        let (old_cidrs, old_routers) = lab.node_allocation("n1");
+        // IPAM forgets the node (deleted with force, as after a lost state) and gives its CIDR to
+        // another node: the agent must learn its new CIDR and drop the old one.
+        lab.ipam("DeleteNode", r#"{"name": "n1", "force": true}"#)
+            .unwrap();
+        // IPAM hands node CIDRs out round the pool: seven others first, then the intruder gets
+        // n1's; one of the seven goes again, leaving room for n1.
+        for i in 0..7 {
+            lab.ipam(
+                "RegisterNode",
+                &format!(
+                    r#"{{"name": "filler{i}", "addresses": ["10.4.94.{}"]}}"#,
+                    100 + i
+                ),
+            )
+            .unwrap();
+        }
+        let intruder = lab
+            .ipam(
+                "RegisterNode",
+                r#"{"name": "intruder", "addresses": ["10.4.94.99"]}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            intruder["podCidrs"][0],
+            old_cidrs[0].as_str(),
+            "{}",
+            lab.logs()
+        );
+        lab.ipam("DeleteNode", r#"{"name": "filler0", "force": true}"#)
+            .unwrap();
+        let (new_cidrs, new_routers) =
+            wait_until("n1 registered again", Duration::from_secs(20), || match lab
+                .ipam("GetNode", r#"{"name": "n1"}"#)
+            {
+                Ok(_) => Ok(lab.node_allocation("n1")),
+                Err(e) => Err(e),
+            })
+            .0;
+        assert_ne!(new_cidrs, old_cidrs, "n1 has a CIDR of its own again");
+        wait_for(
+            "the agent serves the new CIDR",
+            Duration::from_secs(20),
+            || {
+                let status = lab.agent_api(0, "GetStatus", "{}");
+                status["podCidrs"][0] == new_cidrs[0].as_str()
+            },
+        );
+        let (_, addrs) = lab.nodes[0]
+            .ns
+            .run(&["ip", "-4", "addr", "show", "dev", "rp_host"]);
+        assert!(
+            addrs.contains(&format!("inet {}/32", new_routers[0])),
+            "{addrs}"
+        );
+        assert!(
+            !addrs.contains(&old_routers[0]),
+            "the old router IP is gone: {addrs}"
+        );
+        // The old CIDR is the intruder's now: n1 routes it to the intruder, not to itself.
+        wait_for(
+            "the old CIDR routed to its new owner, the old pod's address not at all",
+            Duration::from_secs(10),
+            || {
+                let routes = NodeLab::routes(&lab.nodes[0].ns, "-4");
+                routes.contains(&format!("{} via 10.4.94.99", old_cidrs[0]))
+                    && !routes.contains(&format!("{} dev rp_host", old_cidrs[0]))
+                    && !routes.contains(&format!("{} dev", pod.ip(false)))
+            },
+        );
+        // The pod on the old CIDR was unwired: its address may be the intruder's now.
+        let check = lab.cni(
+            0,
+            "CHECK",
+            &pod.container_id,
+            &pod.netns_path(),
+            "eth0",
+            &[],
+            &lab.conf("1.1.0"),
+        );
+        assert_eq!(check.json["code"], 3, "{}", check.stdout);
+        assert!(
+            host_links(&lab, 0).is_empty(),
+            "its veth went: {:?}",
+            host_links(&lab, 0)
+        );
+        lab.wait_agent_ready(0);
+        let fresh = lab.add_pod(0, "new");
+        let new_cidr: routeplane_net::Cidr = new_cidrs[0].parse().unwrap();
+        assert!(
+            new_cidr.contains_addr(fresh.ip(false).parse().unwrap()),
+            "{}",
+            fresh.result
+        );
+        wait_until(
+            "IPAM has exactly the new pod for n1",
+            Duration::from_secs(10),
+            || {
+                let held = lab.ipam_pod_ips("n1");
+                if held.len() == 1 && held.values().all(|(ips, _)| ips == &vec![fresh.ip(false)]) {
+                    Ok(())
+                } else {
+                    Err(format!("{held:?}"))
+                }
+            },
+        );
+    }
 }
