@@ -248,21 +248,30 @@ fn services_answer_grpcurl_from_the_host(nodes: &Allocations) {
     );
 }
 
-/// Same segment: the target answers at the first hop. Other segment: via both ToRs.
-fn traceroutes_follow_the_seed(stack: &Stack, nodes: &Allocations) {
+/// From a node (its own stack, no pod): the target node counts as one hop on the way into its
+/// pod CIDR and answers none that run out there; the ToRs answer from their segment gateways.
+/// The stack's nodes run the eBPF datapath, whose maps serve pods: a node's own packets for
+/// another node's pod CIDR have no kernel route and follow the default route to the ToR, which
+/// learned the CIDR over BGP — on the same segment too.
+fn node_traceroutes_follow_the_hop_rule(stack: &Stack, nodes: &Allocations) {
     let router_ip = |node: &str| nodes[node].1[0].clone();
     let same = traceroute(stack, "node-94-1", &router_ip("node-94-2"));
     assert_eq!(
         same,
-        vec![Some(router_ip("node-94-2"))],
-        "same segment is one hop"
+        vec![
+            Some(TOR_94.gateway.into()),
+            None,
+            Some(router_ip("node-94-2"))
+        ],
+        "same segment, from the node itself: the ToR, the target node's hop, the target"
     );
     let across = traceroute(stack, "node-94-1", &router_ip("node-83-1"));
     assert_eq!(
         across,
         vec![
             Some(TOR_94.gateway.into()),
-            Some(TOR_83.core.into()),
+            Some(TOR_83.gateway.into()),
+            None,
             Some(router_ip("node-83-1"))
         ]
     );
@@ -271,10 +280,165 @@ fn traceroutes_follow_the_seed(stack: &Stack, nodes: &Allocations) {
         back,
         vec![
             Some(TOR_83.gateway.into()),
-            Some(TOR_94.core.into()),
+            Some(TOR_94.gateway.into()),
+            None,
             Some(router_ip("node-94-1"))
         ]
     );
+}
+
+/// The pods every node starts through routeplane-cni (docker/pod): node -> its pods' addresses,
+/// once each node has both and IPAM lists them as the agent's.
+fn pods_are_attached_and_reported() -> BTreeMap<String, Vec<String>> {
+    let (pods, took) = wait_for(
+        "two pods on every node, reported to IPAM",
+        Duration::from_secs(60),
+        || {
+            let mut all = BTreeMap::new();
+            for (node, _, _) in NODES {
+                let reply = grpcurl(
+                    IPAM,
+                    "routeplane.ipam.v1.Ipam/ListPodIPs",
+                    &format!(r#"{{"node": "{node}"}}"#),
+                )?;
+                let ips: Vec<String> = reply["allocations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a["managedBy"] == "agent")
+                    .filter_map(|a| a["ips"][0].as_str().map(str::to_string))
+                    .collect();
+                if ips.len() != 2 {
+                    return Err(format!("{node}: {reply}"));
+                }
+                all.insert(node.to_string(), ips);
+            }
+            Ok(all)
+        },
+    );
+    println!("pods reported to IPAM after {took:?}: {pods:?}");
+    pods
+}
+
+/// The address of a pod on a node, as the pod itself has it (`pod ip`).
+fn pod_ip(stack: &Stack, node: &str, pod: &str) -> String {
+    stack
+        .exec(node, &["pod", "ip", pod])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .trim()
+        .to_string()
+}
+
+fn pod_traceroute(stack: &Stack, node: &str, pod: &str, to: &str) -> Vec<Option<String>> {
+    let out = stack
+        .exec(
+            node,
+            &[
+                "pod",
+                "exec",
+                pod,
+                "traceroute",
+                "-n",
+                "-q",
+                "2",
+                "-w",
+                "1",
+                "-N",
+                "1",
+                "-m",
+                "8",
+                to,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("{node}/{pod}$ traceroute -n {to}\n{out}");
+    parse_traceroute(&out)
+}
+
+fn pod_pings(stack: &Stack, node: &str, pod: &str, to: &str) -> bool {
+    stack
+        .exec(
+            node,
+            &["pod", "exec", pod, "ping", "-c", "2", "-W", "2", to],
+        )
+        .is_ok()
+}
+
+/// The seed's proof, from a pod: its two traceroutes, and pods reaching each other on one node,
+/// on one segment and across the ToRs.
+fn pods_follow_the_seed(stack: &Stack, nodes: &Allocations) {
+    let router_ip = |node: &str| nodes[node].1[0].clone();
+    let here = pod_ip(stack, "node-94-1", "pod-2");
+    let same_segment = pod_ip(stack, "node-94-2", "pod-1");
+    let across = pod_ip(stack, "node-83-1", "pod-1");
+    for to in [&here, &same_segment, &across, &router_ip("node-83-2")] {
+        assert!(
+            pod_pings(stack, "node-94-1", "pod-1", to),
+            "node-94-1/pod-1 -> {to}"
+        );
+    }
+    assert!(
+        pod_pings(stack, "node-83-2", "pod-2", &here),
+        "and back across"
+    );
+    assert_eq!(
+        pod_traceroute(stack, "node-94-1", "pod-1", &router_ip("node-94-2")),
+        vec![None, None, Some(router_ip("node-94-2"))],
+        "the seed's first traceroute: * * target"
+    );
+    assert_eq!(
+        pod_traceroute(stack, "node-94-1", "pod-1", &across),
+        vec![
+            None,
+            Some(TOR_94.gateway.into()),
+            Some(TOR_83.gateway.into()),
+            None,
+            Some(across.clone())
+        ],
+        "the seed's second traceroute: * ToR ToR * pod"
+    );
+}
+
+/// A LoadBalancer IP, reached from a pod on the other segment: the ToRs carry it to the node they
+/// learned it from, where the Service's address is bound (as kube-proxy binds it to kube-ipvs0).
+fn pods_reach_a_load_balancer_ip(stack: &Stack) {
+    let lb = grpcurl(
+        IPAM,
+        "routeplane.ipam.v1.Ipam/AllocateServiceIP",
+        r#"{"service": "default/e2e-pods"}"#,
+    )
+    .expect("AllocateServiceIP");
+    let ip = lb["ip"].as_str().expect("an ip").to_string();
+    let prefix = format!("{ip}/32");
+    let (via, _) = wait_for(
+        "the LoadBalancer IP at tor-83",
+        Duration::from_secs(20),
+        || {
+            stack
+                .bird_routes(TOR_83.service)?
+                .remove(&prefix)
+                .map(|r| r.via)
+                .ok_or_else(|| format!("tor-83 has no {prefix}"))
+        },
+    );
+    let (node, _, _) = NODES
+        .iter()
+        .find(|(_, addr, _)| *addr == via)
+        .unwrap_or_else(|| panic!("{prefix} at tor-83 via {via}, no node of the stack"));
+    stack
+        .exec(node, &["ip", "addr", "add", &prefix, "dev", "lo"])
+        .expect("binding the Service's address on its node");
+    assert!(
+        pod_pings(stack, "node-94-1", "pod-1", &ip),
+        "node-94-1/pod-1 reaches LoadBalancer {ip} on {node}"
+    );
+    let _ = stack.exec(node, &["ip", "addr", "del", &prefix, "dev", "lo"]);
+    grpcurl(
+        IPAM,
+        "routeplane.ipam.v1.Ipam/ReleaseServiceIP",
+        r#"{"service": "default/e2e-pods"}"#,
+    )
+    .expect("ReleaseServiceIP");
 }
 
 /// A LoadBalancer IP reaches both ToRs with one of their own nodes as next hop; released, it goes.
@@ -339,6 +503,15 @@ fn stopped_agent_is_withdrawn_and_returns(stack: &Stack, nodes: &Allocations) {
         routers_route_every_node(stack, nodes)
     });
     println!("agent of node-94-2 back: {cidr} at both ToRs again after {took:?}");
+    // Its pods died with the node (their namespaces with its container): the agent was told (GC)
+    // and the node started them again, reported to IPAM, reachable.
+    let pods = pods_are_attached_and_reported();
+    for ip in &pods["node-94-2"] {
+        assert!(
+            pod_pings(stack, "node-83-1", "pod-1", ip),
+            "node-83-1/pod-1 -> node-94-2's pod {ip}"
+        );
+    }
 }
 
 /// IPAM restarts from its volume with nothing changed, and the routes stay.
@@ -351,6 +524,7 @@ fn ipam_restart_changes_nothing(stack: &Stack, nodes: &Allocations) {
     .expect("AllocateServiceIP");
     let services =
         grpcurl(IPAM, "routeplane.ipam.v1.Ipam/ListServiceIPs", "{}").expect("ListServiceIPs");
+    let pods = pods_are_attached_and_reported();
     stack.run(&["restart", "ipam"]);
     let (after, _) = wait_for(
         "IPAM back with four Ready nodes",
@@ -363,6 +537,11 @@ fn ipam_restart_changes_nothing(stack: &Stack, nodes: &Allocations) {
         services
     );
     routers_route_every_node(stack, nodes).expect("routes after an IPAM restart");
+    assert_eq!(
+        pods_are_attached_and_reported(),
+        pods,
+        "pod IPs after an IPAM restart"
+    );
 }
 
 /// By now the absent peers have been retried for a while: at the connect-retry pace (5 s, two
@@ -387,11 +566,37 @@ fn bgp_restart_keeps_traffic_flowing(stack: &Stack, nodes: &Allocations) {
     // routeplane-bgp restarts: graceful restart keeps the routes at the ToRs, and a ping across
     // segments running meanwhile loses at most a few packets.
     let target = router_ip("node-83-1");
-    let ping = stack.spawn_exec(
+    let mut ping = stack.spawn_exec(
         "node-94-1",
         &["ping", "-n", "-i", "0.1", "-c", "250", "-W", "1", &target],
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // What ping prints, line by line, as it prints it.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        use std::io::BufRead;
+        let out = ping.stdout.take().expect("ping's stdout");
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let answered = |lines: &std::sync::Mutex<Vec<String>>| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("bytes from"))
+            .count()
+    };
+    wait_for("the ping is answered", Duration::from_secs(10), || {
+        if answered(&lines) >= 5 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", lines.lock().unwrap()))
+        }
+    });
     stack.run(&["stop", "bgp"]);
     for tor in [&TOR_94, &TOR_83] {
         assert!(
@@ -400,7 +605,20 @@ fn bgp_restart_keeps_traffic_flowing(stack: &Stack, nodes: &Allocations) {
             tor.service
         );
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Each ToR noticed, and holds our routes under graceful restart instead of flushing them.
+    wait_for(
+        "both ToRs in graceful restart",
+        Duration::from_secs(10),
+        || {
+            for tor in [&TOR_94, &TOR_83] {
+                let state = stack.birdc(tor.service, "show protocols all routeplane")?;
+                if !state.contains("Neighbor graceful restart active") {
+                    return Err(format!("{}: {state}", tor.service));
+                }
+            }
+            Ok(())
+        },
+    );
     routers_route_every_node(stack, nodes)
         .expect("the ToRs keep the routes while routeplane-bgp is down");
     stack.run(&["start", "bgp"]);
@@ -414,14 +632,11 @@ fn bgp_restart_keeps_traffic_flowing(stack: &Stack, nodes: &Allocations) {
         Duration::from_secs(30),
         || routers_route_every_node(stack, nodes),
     );
-    let out = ping.wait_with_output().expect("ping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (sent, received) = parse_ping(&text).unwrap_or_else(|| {
-        panic!(
-            "no ping summary: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let status = ping.wait().expect("ping");
+    reader.join().expect("ping's reader");
+    let text = lines.lock().unwrap().join("\n");
+    let (sent, received) =
+        parse_ping(&text).unwrap_or_else(|| panic!("no ping summary ({status}): {text}"));
     println!(
         "ping node-94-1 -> {target} across segments while routeplane-bgp restarted: {sent} sent, {} lost",
         sent - received
@@ -445,7 +660,10 @@ mod privileged {
         let nodes = routers_learn_every_node(&stack);
         absent_peers_are_not_established();
         services_answer_grpcurl_from_the_host(&nodes);
-        traceroutes_follow_the_seed(&stack, &nodes);
+        node_traceroutes_follow_the_hop_rule(&stack, &nodes);
+        pods_are_attached_and_reported();
+        pods_follow_the_seed(&stack, &nodes);
+        pods_reach_a_load_balancer_ip(&stack);
         load_balancer_ip_comes_and_goes(&stack);
         stopped_agent_is_withdrawn_and_returns(&stack, &nodes);
         ipam_restart_changes_nothing(&stack, &nodes);

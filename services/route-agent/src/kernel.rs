@@ -180,8 +180,10 @@ impl Kernel {
             RouteMessageBuilder::<Ipv4Addr>::new().build()
         };
         let mut stream = self.handle.route().get(request).execute();
+        let mut found = None;
+        // Read to the end: a dump left unread makes the connection drop (and complain of) the rest.
         while let Some(m) = stream.try_next().await? {
-            if m.header.destination_prefix_length != 0 || m.header.table != 254 {
+            if found.is_some() || m.header.destination_prefix_length != 0 || m.header.table != 254 {
                 continue;
             }
             let gw = m.attributes.iter().find_map(|a| {
@@ -199,10 +201,10 @@ impl Kernel {
                 }
             });
             if let (Some(gw), Some(oif)) = (gw, oif) {
-                return Ok(Some((gw, oif)));
+                found = Some((gw, oif));
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// The interface that carries this node's router IPs, as Cilium's cilium_host does.
