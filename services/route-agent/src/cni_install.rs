@@ -134,4 +134,37 @@ mod tests {
             "no temporary file left"
         );
     }
+
+    /// Over kube's mocked API: the DaemonSet there (a restart), being deleted, and gone.
+    #[tokio::test]
+    async fn only_a_daemonset_going_away_takes_the_conflist_with_it() {
+        use routeplane_kubernetes::mock::MockApi;
+        let path = "/apis/apps/v1/namespaces/routeplane/daemonsets/routeplane-agent";
+        let ds = |deleting: bool| {
+            let mut metadata =
+                serde_json::json!({"name": "routeplane-agent", "namespace": "routeplane"});
+            if deleting {
+                metadata["deletionTimestamp"] = serde_json::json!("2026-12-02T10:00:00Z");
+            }
+            serde_json::json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": metadata,
+                "spec": {"selector": {}, "template": {}}})
+        };
+        let gone = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "daemonsets.apps \"routeplane-agent\" not found"});
+        for (status, reply, going) in [
+            (200, ds(false), false),
+            (200, ds(true), true),
+            (404, gone, true),
+        ] {
+            let (client, mut api) = MockApi::new();
+            let server = async {
+                api.expect("GET", path, status, reply.clone()).await;
+            };
+            let (asked, ()) = tokio::join!(
+                daemonset_going(&client, "routeplane", "routeplane-agent"),
+                server
+            );
+            assert_eq!(asked, Ok(going), "{reply}");
+        }
+    }
 }
