@@ -275,10 +275,17 @@ impl NodeLab {
         .collect()
     }
 
-    /// routeplane-agent on node `node` (named after it), with `extra` arguments; returns once its
-    /// CNI socket answers STATUS or `ready` is false.
+    /// routeplane-agent on node `node` (named after it), with `extra` arguments (a flag among
+    /// them replaces the lab's own of the same name).
     pub fn start_agent(&mut self, node: usize, extra: &[&str]) {
-        let mut args = self.agent_args(node);
+        let mut args = Vec::new();
+        let mut own = self.agent_args(node).into_iter();
+        while let Some(flag) = own.next() {
+            let value = own.next().unwrap_or_default();
+            if !extra.contains(&flag.as_str()) {
+                args.extend([flag, value]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let n = &self.nodes[node];

@@ -34,7 +34,7 @@ fn readme_grpcurl_examples_work_verbatim() {
     for cmd in &commands {
         assert!(
             cmd.contains("127.0.0.1:50051"),
-            "README examples target scripts/run's address: {cmd}"
+            "README examples target the address of scripts/run ipam: {cmd}"
         );
         let cmd = cmd
             .replace("127.0.0.1:50051", &server.grpc.to_string())

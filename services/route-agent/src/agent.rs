@@ -156,6 +156,7 @@ async fn reconcile(m: &Machinery, shared: &Shared) -> Result<(), KernelError> {
                 failures.push(format!("uplink classifier on {iface}: {e}"));
             }
         }
+        failures.extend(m.pods.attach_missing(&mut dp, &links));
     }
     if let Some(alloc) = &alloc {
         let router = m.kernel.ensure_router(&alloc.router_ips).await?;
@@ -346,7 +347,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         PodNetwork::open(
             &cli.cache_dir,
             kernel.clone(),
-            crate::pods::wiring::Wiring::connect().map_err(KernelError::Socket)?,
+            crate::pods::wiring::Wiring::start().map_err(KernelError::Socket)?,
             datapath.clone(),
         )
         .map_err(|e| AgentError::Start(e.to_string()))?,

@@ -145,6 +145,8 @@ struct Inner {
     /// Attachments with a CNI call in flight: a second call for one of them waits its turn.
     busy: BTreeSet<AttachmentKey>,
     last_report_error: String,
+    /// Grows at every change of the pod CIDRs: an ADD that began before one is refused.
+    epoch: u64,
 }
 
 impl Inner {
@@ -232,6 +234,7 @@ impl PodNetwork {
                 generation,
                 busy: BTreeSet::new(),
                 last_report_error: String::new(),
+                epoch: 0,
             }),
             store,
             wiring,
@@ -272,6 +275,7 @@ impl PodNetwork {
             if same {
                 return Vec::new();
             }
+            inner.epoch += 1;
             let mut allocator = Allocator::new(&node.node, &node.pod_cidrs);
             let mut orphans = Vec::new();
             let keys: Vec<AttachmentKey> = inner.attachments.keys().cloned().collect();
@@ -334,7 +338,9 @@ impl PodNetwork {
             )));
         }
         let _busy = self.claim(&req.key)?;
-        let (attachment, fresh) = {
+        // Under the lock only what must be: the addresses taken. The disk write happens outside
+        // it (other ADDs and DELs go on), and the attachment becomes visible once it is durable.
+        let (attachment, fresh, epoch) = {
             let mut inner = self.lock();
             inner.ready()?;
             match inner.attachments.get(&req.key) {
@@ -344,7 +350,7 @@ impl PodNetwork {
                         req.key, a.netns, req.netns
                     )));
                 }
-                Some(a) => (a.clone(), false),
+                Some(a) => (a.clone(), false, inner.epoch),
                 None => {
                     let allocator = inner
                         .allocator
@@ -356,21 +362,38 @@ impl PodNetwork {
                         ifname: req.key.ifname.clone(),
                         netns: req.netns.clone(),
                         pod: req.pod.clone(),
-                        ips: ips.clone(),
+                        ips,
                         host_veth: wiring::host_veth_name(&req.key.container_id, &req.key.ifname),
                     };
-                    if let Err(e) = self.store.put(&a) {
-                        if let Some(allocator) = inner.allocator.as_mut() {
-                            ips.iter().for_each(|ip| allocator.release(*ip));
-                        }
-                        return Err(e.into());
-                    }
-                    inner.attachments.insert(req.key.clone(), a.clone());
-                    inner.changed();
-                    (a, true)
+                    (a, true, inner.epoch)
                 }
             }
         };
+        if fresh {
+            let persisted = self.store.put(&attachment);
+            let mut inner = self.lock();
+            // The pod CIDRs changed meanwhile (set_node): these addresses belong to none of them.
+            let stale = inner.epoch != epoch;
+            if persisted.is_err() || stale {
+                if !stale && let Some(allocator) = inner.allocator.as_mut() {
+                    attachment.ips.iter().for_each(|ip| allocator.release(*ip));
+                }
+                drop(inner);
+                if persisted.is_ok() {
+                    let _ = self
+                        .store
+                        .remove(&attachment.container_id, &attachment.ifname);
+                }
+                persisted?;
+                return Err(PodError::NotReady(
+                    "this node's pod CIDRs changed during the ADD: try again".into(),
+                ));
+            }
+            inner
+                .attachments
+                .insert(req.key.clone(), attachment.clone());
+            inner.changed();
+        }
         if fresh {
             self.changed.notify_one();
         }
@@ -432,26 +455,41 @@ impl PodNetwork {
         Ok(())
     }
 
-    async fn unwire(&self, a: &Attachment) -> Result<(), PodError> {
-        if let Some((index, _)) = self.wiring.host_side(&a.host_veth).await? {
-            for route in host_routes(a, index) {
-                self.kernel.uninstall(&route).await?;
+    /// The classifier on every pod's host side that lacks it (a reconcile pass calls it).
+    pub fn attach_missing(
+        &self,
+        dp: &mut crate::ebpf::Datapath,
+        links: &BTreeMap<String, u32>,
+    ) -> Vec<String> {
+        let mut failures = Vec::new();
+        for a in self.lock().attachments.values() {
+            if links.contains_key(&a.host_veth)
+                && let Err(e) = dp.attach_pod(&a.host_veth)
+            {
+                failures.push(format!("classifier on {}: {e}", a.host_veth));
             }
         }
+        failures
+    }
+
+    /// The pod's veth pair goes, and its host routes and classifier with it (the kernel drops a
+    /// device's routes and tc filters with the device).
+    async fn unwire(&self, a: &Attachment) -> Result<(), PodError> {
         self.wiring.remove(&a.host_veth).await?;
         if let Some(dp) = &self.datapath {
-            crate::ebpf::lock(dp).detach(&a.host_veth);
+            crate::ebpf::lock(dp).forget_pod(&a.host_veth);
         }
         Ok(())
     }
 
-    /// Drops an attachment's record and addresses.
+    /// Drops an attachment's record (durably, outside the lock) and then its addresses. The
+    /// caller holds the attachment's busy mark: nothing else changes it meanwhile.
     fn forget(&self, key: &AttachmentKey) -> Result<Option<Attachment>, PodError> {
-        let mut inner = self.lock();
-        let Some(a) = inner.attachments.get(key).cloned() else {
+        let Some(a) = self.lock().attachments.get(key).cloned() else {
             return Ok(None);
         };
         self.store.remove(&a.container_id, &a.ifname)?;
+        let mut inner = self.lock();
         inner.attachments.remove(key);
         if let Some(allocator) = inner.allocator.as_mut() {
             a.ips.iter().for_each(|ip| allocator.release(*ip));
@@ -507,6 +545,14 @@ impl PodNetwork {
                 )));
             }
         }
+        if let Some(dp) = &self.datapath
+            && !crate::ebpf::lock(dp).has_pod(&a.host_veth)
+        {
+            return Err(PodError::Mismatch(format!(
+                "the classifier on {} of {key} is not attached (yet)",
+                a.host_veth
+            )));
+        }
         self.wiring.inspect(&a).await?;
         Ok(())
     }
@@ -542,7 +588,7 @@ impl PodNetwork {
                 tracing::info!(interface = %veth, "GC: removing a pod's host side no attachment names");
                 self.wiring.remove(&veth).await?;
                 if let Some(dp) = &self.datapath {
-                    crate::ebpf::lock(dp).detach(&veth);
+                    crate::ebpf::lock(dp).forget_pod(&veth);
                 }
             }
         }
@@ -612,20 +658,21 @@ impl PodNetwork {
         (inner.report.generation, pending)
     }
 
-    /// IPAM accepted the report of `generation` for `cidrs`, and reserved `reserved`.
+    /// IPAM accepted the report of `generation` for `cidrs`, and reserved `reserved`. Only the
+    /// reporter calls it, one report at a time; the disk write happens outside the lock.
     pub fn accepted(
         &self,
         generation: u64,
         cidrs: Vec<String>,
         reserved: Vec<IpAddr>,
     ) -> Result<(), PodError> {
-        let mut inner = self.lock();
         let state = ReportState {
             generation,
             cidrs,
             reserved,
         };
         self.store.put_report(&state)?;
+        let mut inner = self.lock();
         if state.cidrs == inner.cidr_strings()
             && let Some(allocator) = inner.allocator.as_mut()
         {

@@ -77,11 +77,19 @@ pub fn mac_text(mac: &[u8]) -> String {
         .join(":")
 }
 
+/// The node side of wiring, on a runtime of its own. A netlink request that changes links is
+/// carried out inside the kernel's sendmsg, which blocks the calling thread for as long as the
+/// kernel works — a veth's creation or deletion: milliseconds, far more while other pods' are
+/// under way. On the agent's two worker threads, twenty DELs at once queued behind each other
+/// (350–550 ms each, measured); on [`THREADS`] threads of their own, each with a netlink connection
+/// of its own (the kernel serves one socket's requests one after the other), they overlap — and
+/// the agent's API and reconciler never wait for them.
 pub struct Wiring {
-    host: Handle,
-    /// One dump at a time on this connection (its own: the reconciler's dumps never hold it up).
-    dumps: tokio::sync::Mutex<()>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
+
+/// Wiring operations under way at once.
+const THREADS: usize = 8;
 
 async fn link(
     handle: &Handle,
@@ -160,144 +168,195 @@ fn open_netns(path: &str) -> Result<std::fs::File, WiringError> {
     })
 }
 
+/// A netlink connection in the agent's namespace, for one operation.
+fn host() -> Result<Handle, WiringError> {
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| WiringError::Enter {
+        path: "the agent's own namespace".into(),
+        why: e.to_string(),
+    })?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+impl Drop for Wiring {
+    fn drop(&mut self) {
+        // Dropped inside the agent's own runtime: shut down without waiting there.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 impl Wiring {
-    /// Opens its own netlink connection in the agent's namespace.
-    pub fn connect() -> std::io::Result<Wiring> {
-        let (connection, host, _) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
+    /// Starts the wiring runtime.
+    pub fn start() -> std::io::Result<Wiring> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(THREADS)
+            .thread_name("rp-wiring")
+            .enable_all()
+            .build()?;
         Ok(Wiring {
-            host,
-            dumps: tokio::sync::Mutex::new(()),
+            runtime: Some(runtime),
         })
+    }
+
+    /// Runs an operation on the wiring runtime and waits for it.
+    async fn off_runtime<T, Fut>(&self, work: Fut) -> Result<T, WiringError>
+    where
+        Fut: std::future::Future<Output = Result<T, WiringError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let failed = |why: String| WiringError::Enter {
+            path: "the wiring runtime".into(),
+            why,
+        };
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| failed("stopped".into()))?;
+        runtime
+            .spawn(work)
+            .await
+            .map_err(|e| failed(e.to_string()))?
     }
 
     /// Wires the pod: replaces a host side left by an interrupted ADD, creates the pair with the
     /// pod end inside its namespace, and sets up its addresses, neighbours and default routes
-    /// through `gateways` (the node's router IPs).
+    /// through `gateways` (the node's router IPs). On the wiring runtime.
     pub async fn create(&self, a: &Attachment, gateways: &[IpAddr]) -> Result<Wired, WiringError> {
-        let ns = open_netns(&a.netns)?;
-        self.remove(&a.host_veth).await?;
-        let pod_end = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(a.ifname.clone())
-            .setns_by_fd(ns.as_raw_fd())
-            .build();
-        let pair = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(a.host_veth.clone())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)))
-            .build();
-        self.host
-            .link()
-            .add(pair)
+        let (a, gateways) = (a.clone(), gateways.to_vec());
+        self.off_runtime(async move { create_here(&a, &gateways).await })
+            .await
+    }
+
+    /// Deletes a host side (its pod end goes with it); whether there was one. On the wiring
+    /// runtime.
+    pub async fn remove(&self, host_veth: &str) -> Result<bool, WiringError> {
+        let name = host_veth.to_string();
+        self.off_runtime(async move { remove_here(&name).await })
+            .await
+    }
+}
+
+async fn create_here(a: &Attachment, gateways: &[IpAddr]) -> Result<Wired, WiringError> {
+    let ns = open_netns(&a.netns)?;
+    remove_here(&a.host_veth).await?;
+    let host = host()?;
+    let pod_end = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(a.ifname.clone())
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let pair = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(a.host_veth.clone())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(pod_end)))
+        .build();
+    host.link().add(pair).execute().await.map_err(nl(format!(
+        "creating veth {} with {} in {}",
+        a.host_veth, a.ifname, a.netns
+    )))?;
+    let (host_index, host_mac, _) = link(&host, &a.host_veth)
+        .await
+        .map_err(nl(format!("reading {}", a.host_veth)))?
+        .ok_or_else(|| WiringError::Mismatch(format!("{} vanished once created", a.host_veth)))?;
+    set_up(&host, host_index)
+        .await
+        .map_err(nl(format!("setting {} up", a.host_veth)))?;
+    let pod = handle_in(&ns, &a.netns)?;
+    let inside = |what: &str| format!("{what} in {}", a.netns);
+    if let Some((lo, _, _)) = link(&pod, "lo").await.map_err(nl(inside("reading lo")))? {
+        set_up(&pod, lo)
+            .await
+            .map_err(nl(inside("setting lo up")))?;
+    }
+    let (index, pod_mac, _) = link(&pod, &a.ifname)
+        .await
+        .map_err(nl(inside(&format!("reading {}", a.ifname))))?
+        .ok_or_else(|| WiringError::Mismatch(inside(&format!("{} missing", a.ifname))))?;
+    for ip in &a.ips {
+        let mut add = pod
+            .address()
+            .add(index, *ip, if ip.is_ipv4() { 32 } else { 128 })
+            .replace();
+        // Ours alone: duplicate address detection would only keep it unusable for a while.
+        add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        add.execute()
+            .await
+            .map_err(nl(inside(&format!("adding {ip} to {}", a.ifname))))?;
+    }
+    set_up(&pod, index)
+        .await
+        .map_err(nl(inside(&format!("setting {} up", a.ifname))))?;
+    for gw in gateways
+        .iter()
+        .filter(|g| a.ips.iter().any(|ip| ip.is_ipv4() == g.is_ipv4()))
+    {
+        pod.neighbours()
+            .add(index, *gw)
+            .link_layer_address(&host_mac)
+            .state(NeighbourState::Permanent)
+            .replace()
             .execute()
             .await
-            .map_err(nl(format!(
-                "creating veth {} with {} in {}",
-                a.host_veth, a.ifname, a.netns
-            )))?;
-        let (host_index, host_mac, _) = link(&self.host, &a.host_veth)
+            .map_err(nl(inside(&format!("neighbour {gw}"))))?;
+        let host = if gw.is_ipv4() { 32 } else { 128 };
+        let on_link = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(*gw, host)
+            .map_err(|e| WiringError::Mismatch(e.to_string()))?
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        pod.route()
+            .add(on_link)
+            .replace()
+            .execute()
             .await
-            .map_err(nl(format!("reading {}", a.host_veth)))?
-            .ok_or_else(|| {
-                WiringError::Mismatch(format!("{} vanished once created", a.host_veth))
-            })?;
-        set_up(&self.host, host_index)
-            .await
-            .map_err(nl(format!("setting {} up", a.host_veth)))?;
-        let pod = handle_in(&ns, &a.netns)?;
-        let inside = |what: &str| format!("{what} in {}", a.netns);
-        if let Some((lo, _, _)) = link(&pod, "lo").await.map_err(nl(inside("reading lo")))? {
-            set_up(&pod, lo)
-                .await
-                .map_err(nl(inside("setting lo up")))?;
-        }
-        let (index, pod_mac, _) = link(&pod, &a.ifname)
-            .await
-            .map_err(nl(inside(&format!("reading {}", a.ifname))))?
-            .ok_or_else(|| WiringError::Mismatch(inside(&format!("{} missing", a.ifname))))?;
-        for ip in &a.ips {
-            let mut add = pod
-                .address()
-                .add(index, *ip, if ip.is_ipv4() { 32 } else { 128 })
-                .replace();
-            // Ours alone: duplicate address detection would only keep it unusable for a while.
-            add.message_mut().header.flags |= AddressHeaderFlags::Nodad;
-            add.execute()
-                .await
-                .map_err(nl(inside(&format!("adding {ip} to {}", a.ifname))))?;
-        }
-        set_up(&pod, index)
-            .await
-            .map_err(nl(inside(&format!("setting {} up", a.ifname))))?;
-        for gw in gateways
-            .iter()
-            .filter(|g| a.ips.iter().any(|ip| ip.is_ipv4() == g.is_ipv4()))
-        {
-            pod.neighbours()
-                .add(index, *gw)
-                .link_layer_address(&host_mac)
-                .state(NeighbourState::Permanent)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(inside(&format!("neighbour {gw}"))))?;
-            let host = if gw.is_ipv4() { 32 } else { 128 };
-            let on_link = RouteMessageBuilder::<IpAddr>::new()
-                .destination_prefix(*gw, host)
-                .map_err(|e| WiringError::Mismatch(e.to_string()))?
-                .output_interface(index)
-                .scope(RouteScope::Link)
-                .build();
-            pod.route()
-                .add(on_link)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(inside(&format!("route to {gw}"))))?;
-            let unspecified = if gw.is_ipv4() {
-                IpAddr::from([0u8; 4])
-            } else {
-                IpAddr::from([0u8; 16])
-            };
-            let default = RouteMessageBuilder::<IpAddr>::new()
-                .destination_prefix(unspecified, 0)
-                .map_err(|e| WiringError::Mismatch(e.to_string()))?
-                .gateway(*gw)
-                .map_err(|e| WiringError::Mismatch(e.to_string()))?
-                .output_interface(index)
-                .build();
-            pod.route()
-                .add(default)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl(inside(&format!("default route via {gw}"))))?;
-        }
-        Ok(Wired {
-            host_index,
-            host_mac,
-            pod_mac,
-        })
-    }
-
-    /// Deletes a host side (its pod end goes with it); whether there was one.
-    pub async fn remove(&self, host_veth: &str) -> Result<bool, WiringError> {
-        let Some((index, _, _)) = link(&self.host, host_veth)
-            .await
-            .map_err(nl(format!("reading {host_veth}")))?
-        else {
-            return Ok(false);
+            .map_err(nl(inside(&format!("route to {gw}"))))?;
+        let unspecified = if gw.is_ipv4() {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u8; 16])
         };
-        match self.host.link().del(index).execute().await {
-            Ok(()) => Ok(true),
-            // Gone meanwhile (its namespace deleted): what DEL wanted.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(false),
-            Err(e) => Err(nl(format!("deleting {host_veth}"))(e)),
-        }
+        let default = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(unspecified, 0)
+            .map_err(|e| WiringError::Mismatch(e.to_string()))?
+            .gateway(*gw)
+            .map_err(|e| WiringError::Mismatch(e.to_string()))?
+            .output_interface(index)
+            .build();
+        pod.route()
+            .add(default)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl(inside(&format!("default route via {gw}"))))?;
     }
+    Ok(Wired {
+        host_index,
+        host_mac,
+        pod_mac,
+    })
+}
 
+async fn remove_here(host_veth: &str) -> Result<bool, WiringError> {
+    let host = host()?;
+    let Some((index, _, _)) = link(&host, host_veth)
+        .await
+        .map_err(nl(format!("reading {host_veth}")))?
+    else {
+        return Ok(false);
+    };
+    match host.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        // Gone meanwhile (its namespace deleted): what DEL wanted.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(false),
+        Err(e) => Err(nl(format!("deleting {host_veth}"))(e)),
+    }
+}
+
+impl Wiring {
     /// The host side's index and MAC, if it exists and is up.
     pub async fn host_side(&self, host_veth: &str) -> Result<Option<(u32, Vec<u8>)>, WiringError> {
-        Ok(link(&self.host, host_veth)
+        Ok(link(&host()?, host_veth)
             .await
             .map_err(nl(format!("reading {host_veth}")))?
             .filter(|(_, _, up)| *up)
@@ -379,9 +438,8 @@ impl Wiring {
 
     /// The host sides on this node (links named like ours), by name with their index.
     pub async fn host_veths(&self) -> Result<Vec<String>, WiringError> {
-        let _turn = self.dumps.lock().await;
         let mut out = Vec::new();
-        let mut links = self.host.link().get().execute();
+        let mut links = host()?.link().get().execute();
         while let Some(l) = links.try_next().await.map_err(nl("listing links"))? {
             out.extend(l.attributes.iter().find_map(|a| match a {
                 LinkAttribute::IfName(n) if is_host_veth(n) => Some(n.clone()),
