@@ -98,6 +98,17 @@ impl Collector for IpamCollector {
         )?;
         gauges(
             &mut e,
+            "routeplane_ipam_pod_ips_free",
+            "Pod IPs still free in the node CIDRs handed out from the pool",
+            &per_pool(&|p| {
+                clamp(
+                    p.pod_ips_capacity
+                        .saturating_sub(u128::from(p.pod_ips_used)),
+                )
+            }),
+        )?;
+        gauges(
+            &mut e,
             "routeplane_ipam_pool_drained",
             "1 when the pool gives no new node CIDRs",
             &per_pool(&|p| i64::from(p.drained)),

@@ -519,11 +519,25 @@ async fn health_reflection_v1_and_metrics() {
     })
     .await
     .unwrap();
+    for owner in ["default/p1", "default/p2"] {
+        c.allocate_pod_ip(pb::AllocatePodIpRequest {
+            node: "a".into(),
+            owner: owner.into(),
+            family: 0,
+        })
+        .await
+        .unwrap();
+    }
     let body = server.scrape();
     for line in [
         "routeplane_ipam_nodes{ready=\"true\"} 1",
         "routeplane_ipam_pod_cidrs_in_use{pool=\"10.5.112.0/21\"} 1",
         "routeplane_ipam_pod_cidrs_free{pool=\"10.5.112.0/21\"} 7",
+        // One /24 handed out: 253 pod addresses, two of them taken.
+        "routeplane_ipam_pod_ips_in_use{pool=\"10.5.112.0/21\"} 2",
+        "routeplane_ipam_pod_ips_free{pool=\"10.5.112.0/21\"} 251",
+        "routeplane_ipam_pool_drained{pool=\"10.5.112.0/21\"} 0",
+        "routeplane_ipam_revision 4",
         "routeplane_ipam_lb_addresses_in_use_total{pool=\"default\"} 1",
         "routeplane_ipam_lb_addresses_total{pool=\"default\"} 2048",
     ] {
