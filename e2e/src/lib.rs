@@ -230,21 +230,7 @@ pub fn parse_bird_routes(text: &str) -> BTreeMap<String, BirdRoute> {
         .collect()
 }
 
-/// traceroute -n: per hop, the first address that answered (None for a hop of `*` only).
-pub fn parse_traceroute(text: &str) -> Vec<Option<String>> {
-    text.lines()
-        .skip_while(|l| l.starts_with("traceroute"))
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            words.next()?.parse::<u32>().ok()?;
-            Some(
-                words
-                    .find(|w| w.parse::<std::net::IpAddr>().is_ok())
-                    .map(str::to_string),
-            )
-        })
-        .collect()
-}
+pub use routeplane_testkit::parse_traceroute;
 
 /// ping's summary line: (transmitted, received).
 pub fn parse_ping(text: &str) -> Option<(u32, u32)> {

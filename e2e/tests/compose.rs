@@ -144,10 +144,7 @@ fn established(peers: &[&str]) -> Result<(), String> {
 
 fn traceroute(stack: &Stack, from: &str, to: &str) -> Vec<Option<String>> {
     let out = stack
-        .exec(
-            from,
-            &["traceroute", "-n", "-q", "2", "-w", "1", "-m", "6", to],
-        )
+        .exec(from, &[&routeplane_testkit::TRACEROUTE[..], &[to]].concat())
         .unwrap_or_else(|e| panic!("{e}"));
     println!("{from}$ traceroute -n {to}\n{out}");
     parse_traceroute(&out)
@@ -334,21 +331,11 @@ fn pod_traceroute(stack: &Stack, node: &str, pod: &str, to: &str) -> Vec<Option<
         .exec(
             node,
             &[
-                "pod",
-                "exec",
-                pod,
-                "traceroute",
-                "-n",
-                "-q",
-                "2",
-                "-w",
-                "1",
-                "-N",
-                "1",
-                "-m",
-                "8",
-                to,
-            ],
+                &["pod", "exec", pod][..],
+                &routeplane_testkit::TRACEROUTE[..],
+                &[to],
+            ]
+            .concat(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
     println!("{node}/{pod}$ traceroute -n {to}\n{out}");

@@ -436,6 +436,19 @@ impl NodeLab {
         }
     }
 
+    /// CHECK of a pod, as a runtime calls it.
+    pub fn check_pod(&self, pod: &Pod) -> CniOutput {
+        self.cni(
+            pod.node,
+            "CHECK",
+            &pod.container_id,
+            &pod.netns_path(),
+            "eth0",
+            &[],
+            &self.conf("1.1.0"),
+        )
+    }
+
     /// DEL of a pod, as a runtime calls it.
     pub fn del_pod(&self, pod: &Pod) -> CniOutput {
         self.cni(
@@ -507,31 +520,9 @@ impl NodeLab {
 
     /// `traceroute -n` from a namespace: per hop, the address that answered first (None: `*`).
     pub fn traceroute(ns: &Netns, target: &str) -> Vec<Option<String>> {
-        let (_, out) = ns.run(&[
-            "traceroute",
-            "-n",
-            "-q",
-            "2",
-            "-w",
-            "1",
-            "-N",
-            "1",
-            "-m",
-            "8",
-            target,
-        ]);
-        out.lines()
-            .skip_while(|l| !l.trim_start().starts_with('1'))
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                words.next()?.parse::<u32>().ok()?;
-                Some(
-                    words
-                        .find(|w| w.parse::<std::net::IpAddr>().is_ok())
-                        .map(str::to_string),
-                )
-            })
-            .collect()
+        let mut args = crate::TRACEROUTE.to_vec();
+        args.push(target);
+        crate::parse_traceroute(&ns.run(&args).1)
     }
 
     /// Whether one ping from a namespace to `target` is answered within a second.

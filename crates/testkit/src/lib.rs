@@ -75,6 +75,37 @@ pub fn grpcurl(
         .map_err(|e| format!("{method}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// How the tests run traceroute: numeric, two probes a hop one at a time, a second each, eight
+/// hops at most (followed by the target).
+pub const TRACEROUTE: [&str; 10] = [
+    "traceroute",
+    "-n",
+    "-q",
+    "2",
+    "-w",
+    "1",
+    "-N",
+    "1",
+    "-m",
+    "8",
+];
+
+/// traceroute -n: per hop, the first address that answered (None for a hop of `*` only).
+pub fn parse_traceroute(text: &str) -> Vec<Option<String>> {
+    text.lines()
+        .skip_while(|l| l.starts_with("traceroute"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.next()?.parse::<u32>().ok()?;
+            Some(
+                words
+                    .find(|w| w.parse::<std::net::IpAddr>().is_ok())
+                    .map(str::to_string),
+            )
+        })
+        .collect()
+}
+
 /// One sample of a Prometheus text exposition (`name{labels} value`): the value of the line whose
 /// name and labels are exactly `sample`.
 pub fn metric_sample(exposition: &str, sample: &str) -> Option<f64> {

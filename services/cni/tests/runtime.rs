@@ -91,15 +91,7 @@ mod privileged {
             "the node reaches the pod"
         );
 
-        let check = lab.cni(
-            0,
-            "CHECK",
-            &pod.container_id,
-            &pod.netns_path(),
-            "eth0",
-            &[],
-            &lab.conf("1.1.0"),
-        );
+        let check = lab.check_pod(&pod);
         assert_eq!(
             (check.status, check.stdout.as_str()),
             (0, ""),
@@ -126,15 +118,7 @@ mod privileged {
         );
         let again = lab.del_pod(&pod);
         assert_eq!(again.status, 0, "DEL twice is fine: {}", again.stdout);
-        let check = lab.cni(
-            0,
-            "CHECK",
-            &pod.container_id,
-            &pod.netns_path(),
-            "eth0",
-            &[],
-            &lab.conf("1.1.0"),
-        );
+        let check = lab.check_pod(&pod);
         assert_eq!(
             check.json["code"], 3,
             "CHECK of a pod gone: {}",
@@ -787,15 +771,7 @@ mod privileged {
             },
         );
         // The pod on the old CIDR was unwired: its address may be the intruder's now.
-        let check = lab.cni(
-            0,
-            "CHECK",
-            &pod.container_id,
-            &pod.netns_path(),
-            "eth0",
-            &[],
-            &lab.conf("1.1.0"),
-        );
+        let check = lab.check_pod(&pod);
         assert_eq!(check.json["code"], 3, "{}", check.stdout);
         assert!(
             host_links(&lab, 0).is_empty(),
