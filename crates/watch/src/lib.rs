@@ -1,12 +1,18 @@
 //! The IPAM Watch feed as IPAM's consumers (the BGP speaker, the route agent) follow it.
 //!
-//! Contract: [`run`] delivers a [`FeedEvent::Snapshot`] with the whole state, then each change,
-//! and after any disconnect resumes from the last revision it delivered (IPAM answers with a fresh
-//! snapshot when it cannot replay), until shutdown. Nothing is skipped silently.
+//! Contract: [`run`] delivers a [`FeedEvent::Snapshot`] with the whole state (however many chunks
+//! IPAM sends it in), then each change, and after any disconnect — IPAM ending the stream, cutting
+//! off a watcher that fell behind (ABORTED), stopping (UNAVAILABLE), the connection dropping —
+//! resumes from the last revision it delivered (IPAM answers with a fresh snapshot when it cannot
+//! replay), until shutdown. Nothing is skipped silently: an entry that does not parse (an address,
+//! a CIDR, a Service IP) is logged with what it was and counted in [`FeedStats`]. Reconnects back
+//! off from 200 ms to 5 s, and start again from 200 ms once a connection has delivered an event.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use routeplane_api::ipam::v1 as pb;
@@ -47,35 +53,130 @@ pub enum FeedEvent {
     Connected(bool),
 }
 
-fn node(n: &pb::Node) -> FeedNode {
+/// What following the feed has met, for the consumers' metrics.
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// Entries of the feed that did not parse and were left out (each logged).
+    pub skipped: AtomicU64,
+    /// Connections made (the first included).
+    pub connects: AtomicU64,
+}
+
+impl FeedStats {
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    fn skip(&self, what: std::fmt::Arguments<'_>) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("IPAM feed: {what} does not parse: left out");
+    }
+}
+
+/// A node, its unparsable addresses and CIDRs left out (and counted).
+fn node(n: &pb::Node, stats: &FeedStats) -> FeedNode {
+    let mut addresses = Vec::new();
+    for a in &n.addresses {
+        match a.parse() {
+            Ok(ip) => addresses.push(ip),
+            Err(_) => stats.skip(format_args!("address {a:?} of node {}", n.name)),
+        }
+    }
+    let mut pod_cidrs = Vec::new();
+    for c in &n.pod_cidrs {
+        match c.parse() {
+            Ok(cidr) => pod_cidrs.push(cidr),
+            Err(_) => stats.skip(format_args!("pod CIDR {c:?} of node {}", n.name)),
+        }
+    }
     FeedNode {
         name: n.name.clone(),
-        addresses: n.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+        addresses,
         labels: n
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        pod_cidrs: n.pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+        pod_cidrs,
         ready: n.ready,
     }
 }
 
-fn service(s: &pb::ServiceIp) -> Option<FeedService> {
-    Some(FeedService {
-        service: s.service.clone(),
-        ip: s.ip.parse().ok()?,
-        pool: s.pool.clone(),
-    })
+/// A Service IP, or None (counted) when its address does not parse.
+fn service(s: &pb::ServiceIp, stats: &FeedStats) -> Option<FeedService> {
+    match s.ip.parse() {
+        Ok(ip) => Some(FeedService {
+            service: s.service.clone(),
+            ip,
+            pool: s.pool.clone(),
+        }),
+        Err(_) => {
+            stats.skip(format_args!(
+                "LoadBalancer IP {:?} of Service {}",
+                s.ip, s.service
+            ));
+            None
+        }
+    }
+}
+
+/// The pause before reconnecting: doubling from [`Backoff::FIRST`] to [`Backoff::MOST`], back to
+/// the first once a connection has worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff(Duration);
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(200);
+    pub const MOST: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Backoff {
+        Backoff(Self::FIRST)
+    }
+
+    /// The pause to take now; the next one is longer.
+    pub fn pause(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Self::MOST);
+        now
+    }
+
+    /// A connection delivered: the next disconnect starts over.
+    pub fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    /// The pause after a connection ended, having `delivered` events or not.
+    pub fn after(&mut self, delivered: bool) -> Duration {
+        if delivered {
+            self.reset();
+        }
+        self.pause()
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
 }
 
 /// Follows IPAM until shutdown, reconnecting with backoff.
-pub async fn run(endpoint: String, tx: mpsc::UnboundedSender<FeedEvent>, shutdown: Shutdown) {
+pub async fn run(
+    endpoint: String,
+    tx: mpsc::UnboundedSender<FeedEvent>,
+    stats: Arc<FeedStats>,
+    shutdown: Shutdown,
+) {
     let mut revision = 0;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new();
     while !shutdown.is_triggered() {
+        let mut delivered = false;
         let result = tokio::select! {
-            r = follow(&endpoint, &mut revision, &tx) => r,
+            r = follow(&endpoint, &mut revision, &tx, &stats, &mut delivered) => r,
             () = shutdown.wait() => return,
         };
         let _ = tx.send(FeedEvent::Connected(false));
@@ -86,10 +187,9 @@ pub async fn run(endpoint: String, tx: mpsc::UnboundedSender<FeedEvent>, shutdow
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.after(delivered)) => {}
             () = shutdown.wait() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -97,6 +197,8 @@ async fn follow(
     endpoint: &str,
     revision: &mut u64,
     tx: &mpsc::UnboundedSender<FeedEvent>,
+    stats: &FeedStats,
+    delivered: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut client = pb::ipam_client::IpamClient::connect(endpoint.to_string()).await?;
     let mut stream = client
@@ -105,6 +207,7 @@ async fn follow(
         })
         .await?
         .into_inner();
+    stats.connects.fetch_add(1, Ordering::Relaxed);
     let _ = tx.send(FeedEvent::Connected(true));
     let (mut nodes, mut services) = (Vec::new(), Vec::new());
     while let Some(ev) = stream.message().await? {
@@ -114,8 +217,8 @@ async fn follow(
                     nodes.clear();
                     services.clear();
                 }
-                nodes.extend(s.nodes.iter().map(node));
-                services.extend(s.service_ips.iter().filter_map(service));
+                nodes.extend(s.nodes.iter().map(|n| node(n, stats)));
+                services.extend(s.service_ips.iter().filter_map(|x| service(x, stats)));
                 if !s.last {
                     continue;
                 }
@@ -124,19 +227,82 @@ async fn follow(
                     services: std::mem::take(&mut services),
                 }
             }
-            Some(E::NodeUpdated(n)) => FeedEvent::Node(node(&n)),
+            Some(E::NodeUpdated(n)) => FeedEvent::Node(node(&n, stats)),
             Some(E::NodeDeleted(d)) => FeedEvent::NodeDeleted(d.name),
-            Some(E::ServiceIpAssigned(s)) => match service(&s) {
+            Some(E::ServiceIpAssigned(s)) => match service(&s, stats) {
                 Some(s) => FeedEvent::ServiceAssigned(s),
-                None => continue,
+                // Its revision is still seen: resuming replays after it, not it again.
+                None => {
+                    *revision = ev.revision;
+                    continue;
+                }
             },
             Some(E::ServiceIpReleased(s)) => FeedEvent::ServiceReleased(s.service),
-            None => continue,
+            None => {
+                stats.skip(format_args!(
+                    "an event of revision {} (of no kind this client knows)",
+                    ev.revision
+                ));
+                *revision = ev.revision;
+                continue;
+            }
         };
         *revision = ev.revision;
+        *delivered = true;
         if tx.send(event).is_err() {
             return Ok(());
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unparsable_entries_are_left_out_counted_and_the_rest_kept() {
+        let stats = FeedStats::default();
+        let n = pb::Node {
+            name: "n1".into(),
+            addresses: vec!["10.4.94.11".into(), "10.4.94.999".into()],
+            pod_cidrs: vec!["10.5.112.0/24".into(), "fd00::/200".into()],
+            ready: true,
+            ..Default::default()
+        };
+        let fed = node(&n, &stats);
+        assert_eq!(fed.addresses, vec!["10.4.94.11".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            fed.pod_cidrs,
+            vec!["10.5.112.0/24".parse::<Cidr>().unwrap()]
+        );
+        assert_eq!(stats.skipped(), 2);
+        let bad = pb::ServiceIp {
+            service: "default/web".into(),
+            ip: "ten".into(),
+            pool: "default".into(),
+        };
+        assert_eq!(service(&bad, &stats), None);
+        assert_eq!(stats.skipped(), 3);
+    }
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_and_starts_over_after_a_connection_that_worked() {
+        let mut b = Backoff::new();
+        let pauses: Vec<Duration> = (0..7).map(|_| b.pause()).collect();
+        assert_eq!(pauses[0], Backoff::FIRST);
+        assert_eq!(pauses[1], Duration::from_millis(400));
+        assert_eq!(pauses[6], Backoff::MOST);
+        assert_eq!(
+            b.after(false),
+            Backoff::MOST,
+            "nothing delivered: still waiting long"
+        );
+        assert_eq!(
+            b.after(true),
+            Backoff::FIRST,
+            "not 5 s for ever after five disconnects"
+        );
+        assert_eq!(b.after(false), Duration::from_millis(400));
+    }
 }

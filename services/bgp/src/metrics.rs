@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use crate::session::lock;
 use crate::speaker::Speaker;
 
-struct BgpCollector(Arc<Speaker>);
+struct BgpCollector(Arc<Speaker>, Arc<routeplane_watch::FeedStats>);
 
 impl std::fmt::Debug for BgpCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,12 +125,19 @@ impl Collector for BgpCollector {
             &str,
         )>::new(
         ))?)?;
+        let skipped = ConstCounter::new(self.1.skipped());
+        skipped.encode(e.encode_descriptor(
+            "routeplane_bgp_feed_skipped_entries",
+            "Entries of the IPAM feed that did not parse and were left out (each logged)",
+            None,
+            skipped.metric_type(),
+        )?)?;
         Ok(())
     }
 }
 
-pub fn registry(speaker: Arc<Speaker>) -> Registry {
+pub fn registry(speaker: Arc<Speaker>, feed: Arc<routeplane_watch::FeedStats>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(BgpCollector(speaker)));
+    registry.register_collector(Box::new(BgpCollector(speaker, feed)));
     registry
 }

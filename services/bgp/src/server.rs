@@ -39,9 +39,11 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(crate::reload::run(cli.clone(), reload_tx, shutdown.clone()));
+    let feed_stats = Arc::new(routeplane_watch::FeedStats::default());
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
         feed_tx,
+        feed_stats.clone(),
         shutdown.clone(),
     ));
     let (speaker, speaker_task) =
@@ -49,7 +51,7 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
             .map_err(ServeError::Peers)?;
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
-    let registry = Arc::new(crate::metrics::registry(speaker.clone()));
+    let registry = Arc::new(crate::metrics::registry(speaker.clone(), feed_stats));
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
     let routes = tonic::service::Routes::new(BgpGrpc::new(speaker));
     let served = grpc::serve(grpc_listener, crate::GRPC_SERVICE, routes, shutdown.clone()).await;

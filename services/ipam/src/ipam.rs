@@ -32,7 +32,7 @@ pub struct IpamOptions {
     pub watch_history: usize,
     /// Events a watcher may lag behind before it is cut off.
     pub watch_buffer: usize,
-    /// Nodes per snapshot message.
+    /// Nodes and Services per snapshot message (which also ends at about 1 MiB).
     pub snapshot_chunk: usize,
 }
 
@@ -414,19 +414,13 @@ async fn send_snapshot(
     services: Vec<ServiceIp>,
     chunk: usize,
 ) -> std::result::Result<(), ()> {
-    let node_chunks: Vec<Vec<Node>> = nodes.chunks(chunk).map(<[Node]>::to_vec).collect();
-    let count = node_chunks.len().max(1);
-    let mut node_chunks = node_chunks.into_iter();
-    let mut services = Some(services);
-    for i in 0..count {
+    let chunks = crate::snapshot::chunks(nodes, services, chunk);
+    let count = chunks.len();
+    for (i, c) in chunks.into_iter().enumerate() {
         let item = WatchItem::Snapshot {
             revision,
-            nodes: node_chunks.next().unwrap_or_default(),
-            services: if i + 1 == count {
-                services.take().unwrap_or_default()
-            } else {
-                Vec::new()
-            },
+            nodes: c.nodes,
+            services: c.services,
             first: i == 0,
             last: i + 1 == count,
         };

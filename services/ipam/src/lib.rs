@@ -24,6 +24,7 @@ pub mod pod_pools;
 pub mod server;
 pub mod service_pools;
 pub mod settings;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod wal;

@@ -82,6 +82,8 @@ pub struct Machinery {
     pub ebpf_routes: bool,
     /// --uplink-interface, or empty for the interfaces carrying the node's addresses.
     pub uplinks: Vec<String>,
+    /// What following the IPAM feed met (for the metrics).
+    pub feed: Arc<routeplane_watch::FeedStats>,
 }
 
 /// The node's own pod CIDR routes: `<pod CIDR> dev rp_host`, so that what is not a pod's /32 goes
@@ -370,8 +372,15 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         ebpf_routes_on: cli.datapath == DatapathKind::Ebpf,
         ..AgentState::default()
     }));
-    let servers =
-        crate::server::start(&cli, shared.clone(), pods.clone(), shutdown.clone()).await?;
+    let feed = Arc::new(routeplane_watch::FeedStats::default());
+    let servers = crate::server::start(
+        &cli,
+        shared.clone(),
+        pods.clone(),
+        feed.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     tokio::spawn(crate::pods::report::run(
         pods.clone(),
         cli.ipam.clone(),
@@ -383,6 +392,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         datapath,
         ebpf_routes: cli.datapath == DatapathKind::Ebpf,
         uplinks: cli.uplink_interfaces.clone(),
+        feed,
     };
     follow(&cli, &machinery, &shared, registration, &shutdown).await;
     servers.stop(&cli).await;
@@ -402,6 +412,7 @@ async fn follow(
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
         tx,
+        m.feed.clone(),
         shutdown.clone(),
     ));
     let mut tick = tokio::time::interval(cli.reconcile_interval);

@@ -15,7 +15,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use crate::agent::{Shared, lock};
 use crate::pods::PodNetwork;
 
-struct AgentCollector(Shared, Arc<PodNetwork>);
+struct AgentCollector(Shared, Arc<PodNetwork>, Arc<routeplane_watch::FeedStats>);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CidrLabel {
@@ -142,6 +142,13 @@ impl Collector for AgentCollector {
                 c.metric_type(),
             )?)?;
         }
+        let c = ConstCounter::new(self.2.skipped());
+        c.encode(e.encode_descriptor(
+            "routeplane_agent_feed_skipped_entries",
+            "Entries of the IPAM feed that did not parse and were left out (each logged)",
+            None,
+            c.metric_type(),
+        )?)?;
         let c = ConstCounter::new(seconds);
         c.encode(e.encode_descriptor(
             "routeplane_agent_reconcile_seconds",
@@ -153,8 +160,12 @@ impl Collector for AgentCollector {
     }
 }
 
-pub fn registry(shared: Shared, pods: Arc<PodNetwork>) -> Registry {
+pub fn registry(
+    shared: Shared,
+    pods: Arc<PodNetwork>,
+    feed: Arc<routeplane_watch::FeedStats>,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(AgentCollector(shared, pods)));
+    registry.register_collector(Box::new(AgentCollector(shared, pods, feed)));
     registry
 }

@@ -45,11 +45,12 @@ pub async fn start(
     cli: &Cli,
     shared: Shared,
     pods: Arc<PodNetwork>,
+    feed: Arc<routeplane_watch::FeedStats>,
     shutdown: Shutdown,
 ) -> Result<Servers, AgentError> {
     let mut tasks = Vec::new();
     let metrics = routeplane_runtime::bind(cli.metrics_listen).await?;
-    let registry = Arc::new(crate::metrics::registry(shared.clone(), pods.clone()));
+    let registry = Arc::new(crate::metrics::registry(shared.clone(), pods.clone(), feed));
     tokio::spawn(routeplane_runtime::metrics::serve(
         metrics,
         registry,

@@ -1,0 +1,148 @@
+//! Cutting the Watch feed's snapshot into messages every gRPC client can take.
+//!
+//! gRPC clients refuse messages over 4 MiB by default (tonic, grpc-go, grpcurl): a snapshot of 500
+//! nodes with Kubernetes-sized label sets passes that, and a client that cannot decode its
+//! snapshot reconnects for ever. So a chunk ends at a count of entries or at [`CHUNK_BYTES`] of
+//! estimated wire size, whichever comes first; nodes come first, then Services. An entry is never
+//! split: one larger than the byte bound travels alone.
+
+use crate::model::{Node, ServiceIp};
+
+/// The estimated wire size at which a chunk ends: a quarter of the usual 4 MiB limit.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// One message of the snapshot.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chunk {
+    pub nodes: Vec<Node>,
+    pub services: Vec<ServiceIp>,
+}
+
+/// An upper estimate of a node's protobuf size (its fields, their tags and lengths).
+fn node_bytes(n: &Node) -> usize {
+    // Each string or message field: its bytes plus a tag and a length of at most 3 bytes each.
+    const FIELD: usize = 6;
+    // An IP address or CIDR as text: "ffff:...:ffff/128" is at most 43 bytes.
+    const ADDRESS: usize = 43 + FIELD;
+    n.name.len()
+        + FIELD
+        + n.addresses.len() * ADDRESS
+        + n.labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 3 * FIELD)
+            .sum::<usize>()
+        // pod_cidrs and router_ips, one of each per CIDR.
+        + n.pod_cidrs.len() * 2 * ADDRESS
+        + 2 * FIELD
+        + 32
+}
+
+fn service_bytes(s: &ServiceIp) -> usize {
+    s.service.len() + s.pool.len() + 43 + 4 * 6
+}
+
+/// The snapshot's chunks: at least one (an empty state is one empty chunk), each with at most
+/// `max_entries` nodes and Services together and, but for an entry that is alone, at most
+/// [`CHUNK_BYTES`] of them.
+pub fn chunks(nodes: Vec<Node>, services: Vec<ServiceIp>, max_entries: usize) -> Vec<Chunk> {
+    let max_entries = max_entries.max(1);
+    let mut out = vec![Chunk::default()];
+    let mut entries = 0;
+    let mut bytes = 0;
+    let mut room = |size: usize, out: &mut Vec<Chunk>| {
+        if entries > 0 && (entries == max_entries || bytes + size > CHUNK_BYTES) {
+            out.push(Chunk::default());
+            entries = 0;
+            bytes = 0;
+        }
+        entries += 1;
+        bytes += size;
+    };
+    for n in nodes {
+        room(node_bytes(&n), &mut out);
+        if let Some(c) = out.last_mut() {
+            c.nodes.push(n);
+        }
+    }
+    for s in services {
+        room(service_bytes(&s), &mut out);
+        if let Some(c) = out.last_mut() {
+            c.services.push(s);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn node(i: usize, labels: usize) -> Node {
+        Node {
+            name: format!("node-{i}"),
+            addresses: vec!["10.4.94.11".parse().unwrap()],
+            labels: (0..labels)
+                .map(|k| (format!("example.com/{:a>280}-{k}", ""), "v".repeat(63)))
+                .collect::<BTreeMap<_, _>>(),
+            pod_cidrs: vec!["10.5.112.0/24".parse().unwrap()],
+            ready: true,
+            revision: 1,
+        }
+    }
+
+    fn service(i: usize) -> ServiceIp {
+        ServiceIp {
+            service: format!("default/svc-{i}"),
+            ip: "10.5.120.1".parse().unwrap(),
+            pool: "default".into(),
+        }
+    }
+
+    fn sizes(c: &[Chunk]) -> Vec<(usize, usize)> {
+        c.iter()
+            .map(|c| (c.nodes.len(), c.services.len()))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_state_is_one_empty_chunk() {
+        assert_eq!(chunks(vec![], vec![], 500), vec![Chunk::default()]);
+    }
+
+    #[test]
+    fn chunks_end_at_the_entry_count_nodes_first_then_services() {
+        let nodes = (0..1_001).map(|i| node(i, 0)).collect();
+        let services = (0..600).map(service).collect();
+        let c = chunks(nodes, services, 500);
+        assert_eq!(
+            sizes(&c),
+            [(500, 0), (500, 0), (1, 499), (0, 101)],
+            "services are chunked too, not all in the last message"
+        );
+        assert_eq!(c[2].nodes[0].name, "node-1000");
+    }
+
+    #[test]
+    fn chunks_end_before_a_megabyte_so_that_every_client_decodes_them() {
+        // About 11 KB a node: 500 of them would be 5.5 MB, past gRPC's 4 MiB default.
+        let nodes: Vec<Node> = (0..500).map(|i| node(i, 30)).collect();
+        let one = node_bytes(&nodes[0]);
+        assert!(one > 10_000, "{one}");
+        let c = chunks(nodes, vec![], 500);
+        assert!(c.len() >= 5, "{:?}", sizes(&c));
+        assert_eq!(c.iter().map(|c| c.nodes.len()).sum::<usize>(), 500);
+        for chunk in &c {
+            let bytes: usize = chunk.nodes.iter().map(node_bytes).sum();
+            assert!(bytes <= CHUNK_BYTES, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_bound_travels_alone() {
+        let huge = node(0, 4_000);
+        assert!(node_bytes(&huge) > CHUNK_BYTES);
+        let c = chunks(vec![node(1, 0), huge, node(2, 0)], vec![], 500);
+        assert_eq!(sizes(&c), [(1, 0), (1, 0), (1, 0)]);
+    }
+}
