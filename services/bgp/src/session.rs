@@ -218,6 +218,15 @@ impl Session {
         let current_outbound = self.conn.as_ref().is_some_and(|c| c.outbound);
         // The connection initiated by the higher identifier survives.
         let keep_current = (u32::from(ours) > u32::from(theirs)) == current_outbound;
+        let survivor = if keep_current && current_outbound {
+            "the one we dialled"
+        } else {
+            "the one the peer dialled"
+        };
+        tracing::info!(
+            peer = %self.address, ours = %ours, theirs = %theirs,
+            "connection collision (RFC 4271 §6.8): keeping {survivor}, closing the other with Cease/Connection Collision Resolution"
+        );
         if keep_current {
             refuse(incoming).await;
         } else {
@@ -234,7 +243,18 @@ impl Session {
 
     async fn attach(&mut self, stream: TcpStream, outbound: bool) {
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_ttl(self.transport.ttl);
+        // An accepted connection has the listener's hop limit until now; ours already has it.
+        if let Err(e) = set_hop_limit(socket2::SockRef::from(&stream), self.transport.ttl) {
+            // Sending with the system's default would reach a peer that is not directly connected
+            // when the configuration says it must be: refuse the connection rather.
+            let reason = format!(
+                "cannot set the hop limit {} on the connection: {e}",
+                self.transport.ttl
+            );
+            tracing::warn!(peer = %self.transport.peer, "{reason}");
+            drop(stream);
+            return self.input(Input::TcpFailed(reason)).await;
+        }
         let (reader, writer) = stream.into_split();
         self.conn = Some(Conn {
             reader,
@@ -455,6 +475,10 @@ impl Session {
     async fn refresh(&mut self, family: Family) {
         let asn4 = self.fsm.negotiated().is_some_and(|n| n.asn4);
         let messages = self.rib.resend(family, asn4);
+        tracing::info!(
+            peer = %self.address, ?family, updates = messages.len(),
+            "ROUTE-REFRESH from the peer: sending its Adj-RIB-Out again"
+        );
         self.write(&messages).await;
     }
 }
@@ -474,9 +498,27 @@ async fn connect(t: &Transport) -> std::io::Result<TcpStream> {
     if let Some(source) = t.source {
         socket.bind(SocketAddr::new(source, 0))?;
     }
+    // Before connecting, so that the SYN already carries it.
+    set_hop_limit(socket2::SockRef::from(&socket), t.ttl)?;
     tokio::time::timeout(Duration::from_secs(10), socket.connect(t.peer))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))?
+}
+
+/// The hop limit of our packets (RFC 4271 §8.2.1's directly connected eBGP sends with 1): IP_TTL
+/// for IPv4, IPV6_UNICAST_HOPS for IPv6 — IP_TTL on an IPv6 socket leaves IPv6 packets at the
+/// default of 64. An IPv6 socket may carry IPv4 (a v4-mapped peer on a dual-stack listener), so it
+/// gets both.
+fn set_hop_limit(socket: socket2::SockRef<'_>, hops: u32) -> std::io::Result<()> {
+    if socket.local_addr()?.domain() != socket2::Domain::IPV6 {
+        return socket.set_ttl_v4(hops);
+    }
+    socket.set_unicast_hops_v6(hops)?;
+    // Refused on an IPv6-only socket, which never carries IPv4.
+    match socket.set_ttl_v4(hops) {
+        Err(_) if socket.only_v6().unwrap_or(false) => Ok(()),
+        other => other,
+    }
 }
 
 /// Closes a connection we will not use, telling the peer why.
@@ -513,5 +555,26 @@ async fn read_some(conn: &mut Option<Conn>) -> std::io::Result<usize> {
     match conn {
         Some(c) => c.reader.read_buf(&mut c.buf).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each family's option is set, and read back as the kernel has it.
+    #[test]
+    fn the_hop_limit_reaches_the_option_of_the_sockets_family() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        set_hop_limit(socket2::SockRef::from(&s), 1).unwrap();
+        assert_eq!(socket2::SockRef::from(&s).ttl_v4().unwrap(), 1);
+
+        let v6 = std::net::TcpListener::bind("[::1]:0").expect("IPv6 loopback");
+        let s = std::net::TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+        set_hop_limit(socket2::SockRef::from(&s), 1).unwrap();
+        let s = socket2::SockRef::from(&s);
+        assert_eq!(s.unicast_hops_v6().unwrap(), 1, "not left at 64");
+        assert_eq!(s.ttl_v4().unwrap(), 1, "v4-mapped traffic too");
     }
 }

@@ -39,6 +39,9 @@ pub const SPEAKER_IP: &str = "10.4.36.10";
 pub const ROUTER_IP: &str = "10.4.36.239";
 pub const SPEAKER_IP6: &str = "fd04:36::10";
 pub const ROUTER_IP6: &str = "fd04:36::239";
+/// The router beyond the first one ([`Lab::add_far_router`]).
+pub const FAR_IP: &str = "10.4.37.239";
+pub const FAR_IP6: &str = "fd04:37::239";
 
 impl Lab {
     /// The seed's core segment: a bridge in the speaker namespace carrying 10.4.36.10 (and
@@ -101,11 +104,48 @@ impl Lab {
         index
     }
 
+    /// A router one hop beyond the first: namespace `far` at 10.4.37.239 (fd04:37::239) behind
+    /// router 0, which forwards between the two segments and, as routers do, drops what arrives
+    /// with TTL 1 (counted as IcmpOutTimeExcds / Icmp6OutTimeExcds). Returns its index.
+    pub fn add_far_router(&mut self) -> usize {
+        let index = self.routers.len();
+        let far = Netns::new(&self.id, "far");
+        let r0 = &self.routers[0].ns;
+        let (a, b) = (format!("vfa{}", self.id), format!("vfb{}", self.id));
+        routeplane_testkit::netns::veth(r0, &a, &far, &b);
+        r0.sysctl("net.ipv4.ip_forward=1");
+        r0.sysctl("net.ipv6.conf.all.forwarding=1");
+        r0.ip(&["addr", "add", "10.4.37.1/24", "dev", &a]);
+        r0.ip(&["addr", "add", "fd04:37::1/64", "dev", &a, "nodad"]);
+        far.ip(&["addr", "add", &format!("{FAR_IP}/24"), "dev", &b]);
+        far.ip(&["addr", "add", &format!("{FAR_IP6}/64"), "dev", &b, "nodad"]);
+        far.ip(&["route", "add", "default", "via", "10.4.37.1"]);
+        far.ip(&["-6", "route", "add", "default", "via", "fd04:37::1"]);
+        self.speaker
+            .ip(&["route", "add", "10.4.37.0/24", "via", ROUTER_IP]);
+        self.speaker
+            .ip(&["-6", "route", "add", "fd04:37::/64", "via", ROUTER_IP6]);
+        let ctl = self.path(&format!("bird{index}.ctl"));
+        self.routers.push(Router { ns: far, ctl });
+        index
+    }
+
+    /// BIRD's configuration: logging to stderr (kept with its output), `router_id`, a device
+    /// protocol, `top` (other protocols, filters) and the `routeplane` BGP protocol's body.
+    pub fn bird_conf(router_id: &str, top: &str, protocol: &str) -> String {
+        format!(
+            "log stderr all;\nrouter id {router_id};\nprotocol device {{}}\n{top}\nprotocol bgp routeplane {{\n  error wait time 1, 5;\n{protocol}\n}}\n"
+        )
+    }
+
     /// BIRD on router `index`, with a full protocol body of our choosing.
     pub fn start_bird_on(&mut self, index: usize, router_id: &str, protocol: &str) -> u32 {
-        let conf = format!(
-            "router id {router_id};\nprotocol device {{}}\nprotocol bgp routeplane {{\n  error wait time 1, 5;\n{protocol}\n}}\n"
-        );
+        self.start_bird_conf(index, &Lab::bird_conf(router_id, "", protocol))
+    }
+
+    /// BIRD on router `index` with the whole configuration given (bird{index}.conf, which
+    /// `birdc configure` reads again).
+    pub fn start_bird_conf(&mut self, index: usize, conf: &str) -> u32 {
         let file = self.path(&format!("bird{index}.conf"));
         std::fs::write(&file, conf).unwrap();
         let ctl = self.routers[index].ctl.clone();
@@ -144,8 +184,18 @@ impl Lab {
 
     /// routeplane-ipam and routeplane-bgp with a bgp-config of our choosing.
     pub fn start_routeplane_config(&mut self, bgp_config: &str, bgp_args: &[&str]) {
+        self.start_routeplane_config_with(bgp_config, &[], bgp_args);
+    }
+
+    /// As [`Lab::start_routeplane_config`], with arguments for routeplane-ipam too.
+    pub fn start_routeplane_config_with(
+        &mut self,
+        bgp_config: &str,
+        ipam_args: &[&str],
+        bgp_args: &[&str],
+    ) {
         std::fs::write(self.path("bgp-config.yaml"), bgp_config).unwrap();
-        self.start_services(&[], bgp_args);
+        self.start_services(ipam_args, bgp_args);
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -253,6 +303,13 @@ impl Lab {
         self.bgp_args = args.iter().map(|a| a.to_string()).collect();
         self.start_bgp_again();
         self.wait_serving(50051, "ipam");
+    }
+
+    /// SIGTERM to routeplane-ipam, waiting (bounded) until it has exited.
+    pub fn stop_ipam(&mut self) {
+        if let Some(ipam) = self.services.iter_mut().rev().find(|s| s.name() == "ipam") {
+            ipam.terminate();
+        }
     }
 
     fn service(&self, name: &str) -> Option<&Service> {
