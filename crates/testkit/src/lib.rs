@@ -118,6 +118,41 @@ pub fn metric_sample(exposition: &str, sample: &str) -> Option<f64> {
     })
 }
 
+/// The README: what it promises is checked against what the services do.
+pub const README: &str = include_str!("../../../README.md");
+
+/// The metric names the README lists in backticks starting with `prefix` (labels cut off).
+pub fn readme_metrics(prefix: &str) -> Vec<&'static str> {
+    let mut names: Vec<&str> = README
+        .split('`')
+        .filter(|w| w.starts_with(prefix) && !w.contains(' '))
+        .map(|w| w.split('{').next().unwrap_or(w))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Fails, naming it, for each metric the README lists under `prefix` that `exposition` lacks.
+pub fn assert_readme_metrics(prefix: &str, exposition: &str) {
+    let listed = readme_metrics(prefix);
+    assert!(!listed.is_empty(), "the README lists no {prefix}* metric");
+    let missing: Vec<&str> = listed
+        .iter()
+        .copied()
+        .filter(|name| {
+            !exposition.lines().any(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with([' ', '{']))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README lists {missing:?}, which /metrics does not have:\n{exposition}"
+    );
+}
+
 /// GET /metrics over plain HTTP/1.0 from `addr`, inside network namespace `netns` when given.
 pub fn scrape(netns: Option<&str>, addr: &str) -> Result<String, String> {
     let (host, port) = addr
@@ -138,6 +173,37 @@ pub fn scrape(netns: Option<&str>, addr: &str) -> Result<String, String> {
             "GET http://{addr}/metrics: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+}
+
+#[cfg(test)]
+mod readme_tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_each_services_metrics() {
+        for (prefix, at_least) in [
+            ("routeplane_ipam_", 15),
+            ("routeplane_bgp_", 7),
+            ("routeplane_agent_", 14),
+        ] {
+            let names = readme_metrics(prefix);
+            assert!(names.len() >= at_least, "{prefix}: {names:?}");
+        }
+    }
+
+    #[test]
+    fn a_listed_metric_missing_from_metrics_is_named() {
+        let r = std::panic::catch_unwind(|| {
+            assert_readme_metrics(
+                "routeplane_bgp_",
+                "routeplane_bgp_session_up{peer=\"x\"} 1\n",
+            )
+        });
+        let e = r.expect_err("most are missing");
+        let text = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(text.contains("routeplane_bgp_ipam_connected"), "{text}");
+        assert!(!text.contains("\"routeplane_bgp_session_up\""), "{text}");
     }
 }
 

@@ -363,23 +363,7 @@ mod privileged {
                 .unwrap_or_else(|| panic!("no {sample} in:\n{}", lab.bgp_metrics()))
         }
         let metric = |sample: &str| metric_of(&lab, sample);
-        let readme = include_str!("../../../README.md");
-        let listed: Vec<&str> = readme
-            .split('`')
-            .filter(|w| w.starts_with("routeplane_bgp_"))
-            .map(|w| w.split('{').next().unwrap_or(w))
-            .collect();
-        assert!(
-            listed.len() >= 7,
-            "the README lists the metrics: {listed:?}"
-        );
-        let scraped = lab.bgp_metrics();
-        for name in &listed {
-            assert!(
-                scraped.lines().any(|l| l.starts_with(name)),
-                "README lists {name}, /metrics has no such metric:\n{scraped}"
-            );
-        }
+        routeplane_testkit::assert_readme_metrics("routeplane_bgp_", &lab.bgp_metrics());
         let peer_label = r#"{peer="10.4.36.239"}"#;
         assert_eq!(
             metric(&format!("routeplane_bgp_session_up{peer_label}")),

@@ -33,7 +33,8 @@ pub struct Commit {
     pub done: Option<oneshot::Sender<Result<()>>>,
 }
 
-/// sled is checkpointed this often (when anything changed), bounding the log replayed at startup.
+/// sled is checkpointed this often by default (when anything changed), bounding the log replayed
+/// at startup.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters the metrics endpoint and the benchmark read.
@@ -47,6 +48,9 @@ pub struct CommitStats {
     /// sled checkpoints, and the revision the last one covered.
     pub checkpoints: AtomicU64,
     pub checkpoint_revision: AtomicU64,
+    /// Log segments on disk now, and deleted after checkpoints so far.
+    pub log_segments: AtomicU64,
+    pub log_segments_removed: AtomicU64,
 }
 
 /// What watchers see: the durable state, a bounded history of events, and a live channel.
@@ -211,17 +215,21 @@ pub async fn run_committer(
                     let r = wal
                         .append(&bytes, first_revision)
                         .and_then(|()| if durable { wal.sync() } else { Ok(()) });
-                    let r = r.and_then(|()| {
-                        truncate
-                            .map_or(Ok(0), |t| wal.truncate_through(t))
-                            .map(|_| ())
-                    });
+                    let r = r.and_then(|()| truncate.map_or(Ok(0), |t| wal.truncate_through(t)));
                     (wal, r)
                 })
                 .await
                 .unwrap_or_else(|e| panic!("log writer thread panicked: {e}"));
                 wal = back;
                 truncated = truncate.unwrap_or(truncated);
+                stats
+                    .log_segments
+                    .store(wal.segment_count() as u64, Ordering::Relaxed);
+                let r = r.map(|removed| {
+                    stats
+                        .log_segments_removed
+                        .fetch_add(removed as u64, Ordering::Relaxed);
+                });
                 if durable {
                     stats.flushes.fetch_add(1, Ordering::Relaxed);
                     stats
@@ -269,8 +277,9 @@ pub async fn run_committer(
     }
 }
 
-/// The materializer: applies durable mutations to sled in order and checkpoints it every
-/// [`CHECKPOINT_EVERY`], reporting each checkpoint's revision. Ends with a last checkpoint when the
+/// The materializer: applies durable mutations to sled in order and checkpoints it `every` so
+/// often (whatever the load: a tick is never put off by more work), reporting each checkpoint's
+/// revision. Ends with a last checkpoint when the
 /// committer goes away. A storage error is returned: memory is ahead of sled, which only a restart
 /// (replaying the log) repairs.
 pub async fn run_materializer(
@@ -278,14 +287,18 @@ pub async fn run_materializer(
     store: Arc<Store>,
     stats: Arc<CommitStats>,
     checkpointed: watch::Sender<Revision>,
+    every: Duration,
 ) -> Result<()> {
     let mut applied: Option<Revision> = None;
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let batch = tokio::select! {
-            b = rx.recv() => b,
-            _ = tick.tick() => Some(Vec::new()),
+        // The tick first: with work always queued, a fair choice can put a checkpoint off for
+        // many rounds.
+        let (batch, ticked) = tokio::select! {
+            biased;
+            _ = tick.tick() => (Some(Vec::new()), true),
+            b = rx.recv() => (b, false),
         };
         let closing = batch.is_none();
         let mut batch = batch.unwrap_or_default();
@@ -293,7 +306,9 @@ pub async fn run_materializer(
             batch.append(&mut more);
         }
         applied = batch.last().map(|m| m.revision).or(applied);
-        let due = closing || batch.is_empty();
+        // Not `batch.is_empty()`: under steady load the tick always finds more work queued, and
+        // sled was never checkpointed (nor the log truncated) until the load stopped.
+        let due = closing || ticked;
         let pending = applied.filter(|a| *a > *checkpointed.borrow());
         let s = store.clone();
         let checkpoint = if due { pending } else { None };
@@ -401,7 +416,13 @@ mod tests {
             waits.push(wait);
         }
         drop(tx);
-        let materializer = tokio::spawn(run_materializer(mrx, store.clone(), stats.clone(), ctx));
+        let materializer = tokio::spawn(run_materializer(
+            mrx,
+            store.clone(),
+            stats.clone(),
+            ctx,
+            CHECKPOINT_EVERY,
+        ));
         run_committer(rx, wal, feed.clone(), stats.clone(), true, mtx, crx).await;
         for w in waits {
             w.await.unwrap().unwrap();
@@ -429,5 +450,41 @@ mod tests {
             logged.iter().map(|r| r.revision).collect::<Vec<_>>(),
             (1..=50).collect::<Vec<_>>()
         );
+    }
+
+    /// The tick must win even when batches never stop coming (it used to need an idle moment).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sled_is_checkpointed_on_time_under_unbroken_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+        let stats = Arc::new(CommitStats::default());
+        let (mtx, mrx) = mpsc::unbounded_channel();
+        let (ctx, crx) = watch::channel(0);
+        let materializer = tokio::spawn(run_materializer(
+            mrx,
+            store.clone(),
+            stats.clone(),
+            ctx,
+            Duration::from_millis(50),
+        ));
+        let started = Instant::now();
+        let mut r = 0;
+        while started.elapsed() < Duration::from_millis(1000) {
+            // Always more queued than the materializer has taken.
+            for _ in 0..50 {
+                r += 1;
+                mtx.send(vec![mutation(r)]).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let during = stats.checkpoints.load(Ordering::Relaxed);
+        assert!(
+            during >= 1,
+            "no checkpoint in 1 s of load at one per 50 ms: the log would grow until the load stops"
+        );
+        assert!(*crx.borrow() > 0, "and each reported to the committer");
+        drop(mtx);
+        materializer.await.unwrap().unwrap();
+        assert_eq!(stats.checkpoint_revision.load(Ordering::Relaxed), r);
     }
 }

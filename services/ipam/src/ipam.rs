@@ -34,6 +34,10 @@ pub struct IpamOptions {
     pub watch_buffer: usize,
     /// Nodes and Services per snapshot message (which also ends at about 1 MiB).
     pub snapshot_chunk: usize,
+    /// How often sled is checkpointed (and the log it covers deleted).
+    pub checkpoint_every: Duration,
+    /// Log segments roll over past this size.
+    pub log_segment_bytes: u64,
 }
 
 impl Default for IpamOptions {
@@ -43,6 +47,8 @@ impl Default for IpamOptions {
             watch_history: 10_000,
             watch_buffer: 4096,
             snapshot_chunk: 500,
+            checkpoint_every: crate::commit::CHECKPOINT_EVERY,
+            log_segment_bytes: crate::wal::SEGMENT_BYTES,
         }
     }
 }
@@ -81,20 +87,13 @@ impl Ipam {
         let store = Store::open(&data_dir.join("state"))?;
         let (mut wal, logged, mut warnings) =
             Wal::open(&data_dir.join("wal"), store.revision()? + 1)?;
+        wal.set_segment_bytes(options.log_segment_bytes);
         if let Some(last) = logged.last().map(|r| r.revision) {
-            for r in &logged {
-                let m = Mutation {
-                    revision: r.revision,
-                    changes: r.changes.clone(),
-                    event: None,
-                };
-                store.apply(&m)?;
-            }
+            let applied = replay(&store, &logged)?;
             store.flush()?;
             wal.truncate_through(last)?;
             warnings.push(format!(
-                "replayed {} logged changes into sled (through revision {last})",
-                logged.len()
+                "replayed {applied} logged changes into sled (through revision {last})"
             ));
         }
         let persisted = store.load()?;
@@ -114,6 +113,9 @@ impl Ipam {
         stats
             .checkpoint_revision
             .store(state.revision(), Ordering::Relaxed);
+        stats
+            .log_segments
+            .store(wal.segment_count() as u64, Ordering::Relaxed);
         let (commits, rx) = mpsc::unbounded_channel();
         let (materialize, materialize_rx) = mpsc::unbounded_channel();
         let (checkpointed, checkpoints) = watch::channel(state.revision());
@@ -131,6 +133,7 @@ impl Ipam {
             Arc::new(store),
             stats.clone(),
             checkpointed,
+            options.checkpoint_every,
         ));
         let ipam = Arc::new(Ipam {
             state: Mutex::new(state),
@@ -466,6 +469,32 @@ async fn forward_live(
     }
 }
 
+/// Applies the logged changes sled does not have yet, in order. sled recovers a prefix of what it
+/// was given, so a change at or below its revision is there already; one missing after it (a log
+/// segment lost or deleted by hand) is refused, never skipped: the state after it would hold
+/// addresses the missing change took or gave back.
+fn replay(store: &Store, logged: &[crate::wal::WalRecord]) -> Result<usize> {
+    let sled = store.revision()?;
+    let after = logged.iter().filter(|r| r.revision > sled);
+    let mut applied = 0;
+    for (expected, r) in (sled + 1..).zip(after) {
+        if r.revision != expected {
+            return Err(IpamError::Storage(format!(
+                "the log has no record of revision {expected}: sled holds changes through {}, and the log goes on at {}. A log segment was lost or deleted; refusing to start without the changes it held (restore the data directory from a backup)",
+                expected - 1,
+                r.revision
+            )));
+        }
+        store.apply(&Mutation {
+            revision: r.revision,
+            changes: r.changes.clone(),
+            event: None,
+        })?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
 /// Expires leases a few times per TTL, until the service is dropped.
 async fn run_lease_clock(ipam: std::sync::Weak<Ipam>) {
     let period = match ipam.upgrade() {
@@ -483,5 +512,42 @@ async fn run_lease_clock(ipam: std::sync::Weak<Ipam>) {
             return;
         }
         ipam.expire_leases(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalRecord;
+
+    fn records(revisions: &[Revision]) -> Vec<WalRecord> {
+        revisions
+            .iter()
+            .map(|&revision| WalRecord {
+                revision,
+                changes: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replay_applies_what_sled_lacks_and_refuses_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        assert_eq!(replay(&store, &records(&[1, 2, 3])).unwrap(), 3);
+        assert_eq!(store.revision().unwrap(), 3);
+        // Already in sled up to 3: only 4 and 5 are applied.
+        assert_eq!(replay(&store, &records(&[2, 3, 4, 5])).unwrap(), 2);
+        assert_eq!(store.revision().unwrap(), 5);
+        let e = replay(&store, &records(&[5, 7, 8]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no record of revision 6"), "{e}");
+        assert!(e.contains("goes on at 7"), "{e}");
+        assert_eq!(
+            store.revision().unwrap(),
+            5,
+            "nothing after the hole applied"
+        );
     }
 }

@@ -164,6 +164,35 @@ impl Collector for IpamCollector {
             "sled flushes; commits/flushes is the group-commit factor",
             stats.flushes.load(Ordering::Relaxed),
         )?;
+        counter(
+            &mut e,
+            "routeplane_ipam_checkpoints",
+            "sled checkpoints (each lets the log segments it covers be deleted)",
+            stats.checkpoints.load(Ordering::Relaxed),
+        )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_checkpoint_revision",
+            "The revision the last checkpoint covered: what a restart needs no log for",
+            &[(
+                &[],
+                clamp(u128::from(
+                    stats.checkpoint_revision.load(Ordering::Relaxed),
+                )),
+            )],
+        )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_log_segments",
+            "Segments of the write-ahead log on disk",
+            &[(&[], stats.log_segments.load(Ordering::Relaxed) as i64)],
+        )?;
+        counter(
+            &mut e,
+            "routeplane_ipam_log_segments_removed",
+            "Log segments deleted once a checkpoint covered them",
+            stats.log_segments_removed.load(Ordering::Relaxed),
+        )?;
         let secs = stats.flush_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let c = ConstCounter::new(secs);
         c.encode(e.encode_descriptor(

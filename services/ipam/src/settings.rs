@@ -55,6 +55,14 @@ pub struct Cli {
     /// none: acknowledge before the flush — for benchmarks only; a crash may lose acknowledged changes.
     #[arg(long, env = "ROUTEPLANE_DURABILITY", value_enum, default_value_t = Durability::Flush)]
     pub durability: Durability,
+    /// How often sled is checkpointed, after which the log it covers is deleted: what a restart
+    /// replays is at most this much (e.g. 5s, 500ms).
+    #[arg(long, env = "ROUTEPLANE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = parse_checkpoint_interval)]
+    pub checkpoint_interval: Duration,
+    /// Write-ahead log segments roll over past this size (e.g. 16MiB, 256KiB); a checkpoint
+    /// deletes whole segments.
+    #[arg(long, env = "ROUTEPLANE_LOG_SEGMENT_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    pub log_segment_size: u64,
     /// Events kept in memory so that a watcher can resume without a new snapshot.
     #[arg(long, env = "ROUTEPLANE_WATCH_HISTORY", default_value_t = 10_000)]
     pub watch_history: usize,
@@ -89,6 +97,35 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_checkpoint_interval(text: &str) -> Result<Duration, String> {
+    match routeplane_config::parse_go_duration(text) {
+        Some(d) if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) => Ok(d),
+        Some(_) => Err(format!("{text} is out of range: from 100ms to 1h")),
+        None => Err(format!(
+            "{text:?} is not a duration: write it as 5s, 500ms or 1m"
+        )),
+    }
+}
+
+/// A size in bytes, KiB, MiB or GiB, from 4KiB to 1GiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, unit) = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+        .into_iter()
+        .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n, unit)))
+        .unwrap_or((t, 1));
+    let bytes = number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is not a size: write it as 16MiB, 256KiB or 65536"))?;
+    if !((4 << 10)..=(1 << 30)).contains(&bytes) {
+        return Err(format!("{text} is out of range: from 4KiB to 1GiB"));
+    }
+    Ok(bytes)
+}
+
 /// The files as read, with what to tell the operator once at startup.
 pub struct Loaded {
     pub core: CoreConfig,
@@ -101,6 +138,8 @@ impl Cli {
             durable: self.durability == Durability::Flush,
             watch_history: self.watch_history,
             watch_buffer: self.watch_buffer,
+            checkpoint_every: self.checkpoint_interval,
+            log_segment_bytes: self.log_segment_size,
             ..IpamOptions::default()
         }
     }
@@ -136,5 +175,37 @@ impl Cli {
             },
             notes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_intervals_parse_or_say_what_would_be_valid() {
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("256KiB"), Ok(256 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(
+            parse_size("1KiB")
+                .unwrap_err()
+                .contains("from 4KiB to 1GiB")
+        );
+        assert!(parse_size("16MB").unwrap_err().contains("16MiB, 256KiB"));
+        assert!(
+            parse_size("99999999999GiB").is_err(),
+            "overflow is an error"
+        );
+        assert_eq!(
+            parse_checkpoint_interval("500ms"),
+            Ok(Duration::from_millis(500))
+        );
+        assert!(
+            parse_checkpoint_interval("10ms")
+                .unwrap_err()
+                .contains("from 100ms to 1h")
+        );
+        assert!(parse_checkpoint_interval("soon").is_err());
     }
 }

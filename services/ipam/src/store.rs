@@ -52,12 +52,19 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T>
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let db = sled::Config::new().path(path).open().map_err(|e| {
-            IpamError::Storage(format!(
-                "cannot open data directory {}: {e} (is another routeplane-ipam using it?)",
-                path.display()
-            ))
-        })?;
+        // No background flushes: what is durable in sled is what a checkpoint flushed, and the
+        // log holds everything after it. (sled's default flushes every 500 ms, which made a crash
+        // lose less than the design allows for and so hid mistakes in what the log keeps.)
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| {
+                IpamError::Storage(format!(
+                    "cannot open data directory {}: {e} (is another routeplane-ipam using it?)",
+                    path.display()
+                ))
+            })?;
         Ok(Store { db })
     }
 

@@ -22,8 +22,9 @@ use crate::error::{IpamError, Result};
 use crate::model::Revision;
 use crate::state::{Change, Mutation};
 
-/// Segments roll over past this size, so that checkpoints can delete old ones whole.
-const SEGMENT_BYTES: u64 = 16 << 20;
+/// Segments roll over past this size (unless told otherwise), so that checkpoints can delete old
+/// ones whole.
+pub const SEGMENT_BYTES: u64 = 16 << 20;
 const HEADER: usize = 8;
 /// No single mutation comes near this; a larger length field is corruption.
 const MAX_RECORD: u32 = 64 << 20;
@@ -94,6 +95,7 @@ pub struct Wal {
     /// (first revision, path) of every segment, oldest first; the last is being written.
     segments: Vec<(Revision, PathBuf)>,
     written: u64,
+    segment_bytes: u64,
 }
 
 impl Wal {
@@ -157,6 +159,7 @@ impl Wal {
                 file,
                 segments,
                 written: 0,
+                segment_bytes: SEGMENT_BYTES,
             },
             records,
             notes,
@@ -165,7 +168,7 @@ impl Wal {
 
     /// Appends encoded records (see [`encode`]); `first` is the lowest revision among them.
     pub fn append(&mut self, bytes: &[u8], first: Revision) -> Result<()> {
-        if self.written >= SEGMENT_BYTES {
+        if self.written >= self.segment_bytes {
             let path = self.dir.join(segment_name(first));
             self.file = create_segment(&path, &self.dir)?;
             self.segments.push((first, path));
@@ -200,6 +203,11 @@ impl Wal {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Rolls segments over past `bytes` instead of [`SEGMENT_BYTES`].
+    pub fn set_segment_bytes(&mut self, bytes: u64) {
+        self.segment_bytes = bytes.max(1);
     }
 
     pub fn segment_count(&self) -> usize {

@@ -552,6 +552,13 @@ async fn health_reflection_v1_and_metrics() {
         "one header per family"
     );
     assert!(server.metric("routeplane_ipam_flushes_total") >= 1.0);
+    routeplane_testkit::assert_readme_metrics("routeplane_ipam_", &body);
+    // The log's figures as a fresh server has them: one segment, nothing checkpointed yet.
+    assert_eq!(server.metric("routeplane_ipam_log_segments"), 1.0);
+    assert_eq!(
+        server.metric("routeplane_ipam_log_segments_removed_total"),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
