@@ -532,8 +532,12 @@ impl NodeLab {
 
     /// A metric of node `node`'s agent (scraped inside its namespace).
     pub fn agent_metric(&self, node: usize, sample: &str) -> Option<f64> {
-        let text = crate::scrape(Some(self.nodes[node].ns.name()), "127.0.0.1:9953").ok()?;
-        crate::metric_sample(&text, sample)
+        crate::metric_sample(&self.agent_metrics(node), sample)
+    }
+
+    /// Node `node`'s agent's /metrics (empty when it does not answer).
+    pub fn agent_metrics(&self, node: usize) -> String {
+        crate::scrape(Some(self.nodes[node].ns.name()), "127.0.0.1:9953").unwrap_or_default()
     }
 
     /// One call on node `node`'s agent API (inside its namespace).

@@ -97,6 +97,33 @@ fn the_seeds_traceroutes_and_pod_traffic(datapath: &str) {
     assert_eq!(status["classifiers"], true, "{status}");
     assert_eq!(status["pods"], 2, "{status}");
     assert_eq!(status["datapath"], datapath, "{status}");
+
+    // Every metric the README lists, and what this node's state says each must be.
+    routeplane_testkit::wait_for("the pods reported to IPAM", Duration::from_secs(20), || {
+        lab.agent_metric(0, "routeplane_agent_pods_report_pending") == Some(0.0)
+    });
+    let text = lab.agent_metrics(0);
+    routeplane_testkit::assert_readme_metrics("routeplane_agent_", &text);
+    let value = |sample: &str| {
+        routeplane_testkit::metric_sample(&text, sample)
+            .unwrap_or_else(|| panic!("no {sample} in:\n{text}"))
+    };
+    assert_eq!(value("routeplane_agent_pods"), 2.0);
+    assert_eq!(value("routeplane_agent_synced"), 1.0);
+    assert_eq!(value("routeplane_agent_ipam_connected"), 1.0);
+    assert_eq!(value("routeplane_agent_feed_skipped_entries_total"), 0.0);
+    assert_eq!(value("routeplane_agent_reconcile_errors_total"), 0.0);
+    assert!(value("routeplane_agent_reconciles_total") >= 1.0);
+    let cidr = r#"{cidr="10.5.112.0/24"}"#;
+    assert_eq!(
+        value(&format!("routeplane_agent_pod_ips_in_use{cidr}")),
+        2.0
+    );
+    // 256 addresses less network, router (rp_host), broadcast and the two pods.
+    assert_eq!(
+        value(&format!("routeplane_agent_pod_ips_free{cidr}")),
+        251.0
+    );
 }
 
 mod privileged {
