@@ -308,6 +308,33 @@ impl NodeLab {
         }
     }
 
+    /// Polls `check` until it holds or `limit` passes; then fails with what it waited for, every
+    /// node's routes and every process's output.
+    pub fn wait(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(what, limit, &mut check)
+        }));
+        if let Err(e) = result {
+            let routes: String = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "===== {} routes =====\n{}{}",
+                        n.name,
+                        NodeLab::routes(&n.ns, "-4"),
+                        NodeLab::routes(&n.ns, "-6")
+                    )
+                })
+                .collect();
+            panic!(
+                "{}\n{routes}{}",
+                e.downcast_ref::<String>().cloned().unwrap_or_default(),
+                self.logs()
+            );
+        }
+    }
+
     /// SIGTERM to a process started by the lab (an agent by its node's name, "ipam"), waited for.
     pub fn stop(&mut self, name: &str) {
         let index = self
