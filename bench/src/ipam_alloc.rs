@@ -1,6 +1,8 @@
 //! Pod-IP allocation throughput and latency of routeplane-ipam, durable and with flushing off, at
 //! several concurrencies, beside the CNI host-local IPAM plugin (what a plain-CNI cluster uses for
-//! per-node pod IPs) doing the same allocations in the same run. Prints a table; asserts nothing.
+//! per-node pod IPs) doing the same allocations in the same run. Each round measures every tool at
+//! every concurrency in turn, each cell after the same 300 ms of unmeasured warm-up; the table
+//! shows each cell's median over the rounds. Prints a table; asserts nothing.
 //!
 //! Run it through `bench/run-ipam`, which builds in release mode and installs host-local.
 #![forbid(unsafe_code)]
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use routeplane_bench::median;
 use routeplane_testkit::Service;
 use tonic::transport::Channel;
 
@@ -40,6 +43,9 @@ struct Args {
     /// Measured seconds per cell (after a short warm-up).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Rounds; the tools take turns within each, and the figures are medians over them.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// CNI host-local plugin (skipped, and said so, when absent).
     #[arg(long, default_value = "/usr/lib/cni/host-local")]
     host_local: PathBuf,
@@ -118,6 +124,46 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Per tool and concurrency, in the order first measured: a cell whose rate, p50, p99 and
+/// flushes/alloc are each the median over the rounds.
+fn medians(runs: &[Cell]) -> Vec<Summary> {
+    let mut out: Vec<Summary> = Vec::new();
+    for r in runs {
+        if out
+            .iter()
+            .any(|s| s.tool == r.tool && s.concurrency == r.concurrency)
+        {
+            continue;
+        }
+        let same: Vec<&Cell> = runs
+            .iter()
+            .filter(|c| c.tool == r.tool && c.concurrency == r.concurrency)
+            .collect();
+        let of = |f: &dyn Fn(&Cell) -> f64| median(same.iter().map(|c| f(c)).collect());
+        out.push(Summary {
+            tool: r.tool.clone(),
+            concurrency: r.concurrency,
+            rate: of(&|c| c.rate()),
+            p50: of(&|c| c.percentile(0.5)),
+            p99: of(&|c| c.percentile(0.99)),
+            flushes: r.flushes.map(|_| of(&|c| c.flushes.unwrap_or(0.0))),
+            rounds: same.len(),
+        });
+    }
+    out
+}
+
+/// One row of the table: medians over the rounds.
+struct Summary {
+    tool: String,
+    concurrency: usize,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    flushes: Option<f64>,
+    rounds: usize,
+}
+
 async fn run_ipam_cell(server: &Server, concurrency: usize, seconds: f64, round: usize) -> Cell {
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
@@ -183,6 +229,12 @@ async fn run_ipam_cell(server: &Server, concurrency: usize, seconds: f64, round:
         latencies,
         flushes: Some(if c1 > c0 { (f1 - f0) / (c1 - c0) } else { 0.0 }),
     }
+}
+
+/// host-local after the same warm-up as routeplane-ipam's: 300 ms of allocations, unmeasured.
+fn run_host_local_cell(plugin: &Path, dir: &Path, concurrency: usize, seconds: f64) -> Cell {
+    run_host_local(plugin, &dir.join("warm"), concurrency, 0.3);
+    run_host_local(plugin, &dir.join("m"), concurrency, seconds)
 }
 
 /// host-local: one exec per allocation (as the container runtime does), CNI ADD with a fresh
@@ -294,7 +346,7 @@ async fn main() {
     )
     .unwrap();
 
-    let mut cells = Vec::new();
+    let mut servers = Vec::new();
     for (mode, durability) in [
         ("routeplane-ipam durable", "flush"),
         ("routeplane-ipam flush off", "none"),
@@ -316,38 +368,51 @@ async fn main() {
             };
             c.register_node(req).await.unwrap();
         }
-        for (round, &conc) in args.concurrency.iter().enumerate() {
-            let mut cell = run_ipam_cell(&server, conc, args.seconds, round).await;
-            cell.tool = mode.to_string();
-            cells.push(cell);
-        }
+        servers.push((mode, server));
     }
-    if args.host_local.exists() {
-        for &conc in &args.concurrency {
-            let dir = base.path().join(format!("host-local-{conc}"));
-            cells.push(run_host_local(&args.host_local, &dir, conc, args.seconds));
-        }
-    } else {
+    let host_local = args.host_local.exists();
+    if !host_local {
         println!(
             "CNI host-local not found at {} (Debian: containernetworking-plugins): its rows are missing",
             args.host_local.display()
         );
     }
+    println!(
+        "{} rounds; in each, every tool at every concurrency in turn, {} s measured after 300 ms of warm-up; medians over the rounds",
+        args.rounds, args.seconds
+    );
+    let mut runs: Vec<Cell> = Vec::new();
+    let mut cell_index = 0;
+    for round in 0..args.rounds.max(1) {
+        for &conc in &args.concurrency {
+            for (mode, server) in &servers {
+                cell_index += 1;
+                let mut cell = run_ipam_cell(server, conc, args.seconds, cell_index).await;
+                cell.tool = mode.to_string();
+                runs.push(cell);
+            }
+            if host_local {
+                let dir = base.path().join(format!("host-local-{round}-{conc}"));
+                runs.push(run_host_local_cell(
+                    &args.host_local,
+                    &dir,
+                    conc,
+                    args.seconds,
+                ));
+            }
+        }
+    }
+    let cells = medians(&runs);
 
     println!(
-        "\n{:<28} {:>5} {:>12} {:>10} {:>10} {:>15}",
-        "tool", "conc", "allocs/s", "p50 ms", "p99 ms", "flushes/alloc"
+        "\n{:<28} {:>5} {:>12} {:>10} {:>10} {:>15} {:>7}",
+        "tool (median)", "conc", "allocs/s", "p50 ms", "p99 ms", "flushes/alloc", "rounds"
     );
     for c in &cells {
         let flushes = c.flushes.map_or("-".to_string(), |f| format!("{f:.3}"));
         println!(
-            "{:<28} {:>5} {:>12.0} {:>10.2} {:>10.2} {:>15}",
-            c.tool,
-            c.concurrency,
-            c.rate(),
-            c.percentile(0.5),
-            c.percentile(0.99),
-            flushes
+            "{:<28} {:>5} {:>12.0} {:>10.2} {:>10.2} {:>15} {:>7}",
+            c.tool, c.concurrency, c.rate, c.p50, c.p99, flushes, c.rounds
         );
     }
     let find = |tool: &str, conc: usize| {
@@ -362,18 +427,18 @@ async fn main() {
         println!("\ntargets at concurrency 128 (issue #2):");
         println!(
             "  durable allocations/s      {:>8.0}  (target >= 15000)",
-            d.rate()
+            d.rate
         );
         println!(
             "  durable / flush off        {:>8.2}  (target >= 0.60)",
-            d.rate() / n.rate()
+            d.rate / n.rate
         );
         println!(
             "  durable p99 ms             {:>8.2}  (target <= 20)",
-            d.percentile(0.99)
+            d.p99
         );
         if let Some(h) = find("CNI host-local", 128) {
-            println!("  durable vs host-local      {:>8.1}x", d.rate() / h.rate());
+            println!("  durable vs host-local      {:>8.1}x", d.rate / h.rate);
         }
     }
 }

@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use routeplane_net::Cidr;
 
+pub mod agent_e2e;
+
 /// The i-th of a million distinct /28s through 10.0.0.0/8.
 pub fn slash28(i: u32) -> Cidr {
     let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));

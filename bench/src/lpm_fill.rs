@@ -1,7 +1,9 @@
 //! Filling the eBPF LPM map with N entries: routeplane-agent's datapath (its `sync`, as a start or
 //! a big feed change runs it) vs `bpftool batch file` of the same updates, on the same pinned map
-//! in a bpffs the benchmark mounts and unmounts (root needed; no traffic, no interface). Alternating
-//! runs; medians and their ratio. Run it through `bench/run-lpm`.
+//! in a bpffs the benchmark mounts and unmounts (root needed; no traffic, no interface); and the
+//! agent end to end (agent_e2e) with --datapath=ebpf: started cold beside an IPAM holding N nodes,
+//! until all N are in its map. Alternating runs; medians and their ratios. Run it through
+//! `bench/run-lpm`.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -26,6 +28,9 @@ struct Args {
     /// Runs per tool and count (alternating).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The end-to-end column only up to this many entries (IPAM registers that many nodes first).
+    #[arg(long, default_value_t = 100_000)]
+    e2e_max: u32,
 }
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 2);
@@ -126,20 +131,37 @@ fn main() {
         args.rounds
     );
     println!(
-        "\n{:>8} {:>10} {:>14} {:>8}",
-        "entries", "agent s", "bpftool s", "ratio"
+        "end to end: routeplane-agent --datapath=ebpf started cold in a namespace of its own, with routeplane-ipam holding N nodes, until its metrics show N map entries; up to {} entries",
+        args.e2e_max
+    );
+    println!(
+        "\n{:>8} {:>10} {:>14} {:>14} {:>8} {:>10}",
+        "entries", "agent s", "agent e2e s", "bpftool s", "ratio", "e2e ratio"
     );
     for &n in &args.entries {
         let want = routes(n);
-        let (mut ours, mut theirs) = (vec![], vec![]);
+        let cluster = (n <= args.e2e_max).then(|| routeplane_bench::agent_e2e::Cluster::new(n));
+        let (mut ours, mut theirs, mut e2e) = (vec![], vec![], vec![]);
         for _ in 0..args.rounds {
             clear(&pins);
             ours.push(agent(&pins, &want).as_secs_f64());
             clear(&pins);
             theirs.push(bpftool(&pins, n, dir.path()).as_secs_f64());
+            if let Some(c) = &cluster {
+                e2e.push(c.ebpf_routes().as_secs_f64());
+            }
         }
         let (a, b) = (median(ours), median(theirs));
-        println!("{n:>8} {a:>10.3} {b:>14.3} {:>7.2}x", a / b);
+        let (e2e, e2e_ratio) = if e2e.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let e = median(e2e);
+            (format!("{e:.3}"), format!("{:.2}x", e / b))
+        };
+        println!(
+            "{n:>8} {a:>10.3} {e2e:>14} {b:>14.3} {:>7.2}x {e2e_ratio:>10}",
+            a / b
+        );
     }
     println!("\ntarget (issue #4): agent <= 0.2x bpftool batch");
     let _ = Command::new("umount").arg(&bpffs).output();

@@ -1,7 +1,8 @@
 //! Installing and deleting N kernel routes: the route agent's reconciler (pipelined netlink) vs
 //! `ip -batch` of the same routes, in a network namespace the benchmark creates and removes
-//! (root needed; routes only, no traffic). Alternating runs; medians and their ratio. Run it
-//! through `bench/run-routes`.
+//! (root needed; routes only, no traffic); and the agent end to end (agent_e2e): started cold
+//! beside an IPAM holding N nodes on its segment, until all N are routed. Alternating runs; medians
+//! and their ratios. Run it through `bench/run-routes`.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -26,6 +27,9 @@ struct Args {
     /// Runs per tool and count (alternating).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// The end-to-end column only up to this many routes (IPAM registers that many nodes first).
+    #[arg(long, default_value_t = 100_000)]
+    e2e_max: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,12 +159,17 @@ async fn main() {
         args.rounds
     );
     println!(
-        "\n{:>8} {:>10} {:>14} {:>14} {:>8}",
-        "routes", "operation", "agent s", "ip -batch s", "ratio"
+        "end to end: routeplane-agent started cold in a namespace of its own, with routeplane-ipam holding N nodes on its segment, until its metrics show N+1 routes (N nodes and its own pod CIDR); up to {} routes",
+        args.e2e_max
+    );
+    println!(
+        "\n{:>8} {:>10} {:>14} {:>14} {:>14} {:>8} {:>10}",
+        "routes", "operation", "agent s", "agent e2e s", "ip -batch s", "ratio", "e2e ratio"
     );
     for &n in &args.routes {
-        let (mut agent_add, mut ip_add, mut agent_del, mut ip_del) =
-            (vec![], vec![], vec![], vec![]);
+        let cluster = (n <= args.e2e_max).then(|| routeplane_bench::agent_e2e::Cluster::new(n));
+        let (mut agent_add, mut ip_add, mut agent_del, mut ip_del, mut e2e) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..args.rounds {
             agent_add.push(agent(n, false).as_secs_f64());
             assert_eq!(count(), n as usize, "the agent installed every route");
@@ -170,11 +179,30 @@ async fn main() {
             assert_eq!(count(), n as usize);
             ip_del.push(ip_batch(n, "del", dir.path()).as_secs_f64());
             assert_eq!(count(), 0);
+            if let Some(c) = &cluster {
+                e2e.push(c.kernel_routes().as_secs_f64());
+            }
         }
-        for (op, a, b) in [("add", agent_add, ip_add), ("delete", agent_del, ip_del)] {
-            let (a, b) = (median(a), median(b));
-            println!("{n:>8} {op:>10} {a:>14.3} {b:>14.3} {:>7.2}x", a / b);
-        }
+        let (a, b) = (median(agent_add), median(ip_add));
+        let (e2e, e2e_ratio) = if e2e.is_empty() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            let e = median(e2e);
+            (format!("{e:.3}"), format!("{:.2}x", e / b))
+        };
+        println!(
+            "{n:>8} {:>10} {a:>14.3} {e2e:>14} {b:>14.3} {:>7.2}x {e2e_ratio:>10}",
+            "add",
+            a / b
+        );
+        let (a, b) = (median(agent_del), median(ip_del));
+        println!(
+            "{n:>8} {:>10} {a:>14.3} {:>14} {b:>14.3} {:>7.2}x {:>10}",
+            "delete",
+            "-",
+            a / b,
+            "-"
+        );
     }
     println!("\ntarget (issue #4): agent <= 0.8x ip -batch");
     let _ = Command::new("ip").args(["netns", "del", NS]).output();

@@ -35,7 +35,7 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::
 
 impl Collector for AgentCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (routes, connected, synced, reconciles, errors, seconds, ebpf) = {
+        let (routes, connected, synced, reconciles, errors, seconds, ebpf, ebpf_routes) = {
             let s = lock(&self.0);
             (
                 s.installed.len() as i64,
@@ -45,6 +45,7 @@ impl Collector for AgentCollector {
                 s.reconcile_errors,
                 s.reconcile_seconds,
                 s.ebpf_counters,
+                s.ebpf_routes.len() as i64,
             )
         };
         gauge(
@@ -118,6 +119,12 @@ impl Collector for AgentCollector {
                 })?)?;
             }
         }
+        gauge(
+            &mut e,
+            "routeplane_agent_ebpf_routes",
+            "Entries of the eBPF route maps as of the last reconcile (0 without --datapath=ebpf)",
+            ebpf_routes,
+        )?;
         if let Some(counters) = ebpf {
             let c = ConstCounter::new(counters.hop_drops);
             c.encode(e.encode_descriptor(
