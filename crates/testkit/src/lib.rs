@@ -121,12 +121,14 @@ pub fn metric_sample(exposition: &str, sample: &str) -> Option<f64> {
 /// The README: what it promises is checked against what the services do.
 pub const README: &str = include_str!("../../../README.md");
 
-/// The metric names the README lists in backticks starting with `prefix` (labels cut off).
+/// The metric names the README lists in backticks starting with `prefix` (labels cut off; a
+/// pattern such as `routeplane_bgp_*` is prose, not a name).
 pub fn readme_metrics(prefix: &str) -> Vec<&'static str> {
     let mut names: Vec<&str> = README
         .split('`')
-        .filter(|w| w.starts_with(prefix) && !w.contains(' '))
+        .filter(|w| w.starts_with(prefix))
         .map(|w| w.split('{').next().unwrap_or(w))
+        .filter(|name| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -235,5 +237,17 @@ mod tests {
             Some(3.0)
         );
         assert_eq!(metric_sample(text, "routeplane_y"), None);
+    }
+
+    #[test]
+    fn the_readme_metric_names_leave_out_patterns_and_labels() {
+        let names = readme_metrics("routeplane_bgp_");
+        assert!(names.contains(&"routeplane_bgp_session_up"), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')),
+            "{names:?}"
+        );
     }
 }

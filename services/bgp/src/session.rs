@@ -104,6 +104,24 @@ struct Conn {
     outbound: bool,
 }
 
+impl Conn {
+    /// Closes the connection as RFC 4271 §6 means it after a NOTIFICATION: our FIN follows it,
+    /// then whatever the peer still sends is read and dropped until its own FIN. Dropping the
+    /// socket instead would answer unread data with a RST, and a peer that gets the RST first may
+    /// discard the NOTIFICATION unread. Bounded by [`LINGER`], as a peer may never close.
+    async fn linger(mut self) {
+        let _ = tokio::time::timeout(LINGER, async {
+            let _ = self.writer.shutdown().await;
+            let mut scratch = [0u8; 4096];
+            while matches!(self.reader.read(&mut scratch).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
+/// How long a closed connection waits for the peer's FIN.
+const LINGER: Duration = Duration::from_secs(1);
+
 pub struct Session {
     address: IpAddr,
     transport: Transport,
@@ -120,6 +138,8 @@ pub struct Session {
     events: mpsc::UnboundedSender<Event>,
     /// WatchEvents: published to only while someone subscribes.
     watch: tokio::sync::broadcast::Sender<crate::speaker::SpeakerEvent>,
+    /// The last connection closed, until the peer has closed its side (see [`Conn::linger`]).
+    closing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -144,6 +164,7 @@ impl Session {
             status,
             events,
             watch,
+            closing: None,
         }
     }
 
@@ -165,6 +186,11 @@ impl Session {
                     Some(Command::Accepted(stream)) => self.accepted(stream).await,
                     Some(Command::Stop(cease, done)) => {
                         self.input(Input::Stop(cease)).await;
+                        // Stopped means the peer has read our NOTIFICATION and closed: a new
+                        // session to it may start without the peer seeing the two overlap.
+                        if let Some(closing) = self.closing.take() {
+                            let _ = closing.await;
+                        }
                         let _ = done.send(());
                         return;
                     }
@@ -232,7 +258,7 @@ impl Session {
         } else {
             let cease = Notification::new(codes::CEASE, codes::CEASE_CONNECTION_COLLISION, []);
             self.write(&[Message::Notification(cease)]).await;
-            self.conn = None;
+            self.close();
             self.input(Input::TcpFailed(
                 "replaced by the colliding connection".into(),
             ))
@@ -304,7 +330,7 @@ impl Session {
                 Output::Connect => self.dial(),
                 Output::Send(m) => self.write(&[m]).await,
                 Output::Disconnect => {
-                    self.conn = None;
+                    self.close();
                     self.dialing = None;
                 }
                 Output::StartTimer(t, d) => {
@@ -352,6 +378,13 @@ impl Session {
                 }
                 _ => self.pending = Some(incoming),
             }
+        }
+    }
+
+    /// Lets go of the connection, closing it in the background (see [`Conn::linger`]).
+    fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.closing = Some(tokio::spawn(conn.linger()));
         }
     }
 

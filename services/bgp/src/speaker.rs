@@ -63,6 +63,11 @@ pub struct State {
     operator: BTreeMap<Cidr, Arc<OperatorPath>>,
     /// Peers added through the API: kept across reloads unless the file then defines the address.
     runtime_peers: BTreeMap<IpAddr, Peer>,
+    /// Sessions told to stop whose NOTIFICATION may not be out yet, by address. A new session to
+    /// the same address waits for it: dialled earlier, it would reach the peer while the old
+    /// session is still Established there, which a graceful-restart peer takes for our restart
+    /// (RFC 4724 §4.2) instead of the reset it is.
+    stopping: BTreeMap<IpAddr, oneshot::Receiver<()>>,
 }
 
 /// What WatchEvents streams.
@@ -144,12 +149,14 @@ impl Speaker {
         if state.peers.contains_key(&peer.peer_address) {
             return Err(SpeakerError::PeerExists(peer.peer_address));
         }
+        let after = state.stopping.remove(&peer.peer_address);
         let entry = spawn_peer(
             &peer,
             &state.settings,
             &self.listeners,
             &self.sessions,
             &self.events,
+            after,
         )
         .map_err(SpeakerError::Refused)?;
         state.peers.insert(peer.peer_address, entry);
@@ -171,15 +178,7 @@ impl Speaker {
             return Err(SpeakerError::NoSuchPeer(address, known));
         };
         state.runtime_peers.remove(&address);
-        let (done, _) = oneshot::channel();
-        let _ = entry.commands.send(Command::Stop(
-            Some(Notification::new(
-                codes::CEASE,
-                codes::CEASE_PEER_DECONFIGURED,
-                [],
-            )),
-            done,
-        ));
+        state.stop(address, &entry, codes::CEASE_PEER_DECONFIGURED);
         Ok(())
     }
 
@@ -425,6 +424,7 @@ fn spawn_peer(
     listeners: &[Arc<TcpListener>],
     events: &mpsc::UnboundedSender<Event>,
     watch: &broadcast::Sender<SpeakerEvent>,
+    after: Option<oneshot::Receiver<()>>,
 ) -> Result<PeerEntry, String> {
     let config = session_config(peer, settings)?;
     let ebgp = peer.my_asn != peer.peer_asn;
@@ -438,16 +438,21 @@ fn spawn_peer(
     let status = SharedStatus::default();
     let (tx, rx) = mpsc::unbounded_channel();
     let router_id = config.router_id;
-    tokio::spawn(
-        Session::new(
-            config,
-            transport,
-            status.clone(),
-            events.clone(),
-            watch.clone(),
-        )
-        .run(rx),
+    let session = Session::new(
+        config,
+        transport,
+        status.clone(),
+        events.clone(),
+        watch.clone(),
     );
+    tokio::spawn(async move {
+        if let Some(stopped) = after {
+            // Bounded: a peer that stalls the old session's NOTIFICATION must not keep this one
+            // from ever starting; its hold timer ends the old one anyway.
+            let _ = tokio::time::timeout(STOP_WAIT, stopped).await;
+        }
+        session.run(rx).await;
+    });
     Ok(PeerEntry {
         config: peer.clone(),
         router_id,
@@ -458,6 +463,20 @@ fn spawn_peer(
 }
 
 impl State {
+    /// Tells a removed session to stop with Cease/`subcode`, remembering it until it has.
+    fn stop(&mut self, address: IpAddr, entry: &PeerEntry, subcode: u8) {
+        // Forget the ones that are done, so deleted peers leave nothing behind.
+        self.stopping.retain(|_, stopped| {
+            matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        });
+        let (done, stopped) = oneshot::channel();
+        let _ = entry.commands.send(Command::Stop(
+            Some(Notification::new(codes::CEASE, subcode, [])),
+            done,
+        ));
+        self.stopping.insert(address, stopped);
+    }
+
     /// Applies a reloaded configuration: new peers start, removed ones stop with Cease/Peer
     /// De-configured, changed ones (or ones whose router ID changed) restart with Cease/Other
     /// Configuration Change; the others are left alone. Returns what it did, for the log.
@@ -479,13 +498,6 @@ impl State {
         let mut done = Vec::new();
         let wanted: BTreeMap<IpAddr, &Peer> =
             settings.peers.iter().map(|p| (p.peer_address, p)).collect();
-        let stop = |entry: &PeerEntry, subcode: u8| {
-            let (done, _) = oneshot::channel();
-            let _ = entry.commands.send(Command::Stop(
-                Some(Notification::new(codes::CEASE, subcode, [])),
-                done,
-            ));
-        };
         let current: Vec<IpAddr> = self.peers.keys().copied().collect();
         for addr in current {
             let keep = wanted.get(&addr).is_some_and(|p| {
@@ -502,7 +514,7 @@ impl State {
                 } else {
                     codes::CEASE_PEER_DECONFIGURED
                 };
-                stop(&entry, subcode);
+                self.stop(addr, &entry, subcode);
                 done.push(format!(
                     "{} {addr}",
                     if wanted.contains_key(&addr) {
@@ -515,7 +527,10 @@ impl State {
         }
         for (addr, peer) in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.peers.entry(addr) {
-                slot.insert(spawn_peer(peer, &settings, listeners, events, watch)?);
+                let after = self.stopping.remove(&addr);
+                slot.insert(spawn_peer(
+                    peer, &settings, listeners, events, watch, after,
+                )?);
                 if !done.iter().any(|d| d.ends_with(&addr.to_string())) {
                     done.push(format!("added {addr}"));
                 }
@@ -525,6 +540,9 @@ impl State {
         Ok(done)
     }
 }
+
+/// How long a new session waits for the old one to the same address to have sent its Cease.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// RFC 4486 §4: Cease subcode for a reset caused by a configuration change.
 const CEASE_OTHER_CONFIGURATION_CHANGE: u8 = 6;
@@ -546,7 +564,7 @@ pub fn start(
     for peer in &settings.peers {
         peers.insert(
             peer.peer_address,
-            spawn_peer(peer, &settings, &listeners, &events_tx, &watch)?,
+            spawn_peer(peer, &settings, &listeners, &events_tx, &watch, None)?,
         );
     }
     let speaker = Arc::new(Speaker {
@@ -560,6 +578,7 @@ pub fn start(
             settings,
             operator: BTreeMap::new(),
             runtime_peers: BTreeMap::new(),
+            stopping: BTreeMap::new(),
         }),
         listeners: listeners.clone(),
         sessions: events_tx.clone(),
@@ -625,8 +644,10 @@ async fn stop_all(speaker: &Speaker) {
             waits.push(wait);
         }
     }
+    // One deadline for all: the sessions stop in parallel.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     for w in waits {
-        let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        let _ = tokio::time::timeout_at(deadline, w).await;
     }
 }
 

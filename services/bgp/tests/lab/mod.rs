@@ -182,6 +182,32 @@ impl Lab {
             .any(|l| l.starts_with("routeplane") && l.contains("Established"))
     }
 
+    /// BIRD's `routeplane` session on router `index`: whether it is Established, and when it last
+    /// changed state, in milliseconds of the day — both from one `show protocols`, so they describe
+    /// the same moment. BIRD prints the time by converting its monotonic clock to wall time at
+    /// display, so two reads of the same instant can differ by a millisecond or two: compare with
+    /// [`same_instant`], never with `==`.
+    pub fn session_on(&self, index: usize) -> (bool, u64) {
+        let text = self.birdc_on(index, "show protocols routeplane");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("routeplane"))
+            .unwrap_or_else(|| panic!("no routeplane protocol in {text}"));
+        let field = line
+            .split_whitespace()
+            .nth(4)
+            .unwrap_or_else(|| panic!("no state-change time in {text}"));
+        let (hms, ms) = field.split_once('.').unwrap_or((field, "0"));
+        let parts: Vec<u64> = hms
+            .split(':')
+            .map(|p| p.parse().unwrap_or_else(|_| panic!("bad time {field}")))
+            .collect();
+        assert_eq!(parts.len(), 3, "unexpected time {field}");
+        let ms: u64 = ms.parse().unwrap_or_else(|_| panic!("bad time {field}"));
+        let at = ((parts[0] * 60 + parts[1]) * 60 + parts[2]) * 1000 + ms;
+        (line.contains("Established"), at)
+    }
+
     /// routeplane-ipam and routeplane-bgp with a bgp-config of our choosing.
     pub fn start_routeplane_config(&mut self, bgp_config: &str, bgp_args: &[&str]) {
         self.start_routeplane_config_with(bgp_config, &[], bgp_args);
@@ -447,6 +473,12 @@ impl Lab {
             })
             .unwrap_or(0)
     }
+}
+
+/// Whether two of [`Lab::session_on`]'s times are the same state change: a reset and
+/// re-establishment takes BIRD far longer than this (it waits in Idle before it connects again).
+pub fn same_instant(a: u64, b: u64) -> bool {
+    a.abs_diff(b) <= 50
 }
 
 impl Drop for Lab {
