@@ -3,7 +3,7 @@
 //! must make durable (records to write, the event to publish) — or none when nothing changed, as
 //! for an idempotent repeat. Time comes in as an argument, so leases test without sleeping.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,9 @@ pub struct IpamState {
     pod_pools: PodPools,
     services: ServicePools,
     nodes: BTreeMap<String, NodeEntry>,
+    /// Which node registered each address: a registration checks its addresses against every
+    /// other node's, which a scan of `nodes` made quadratic in the cluster's size.
+    address_owners: HashMap<IpAddr, String>,
     revision: Revision,
     lease_ttl: Duration,
 }
@@ -187,6 +190,7 @@ impl IpamState {
             pod_pools,
             services,
             nodes: BTreeMap::new(),
+            address_owners: HashMap::new(),
             revision: persisted.revision,
             lease_ttl: config.lease_ttl,
         };
@@ -211,6 +215,9 @@ impl IpamState {
                     .collect(),
                 node,
             };
+            for addr in &entry.node.addresses {
+                state.address_owners.insert(*addr, entry.node.name.clone());
+            }
             state.nodes.insert(entry.node.name.clone(), entry);
         }
         for (node, generation) in persisted.pod_syncs {
@@ -335,14 +342,9 @@ impl IpamState {
                     "node address {addr} is not valid: give the node's unicast address that routers and other nodes reach it at"
                 )));
             }
-            if let Some(other) = self
-                .nodes
-                .values()
-                .find(|e| e.node.name != name && e.node.addresses.contains(addr))
-            {
+            if let Some(other) = self.address_owners.get(addr).filter(|o| *o != name) {
                 return Err(IpamError::AlreadyExists(format!(
-                    "address {addr} is already registered by node {}: two nodes cannot share a next hop; delete that node first if it was replaced",
-                    other.node.name
+                    "address {addr} is already registered by node {other}: two nodes cannot share a next hop; delete that node first if it was replaced"
                 )));
             }
         }
@@ -403,6 +405,12 @@ impl IpamState {
         }
         let revision = self.bump();
         node.revision = revision;
+        if let Some(old) = &existing {
+            self.forget_addresses(name, &old.addresses);
+        }
+        for addr in &node.addresses {
+            self.address_owners.insert(*addr, name.to_string());
+        }
         if let Some(entry) = self.nodes.get_mut(name) {
             entry.node = node.clone();
         }
@@ -411,6 +419,15 @@ impl IpamState {
             Some(Event::NodeUpdated(node.clone())),
         );
         Ok((node, Some(m)))
+    }
+
+    /// Drops `name`'s claim on `addresses` from the index (not another node's).
+    fn forget_addresses(&mut self, name: &str, addresses: &[IpAddr]) {
+        for addr in addresses {
+            if self.address_owners.get(addr).is_some_and(|o| o == name) {
+                self.address_owners.remove(addr);
+            }
+        }
     }
 
     /// Deletes a node, releasing its pod CIDRs (and, with `force`, its pod IPs).
@@ -431,6 +448,7 @@ impl IpamState {
         let Some(entry) = self.nodes.remove(name) else {
             return Err(not_registered(name));
         };
+        self.forget_addresses(name, &entry.node.addresses);
         for c in &entry.node.pod_cidrs {
             self.pod_pools.release(c);
         }

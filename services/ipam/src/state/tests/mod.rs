@@ -41,6 +41,12 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+fn register_mutation(s: &mut IpamState, name: &str, addr: &str) -> Option<Mutation> {
+    s.register_node(name, vec![ip(addr)], BTreeMap::new(), Instant::now())
+        .unwrap()
+        .1
+}
+
 fn register(s: &mut IpamState, name: &str, addr: &str) -> Node {
     s.register_node(name, vec![ip(addr)], BTreeMap::new(), Instant::now())
         .unwrap()
@@ -187,6 +193,30 @@ fn two_nodes_cannot_share_an_address() {
         .register_node("b", vec![ip("127.0.0.1")], BTreeMap::new(), Instant::now())
         .unwrap_err();
     assert!(matches!(e, IpamError::InvalidArgument(_)), "{e}");
+}
+
+#[test]
+fn an_address_is_free_again_once_its_node_moved_off_it_or_was_deleted() {
+    let mut s = seed();
+    let mut store = MemStore::default();
+    let taken = |s: &mut IpamState, name: &str, addr: &str| {
+        s.register_node(name, vec![ip(addr)], BTreeMap::new(), Instant::now())
+            .is_err_and(|e| matches!(e, IpamError::AlreadyExists(_)))
+    };
+    if let Some(m) = register_mutation(&mut s, "a", "10.4.94.10") {
+        store.apply(&m);
+    }
+    // The same node again, with the same address: not a conflict with itself.
+    assert!(!taken(&mut s, "a", "10.4.94.10"));
+    assert!(!taken(&mut s, "a", "10.4.94.11"), "a moves to .11");
+    assert!(!taken(&mut s, "b", "10.4.94.10"), ".10 was let go by a");
+    assert!(taken(&mut s, "c", "10.4.94.11"), ".11 is a's now");
+    s.delete_node("a", false).unwrap();
+    assert!(!taken(&mut s, "c", "10.4.94.11"), "a is gone");
+    // Restored from the store, the index is rebuilt: .10 is a's there.
+    let (mut r, _) =
+        IpamState::restore(config(SEED_VALUES, LB), store.persisted(), Instant::now()).unwrap();
+    assert!(taken(&mut r, "b", "10.4.94.10"));
 }
 
 #[test]
