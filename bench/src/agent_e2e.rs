@@ -178,6 +178,47 @@ impl Cluster {
         })
     }
 
+    /// `ip -batch` adding the very routes the agent installed end to end (each node's pod CIDR via
+    /// that node's address: as many gateways as nodes, which the kernel's route insertion handles
+    /// far more slowly than one shared gateway), timed from a namespace without them. Run after
+    /// [`Cluster::kernel_routes`]; leaves the namespace cold.
+    pub fn ip_batch_same_routes(&self) -> Duration {
+        let shown = self.routes();
+        let lines: Vec<&str> = shown.lines().filter(|l| l.contains(" via ")).collect();
+        assert!(
+            lines.len() >= self.nodes as usize,
+            "the agent's routes are there to copy: {} of {}",
+            lines.len(),
+            self.nodes
+        );
+        let file = self.dir.path().join("same-routes.batch");
+        // `show proto 194` leaves the protocol out of what it prints.
+        let batch: String = lines
+            .iter()
+            .map(|l| format!("route add {} proto 194\n", l.trim()))
+            .collect();
+        std::fs::write(&file, batch).expect("the batch file");
+        self.clean();
+        let started = Instant::now();
+        self.ns.ip(&["-batch", file.to_str().unwrap_or_default()]);
+        let elapsed = started.elapsed();
+        let now = self.routes();
+        assert_eq!(
+            now.lines().filter(|l| l.contains(" via ")).count(),
+            lines.len(),
+            "ip -batch added them all"
+        );
+        self.clean();
+        elapsed
+    }
+
+    /// `ip route show proto 194` in the namespace.
+    fn routes(&self) -> String {
+        let (ok, out) = self.ns.run(&["ip", "route", "show", "proto", "194"]);
+        assert!(ok, "ip route show: {out}");
+        out
+    }
+
     /// The time until every node's pod CIDR is in the eBPF map.
     pub fn ebpf_routes(&self) -> Duration {
         let want = f64::from(self.nodes);
