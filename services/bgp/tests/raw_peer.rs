@@ -1,11 +1,13 @@
-//! Two hand-driven BGP peers on loopback (127.0.0.2 and 127.0.0.3): one sends a malformed UPDATE
+//! Hand-driven BGP peers on loopback. Two (127.0.0.2 and 127.0.0.3): one sends a malformed UPDATE
 //! and must get the RFC's NOTIFICATION (UPDATE Message Error) and lose its session; the other's
-//! session must not notice.
+//! session must not notice. One (127.0.0.4) that never closes its side: a reload's reset still
+//! reaches it as a Cease, and the new session waits for the old connection's close, for a bounded
+//! time, before it dials.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use routeplane_bgp::message::{Capabilities, Message, Open};
@@ -96,6 +98,29 @@ fn state(addr: &str, peer: &str) -> String {
     v["sessionState"].as_str().unwrap_or_default().to_string()
 }
 
+/// routeplane-bgp with this bgp-config, no IPAM (none is needed to hold sessions).
+fn start(config: &std::path::Path) -> routeplane_testkit::Service {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_routeplane-bgp"));
+    command
+        .args([
+            "--bgp-config",
+            config.to_str().unwrap(),
+            "--router-id",
+            "10.0.0.1",
+            "--ipam",
+            "http://127.0.0.1:9",
+        ])
+        .args([
+            "--bgp-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
+    routeplane_testkit::Service::start("routeplane-bgp", command)
+}
+
 #[test]
 fn a_malformed_update_gets_a_notification_and_other_sessions_stay_up() {
     let a = TcpListener::bind("127.0.0.2:0").unwrap();
@@ -116,25 +141,7 @@ fn a_malformed_update_gets_a_notification_and_other_sessions_stay_up() {
         ),
     )
     .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_routeplane-bgp"));
-    command
-        .args([
-            "--bgp-config",
-            config.to_str().unwrap(),
-            "--router-id",
-            "10.0.0.1",
-            "--ipam",
-            "http://127.0.0.1:9",
-        ])
-        .args([
-            "--bgp-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ]);
-    let mut server = routeplane_testkit::Service::start("routeplane-bgp", command);
+    let mut server = start(&config);
     let grpc = server.listen_addr("gRPC").to_string();
 
     let mut pa = RawPeer::accept(&a);
@@ -183,4 +190,73 @@ fn a_malformed_update_gets_a_notification_and_other_sessions_stay_up() {
         "{a_state}"
     );
     drop(server);
+}
+
+#[test]
+fn a_reset_reaches_a_peer_that_never_closes_and_the_new_session_waits_for_the_old_one() {
+    let listener = TcpListener::bind("127.0.0.4:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bgp.yaml");
+    let peer = format!(
+        "peers:\n  - peer-address: 127.0.0.4\n    peer-port: {port}\n    peer-asn: 64524\n    my-asn: 64513\n"
+    );
+    std::fs::write(&config, &peer).unwrap();
+    let server = start(&config);
+    let mut old = RawPeer::accept(&listener);
+    old.establish("192.0.2.4");
+
+    std::fs::write(&config, format!("{peer}    hold-time: 30s\n")).unwrap();
+    server.signal("-HUP");
+    let cease = loop {
+        match old.recv() {
+            Some(Message::Notification(n)) => break n,
+            Some(_) => continue,
+            None => panic!("the reset closed the session without a NOTIFICATION"),
+        }
+    };
+    assert_eq!(
+        (cease.code, cease.subcode),
+        (6, 6),
+        "Cease/Other Configuration Change, got {}",
+        cease.describe()
+    );
+    assert!(old.recv().is_none(), "our side closed after the Cease");
+    // This peer keeps its side open: for a while (the old connection waits up to 1 s for the
+    // peer to close) nothing dials it again…
+    listener.set_nonblocking(true).unwrap();
+    let quiet_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < quiet_until {
+        assert!(
+            listener.accept().is_err(),
+            "a new session dialled while the old connection was still open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // …but not for ever: the new session comes, with the new hold time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!(
+                "no new session within 10 s of the reset: {e}\n{}",
+                server.log()
+            ),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut new = RawPeer {
+        stream,
+        codec: Codec::new(),
+        buf: BytesMut::new(),
+    };
+    assert!(
+        matches!(new.recv(), Some(Message::Open(o)) if o.hold_time == 30),
+        "the new session opens with hold time 30"
+    );
+    drop(old);
 }
