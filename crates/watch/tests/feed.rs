@@ -253,6 +253,13 @@ async fn a_follower_that_falls_behind_is_cut_off_and_resumes_by_revision_without
     let (_ipam, addr) = start_ipam(dir.path(), "127.0.0.1:0", &["--watch-buffer", "4"]);
     let mut f = Follower::start(format!("http://{addr}"));
     f.until("the first snapshot", |f| f.snapshots == 1).await;
+    // One event applied first: the snapshot of an empty IPAM is at revision 0, and a follower that
+    // resumes from 0 asks for a new snapshot (fromRevision's default), as it should.
+    register(addr, 500..501, |_| BTreeMap::new()).await;
+    f.until("a first event after the snapshot", |f| {
+        f.nodes.contains_key("node-00500")
+    })
+    .await;
 
     // About 10 KB per event: 500 of them are more than HTTP/2's windows and IPAM's stream buffer
     // hold, so IPAM's feed overflows the 4 events it keeps for this follower.
@@ -266,7 +273,7 @@ async fn a_follower_that_falls_behind_is_cut_off_and_resumes_by_revision_without
     drop(thaw);
 
     f.until("all 500 nodes after the follower thawed", |f| {
-        f.nodes.len() == 500
+        f.nodes.len() == 501
     })
     .await;
     assert!(
@@ -285,8 +292,8 @@ async fn a_follower_that_falls_behind_is_cut_off_and_resumes_by_revision_without
     // 5 MB of nodes: a snapshot IPAM cuts by size too, or no client decodes it (4 MiB limit).
     let mut fresh = Follower::start(format!("http://{addr}"));
     fresh
-        .until("a new follower's snapshot of the 500 nodes", |f| {
-            f.nodes.len() == 500
+        .until("a new follower's snapshot of the 501 nodes", |f| {
+            f.nodes.len() == 501
         })
         .await;
     assert_eq!(fresh.stats.connects(), 1, "at the first attempt");
