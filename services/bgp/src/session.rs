@@ -186,8 +186,9 @@ impl Session {
                     Some(Command::Accepted(stream)) => self.accepted(stream).await,
                     Some(Command::Stop(cease, done)) => {
                         self.input(Input::Stop(cease)).await;
-                        // Stopped means the peer has read our NOTIFICATION and closed: a new
-                        // session to it may start without the peer seeing the two overlap.
+                        // Stopped means the peer has read our NOTIFICATION and closed (or
+                        // LINGER has passed): a new session to it may start without the peer
+                        // seeing the two overlap.
                         if let Some(closing) = self.closing.take() {
                             let _ = closing.await;
                         }
