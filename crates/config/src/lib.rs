@@ -13,6 +13,9 @@ mod duration;
 mod selector;
 mod values;
 
+#[cfg(test)]
+mod proptests;
+
 use std::path::Path;
 
 pub use bgp::{AddressPool, BgpAdvertisement, BgpConfig, Peer, PoolProtocol};

@@ -15,6 +15,7 @@
 
 pub mod bird;
 pub mod containerd;
+pub mod hostile;
 pub mod lab;
 pub mod netns;
 pub mod privileged;

@@ -661,3 +661,6 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -333,6 +333,9 @@ pub fn result_json(version: &str, r: &pb::CniResult) -> Value {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

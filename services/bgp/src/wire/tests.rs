@@ -1,6 +1,6 @@
 use super::*;
 
-fn round_trip(msg: &Message, asn4: bool) -> Message {
+pub(super) fn round_trip(msg: &Message, asn4: bool) -> Message {
     let mut tx = Codec::new();
     tx.set_asn4(asn4);
     let mut buf = BytesMut::new();
