@@ -113,6 +113,36 @@ fn peer_from(r: &pb::AddPeerRequest) -> Result<routeplane_config::Peer, Status> 
         .ok_or_else(|| Status::invalid_argument("no peer given"))
 }
 
+/// What an operator path may announce to the ToRs. A default route would take over their
+/// forwarding, a multicast prefix is no unicast NLRI (RFC 4271 §4.3; it could not be encoded), and
+/// the NEXT_HOP must be an address a router can forward to (RFC 4271 §5.1.3): not unspecified,
+/// loopback, multicast, broadcast or (IPv6) link-local.
+fn routable(prefix: &Cidr, next_hop: IpAddr) -> Result<(), String> {
+    if prefix.prefix_len() == 0 {
+        return Err(format!(
+            "prefix {prefix} is a default route: it would draw all of the ToRs' traffic; announce /1 or longer"
+        ));
+    }
+    if prefix.network().is_multicast() {
+        return Err(format!(
+            "prefix {prefix} is multicast: only unicast prefixes are announced"
+        ));
+    }
+    let unusable = next_hop.is_unspecified()
+        || next_hop.is_loopback()
+        || next_hop.is_multicast()
+        || match next_hop {
+            IpAddr::V4(a) => a.is_broadcast(),
+            IpAddr::V6(a) => a.is_unicast_link_local(),
+        };
+    if unusable {
+        return Err(format!(
+            "nextHop {next_hop} is not an address routers can forward to (unspecified, loopback, multicast, broadcast and link-local are refused): give the node's address"
+        ));
+    }
+    Ok(())
+}
+
 fn path_from(r: &pb::AnnouncePathRequest) -> Result<(Cidr, OperatorPath), Status> {
     let prefix: Cidr = r
         .prefix
@@ -124,6 +154,7 @@ fn path_from(r: &pb::AnnouncePathRequest) -> Result<(Cidr, OperatorPath), Status
             "nextHop {next_hop} and prefix {prefix} are of different families"
         )));
     }
+    routable(&prefix, next_hop).map_err(Status::invalid_argument)?;
     let peers = r
         .peers
         .iter()
@@ -495,5 +526,49 @@ impl pb::bgp_server::Bgp for BgpGrpc {
             prefix: prefix.to_string(),
             sources,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(prefix: &str, next_hop: &str) -> Result<(), String> {
+        routable(&prefix.parse().unwrap(), next_hop.parse().unwrap())
+    }
+
+    #[test]
+    fn operator_paths_are_unicast_prefixes_via_forwardable_next_hops() {
+        assert_eq!(check("192.0.2.0/24", "10.4.94.11"), Ok(()));
+        assert_eq!(check("0.0.0.0/1", "10.4.94.11"), Ok(()));
+        assert_eq!(check("fd00::/120", "fd04:94::11"), Ok(()));
+        for (prefix, next_hop, needle) in [
+            (
+                "0.0.0.0/0",
+                "10.4.94.11",
+                "prefix 0.0.0.0/0 is a default route",
+            ),
+            ("::/0", "fd04:94::11", "prefix ::/0 is a default route"),
+            (
+                "224.0.0.0/4",
+                "10.4.94.11",
+                "prefix 224.0.0.0/4 is multicast",
+            ),
+            ("ff02::/16", "fd04:94::11", "prefix ff02::/16 is multicast"),
+            ("192.0.2.0/24", "0.0.0.0", "nextHop 0.0.0.0 is not"),
+            ("192.0.2.0/24", "127.0.0.1", "nextHop 127.0.0.1 is not"),
+            ("192.0.2.0/24", "239.1.1.1", "nextHop 239.1.1.1 is not"),
+            (
+                "192.0.2.0/24",
+                "255.255.255.255",
+                "nextHop 255.255.255.255 is not",
+            ),
+            ("fd00::/120", "::", "nextHop :: is not"),
+            ("fd00::/120", "::1", "nextHop ::1 is not"),
+            ("fd00::/120", "fe80::1", "nextHop fe80::1 is not"),
+        ] {
+            let e = check(prefix, next_hop).expect_err(prefix);
+            assert!(e.contains(needle), "{prefix} via {next_hop}: {e}");
+        }
     }
 }

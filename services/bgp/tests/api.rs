@@ -256,6 +256,22 @@ fn peers_and_paths_can_be_added_and_removed_at_runtime() {
     assert!(!ok && out.contains("community \"64512:x\""), "{out}");
     let (ok, out) = call(
         "AnnouncePath",
+        r#"{"prefix": "0.0.0.0/0", "nextHop": "10.4.36.11"}"#,
+    );
+    assert!(
+        !ok && out.contains("InvalidArgument") && out.contains("0.0.0.0/0 is a default route"),
+        "{out}"
+    );
+    let (ok, out) = call(
+        "AnnouncePath",
+        r#"{"prefix": "192.0.2.0/24", "nextHop": "127.0.0.1"}"#,
+    );
+    assert!(
+        !ok && out.contains("nextHop 127.0.0.1 is not an address routers can forward to"),
+        "{out}"
+    );
+    let (ok, out) = call(
+        "AnnouncePath",
         r#"{"prefix": "192.0.2.0/24", "nextHop": "10.4.36.11"}"#,
     );
     assert!(ok, "{out}");
