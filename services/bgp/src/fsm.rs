@@ -371,7 +371,11 @@ impl Fsm {
                 two.to_be_bytes(),
             ));
         }
-        if open.hold_time == 1 || open.hold_time == 2 {
+        // RFC 4271 §6.2: 1 and 2 are never acceptable. 0 turns keepalives and the hold timer off
+        // for both sides, so that a dead peer is never noticed: a peer may ask for it only when
+        // this side is configured for it too (hold-time 0s), as an operator's choice.
+        let zero_unasked = open.hold_time == 0 && self.config.hold_time != 0;
+        if open.hold_time == 1 || open.hold_time == 2 || zero_unasked {
             return Err(Notification::new(
                 codes::OPEN_MESSAGE,
                 codes::UNACCEPTABLE_HOLD_TIME,

@@ -312,8 +312,23 @@ fn add_path_send_needs_the_peer_to_receive() {
 }
 
 #[test]
-fn zero_hold_time_means_no_hold_timer_and_no_keepalives() {
+fn zero_hold_time_is_refused_unless_configured_here_too() {
     let mut f = opensent(config());
+    let out = f.process(Input::Received(Message::Open(peer_open(64524, 0))));
+    assert_eq!(
+        notification(&out),
+        Some((codes::OPEN_MESSAGE, codes::UNACCEPTABLE_HOLD_TIME)),
+        "a peer cannot switch our liveness checks off"
+    );
+    assert_eq!(f.state(), State::Idle);
+}
+
+#[test]
+fn zero_hold_time_configured_means_no_hold_timer_and_no_keepalives() {
+    let mut f = opensent(SessionConfig {
+        hold_time: 0,
+        ..config()
+    });
     let out = f.process(Input::Received(Message::Open(peer_open(64524, 0))));
     assert!(out.contains(&Output::StopTimer(Timer::Hold)));
     assert_eq!(timer(&out, Timer::Keepalive), None);
