@@ -480,13 +480,9 @@ mod privileged {
         );
     }
 
-    /// BIRD's session on router `index` (None: the first router); see [`Lab::session_on`].
-    fn session(lab: &Lab, index: Option<usize>) -> (bool, u64) {
-        lab.session_on(index.unwrap_or(0))
-    }
-
-    fn since(lab: &Lab, index: Option<usize>) -> u64 {
-        session(lab, index).1
+    /// When the first router's session last changed state; see [`Lab::session_on`].
+    fn since(lab: &Lab) -> u64 {
+        lab.session_on(0).1
     }
 
     #[test]
@@ -504,7 +500,7 @@ mod privileged {
             Duration::from_secs(20),
             || established(&lab),
         );
-        let first_since = since(&lab, None);
+        let first_since = since(&lab);
         let ibgp_up = |lab: &Lab| {
             lab.birdc_on(ibgp, "show protocols routeplane")
                 .contains("Established")
@@ -518,7 +514,7 @@ mod privileged {
             || ibgp_up(&lab),
         );
         assert!(
-            same_instant(since(&lab, None), first_since),
+            same_instant(since(&lab), first_since),
             "the unchanged session stayed up"
         );
 
@@ -554,7 +550,7 @@ mod privileged {
             lab.log("bgp.log")
         );
         assert!(
-            same_instant(since(&lab, None), first_since),
+            same_instant(since(&lab), first_since),
             "the other session stayed up"
         );
         let peer = lab.grpc(
@@ -582,7 +578,7 @@ mod privileged {
         });
         assert!(lab.log("bgp.log").contains("unknown field `hold-tme`"));
         assert!(established(&lab) && ibgp_up(&lab));
-        assert!(same_instant(since(&lab, None), first_since));
+        assert!(same_instant(since(&lab), first_since));
     }
 
     #[test]

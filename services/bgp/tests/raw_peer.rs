@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use routeplane_bgp::message::{Capabilities, Message, Open};
+use routeplane_bgp::message::{Capabilities, Message, Notification, Open};
 use routeplane_bgp::wire::Codec;
 
 /// A peer that speaks just enough BGP by hand.
@@ -24,6 +24,12 @@ impl RawPeer {
     fn accept(listener: &TcpListener) -> RawPeer {
         listener.set_nonblocking(false).unwrap();
         let (stream, _) = listener.accept().unwrap();
+        RawPeer::over(stream)
+    }
+
+    /// A peer on a connection already accepted; reads give up after 10 s.
+    fn over(stream: TcpStream) -> RawPeer {
+        stream.set_nonblocking(false).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -31,6 +37,17 @@ impl RawPeer {
             stream,
             codec: Codec::new(),
             buf: BytesMut::new(),
+        }
+    }
+
+    /// The next NOTIFICATION, skipping other messages; fails if the connection closes first.
+    fn notification(&mut self) -> Notification {
+        loop {
+            match self.recv() {
+                Some(Message::Notification(n)) => return n,
+                Some(_) => continue,
+                None => panic!("routeplane closed the connection without a NOTIFICATION"),
+            }
         }
     }
 
@@ -158,13 +175,7 @@ fn a_malformed_update_gets_a_notification_and_other_sessions_stay_up() {
     let len = bad.len() as u16;
     bad[16..18].copy_from_slice(&len.to_be_bytes());
     pa.stream.write_all(&bad).unwrap();
-    let answer = loop {
-        match pa.recv() {
-            Some(Message::Notification(n)) => break n,
-            Some(_) => continue,
-            None => panic!("routeplane closed without a NOTIFICATION"),
-        }
-    };
+    let answer = pa.notification();
     assert_eq!(
         answer.code,
         3,
@@ -208,13 +219,7 @@ fn a_reset_reaches_a_peer_that_never_closes_and_the_new_session_waits_for_the_ol
 
     std::fs::write(&config, format!("{peer}    hold-time: 30s\n")).unwrap();
     server.signal("-HUP");
-    let cease = loop {
-        match old.recv() {
-            Some(Message::Notification(n)) => break n,
-            Some(_) => continue,
-            None => panic!("the reset closed the session without a NOTIFICATION"),
-        }
-    };
+    let cease = old.notification();
     assert_eq!(
         (cease.code, cease.subcode),
         (6, 6),
@@ -245,15 +250,7 @@ fn a_reset_reaches_a_peer_that_never_closes_and_the_new_session_waits_for_the_ol
             ),
         }
     };
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut new = RawPeer {
-        stream,
-        codec: Codec::new(),
-        buf: BytesMut::new(),
-    };
+    let mut new = RawPeer::over(stream);
     assert!(
         matches!(new.recv(), Some(Message::Open(o)) if o.hold_time == 30),
         "the new session opens with hold time 30"
