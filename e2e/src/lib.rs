@@ -198,9 +198,17 @@ fn leftovers() -> Vec<String> {
     left
 }
 
-/// grpcurl against a service of the stack (an address on its internal bridges); the reply as JSON.
+/// grpcurl against a service of the stack (an address on its internal bridges), with mutual TLS as
+/// the operator docker/build-images made a certificate for; the reply as JSON.
 pub fn grpcurl(addr: &str, method: &str, body: &str) -> Result<serde_json::Value, String> {
-    routeplane_testkit::grpcurl(None, addr, method, body)
+    let certs = routeplane_testkit::certs::Certs::at(&repo_root().join("docker/certs"));
+    routeplane_testkit::grpcurl_with(
+        None,
+        &certs.grpcurl_flags("operator/admin"),
+        addr,
+        method,
+        body,
+    )
 }
 
 pub use routeplane_testkit::wait_until as wait_for;

@@ -1,55 +1,154 @@
 //! Serving a service's gRPC routes with the extras every routeplane server has: grpc.health.v1
 //! (SERVING for the service and for "" while up, NOT_SERVING while draining) and reflection v1 and
-//! v1alpha over routeplane's descriptors and health's — on a TCP listener ([`serve`]) or a Unix
-//! socket ([`serve_unix`], the route agent's socket for routeplane-cni).
+//! v1alpha over routeplane's descriptors and health's — on a TCP listener ([`GrpcServer::serve`]),
+//! with mutual TLS when the process has certificates, or a Unix socket ([`serve_unix`], the route
+//! agent's socket for routeplane-cni). Every call passes the [`Gate`] first.
 
-use tokio::net::{TcpListener, UnixListener};
-use tonic::service::Routes;
-
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::service::Routes;
+
 use crate::RuntimeError;
+use crate::authz::{Gate, Policy, Refusals};
 use crate::shutdown::Shutdown;
+use crate::tls::{Security, Tls};
 
 /// How long in-flight calls and streams get to finish after shutdown fires. HTTP/2's graceful close
 /// waits for every client to acknowledge it, so a client that stopped reading would otherwise hold
 /// the process forever.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `routes` on `listener` until shutdown. `service_name` is the fully qualified gRPC service
-/// name health reports on (e.g. "routeplane.ipam.v1.Ipam").
-pub async fn serve(
-    listener: TcpListener,
-    service_name: &'static str,
-    routes: Routes,
-    shutdown: Shutdown,
-) -> Result<(), RuntimeError> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, service = service_name, "gRPC listening");
-    }
-    // Small responses must not wait for Nagle's algorithm to meet the peer's delayed ACK (40 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    serve_incoming(incoming, service_name, routes, shutdown).await
+/// How long a client has to finish its TLS handshake before the connection is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress at once; connections beyond it are closed at once, so a flood of idle
+/// connections costs a bounded amount of memory.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// One service's gRPC listener: what it serves, who may call what, and how it is secured.
+pub struct GrpcServer {
+    /// The fully qualified gRPC service name health reports on (e.g. "routeplane.ipam.v1.Ipam").
+    pub service: &'static str,
+    /// Its methods' access.
+    pub policy: Policy,
+    pub security: Security,
+    /// Of callers' SPIFFE IDs.
+    pub trust_domain: String,
+    /// Where refusals are counted (registered in the service's metrics).
+    pub refusals: Refusals,
 }
 
-/// As [`serve`], on a Unix socket (its path logged as `gRPC listening on socket`).
+impl GrpcServer {
+    /// Runs `routes` on `listener` until shutdown: mutual TLS when the security has certificates;
+    /// plaintext only where [`Security::check_listen`] allows it.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        routes: Routes,
+        shutdown: Shutdown,
+    ) -> Result<(), RuntimeError> {
+        let addr = listener.local_addr().map_err(RuntimeError::Listener)?;
+        self.security.check_listen(addr)?;
+        let plaintext = !matches!(self.security, Security::Tls(_));
+        tracing::info!(%addr, service = self.service, tls = !plaintext, "gRPC listening");
+        let gate = Gate::new(
+            self.service,
+            self.policy,
+            &self.trust_domain,
+            plaintext,
+            self.refusals,
+        );
+        match self.security {
+            Security::Tls(tls) => {
+                let incoming = tls_incoming(listener, tls, shutdown.clone());
+                serve_incoming(incoming, self.service, routes, gate, shutdown).await
+            }
+            Security::Plaintext { .. } => {
+                // Small responses must not wait for Nagle's algorithm to meet the peer's delayed
+                // ACK (40 ms).
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                serve_incoming(incoming, self.service, routes, gate, shutdown).await
+            }
+        }
+    }
+}
+
+/// TLS handshakes done apart from the accept loop (a slow client does not hold up the next one),
+/// bounded in number and time; finished streams go to the server.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    shutdown: Shutdown,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let pending = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.wait() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait rather than spin.
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, "{MAX_HANDSHAKES} TLS handshakes in progress: connection closed");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => {
+                        tracing::debug!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}: closed")
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// `routes` on a Unix socket (its path logged as `gRPC listening on socket`): plaintext, every
+/// caller trusted, since the socket's permissions decide who connects.
 pub async fn serve_unix(
     listener: UnixListener,
-    service_name: &'static str,
+    service: &'static str,
+    policy: Policy,
     routes: Routes,
     shutdown: Shutdown,
 ) -> Result<(), RuntimeError> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(socket = ?addr.as_pathname(), service = service_name, "gRPC listening on socket");
+        tracing::info!(socket = ?addr.as_pathname(), service, "gRPC listening on socket");
     }
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    serve_incoming(incoming, service_name, routes, shutdown).await
+    let gate = Gate::new(service, policy, "", true, Refusals::default());
+    serve_incoming(incoming, service, routes, gate, shutdown).await
 }
 
 async fn serve_incoming<I, IO, IE>(
     incoming: I,
     service_name: &'static str,
     routes: Routes,
+    gate: Gate,
     shutdown: Shutdown,
 ) -> Result<(), RuntimeError>
 where
@@ -89,6 +188,7 @@ where
             .await;
     };
     let server = tonic::transport::Server::builder()
+        .layer(gate)
         // One span per call, named after the method: what the logs nest under and OTLP exports.
         .trace_fn(|req| {
             let method = req.uri().path();

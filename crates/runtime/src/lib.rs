@@ -4,15 +4,20 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry export — nothing is dialled otherwise.
 //! [`grpc::serve`] runs a service's tonic routes beside `grpc.health.v1` and server reflection (v1 and
 //! v1alpha, since grpcurl 1.8 asks v1alpha), and [`metrics::serve`] exposes a Prometheus registry on
-//! `/metrics`. Both stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
+//! `/metrics`. [`tls`] loads the certificates of mutual TLS and re-reads them; [`authz`] decides
+//! from the caller's certificate who may call what; [`dial`] makes the clients' channels the same
+//! way. Both servers stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
 #![forbid(unsafe_code)]
 
+pub mod authz;
+pub mod dial;
 pub mod grpc;
 pub mod metrics;
 pub mod probe;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 /// Errors while starting a service's shared machinery.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,10 @@ pub enum RuntimeError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("gRPC listener has no address: {0}")]
+    Listener(std::io::Error),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection setup failed: {0}")]

@@ -3,7 +3,8 @@
 //! Kubernetes' built-in `grpc:` probe needs 1.24 or later (GA in 1.27); an exec probe that runs the
 //! service's own binary works on every version, the seed's 1.22 among them, and needs no extra
 //! binary in the image. The check dials the listen address's port on loopback (the server may
-//! listen on 0.0.0.0) and succeeds only on SERVING for the service's name.
+//! listen on 0.0.0.0) and succeeds only on SERVING for the service's name. With `--tls-*` it dials
+//! with TLS, checking the server's certificate for 127.0.0.1 (scripts/certs puts it in every one).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -11,6 +12,9 @@ use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::dial::Dialer;
+use crate::tls::{Security, Tls, TlsArgs};
 
 /// Where a probe dials for a server listening on `listen`: the same port on loopback when the
 /// server listens on every address, else the address itself.
@@ -28,31 +32,50 @@ pub fn probe_target(listen: SocketAddr) -> SocketAddr {
 
 /// Checks `service` on the server listening on `listen`, within `timeout`. Ok when SERVING;
 /// otherwise what was wrong, for the probe's output (kubectl describe shows it).
-pub async fn check(listen: SocketAddr, service: &str, timeout: Duration) -> Result<(), String> {
+pub async fn check(
+    listen: SocketAddr,
+    service: &str,
+    timeout: Duration,
+    dialer: &Dialer,
+    tls: bool,
+) -> Result<(), String> {
     let target = probe_target(listen);
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
-        .map_err(|e| format!("{target}: {e}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let channel = endpoint
-        .connect()
+    let url = format!("{}://{target}", if tls { "https" } else { "http" });
+    let call = async {
+        let channel = dialer
+            .connect(&url)
+            .await
+            .map_err(|e| format!("{target}: {e}"))?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(|e| format!("{target}: health check of {service}: {}", e.message()))
+    };
+    let reply = tokio::time::timeout(timeout, call)
         .await
-        .map_err(|e| format!("{target}: cannot connect: {e}"))?;
-    let reply = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_string(),
-        })
-        .await
-        .map_err(|e| format!("{target}: health check of {service}: {}", e.message()))?;
+        .map_err(|_| format!("{target}: no answer within {timeout:?}"))??;
     match reply.into_inner().status() {
         ServingStatus::Serving => Ok(()),
         status => Err(format!("{target}: {service} is {}", status.as_str_name())),
     }
 }
 
-/// `--probe`'s whole run: the check with a 5 s limit; its failure printed to stderr.
-pub async fn exit_code(listen: SocketAddr, service: &str) -> std::process::ExitCode {
-    match check(listen, service, Duration::from_secs(5)).await {
+/// `--probe`'s whole run: the check with a 5 s limit, over TLS when the service has certificates;
+/// its failure printed to stderr.
+pub async fn exit_code(listen: SocketAddr, service: &str, tls: &TlsArgs) -> std::process::ExitCode {
+    let (security, is_tls) = match tls.files().map(Tls::load) {
+        Some(Ok(t)) => (Security::Tls(std::sync::Arc::new(t)), true),
+        Some(Err(e)) => {
+            eprintln!("probe: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        // The server itself decided whether plaintext may be served here.
+        None => (Security::Plaintext { insecure: true }, false),
+    };
+    let dialer = Dialer::new(security);
+    match check(listen, service, Duration::from_secs(5), &dialer, is_tls).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("probe: {why}");
@@ -80,9 +103,16 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let err = check(addr, "routeplane.ipam.v1.Ipam", Duration::from_secs(2))
-            .await
-            .unwrap_err();
+        let dialer = Dialer::loopback_only();
+        let err = check(
+            addr,
+            "routeplane.ipam.v1.Ipam",
+            Duration::from_secs(2),
+            &dialer,
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(err.contains(&addr.to_string()), "{err}");
     }
 }

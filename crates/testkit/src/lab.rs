@@ -14,10 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::certs::Certs;
 use crate::{Netns, Service, bin, sh, unique_id, wait_for};
 
 /// IPAM's address on segment 94 (and in the ctl namespace).
 pub const IPAM_ADDR: &str = "10.4.94.250:50051";
+
+/// The identity the lab's own grpcurl calls use.
+pub const OPERATOR: &str = "operator/lab";
 
 /// A node: its namespace, address and segment, and its agent's files.
 pub struct LabNode {
@@ -72,6 +76,8 @@ pub struct NodeLab {
     pub routers: Vec<Netns>,
     pub nodes: Vec<LabNode>,
     pub dir: PathBuf,
+    /// The lab's CA and certificates: IPAM, each node's agent, an operator (the tests' grpcurl).
+    pub certs: Certs,
     _dir: tempfile::TempDir,
     services: Vec<Service>,
     bpffs: Vec<PathBuf>,
@@ -98,12 +104,18 @@ impl NodeLab {
         ctl.ip(&["addr", "add", "fd04:94::250/64", "dev", "seg94", "nodad"]);
         ctl.ip(&["link", "set", "seg94", "up"]);
         let dir = tempfile::tempdir().expect("a temporary directory");
+        // Mutual TLS between the agents and IPAM, as on a real network.
+        let certs = Certs::new(
+            &dir.path().join("tls"),
+            &["ipam/ipam@IP:10.4.94.250,IP:fd04:94::250", OPERATOR],
+        );
         NodeLab {
             id,
             ctl,
             routers: Vec::new(),
             nodes: Vec::new(),
             dir: dir.path().to_path_buf(),
+            certs,
             _dir: dir,
             services: Vec::new(),
             bpffs: Vec::new(),
@@ -153,6 +165,7 @@ impl NodeLab {
     /// A node on segment 94 or 83 at host number `host` (10.4.SEG.HOST, fd04:SEG::HOST).
     pub fn add_node(&mut self, name: &str, segment: u8, host: u8) -> usize {
         let index = self.nodes.len();
+        self.certs.make(&[&format!("agent/{name}")], None);
         let ns = Netns::new(&self.id, name);
         let (inside, outside) = (
             self.short(&format!("n{index}")),
@@ -226,7 +239,7 @@ impl NodeLab {
         let values_file = self.dir.join("values.yaml");
         std::fs::write(&values_file, values).expect("values.yaml");
         let data = self.dir.join("ipam");
-        let args = [
+        let mut args: Vec<String> = [
             "--data-dir",
             data.to_str().unwrap_or_default(),
             "--values",
@@ -235,7 +248,12 @@ impl NodeLab {
             IPAM_ADDR,
             "--metrics-listen",
             "127.0.0.1:9951",
-        ];
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.certs.service_flags("ipam/ipam"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut ipam = Service::spawn(
             "ipam",
             Some(self.ctl.name()),
@@ -254,9 +272,16 @@ impl NodeLab {
     /// The arguments an agent of node `node` runs with, before `extra`.
     pub fn agent_args(&self, node: usize) -> Vec<String> {
         let n = &self.nodes[node];
+        let (cert, key) = self.certs.pair(&format!("agent/{}", n.name));
         [
             "--ipam",
-            &format!("http://{IPAM_ADDR}"),
+            &format!("https://{IPAM_ADDR}"),
+            "--tls-ca",
+            self.certs.ca().to_str().unwrap_or_default(),
+            "--tls-cert",
+            cert.to_str().unwrap_or_default(),
+            "--tls-key",
+            key.to_str().unwrap_or_default(),
             "--node-name",
             &n.name,
             "--address",
@@ -491,8 +516,9 @@ impl NodeLab {
 
     /// One call to routeplane-ipam with grpcurl (from `ctl`).
     pub fn ipam(&self, method: &str, body: &str) -> Result<serde_json::Value, String> {
-        crate::grpcurl(
+        crate::grpcurl_with(
             Some(self.ctl.name()),
+            &self.certs.grpcurl_flags(OPERATOR),
             IPAM_ADDR,
             &format!("routeplane.ipam.v1.Ipam/{method}"),
             body,
@@ -569,8 +595,9 @@ impl NodeLab {
 
     /// One call on node `node`'s agent API (inside its namespace).
     pub fn agent_api(&self, node: usize, method: &str, body: &str) -> serde_json::Value {
-        crate::grpcurl(
+        crate::grpcurl_with(
             Some(self.nodes[node].ns.name()),
+            &self.certs.grpcurl_flags(OPERATOR),
             "127.0.0.1:50053",
             &format!("routeplane.agent.v1.Agent/{method}"),
             body,

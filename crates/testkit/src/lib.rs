@@ -10,10 +10,12 @@
 //! [`privileged`] makes a root-only test fail — never pass — where it cannot run, and names the
 //! module (`privileged::`) by which `scripts/test --unprivileged` leaves such tests out; [`sh`]
 //! runs a set-up command and fails with its stderr; [`grpcurl`] makes one call with the real
-//! grpcurl and gives the reply as JSON or the failure as text.
+//! grpcurl and gives the reply as JSON or the failure as text ([`grpcurl_with`] over mutual TLS,
+//! with [`certs`] made by scripts/certs).
 #![forbid(unsafe_code)]
 
 pub mod bird;
+pub mod certs;
 pub mod containerd;
 pub mod hostile;
 pub mod lab;
@@ -61,8 +63,21 @@ pub fn grpcurl(
     method: &str,
     body: &str,
 ) -> Result<serde_json::Value, String> {
+    grpcurl_with(netns, &["-plaintext".to_string()], addr, method, body)
+}
+
+/// As [`grpcurl`], with grpcurl's security flags given (`-plaintext`, or
+/// [`certs::Certs::grpcurl_flags`] for mutual TLS).
+pub fn grpcurl_with(
+    netns: Option<&str>,
+    security: &[String],
+    addr: &str,
+    method: &str,
+    body: &str,
+) -> Result<serde_json::Value, String> {
     let out = command_in(netns, "grpcurl")
-        .args(["-plaintext", "-max-time", "10", "-d", body, addr, method])
+        .args(security)
+        .args(["-max-time", "10", "-d", body, addr, method])
         .output()
         .map_err(|e| format!("grpcurl (scripts/test installs it): {e}"))?;
     if !out.status.success() {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::watch_event::Event as E;
 use routeplane_net::Cidr;
+use routeplane_runtime::dial::Dialer;
 use routeplane_runtime::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
@@ -167,6 +168,7 @@ impl Default for Backoff {
 /// Follows IPAM until shutdown, reconnecting with backoff.
 pub async fn run(
     endpoint: String,
+    dialer: Dialer,
     tx: mpsc::UnboundedSender<FeedEvent>,
     stats: Arc<FeedStats>,
     shutdown: Shutdown,
@@ -176,7 +178,7 @@ pub async fn run(
     while !shutdown.is_triggered() {
         let mut delivered = false;
         let result = tokio::select! {
-            r = follow(&endpoint, &mut revision, &tx, &stats, &mut delivered) => r,
+            r = follow(&endpoint, &dialer, &mut revision, &tx, &stats, &mut delivered) => r,
             () = shutdown.wait() => return,
         };
         let _ = tx.send(FeedEvent::Connected(false));
@@ -195,12 +197,13 @@ pub async fn run(
 
 async fn follow(
     endpoint: &str,
+    dialer: &Dialer,
     revision: &mut u64,
     tx: &mpsc::UnboundedSender<FeedEvent>,
     stats: &FeedStats,
     delivered: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = pb::ipam_client::IpamClient::connect(endpoint.to_string()).await?;
+    let mut client = pb::ipam_client::IpamClient::new(dialer.connect(endpoint).await?);
     let mut stream = client
         .watch(pb::WatchRequest {
             from_revision: *revision,

@@ -5,6 +5,7 @@
 //! The follower runs on a runtime of its own thread, as in the speaker and the agent, so that a
 //! test can freeze it (a busy process) while IPAM keeps committing.
 
+use routeplane_runtime::dial::Dialer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -77,7 +78,7 @@ impl Follower {
                         let _ = thaw.recv();
                     }
                 });
-                routeplane_watch::run(endpoint, tx, s, sd).await;
+                routeplane_watch::run(endpoint, Dialer::loopback_only(), tx, s, sd).await;
             });
         });
         Follower {

@@ -312,6 +312,16 @@ fn routes(r: &Routes) -> pb::ListRoutesResponse {
     }
 }
 
+/// Each method's access: reads for any identity; peers and paths are the operator's.
+pub fn policy(method: &str) -> routeplane_runtime::authz::Access {
+    use routeplane_runtime::authz::Access;
+    match method {
+        "ListPeers" | "GetPeer" | "ListAdvertised" | "ListReceived" | "ExplainPrefix"
+        | "WatchEvents" => Access::Read,
+        _ => Access::Operator,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::bgp_server::Bgp for BgpGrpc {
     async fn add_peer(

@@ -9,8 +9,12 @@ use routeplane_bgp::settings::Cli;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if cli.probe {
-        return routeplane_runtime::probe::exit_code(cli.grpc_listen, routeplane_bgp::GRPC_SERVICE)
-            .await;
+        return routeplane_runtime::probe::exit_code(
+            cli.grpc_listen,
+            routeplane_bgp::GRPC_SERVICE,
+            &cli.tls,
+        )
+        .await;
     }
     match server::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

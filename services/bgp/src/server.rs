@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
+use routeplane_runtime::authz::Refusals;
+use routeplane_runtime::dial::Dialer;
+use routeplane_runtime::grpc::GrpcServer;
 use routeplane_runtime::shutdown::Shutdown;
-use routeplane_runtime::{RuntimeError, bind, grpc, metrics};
+use routeplane_runtime::{RuntimeError, bind, metrics};
 
 use crate::grpc::BgpGrpc;
 use crate::settings::Cli;
@@ -30,6 +33,12 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         tracing::info!(peer = %p.peer_address, my_asn = p.my_asn, peer_asn = p.peer_asn, selectors = p.node_selectors.len(), "peer");
     }
     let shutdown = Shutdown::on_signals();
+    let security = cli.tls.load(&shutdown).map_err(RuntimeError::from)?;
+    security
+        .check_listen(cli.grpc_listen)
+        .map_err(RuntimeError::from)?;
+    let dialer = Dialer::new(security.clone());
+    dialer.check(&cli.ipam).map_err(RuntimeError::from)?;
     let mut listeners = Vec::new();
     for addr in &cli.bgp_listen {
         let l = bind(*addr).await?;
@@ -42,6 +51,7 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let feed_stats = Arc::new(routeplane_watch::FeedStats::default());
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
+        dialer,
         feed_tx,
         feed_stats.clone(),
         shutdown.clone(),
@@ -51,10 +61,20 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
             .map_err(ServeError::Peers)?;
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
-    let registry = Arc::new(crate::metrics::registry(speaker.clone(), feed_stats));
+    let refusals = Refusals::default();
+    let mut registry = crate::metrics::registry(speaker.clone(), feed_stats);
+    refusals.register(&mut registry);
+    let registry = Arc::new(registry);
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
     let routes = tonic::service::Routes::new(BgpGrpc::new(speaker));
-    let served = grpc::serve(grpc_listener, crate::GRPC_SERVICE, routes, shutdown.clone()).await;
+    let server = GrpcServer {
+        service: crate::GRPC_SERVICE,
+        policy: crate::grpc::policy,
+        security,
+        trust_domain: cli.tls.trust_domain.clone(),
+        refusals,
+    };
+    let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     let _ = metrics_task.await;
     // Every session sends its Cease (or closes for graceful restart) before the runtime goes.

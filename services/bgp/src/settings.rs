@@ -42,8 +42,13 @@ pub struct Cli {
         default_value = "0.0.0.0:179"
     )]
     pub bgp_listen: Vec<SocketAddr>,
-    /// gRPC listen address.
-    #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50052")]
+    /// gRPC listen address. Loopback unless --tls-ca, --tls-cert and --tls-key are given (or
+    /// --insecure): gRPC without TLS is served on loopback only.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_GRPC_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
     pub grpc_listen: SocketAddr,
     /// Check this service's grpc.health.v1 on the --grpc-listen port (loopback for 0.0.0.0) and
     /// exit: 0 when SERVING, else 1 with the reason. For Kubernetes exec probes.
@@ -66,6 +71,8 @@ pub struct Cli {
     /// restarts. 0s turns it off (routers then drop our routes when we stop).
     #[arg(long, env = "ROUTEPLANE_GRACEFUL_RESTART_TIME", default_value = "120s", value_parser = parse_duration)]
     pub graceful_restart_time: Duration,
+    #[command(flatten)]
+    pub tls: routeplane_runtime::tls::TlsArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

@@ -1,6 +1,7 @@
 //! routeplane.ipam.v1 over tonic. Each handler parses its request into domain values, makes one
 //! call on [`Ipam`], and converts the answer back; the one mapping from [`IpamError`] to a status
-//! code is `From<IpamError> for Status` below.
+//! code is `From<IpamError> for Status` below. Who may call what is [`policy`]; the handlers that
+//! act for one node check the caller against that node's name first.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use futures::Stream;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_net::{Cidr, Family};
+use routeplane_runtime::authz::{Access, Caller};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -25,6 +27,20 @@ pub struct IpamGrpc {
 impl IpamGrpc {
     pub fn new(ipam: Arc<Ipam>) -> pb::ipam_server::IpamServer<IpamGrpc> {
         pb::ipam_server::IpamServer::new(IpamGrpc { ipam })
+    }
+}
+
+/// Each method's access: reads for any identity, a node's own writes for its agent, the pools,
+/// Service IPs and deletions for operators.
+pub fn policy(method: &str) -> Access {
+    match method {
+        "GetNode" | "ListNodes" | "ListPodIPs" | "ListServiceIPs" | "ListPools" | "Watch" => {
+            Access::Read
+        }
+        "RegisterNode" | "KeepAlive" | "AllocatePodIP" | "ReleasePodIP" | "SyncPodIPs" => {
+            Access::Node
+        }
+        _ => Access::Operator,
     }
 }
 
@@ -195,6 +211,7 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
+        Caller::of(&req).for_node(&req.get_ref().name)?;
         let r = req.into_inner();
         let addresses = r
             .addresses
@@ -248,6 +265,7 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         &self,
         req: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        Caller::of(&req).for_node(&req.get_ref().name)?;
         let (ttl, became_ready) = self
             .ipam
             .keep_alive(required("name", &req.get_ref().name)?)
@@ -262,6 +280,7 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         &self,
         req: Request<pb::AllocatePodIpRequest>,
     ) -> Result<Response<pb::PodIpAllocation>, Status> {
+        Caller::of(&req).for_node(&req.get_ref().node)?;
         let r = req.into_inner();
         let family = parse_family(r.family)?;
         let ips = self
@@ -285,6 +304,7 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         &self,
         req: Request<pb::ReleasePodIpRequest>,
     ) -> Result<Response<pb::ReleasePodIpResponse>, Status> {
+        Caller::of(&req).for_node(&req.get_ref().node)?;
         let r = req.get_ref();
         let released = self
             .ipam
@@ -313,6 +333,7 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         &self,
         req: Request<pb::SyncPodIPsRequest>,
     ) -> Result<Response<pb::SyncPodIPsResponse>, Status> {
+        Caller::of(&req).for_node(&req.get_ref().node)?;
         let r = req.into_inner();
         let node = required("node", &r.node)?.to_string();
         let report = r

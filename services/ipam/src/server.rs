@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use routeplane_runtime::authz::Refusals;
+use routeplane_runtime::grpc::GrpcServer;
 use routeplane_runtime::shutdown::Shutdown;
-use routeplane_runtime::{RuntimeError, bind, grpc, metrics};
+use routeplane_runtime::{RuntimeError, bind, metrics};
 
 use crate::error::IpamError;
 use crate::grpc::IpamGrpc;
@@ -29,6 +31,12 @@ pub enum ServeError {
 pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-ipam", &cli.telemetry)?;
     let loaded = cli.load()?;
+    let shutdown = Shutdown::on_signals();
+    // Certificates and the listen address are checked before any state is opened.
+    let security = cli.tls.load(&shutdown).map_err(RuntimeError::from)?;
+    security
+        .check_listen(cli.grpc_listen)
+        .map_err(RuntimeError::from)?;
     for note in &loaded.notes {
         tracing::info!("{note}");
     }
@@ -45,7 +53,6 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
             "the data directory is on {fs}: flushes cost nothing and nothing survives a reboot"
         );
     }
-    let shutdown = Shutdown::on_signals();
     let (ipam, warnings) =
         Ipam::start(loaded.core, &cli.data_dir, cli.options(), shutdown.clone())?;
     for w in warnings {
@@ -63,7 +70,10 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     }
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
-    let registry = Arc::new(crate::metrics::registry(ipam.clone()));
+    let refusals = Refusals::default();
+    let mut registry = crate::metrics::registry(ipam.clone());
+    refusals.register(&mut registry);
+    let registry = Arc::new(registry);
     if cli.kubernetes {
         let client = routeplane_kubernetes::client()
             .await
@@ -78,7 +88,14 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     }
     let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone()));
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
-    let served = grpc::serve(grpc_listener, crate::GRPC_SERVICE, routes, shutdown.clone()).await;
+    let server = GrpcServer {
+        service: crate::GRPC_SERVICE,
+        policy: crate::grpc::policy,
+        security,
+        trust_domain: cli.tls.trust_domain.clone(),
+        refusals,
+    };
+    let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     if let Ok(Err(e)) = metrics_task.await {
         tracing::warn!(error = %e, "metrics server stopped with an error");

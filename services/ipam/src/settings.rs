@@ -34,8 +34,13 @@ pub struct Cli {
         default_value = "/var/lib/routeplane/ipam"
     )]
     pub data_dir: PathBuf,
-    /// gRPC listen address.
-    #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
+    /// gRPC listen address. Loopback unless --tls-ca, --tls-cert and --tls-key are given (or
+    /// --insecure): gRPC without TLS is served on loopback only.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_listen: SocketAddr,
     /// Check this service's grpc.health.v1 on the --grpc-listen port (loopback for 0.0.0.0) and
     /// exit: 0 when SERVING, else 1 with the reason. For Kubernetes exec probes.
@@ -77,6 +82,8 @@ pub struct Cli {
     /// Kubernetes mode: how long a deleted Node's pod CIDRs wait before release, in case it returns.
     #[arg(long, env = "ROUTEPLANE_NODE_RELEASE_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub node_release_grace: Duration,
+    #[command(flatten)]
+    pub tls: routeplane_runtime::tls::TlsArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

@@ -84,6 +84,8 @@ pub struct Machinery {
     pub uplinks: Vec<String>,
     /// What following the IPAM feed met (for the metrics).
     pub feed: Arc<routeplane_watch::FeedStats>,
+    /// How IPAM is dialled (mutual TLS or not).
+    pub dialer: routeplane_runtime::dial::Dialer,
 }
 
 /// The node's own pod CIDR routes: `<pod CIDR> dev rp_host`, so that what is not a pod's /32 goes
@@ -322,6 +324,17 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         return done;
     }
     let shutdown = Shutdown::on_signals();
+    let security = cli
+        .tls
+        .load(&shutdown)
+        .map_err(routeplane_runtime::RuntimeError::from)?;
+    security
+        .check_listen(cli.grpc_listen)
+        .map_err(routeplane_runtime::RuntimeError::from)?;
+    let dialer = routeplane_runtime::dial::Dialer::new(security.clone());
+    dialer
+        .check(&cli.ipam)
+        .map_err(routeplane_runtime::RuntimeError::from)?;
     let kernel = Arc::new(Kernel::connect()?);
     let name = match &cli.node_name {
         Some(n) => n.clone(),
@@ -357,6 +370,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let registration = crate::registration::start(
         Identity {
             ipam: cli.ipam.clone(),
+            dialer: dialer.clone(),
             name: name.clone(),
             addresses: addresses.clone(),
             labels,
@@ -378,12 +392,14 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         shared.clone(),
         pods.clone(),
         feed.clone(),
+        security,
         shutdown.clone(),
     )
     .await?;
     tokio::spawn(crate::pods::report::run(
         pods.clone(),
         cli.ipam.clone(),
+        dialer.clone(),
         shutdown.clone(),
     ));
     let machinery = Machinery {
@@ -393,6 +409,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         ebpf_routes: cli.datapath == DatapathKind::Ebpf,
         uplinks: cli.uplink_interfaces.clone(),
         feed,
+        dialer,
     };
     follow(&cli, &machinery, &shared, registration, &shutdown).await;
     servers.stop(&cli).await;
@@ -411,6 +428,7 @@ async fn follow(
     let (tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
+        m.dialer.clone(),
         tx,
         m.feed.clone(),
         shutdown.clone(),

@@ -12,6 +12,7 @@ async fn main() -> std::process::ExitCode {
         return routeplane_runtime::probe::exit_code(
             cli.grpc_listen,
             routeplane_agent::GRPC_SERVICE,
+            &cli.tls,
         )
         .await;
     }

@@ -166,6 +166,7 @@ impl Registration {
 /// Everything registration needs.
 pub struct Identity {
     pub ipam: String,
+    pub dialer: routeplane_runtime::dial::Dialer,
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub labels: watch::Receiver<BTreeMap<String, String>>,
@@ -190,9 +191,12 @@ pub fn start(id: Identity, kernel: Arc<Kernel>, shutdown: Shutdown) -> Registrat
 }
 
 async fn register_once(id: &Identity, kernel: &Kernel) -> Result<NodeAllocation, String> {
-    let mut c = pb::ipam_client::IpamClient::connect(id.ipam.clone())
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", id.ipam))?;
+    let mut c = pb::ipam_client::IpamClient::new(
+        id.dialer
+            .connect(&id.ipam)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let labels = id.labels.borrow().clone();
     let node = c
         .register_node(pb::RegisterNodeRequest {
@@ -272,9 +276,12 @@ async fn run(
                 () = shutdown.wait() => return,
             }
             let answer = async {
-                let mut c = pb::ipam_client::IpamClient::connect(id.ipam.clone())
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                let mut c = pb::ipam_client::IpamClient::new(
+                    id.dialer
+                        .connect(&id.ipam)
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
+                );
                 c.keep_alive(pb::KeepAliveRequest {
                     name: id.name.clone(),
                 })

@@ -46,11 +46,15 @@ pub async fn start(
     shared: Shared,
     pods: Arc<PodNetwork>,
     feed: Arc<routeplane_watch::FeedStats>,
+    security: routeplane_runtime::tls::Security,
     shutdown: Shutdown,
 ) -> Result<Servers, AgentError> {
     let mut tasks = Vec::new();
     let metrics = routeplane_runtime::bind(cli.metrics_listen).await?;
-    let registry = Arc::new(crate::metrics::registry(shared.clone(), pods.clone(), feed));
+    let refusals = routeplane_runtime::authz::Refusals::default();
+    let mut registry = crate::metrics::registry(shared.clone(), pods.clone(), feed);
+    refusals.register(&mut registry);
+    let registry = Arc::new(registry);
     tokio::spawn(routeplane_runtime::metrics::serve(
         metrics,
         registry,
@@ -58,9 +62,16 @@ pub async fn start(
     ));
     let listener = routeplane_runtime::bind(cli.grpc_listen).await?;
     let routes = tonic::service::Routes::new(crate::grpc::AgentGrpc::new(shared, pods.clone()));
-    tasks.push(tokio::spawn(routeplane_runtime::grpc::serve(
+    let server = routeplane_runtime::grpc::GrpcServer {
+        service: crate::GRPC_SERVICE,
+        // Status, routes and their explanation: reads, for any identity.
+        policy: |_| routeplane_runtime::authz::Access::Read,
+        security,
+        trust_domain: cli.tls.trust_domain.clone(),
+        refusals,
+    };
+    tasks.push(tokio::spawn(server.serve(
         listener,
-        crate::GRPC_SERVICE,
         routes,
         shutdown.clone(),
     )));
@@ -79,6 +90,8 @@ pub async fn start(
     tasks.push(tokio::spawn(routeplane_runtime::grpc::serve_unix(
         socket,
         crate::CNI_SERVICE,
+        // The socket is root's only (0600): whoever reaches it runs the node's pods anyway.
+        |_| routeplane_runtime::authz::Access::Open,
         routes,
         shutdown,
     )));

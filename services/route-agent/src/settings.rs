@@ -132,13 +132,20 @@ pub struct Cli {
         default_value = "0.0.0.0:9953"
     )]
     pub metrics_listen: std::net::SocketAddr,
-    /// gRPC listen address (routeplane.agent.v1).
-    #[arg(long, env = "ROUTEPLANE_GRPC_LISTEN", default_value = "0.0.0.0:50053")]
+    /// gRPC listen address (routeplane.agent.v1). Loopback unless --tls-ca, --tls-cert and
+    /// --tls-key are given (or --insecure): gRPC without TLS is served on loopback only.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_GRPC_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
     pub grpc_listen: std::net::SocketAddr,
     /// Check this service's grpc.health.v1 on the --grpc-listen port (loopback for 0.0.0.0) and
     /// exit: 0 when SERVING, else 1 with the reason. For Kubernetes exec probes.
     #[arg(long)]
     pub probe: bool,
+    #[command(flatten)]
+    pub tls: routeplane_runtime::tls::TlsArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

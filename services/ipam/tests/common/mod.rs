@@ -21,16 +21,16 @@ pub fn repo_file(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// routeplane-ipam on `data_dir`, on ephemeral loopback ports, stderr piped, no OTLP export.
+/// routeplane-ipam on `data_dir`, on ephemeral loopback ports (gRPC's unless `extra` gives
+/// --grpc-listen), stderr piped, no OTLP export.
 pub fn command(data_dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["--data-dir", data_dir.to_str().unwrap()])
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
+    cmd.args(["--data-dir", data_dir.to_str().unwrap()]);
+    // A test may listen elsewhere (on every address, with --insecure).
+    if !extra.contains(&"--grpc-listen") {
+        cmd.args(["--grpc-listen", "127.0.0.1:0"]);
+    }
+    cmd.args(["--metrics-listen", "127.0.0.1:0"])
         .args(extra)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdin(Stdio::null())

@@ -19,7 +19,12 @@ const GATHER: Duration = Duration::from_millis(50);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reports until shutdown.
-pub async fn run(pods: Arc<PodNetwork>, ipam: String, shutdown: Shutdown) {
+pub async fn run(
+    pods: Arc<PodNetwork>,
+    ipam: String,
+    dialer: routeplane_runtime::dial::Dialer,
+    shutdown: Shutdown,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let (_, pending) = pods.reported();
@@ -52,9 +57,12 @@ pub async fn run(pods: Arc<PodNetwork>, ipam: String, shutdown: Shutdown) {
                 .collect(),
         };
         let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut c = pb::ipam_client::IpamClient::connect(ipam.clone())
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut c = pb::ipam_client::IpamClient::new(
+                dialer
+                    .connect(&ipam)
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
+            );
             c.sync_pod_i_ps(request)
                 .await
                 .map(tonic::Response::into_inner)

@@ -1,0 +1,440 @@
+//! routeplane-ipam with mutual TLS and authorization, against the real grpcurl and certificates
+//! made by scripts/certs: who may call what, what a refusal says, files rotated while it runs, and
+//! the start-up errors of missing, expired, foreign or mismatched files.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Server, repo_file, run_to_exit};
+use routeplane_api::ipam::v1 as pb;
+use routeplane_runtime::dial::Dialer;
+use routeplane_runtime::tls::{Security, Tls, TlsFiles};
+use routeplane_testkit::certs::Certs;
+use routeplane_testkit::{grpcurl_with, wait_for};
+
+const IDS: [&str; 5] = [
+    "ipam/ipam",
+    "agent/node-1",
+    "bgp/bgp",
+    "operator/admin",
+    "reader/dashboard",
+];
+
+fn start(certs: &Certs, data: &Path) -> Server {
+    let values = repo_file("examples/seed/values.yaml");
+    let mut args = vec!["--values".to_string(), values.display().to_string()];
+    args.extend(certs.service_flags("ipam/ipam"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(data, &args)
+}
+
+/// grpcurl as `id` (None: with the CA only, no client certificate).
+fn call(
+    certs: &Certs,
+    id: Option<&str>,
+    addr: SocketAddr,
+    method: &str,
+    body: &str,
+) -> Result<serde_json::Value, String> {
+    let flags = match id {
+        Some(id) => certs.grpcurl_flags(id),
+        None => vec!["-cacert".into(), certs.ca().display().to_string()],
+    };
+    grpcurl_with(None, &flags, &addr.to_string(), method, body)
+}
+
+fn ipam(method: &str) -> String {
+    format!("routeplane.ipam.v1.Ipam/{method}")
+}
+
+#[test]
+fn each_identity_may_do_what_its_role_allows_and_a_refusal_names_it_and_the_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("tls"), &IDS);
+    let server = start(&certs, &dir.path().join("data"));
+    let addr = server.grpc;
+    let register = |node: &str| {
+        let host = node.trim_start_matches("node-");
+        format!(r#"{{"name": "{node}", "addresses": ["10.4.94.1{host}"]}}"#)
+    };
+
+    // Health and reflection are open, even without a client certificate.
+    let health = call(&certs, None, addr, "grpc.health.v1.Health/Check", "{}").unwrap();
+    assert_eq!(health["status"], "SERVING");
+    let refused = call(&certs, None, addr, &ipam("ListNodes"), "{}").unwrap_err();
+    assert!(
+        refused.contains("PermissionDenied")
+            && refused.contains("a caller without a client certificate may not call /routeplane.ipam.v1.Ipam/ListNodes"),
+        "{refused}"
+    );
+    // Plaintext does not reach a TLS listener at all.
+    let plain = routeplane_testkit::grpcurl(None, &addr.to_string(), &ipam("ListNodes"), "{}");
+    assert!(plain.is_err(), "{plain:?}");
+
+    // An agent registers its own node, and no other.
+    let node = call(
+        &certs,
+        Some("agent/node-1"),
+        addr,
+        &ipam("RegisterNode"),
+        &register("node-1"),
+    )
+    .unwrap();
+    assert_eq!(node["name"], "node-1");
+    let other = call(
+        &certs,
+        Some("agent/node-1"),
+        addr,
+        &ipam("RegisterNode"),
+        &register("node-2"),
+    )
+    .unwrap_err();
+    assert!(
+        other.contains("PermissionDenied")
+            && other.contains("spiffe://routeplane/agent/node-1 may not call /routeplane.ipam.v1.Ipam/RegisterNode")
+            && other.contains("\"node-2\""),
+        "{other}"
+    );
+    let pool = r#"{"cidr": "10.6.0.0/16", "maskSize": 24}"#;
+    let admin_only = call(
+        &certs,
+        Some("agent/node-1"),
+        addr,
+        &ipam("AddPoolCidr"),
+        pool,
+    )
+    .unwrap_err();
+    assert!(
+        admin_only.contains("needs an operator identity"),
+        "{admin_only}"
+    );
+
+    // routeplane-bgp and readers read; they change nothing.
+    for reader in ["bgp/bgp", "reader/dashboard"] {
+        let nodes = call(&certs, Some(reader), addr, &ipam("ListNodes"), "{}").unwrap();
+        assert_eq!(nodes["nodes"][0]["name"], "node-1", "{reader}");
+        let delete = call(
+            &certs,
+            Some(reader),
+            addr,
+            &ipam("DeleteNode"),
+            r#"{"name": "node-1"}"#,
+        )
+        .unwrap_err();
+        assert!(delete.contains("PermissionDenied"), "{reader}: {delete}");
+        let keep = call(
+            &certs,
+            Some(reader),
+            addr,
+            &ipam("KeepAlive"),
+            r#"{"name": "node-1"}"#,
+        )
+        .unwrap_err();
+        assert!(keep.contains("PermissionDenied"), "{reader}: {keep}");
+    }
+    assert_eq!(
+        call(
+            &certs,
+            Some("operator/admin"),
+            addr,
+            &ipam("ListNodes"),
+            "{}"
+        )
+        .unwrap()["nodes"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // The operator may do everything, for any node.
+    call(
+        &certs,
+        Some("operator/admin"),
+        addr,
+        &ipam("RegisterNode"),
+        &register("node-2"),
+    )
+    .unwrap();
+    call(
+        &certs,
+        Some("operator/admin"),
+        addr,
+        &ipam("DeleteNode"),
+        r#"{"name": "node-2", "force": true}"#,
+    )
+    .unwrap();
+
+    // Refusals are counted by method and role, and logged with the identity.
+    assert_eq!(
+        server.metric(r#"routeplane_grpc_refused_total{method="/routeplane.ipam.v1.Ipam/RegisterNode",role="agent"}"#),
+        1.0
+    );
+    assert_eq!(
+        server.metric(r#"routeplane_grpc_refused_total{method="/routeplane.ipam.v1.Ipam/DeleteNode",role="bgp"}"#),
+        1.0
+    );
+    assert_eq!(
+        server.metric(r#"routeplane_grpc_refused_total{method="/routeplane.ipam.v1.Ipam/ListNodes",role="anonymous"}"#),
+        1.0
+    );
+    assert!(
+        server
+            .log()
+            .contains("identity=spiffe://routeplane/agent/node-1"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn certificates_a_client_cannot_be_trusted_with_are_refused_at_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("tls"), &IDS);
+    certs.make(&["operator/expired"], Some(-1));
+    let foreign = Certs::new(&dir.path().join("foreign"), &["operator/admin"]);
+    let server = start(&certs, &dir.path().join("data"));
+    for (what, flags) in [
+        (
+            "an expired certificate",
+            certs.grpcurl_flags("operator/expired"),
+        ),
+        ("another CA's certificate", {
+            let mut f = foreign.grpcurl_flags("operator/admin");
+            f[1] = certs.ca().display().to_string();
+            f
+        }),
+    ] {
+        let out = grpcurl_with(
+            None,
+            &flags,
+            &server.grpc.to_string(),
+            &ipam("ListNodes"),
+            "{}",
+        );
+        let err = out.expect_err(what);
+        // Refused at the handshake, or (Go's client keeps back a certificate the server's list
+        // of CAs does not name) served as a caller without one: never as the identity it names.
+        assert!(
+            !err.contains("spiffe://")
+                && (!err.contains("PermissionDenied")
+                    || err.contains("without a client certificate")),
+            "{what} was taken for its identity: {err}"
+        );
+    }
+    // The server's own certificate is checked by the client too: a client trusting another CA
+    // does not talk to it.
+    let mut wrong_ca = certs.grpcurl_flags("operator/admin");
+    wrong_ca[1] = foreign.ca().display().to_string();
+    assert!(
+        grpcurl_with(
+            None,
+            &wrong_ca,
+            &server.grpc.to_string(),
+            &ipam("ListNodes"),
+            "{}"
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn rotated_files_take_effect_without_a_restart_and_half_rotated_ones_are_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = Certs::new(&dir.path().join("tls"), &IDS);
+    let server = start(&live, &dir.path().join("data"));
+    let addr = server.grpc;
+    let old = live.grpcurl_flags("operator/admin");
+    // The old client's files, kept aside: the rotation below overwrites them in place.
+    let kept = dir.path().join("old-client");
+    std::fs::create_dir_all(&kept).unwrap();
+    let mut old_client = Vec::new();
+    for (i, f) in old.iter().enumerate() {
+        if i % 2 == 1 {
+            let to = kept.join(Path::new(f).file_name().unwrap());
+            std::fs::copy(f, &to).unwrap();
+            old_client.push(to.display().to_string());
+        } else {
+            old_client.push(f.clone());
+        }
+    }
+    let list =
+        |flags: &[String]| grpcurl_with(None, flags, &addr.to_string(), &ipam("ListNodes"), "{}");
+    list(&old_client).expect("served before the rotation");
+
+    // A new CA and new certificates, made beside the live ones.
+    let next = Certs::new(&dir.path().join("next"), &IDS);
+    let (cert, key) = live.pair("ipam/ipam");
+    let (next_cert, next_key) = next.pair("ipam/ipam");
+    // Half a rotation: the new CA and certificate, the old key. Refused; the old files stay in use.
+    std::fs::copy(next.ca(), live.ca()).unwrap();
+    std::fs::copy(&next_cert, &cert).unwrap();
+    wait_for(
+        "the half-rotated files to be refused",
+        Duration::from_secs(10),
+        || {
+            server
+                .log()
+                .contains("TLS files changed but cannot be used")
+        },
+    );
+    assert!(
+        server.log().contains("does not fit certificate"),
+        "{}",
+        server.log()
+    );
+    list(&old_client).expect("the old files still serve while the new ones are half written");
+
+    // The key arrives: the new CA's clients are served, the old CA's are not, with no restart.
+    std::fs::copy(&next_key, &key).unwrap();
+    wait_for(
+        "the rotated files to take effect",
+        Duration::from_secs(10),
+        || list(&next.grpcurl_flags("operator/admin")).is_ok(),
+    );
+    assert!(
+        list(&old_client).is_err(),
+        "a client of the old CA is still served"
+    );
+    assert_eq!(
+        server
+            .log()
+            .matches("TLS files changed: new connections use them")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_services_own_client_dials_with_mutual_tls_and_is_authorized_by_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("tls"), &IDS);
+    let server = start(&certs, &dir.path().join("data"));
+    let (cert, key) = certs.pair("agent/node-1");
+    let tls = Tls::load(TlsFiles {
+        ca: certs.ca(),
+        cert,
+        key,
+    })
+    .unwrap();
+    let agent = Dialer::new(Security::Tls(std::sync::Arc::new(tls)));
+    let url = format!("https://{}", server.grpc);
+    let mut client = pb::ipam_client::IpamClient::new(agent.connect(&url).await.unwrap());
+    let node = client
+        .register_node(pb::RegisterNodeRequest {
+            name: "node-1".into(),
+            addresses: vec!["10.4.94.11".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node.pod_cidrs.len(), 1, "{node:?}");
+    let refused = client
+        .keep_alive(pb::KeepAliveRequest {
+            name: "node-9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // Plaintext to a TLS server does not get an answer.
+    let plain = Dialer::loopback_only()
+        .connect(&format!("http://{}", server.grpc))
+        .await;
+    if let Ok(channel) = plain {
+        let r = pb::ipam_client::IpamClient::new(channel)
+            .list_nodes(pb::ListNodesRequest {})
+            .await;
+        assert!(r.is_err(), "{r:?}");
+    }
+}
+
+#[test]
+fn start_up_names_the_file_that_is_missing_expired_foreign_or_mismatched() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("tls"), &IDS);
+    certs.make(&["ipam/expired"], Some(-1));
+    let foreign = Certs::new(&dir.path().join("foreign"), &["ipam/ipam"]);
+    let data = dir.path().join("data");
+    let (cert, key) = certs.pair("ipam/ipam");
+    let (expired, expired_key) = certs.pair("ipam/expired");
+    let (foreign_cert, foreign_key) = foreign.pair("ipam/ipam");
+    let (_, agent_key) = certs.pair("agent/node-1");
+    let missing = dir.path().join("nowhere.crt");
+    let s = |p: &Path| p.display().to_string();
+    let cases: [(&str, [String; 3], Vec<String>); 5] = [
+        (
+            "missing",
+            [s(&certs.ca()), s(&missing), s(&key)],
+            vec![s(&missing), "--tls-cert".into(), "No such file".into()],
+        ),
+        (
+            "expired",
+            [s(&certs.ca()), s(&expired), s(&expired_key)],
+            vec![s(&expired), "expired at".into()],
+        ),
+        (
+            "foreign",
+            [s(&certs.ca()), s(&foreign_cert), s(&foreign_key)],
+            vec![s(&foreign_cert), "not issued by a CA of --tls-ca".into()],
+        ),
+        (
+            "mismatched",
+            [s(&certs.ca()), s(&cert), s(&agent_key)],
+            vec![s(&agent_key), "does not fit certificate".into()],
+        ),
+        (
+            "not PEM",
+            [s(&certs.ca()), s(&cert), s(&certs.ca())],
+            vec![
+                s(&certs.ca()),
+                "--tls-key".into(),
+                "no PEM PRIVATE KEY".into(),
+            ],
+        ),
+    ];
+    for (what, [ca, cert, key], expect) in cases {
+        let (status, err) = run_to_exit(
+            &data,
+            &["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key],
+        );
+        assert!(!status.success(), "{what}: started");
+        for e in expect {
+            assert!(err.contains(&e), "{what}: no {e:?} in: {err}");
+        }
+    }
+    let (status, err) = run_to_exit(&data, &["--tls-ca", &s(&certs.ca())]);
+    assert!(!status.success() && err.contains("--tls-cert"), "{err}");
+}
+
+#[test]
+fn plaintext_is_served_on_loopback_or_with_insecure_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (status, err) = run_to_exit(&data, &["--grpc-listen", "0.0.0.0:0"]);
+    assert!(!status.success());
+    assert!(
+        err.contains("refusing to serve gRPC without TLS on 0.0.0.0:0")
+            && err.contains("--tls-cert")
+            && err.contains("--insecure"),
+        "{err}"
+    );
+    let server = Server::start(&data, &["--grpc-listen", "0.0.0.0:0", "--insecure"]);
+    assert!(
+        server.log().contains("--insecure: gRPC served without TLS"),
+        "{}",
+        server.log()
+    );
+    let local = SocketAddr::from(([127, 0, 0, 1], server.grpc.port()));
+    let nodes = routeplane_testkit::grpcurl(None, &local.to_string(), &ipam("ListNodes"), "{}");
+    assert!(nodes.is_ok(), "{nodes:?}");
+    // --insecure with certificates is a contradiction clap refuses.
+    let certs = Certs::new(&dir.path().join("tls"), &["ipam/ipam"]);
+    let mut args = certs.service_flags("ipam/ipam");
+    args.push("--insecure".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, err) = run_to_exit(&data, &args);
+    assert!(!status.success() && err.contains("--insecure"), "{err}");
+}
