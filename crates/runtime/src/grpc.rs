@@ -42,6 +42,25 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
+    /// A server for `service`, its refusals registered in the service's metrics `registry`.
+    pub fn new(
+        service: &'static str,
+        policy: Policy,
+        security: Security,
+        tls: &crate::tls::TlsArgs,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> GrpcServer {
+        let refusals = Refusals::default();
+        refusals.register(registry);
+        GrpcServer {
+            service,
+            policy,
+            security,
+            trust_domain: tls.trust_domain.clone(),
+            refusals,
+        }
+    }
+
     /// Runs `routes` on `listener` until shutdown: mutual TLS when the security has certificates;
     /// plaintext only where [`Security::check_listen`] allows it.
     pub async fn serve(

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use routeplane_runtime::authz::Refusals;
 use routeplane_runtime::dial::Dialer;
 use routeplane_runtime::grpc::GrpcServer;
 use routeplane_runtime::shutdown::Shutdown;
@@ -61,19 +60,17 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
             .map_err(ServeError::Peers)?;
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
-    let refusals = Refusals::default();
     let mut registry = crate::metrics::registry(speaker.clone(), feed_stats);
-    refusals.register(&mut registry);
+    let server = GrpcServer::new(
+        crate::GRPC_SERVICE,
+        crate::grpc::policy,
+        security,
+        &cli.tls,
+        &mut registry,
+    );
     let registry = Arc::new(registry);
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
     let routes = tonic::service::Routes::new(BgpGrpc::new(speaker));
-    let server = GrpcServer {
-        service: crate::GRPC_SERVICE,
-        policy: crate::grpc::policy,
-        security,
-        trust_domain: cli.tls.trust_domain.clone(),
-        refusals,
-    };
     let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     let _ = metrics_task.await;

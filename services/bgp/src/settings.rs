@@ -24,7 +24,8 @@ pub struct Cli {
     /// MetalLB bgp-config, as a file or as the ConfigMap: peers and address-pools.
     #[arg(long, env = "ROUTEPLANE_BGP_CONFIG")]
     pub bgp_config: Option<PathBuf>,
-    /// The IPAM service to follow.
+    /// The IPAM service to follow: https://host:port with --tls-ca/--tls-cert/--tls-key (mutual
+    /// TLS), or http:// to a loopback address (or anywhere with --insecure).
     #[arg(
         long,
         env = "ROUTEPLANE_IPAM",

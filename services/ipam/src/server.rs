@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use routeplane_runtime::authz::Refusals;
 use routeplane_runtime::grpc::GrpcServer;
 use routeplane_runtime::shutdown::Shutdown;
 use routeplane_runtime::{RuntimeError, bind, metrics};
@@ -70,9 +69,14 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     }
     let grpc_listener = bind(cli.grpc_listen).await?;
     let metrics_listener = bind(cli.metrics_listen).await?;
-    let refusals = Refusals::default();
     let mut registry = crate::metrics::registry(ipam.clone());
-    refusals.register(&mut registry);
+    let server = GrpcServer::new(
+        crate::GRPC_SERVICE,
+        crate::grpc::policy,
+        security,
+        &cli.tls,
+        &mut registry,
+    );
     let registry = Arc::new(registry);
     if cli.kubernetes {
         let client = routeplane_kubernetes::client()
@@ -88,13 +92,6 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     }
     let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone()));
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
-    let server = GrpcServer {
-        service: crate::GRPC_SERVICE,
-        policy: crate::grpc::policy,
-        security,
-        trust_domain: cli.tls.trust_domain.clone(),
-        refusals,
-    };
     let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     if let Ok(Err(e)) = metrics_task.await {

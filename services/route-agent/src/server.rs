@@ -51,9 +51,15 @@ pub async fn start(
 ) -> Result<Servers, AgentError> {
     let mut tasks = Vec::new();
     let metrics = routeplane_runtime::bind(cli.metrics_listen).await?;
-    let refusals = routeplane_runtime::authz::Refusals::default();
     let mut registry = crate::metrics::registry(shared.clone(), pods.clone(), feed);
-    refusals.register(&mut registry);
+    let server = routeplane_runtime::grpc::GrpcServer::new(
+        crate::GRPC_SERVICE,
+        // Status, routes and their explanation: reads, for any identity.
+        |_| routeplane_runtime::authz::Access::Read,
+        security,
+        &cli.tls,
+        &mut registry,
+    );
     let registry = Arc::new(registry);
     tokio::spawn(routeplane_runtime::metrics::serve(
         metrics,
@@ -62,14 +68,6 @@ pub async fn start(
     ));
     let listener = routeplane_runtime::bind(cli.grpc_listen).await?;
     let routes = tonic::service::Routes::new(crate::grpc::AgentGrpc::new(shared, pods.clone()));
-    let server = routeplane_runtime::grpc::GrpcServer {
-        service: crate::GRPC_SERVICE,
-        // Status, routes and their explanation: reads, for any identity.
-        policy: |_| routeplane_runtime::authz::Access::Read,
-        security,
-        trust_domain: cli.tls.trust_domain.clone(),
-        refusals,
-    };
     tasks.push(tokio::spawn(server.serve(
         listener,
         routes,

@@ -15,7 +15,8 @@ use routeplane_runtime::telemetry::TelemetryArgs;
 #[derive(Debug, Parser)]
 #[command(name = "routeplane-agent", version)]
 pub struct Cli {
-    /// The IPAM service.
+    /// The IPAM service: https://host:port with --tls-ca/--tls-cert/--tls-key (mutual TLS), or
+    /// http:// to a loopback address (or anywhere with --insecure).
     #[arg(
         long,
         env = "ROUTEPLANE_IPAM",
