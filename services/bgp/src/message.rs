@@ -121,12 +121,14 @@ pub mod codes {
     pub const BAD_BGP_IDENTIFIER: u8 = 3;
     pub const UNACCEPTABLE_HOLD_TIME: u8 = 6;
     pub const UPDATE_MESSAGE: u8 = 3;
+    pub const INVALID_NETWORK_FIELD: u8 = 10;
     pub const HOLD_TIMER_EXPIRED: u8 = 4;
     pub const FSM: u8 = 5;
     pub const FSM_UNEXPECTED_IN_OPENSENT: u8 = 1;
     pub const FSM_UNEXPECTED_IN_OPENCONFIRM: u8 = 2;
     pub const FSM_UNEXPECTED_IN_ESTABLISHED: u8 = 3;
     pub const CEASE: u8 = 6;
+    pub const CEASE_MAX_PREFIXES: u8 = 1;
     pub const CEASE_ADMINISTRATIVE_SHUTDOWN: u8 = 2;
     pub const CEASE_PEER_DECONFIGURED: u8 = 3;
     pub const CEASE_ADMINISTRATIVE_RESET: u8 = 4;

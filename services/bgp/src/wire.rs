@@ -31,6 +31,8 @@ use netgauze_iana::address_family::AddressType;
 use routeplane_net::{Cidr, Family};
 use tokio_util::codec::{Decoder, Encoder};
 
+pub use attrs::{Handling, Repair};
+
 use crate::message::{
     AS_TRANS, AddPath, Capabilities, GracefulRestart, Message, Nlri, Notification, Open, Origin,
     PathAttributes, Update, codes,
@@ -39,6 +41,7 @@ use crate::message::{
 pub const HEADER_LEN: usize = 19;
 /// RFC 4271 §4.1 (RFC 8654's extended messages are not offered).
 pub const MAX_MESSAGE_LEN: usize = 4096;
+const UPDATE_TYPE: u8 = 2;
 const NOTIFICATION_TYPE: u8 = 3;
 
 /// Why a message could not be put on the wire (a bug or an unencodable value, never peer input).
@@ -46,11 +49,17 @@ const NOTIFICATION_TYPE: u8 = 3;
 #[error("cannot encode BGP message: {0}")]
 pub struct EncodeError(String);
 
-/// One connection's codec: tracks whether 4-octet AS numbers were negotiated.
+/// One connection's codec: tracks whether 4-octet AS numbers were negotiated, and what it
+/// repaired in received UPDATEs instead of failing (RFC 7606, see `attrs.rs`).
 #[derive(Debug, Default)]
 pub struct Codec {
     inner: BgpCodec,
     asn4: bool,
+    /// Whether each side's OPEN offered 4-octet AS numbers (RFC 6793 §4: both must), as the
+    /// library tracks it for its own parsing.
+    asn4_sent: Option<bool>,
+    asn4_received: Option<bool>,
+    repairs: Vec<Repair>,
 }
 
 fn header_error(subcode: u8, data: impl Into<Vec<u8>>) -> Notification {
@@ -76,6 +85,12 @@ impl Codec {
     /// Call once both OPENs are exchanged: AS_PATHs are then written with 4-octet numbers.
     pub fn set_asn4(&mut self, asn4: bool) {
         self.asn4 = asn4;
+    }
+
+    /// What the last decoded messages had repaired (discarded attributes, routes treated as
+    /// withdrawn, host bits cleared), oldest first; emptied by the call.
+    pub fn take_repairs(&mut self) -> Vec<Repair> {
+        std::mem::take(&mut self.repairs)
     }
 
     /// Takes one message off the front of `buf`, if a whole one is there.
@@ -106,8 +121,39 @@ impl Codec {
                 &frame[21..],
             ))));
         }
+        if kind == UPDATE_TYPE {
+            return self.decode_update(buf.split_to(len)).map(Some);
+        }
+        let decoded = self.inner_decode(buf)?;
+        if let Some(Message::Open(o)) = &decoded {
+            self.asn4_received = Some(o.capabilities.asn4.is_some());
+        }
+        Ok(decoded)
+    }
+
+    /// An UPDATE's attributes checked and repaired as RFC 7606 says, then parsed.
+    fn decode_update(&mut self, frame: BytesMut) -> Result<Message, Notification> {
+        let asn4 = self.asn4_sent == Some(true) && self.asn4_received == Some(true);
+        let checked = attrs::check(frame.get(HEADER_LEN..).unwrap_or_default(), asn4)?;
+        self.repairs.extend(checked.repairs);
+        if checked.nothing_left {
+            return Ok(Message::Update(Update::default()));
+        }
+        let mut repaired = BytesMut::with_capacity(HEADER_LEN + checked.body.len());
+        repaired.put_slice(&[0xff; 16]);
+        // No longer than the frame it came from, which fitted in MAX_MESSAGE_LEN.
+        repaired.put_u16((HEADER_LEN + checked.body.len()) as u16);
+        repaired.put_u8(UPDATE_TYPE);
+        repaired.put_slice(&checked.body);
+        match self.inner_decode(&mut repaired)? {
+            Some(m) => Ok(m),
+            None => Err(header_error(codes::BAD_MESSAGE_LENGTH, [])),
+        }
+    }
+
+    fn inner_decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, Notification> {
         match self.inner.decode(buf) {
-            Ok(Some((msg, _ignored))) => from_netgauze(msg).map(Some),
+            Ok(Some((msg, _ignored))) => from_netgauze(msg, &mut self.repairs).map(Some),
             Ok(None) => Ok(None),
             Err(BgpCodecDecoderError::BgpMessageParsingError(e)) => {
                 Err(notification_of(BgpNotificationMessage::from(e)))
@@ -122,6 +168,9 @@ impl Codec {
 
     /// Appends one message to `buf`.
     pub fn encode(&mut self, msg: &Message, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        if let Message::Open(o) = msg {
+            self.asn4_sent = Some(o.capabilities.asn4.is_some());
+        }
         if let Message::Notification(n) = msg {
             let len = HEADER_LEN + 2 + n.data.len();
             let len16 = u16::try_from(len)
@@ -192,36 +241,57 @@ fn address_type(f: Family) -> AddressType {
     }
 }
 
-fn invalid_network(prefix: impl std::fmt::Display) -> Notification {
-    Notification::new(codes::UPDATE_MESSAGE, 10, prefix.to_string().into_bytes())
+/// A prefix as sent; one with host bits set (10.0.0.1/24) is taken as its network (10.0.0.0/24)
+/// and the repair noted, as BIRD and GoBGP take it, instead of ending the session.
+fn prefix_of(
+    addr: IpAddr,
+    network: IpAddr,
+    len: u8,
+    path_id: Option<u32>,
+    repairs: &mut Vec<Repair>,
+) -> Result<Nlri, Notification> {
+    let prefix = Cidr::containing(network, len).ok_or_else(|| {
+        Notification::new(
+            codes::UPDATE_MESSAGE,
+            codes::INVALID_NETWORK_FIELD,
+            format!("{addr}/{len}").into_bytes(),
+        )
+    })?;
+    if prefix.network() != addr {
+        repairs.push(Repair {
+            handling: Handling::HostBitsCleared,
+            attribute: "NLRI".into(),
+            why: format!("{addr}/{len} has host bits set; taken as {prefix}"),
+        });
+    }
+    Ok(Nlri { prefix, path_id })
 }
 
-fn v4_nlri(a: &Ipv4UnicastAddress) -> Result<Nlri, Notification> {
+fn v4_nlri(a: &Ipv4UnicastAddress, repairs: &mut Vec<Repair>) -> Result<Nlri, Notification> {
     let net = a.network().address();
-    let prefix = Cidr::containing(IpAddr::V4(net.network()), net.prefix_len())
-        .filter(|c| c.network() == IpAddr::V4(net.addr()))
-        .ok_or_else(|| invalid_network(net))?;
-    Ok(Nlri {
-        prefix,
-        path_id: a.path_id(),
-    })
+    let (addr, network) = (IpAddr::V4(net.addr()), IpAddr::V4(net.network()));
+    prefix_of(addr, network, net.prefix_len(), a.path_id(), repairs)
 }
 
-fn v6_nlri(a: &Ipv6UnicastAddress) -> Result<Nlri, Notification> {
+fn v6_nlri(a: &Ipv6UnicastAddress, repairs: &mut Vec<Repair>) -> Result<Nlri, Notification> {
     let net = a.network().address();
-    let prefix = Cidr::containing(IpAddr::V6(net.network()), net.prefix_len())
-        .filter(|c| c.network() == IpAddr::V6(net.addr()))
-        .ok_or_else(|| invalid_network(net))?;
-    Ok(Nlri {
-        prefix,
-        path_id: a.path_id(),
-    })
+    let (addr, network) = (IpAddr::V6(net.addr()), IpAddr::V6(net.network()));
+    prefix_of(addr, network, net.prefix_len(), a.path_id(), repairs)
 }
 
-fn from_netgauze(msg: BgpMessage) -> Result<Message, Notification> {
+/// Every prefix of a list, converted.
+fn all<T>(
+    list: &[T],
+    convert: fn(&T, &mut Vec<Repair>) -> Result<Nlri, Notification>,
+    repairs: &mut Vec<Repair>,
+) -> Result<Vec<Nlri>, Notification> {
+    list.iter().map(|a| convert(a, repairs)).collect()
+}
+
+fn from_netgauze(msg: BgpMessage, repairs: &mut Vec<Repair>) -> Result<Message, Notification> {
     Ok(match msg {
         BgpMessage::Open(open) => Message::Open(open_from(&open)?),
-        BgpMessage::Update(update) => update_from(&update)?,
+        BgpMessage::Update(update) => update_from(&update, repairs)?,
         BgpMessage::Notification(n) => Message::Notification(notification_of(n)),
         BgpMessage::KeepAlive => Message::Keepalive,
         BgpMessage::RouteRefresh(rr) => match family_of(rr.address_type()) {
@@ -284,18 +354,13 @@ fn open_from(open: &BgpOpenMessage) -> Result<Open, Notification> {
     })
 }
 
-fn update_from(update: &BgpUpdateMessage) -> Result<Message, Notification> {
+fn update_from(
+    update: &BgpUpdateMessage,
+    repairs: &mut Vec<Repair>,
+) -> Result<Message, Notification> {
     let mut out = Update {
-        withdrawn: update
-            .withdraw_routes()
-            .iter()
-            .map(v4_nlri)
-            .collect::<Result<_, _>>()?,
-        announced: update
-            .nlri()
-            .iter()
-            .map(v4_nlri)
-            .collect::<Result<_, _>>()?,
+        withdrawn: all(update.withdraw_routes(), v4_nlri, repairs)?,
+        announced: all(update.nlri(), v4_nlri, repairs)?,
         attributes: None,
     };
     let mut origin = None;
@@ -337,24 +402,20 @@ fn update_from(update: &BgpUpdateMessage) -> Result<Message, Notification> {
                 ..
             }) => {
                 next_hop = Some(IpAddr::V6(*next_hop_global));
-                out.announced
-                    .extend(nlri.iter().map(v6_nlri).collect::<Result<Vec<_>, _>>()?);
+                out.announced.extend(all(nlri, v6_nlri, repairs)?);
             }
             PathAttributeValue::MpReach(MpReach::Ipv4Unicast {
                 next_hop: nh, nlri, ..
             }) => {
                 next_hop = Some(*nh);
-                out.announced
-                    .extend(nlri.iter().map(v4_nlri).collect::<Result<Vec<_>, _>>()?);
+                out.announced.extend(all(nlri, v4_nlri, repairs)?);
             }
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => {
                 mp_unreach_v6_empty = nlri.is_empty();
-                out.withdrawn
-                    .extend(nlri.iter().map(v6_nlri).collect::<Result<Vec<_>, _>>()?);
+                out.withdrawn.extend(all(nlri, v6_nlri, repairs)?);
             }
             PathAttributeValue::MpUnreach(MpUnreach::Ipv4Unicast { nlri }) => {
-                out.withdrawn
-                    .extend(nlri.iter().map(v4_nlri).collect::<Result<Vec<_>, _>>()?);
+                out.withdrawn.extend(all(nlri, v4_nlri, repairs)?);
             }
             _ => {}
         }
@@ -658,6 +719,8 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(BgpUpdateMessage::new(withdrawn, attrs, nlri))
 }
+
+mod attrs;
 
 #[cfg(test)]
 mod tests;
