@@ -42,6 +42,13 @@ struct RawPeer {
     ebgp_multihop: bool,
     #[serde(default)]
     node_selectors: Vec<RawSelector>,
+    // routeplane's own keys (MetalLB has none for these):
+    #[serde(default)]
+    ttl_security: bool,
+    max_prefixes: Option<u32>,
+    max_prefixes_restart: Option<String>,
+    #[serde(default)]
+    keep_received: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +118,16 @@ pub struct Peer {
     pub password: Option<String>,
     pub ebgp_multihop: bool,
     pub node_selectors: Vec<NodeSelector>,
+    /// GTSM (RFC 5082): send with TTL 255 and drop the peer's packets that arrive with less.
+    pub ttl_security: bool,
+    /// The most prefixes the peer may send; one more ends the session with Cease/Maximum Number
+    /// of Prefixes Reached (RFC 4486 §4).
+    pub max_prefixes: u32,
+    /// How long a session ended for too many prefixes waits before it starts again.
+    pub max_prefixes_restart: Duration,
+    /// Keep the attributes of every received route (ListReceived shows them); without it only the
+    /// prefixes are kept, to count them.
+    pub keep_received: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +157,12 @@ pub struct BgpAdvertisement {
 
 /// MetalLB's default hold time; keepalive defaults to a third of it (RFC 4271 §10 suggests both).
 const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
+/// A ToR sends a node a default route or a few aggregates; 10,000 leaves room for a full data
+/// centre's routes while bounding what a flooding peer costs (about 1 MB of prefixes, README).
+pub const DEFAULT_MAX_PREFIXES: u32 = 10_000;
+/// BIRD's `receive limit … action restart` waits too; 5 minutes keeps a peer that floods again
+/// from resetting the session more than a dozen times an hour.
+pub const DEFAULT_MAX_PREFIXES_RESTART: Duration = Duration::from_secs(300);
 
 impl BgpConfig {
     /// routeplane's default: the seed's peers, with the LoadBalancer pool moved off the pod CIDR.
@@ -286,6 +309,36 @@ impl Checker<'_> {
                 )
             })?),
         };
+        // RFC 5082 §3: GTSM is for peers one hop away; MetalLB's ebgp-multihop names no hop count
+        // to lower the minimum by.
+        let ttl_security = p.ttl_security;
+        if ttl_security && p.ebgp_multihop {
+            return Err(self.err(
+                key("ttl-security"),
+                "true",
+                "false when ebgp-multihop is true: GTSM (RFC 5082) accepts only packets sent one hop away",
+            ));
+        }
+        let max_prefixes = match p.max_prefixes {
+            Some(0) => {
+                return Err(self.err(
+                    key("max-prefixes"),
+                    "0",
+                    "a number of prefixes from 1 to 4294967295",
+                ));
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_PREFIXES,
+        };
+        let max_prefixes_restart = duration("max-prefixes-restart", &p.max_prefixes_restart)?
+            .unwrap_or(DEFAULT_MAX_PREFIXES_RESTART);
+        if max_prefixes_restart < Duration::from_secs(1) {
+            return Err(self.err(
+                key("max-prefixes-restart"),
+                format!("{max_prefixes_restart:?}"),
+                "at least 1s",
+            ));
+        }
         let node_selectors = p
             .node_selectors
             .into_iter()
@@ -324,6 +377,10 @@ impl Checker<'_> {
             },
             ebgp_multihop: p.ebgp_multihop,
             node_selectors,
+            ttl_security,
+            max_prefixes,
+            max_prefixes_restart,
+            keep_received: p.keep_received,
         })
     }
 
@@ -556,6 +613,26 @@ mod tests {
                 "peers[0].my-asn: 0 is not valid",
             ),
             (
+                SEED.replacen(
+                    "my-asn: 64513",
+                    "my-asn: 64513\n    ttl-security: true\n    ebgp-multihop: true",
+                    1,
+                ),
+                "peers[0].ttl-security: true is not valid: false when ebgp-multihop is true",
+            ),
+            (
+                SEED.replacen("my-asn: 64513", "my-asn: 64513\n    max-prefixes: 0", 1),
+                "peers[0].max-prefixes: 0 is not valid: a number of prefixes from 1",
+            ),
+            (
+                SEED.replacen(
+                    "my-asn: 64513",
+                    "my-asn: 64513\n    max-prefixes-restart: 10ms",
+                    1,
+                ),
+                "peers[0].max-prefixes-restart: 10ms is not valid: at least 1s",
+            ),
+            (
                 SEED.replacen("10.4.36.238", "10.4.36.239", 1),
                 "peers[1].peer-address: 10.4.36.239 is not valid",
             ),
@@ -572,6 +649,28 @@ mod tests {
             let err = BgpConfig::parse(&text, "cfg").unwrap_err().to_string();
             assert!(err.contains(want), "got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn routeplane_peer_keys_and_their_defaults() {
+        let c = BgpConfig::parse(SEED, "seed").unwrap();
+        let p = &c.peers[0];
+        assert!(!p.ttl_security && !p.keep_received);
+        assert_eq!(
+            (p.max_prefixes, p.max_prefixes_restart),
+            (DEFAULT_MAX_PREFIXES, DEFAULT_MAX_PREFIXES_RESTART)
+        );
+        let text = SEED.replacen(
+            "my-asn: 64513",
+            "my-asn: 64513\n    ttl-security: true\n    max-prefixes: 50\n    max-prefixes-restart: 1m\n    keep-received: true",
+            1,
+        );
+        let p = &BgpConfig::parse(&text, "t").unwrap().peers[0];
+        assert!(p.ttl_security && p.keep_received);
+        assert_eq!(
+            (p.max_prefixes, p.max_prefixes_restart),
+            (50, Duration::from_secs(60))
+        );
     }
 
     #[test]

@@ -18,7 +18,10 @@ mod proptests;
 
 use std::path::Path;
 
-pub use bgp::{AddressPool, BgpAdvertisement, BgpConfig, Peer, PoolProtocol};
+pub use bgp::{
+    AddressPool, BgpAdvertisement, BgpConfig, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_PREFIXES_RESTART,
+    Peer, PoolProtocol,
+};
 pub use duration::parse_go_duration;
 pub use selector::{MatchExpression, NodeSelector, Operator};
 pub use values::{BgpAnnounce, ClusterPool, HelmValues, Tunnel};

@@ -17,8 +17,11 @@ use crate::message::{
     AS_TRANS, AddPath, Capabilities, GracefulRestart, Message, Notification, Open, Update, codes,
 };
 
-/// RFC 4271 §8: the OpenSent hold timer is "a large value"; 4 minutes is suggested.
-pub const OPEN_HOLD: Duration = Duration::from_secs(240);
+/// How long a connection may take to deliver the peer's OPEN. RFC 4271 §8 suggests 4 minutes
+/// for the OpenSent hold timer; a router sends its OPEN as soon as the connection is up, so 10 s
+/// is ample, and a connection that sends nothing or a byte a second (an OPEN is at least 29) is
+/// closed before it can pile up with others.
+pub const OPEN_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -67,6 +70,10 @@ pub struct SessionConfig {
     pub passive: bool,
     /// What our OPEN offers.
     pub capabilities: Capabilities,
+    /// The most prefixes the peer may send (RFC 4486 §4), and how long the session stays down
+    /// when it sends more.
+    pub max_prefixes: u32,
+    pub max_prefixes_restart: Duration,
 }
 
 /// What both sides agreed on in their OPENs.
@@ -98,6 +105,9 @@ pub enum Input {
     /// A message that did not decode: the NOTIFICATION to send.
     DecodeError(Notification),
     TimerExpired(Timer),
+    /// The peer announced one prefix more than `max_prefixes` (the first one past it is of this
+    /// family).
+    PrefixLimitExceeded(Family),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +132,8 @@ pub struct Fsm {
     enabled: bool,
     retry: Duration,
     negotiated: Option<Negotiated>,
+    /// Down for too many prefixes until the ConnectRetry timer fires: connections are refused.
+    held_down: bool,
 }
 
 impl Fsm {
@@ -133,7 +145,14 @@ impl Fsm {
             enabled: false,
             retry,
             negotiated: None,
+            held_down: false,
         }
+    }
+
+    /// Whether the session waits out its restart timer after too many prefixes, refusing the
+    /// peer's connections meanwhile (RFC 4486 §4: it must not come straight back).
+    pub fn held_down(&self) -> bool {
+        self.held_down
     }
 
     pub fn state(&self) -> State {
@@ -194,6 +213,7 @@ impl Fsm {
                 self.reset(&mut out, reason, false);
             }
             (State::Idle, Input::TimerExpired(Timer::ConnectRetry)) if self.enabled => {
+                self.held_down = false;
                 self.begin(&mut out)
             }
             (State::Idle, _) => {}
@@ -201,7 +221,7 @@ impl Fsm {
             (State::Connect | State::Active, Input::TcpConnected) => {
                 out.push(Output::StopTimer(Timer::ConnectRetry));
                 out.push(Output::Send(Message::Open(self.open())));
-                out.push(Output::StartTimer(Timer::Hold, OPEN_HOLD));
+                out.push(Output::StartTimer(Timer::Hold, OPEN_WAIT));
                 self.state = State::OpenSent;
             }
             (State::Connect, Input::TcpFailed(_)) => {
@@ -305,6 +325,27 @@ impl Fsm {
             (State::OpenSent | State::OpenConfirm | State::Established, Input::DecodeError(n)) => {
                 let what = format!("malformed message from the peer ({})", n.describe());
                 self.fail(&mut out, n, &what);
+            }
+            (State::Established, Input::PrefixLimitExceeded(family)) => {
+                // RFC 4486 §4: AFI, SAFI and the limit as data.
+                let (afi, safi): (u16, u8) = match family {
+                    Family::V4 => (1, 1),
+                    Family::V6 => (2, 1),
+                };
+                let limit = self.config.max_prefixes;
+                let mut data = afi.to_be_bytes().to_vec();
+                data.push(safi);
+                data.extend_from_slice(&limit.to_be_bytes());
+                let n = Notification::new(codes::CEASE, codes::CEASE_MAX_PREFIXES, data);
+                let restart = self.config.max_prefixes_restart;
+                let reason = format!(
+                    "the peer sent more than {limit} prefixes (max-prefixes): sent {}; restarting in {restart:?}",
+                    n.describe()
+                );
+                out.push(Output::Send(Message::Notification(n)));
+                self.reset(&mut out, reason, false);
+                self.held_down = true;
+                out.push(Output::StartTimer(Timer::ConnectRetry, restart));
             }
             (State::OpenConfirm | State::Established, Input::TcpFailed(why)) => {
                 self.reset(&mut out, format!("connection lost: {why}"), true);

@@ -13,7 +13,7 @@ use crate::message::{Nlri, Origin, PathAttributes};
 use crate::policy::OperatorPath;
 use crate::policy::Source;
 use crate::rib::Routes;
-use crate::session::{PeerStatus, lock};
+use crate::session::{PeerStatus, SharedStatus, lock};
 use crate::speaker::{Speaker, SpeakerError, SpeakerEvent};
 
 impl From<SpeakerError> for Status {
@@ -230,7 +230,12 @@ impl BgpGrpc {
         pb::bgp_server::BgpServer::new(BgpGrpc { speaker })
     }
 
-    fn status(&self, peer: &str) -> Result<(routeplane_config::Peer, PeerStatus), Status> {
+    /// The peer's configuration and its status handle: under the speaker's lock only the handle is
+    /// cloned; callers read the status under its own lock, briefly.
+    fn status(
+        &self,
+        peer: &str,
+    ) -> Result<(routeplane_config::Peer, SharedStatus, String), Status> {
         let addr: IpAddr = peer
             .trim()
             .parse()
@@ -243,7 +248,11 @@ impl BgpGrpc {
                 known.join(", ")
             ))
         })?;
-        Ok((entry.config.clone(), lock(&entry.status).clone()))
+        Ok((
+            entry.config.clone(),
+            Arc::clone(&entry.status),
+            entry.router_id.to_string(),
+        ))
     }
 }
 
@@ -281,6 +290,14 @@ fn peer(config: &routeplane_config::Peer, s: &PeerStatus, router_id: String) -> 
             .unwrap_or_default(),
         router_id,
         peer_router_id: n.map(|n| n.peer_router_id.to_string()).unwrap_or_default(),
+        max_prefixes: config.max_prefixes,
+        update_repairs: s
+            .repairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect(),
+        ttl_security: config.ttl_security,
+        tcp_md5: config.password.is_some(),
     }
 }
 
@@ -439,33 +456,35 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         req: Request<pb::GetPeerRequest>,
     ) -> Result<Response<pb::Peer>, Status> {
         let address = req.get_ref().peer_address.clone();
-        let (config, status) = self.status(&address)?;
-        let router_id = self
-            .speaker
-            .lock()
-            .peers
-            .get(&config.peer_address)
-            .map(|e| e.router_id.to_string())
-            .unwrap_or_default();
-        Ok(Response::new(peer(&config, &status, router_id)))
+        // The speaker's lock is released before the status lock is taken (the metrics take them
+        // the other way round, nested).
+        let (config, status, router_id) = self.status(&address)?;
+        Ok(Response::new(peer(&config, &lock(&status), router_id)))
     }
 
     async fn list_advertised(
         &self,
         req: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
-        Ok(Response::new(routes(
-            &self.status(&req.get_ref().peer_address)?.1.advertised,
-        )))
+        let (_, status, _) = self.status(&req.get_ref().peer_address)?;
+        let advertised = Arc::clone(&lock(&status).advertised);
+        Ok(Response::new(routes(&advertised)))
     }
 
     async fn list_received(
         &self,
         req: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
-        Ok(Response::new(routes(
-            &self.status(&req.get_ref().peer_address)?.1.received,
-        )))
+        let (config, status, _) = self.status(&req.get_ref().peer_address)?;
+        let status = lock(&status);
+        match status.received.routes() {
+            Some(r) => Ok(Response::new(routes(r))),
+            None => Err(Status::failed_precondition(format!(
+                "peer {} keeps only the prefixes it sent ({} now), to count them against max-prefixes: set keep-received: true on it in bgp-config to list them with their attributes",
+                config.peer_address,
+                status.received.len()
+            ))),
+        }
     }
 
     async fn explain_prefix(

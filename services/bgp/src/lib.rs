@@ -3,7 +3,7 @@
 //! Contract: the session state machine (`fsm`) and the wire codec wrapper (`wire`) are pure; every
 //! decode failure becomes the NOTIFICATION RFC 4271 §6 prescribes, and nothing outside `wire` sees
 //! the codec library's types.
-// Unsafe code is refused everywhere but in md5.rs (one setsockopt call), which allows it.
+// Unsafe code is refused everywhere but in sockopt.rs (one setsockopt call), which allows it.
 #![deny(unsafe_code)]
 
 /// The gRPC service name, as health checks and reflection know it.
@@ -11,14 +11,16 @@ pub const GRPC_SERVICE: &str = "routeplane.bgp.v1.Bgp";
 
 pub mod fsm;
 pub mod grpc;
-pub mod md5;
 pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod rib;
+pub mod rib_in;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod sockopt;
 pub mod speaker;
+pub mod throttle;
 pub mod wire;

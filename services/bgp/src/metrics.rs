@@ -28,6 +28,7 @@ struct Row {
     received: usize,
     updates_sent: u64,
     updates_received: u64,
+    repairs: Vec<(&'static str, u64)>,
 }
 
 fn gauges(
@@ -74,6 +75,7 @@ impl Collector for BgpCollector {
                         received: s.received.len(),
                         updates_sent: s.updates_sent,
                         updates_received: s.updates_received,
+                        repairs: s.repairs.iter().map(|(k, v)| (*k, *v)).collect(),
                     }
                 })
                 .collect();
@@ -114,6 +116,31 @@ impl Collector for BgpCollector {
             "UPDATE messages received",
             |r| r.updates_received,
         )?;
+        let mut m = e.encode_descriptor(
+            "routeplane_bgp_update_repairs",
+            "Malformed UPDATEs handled without a session reset (RFC 7606), by handling",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for r in &rows {
+            // Every handling, at 0 until it happens, so that a rate() sees the first one.
+            for handling in crate::wire::Handling::REPAIRS.map(|h| h.name()) {
+                let n = r
+                    .repairs
+                    .iter()
+                    .find(|(k, _)| *k == handling)
+                    .map_or(0, |(_, n)| *n);
+                let labels = [("peer", r.peer.as_str()), ("handling", handling)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let refused = ConstCounter::new(self.0.refused_connections());
+        refused.encode(e.encode_descriptor(
+            "routeplane_bgp_refused_connections",
+            "BGP connections closed unread because they came from no configured peer's address",
+            None,
+            refused.metric_type(),
+        )?)?;
         let mut m = e.encode_descriptor(
             "routeplane_bgp_ipam_connected",
             "1 while the IPAM Watch feed is connected",

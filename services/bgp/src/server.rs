@@ -41,6 +41,8 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let mut listeners = Vec::new();
     for addr in &cli.bgp_listen {
         let l = bind(*addr).await?;
+        // The bound address: with port 0 the kernel's choice.
+        let addr = l.local_addr().unwrap_or(*addr);
         tracing::info!(%addr, "BGP listening");
         listeners.push(l);
     }

@@ -8,7 +8,7 @@
 //! higher BGP identifier stays and the other is closed with Cease/Connection Collision Resolution.
 //! One accepted while Established is refused the same way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,7 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::fsm::{Fsm, Input, Negotiated, Output, SessionConfig, State, Timer};
 use crate::message::{Message, Notification, codes};
 use crate::rib::{AdjRibOut, Routes};
-use crate::wire::Codec;
+use crate::rib_in::{AdjRibIn, LimitExceeded};
+use crate::throttle::Throttle;
+use crate::wire::{Codec, Repair};
 
 /// How to reach the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,16 +36,21 @@ pub struct Transport {
     pub ttl: u32,
     /// TCP-MD5 key (RFC 2385), from the peer's `password`.
     pub password: Option<String>,
+    /// GTSM (RFC 5082): the fewest hops left a packet from the peer may arrive with (255 with
+    /// `ttl-security`, when `ttl` is 255 too).
+    pub min_ttl: Option<u8>,
 }
 
 /// What the API shows about a peer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PeerStatus {
     pub state: State,
     pub since: SystemTime,
     pub negotiated: Option<Negotiated>,
     pub last_error: Option<(String, SystemTime)>,
-    pub received: Routes,
+    pub received: AdjRibIn,
+    /// Received UPDATEs repaired instead of ending the session, by handling (RFC 7606).
+    pub repairs: BTreeMap<&'static str, u64>,
     /// The Adj-RIB-Out: the same table the session synced to, shared.
     pub advertised: Arc<Routes>,
     pub updates_sent: u64,
@@ -57,7 +64,8 @@ impl Default for PeerStatus {
             since: SystemTime::now(),
             negotiated: None,
             last_error: None,
-            received: Routes::new(),
+            received: AdjRibIn::default(),
+            repairs: BTreeMap::new(),
             advertised: Arc::default(),
             updates_sent: 0,
             updates_received: 0,
@@ -122,6 +130,9 @@ impl Conn {
 /// How long a closed connection waits for the peer's FIN.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// At most one log line per peer this often about repaired UPDATEs (the metric counts them all).
+const REPAIR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct Session {
     address: IpAddr,
     transport: Transport,
@@ -140,6 +151,8 @@ pub struct Session {
     watch: tokio::sync::broadcast::Sender<crate::speaker::SpeakerEvent>,
     /// The last connection closed, until the peer has closed its side (see [`Conn::linger`]).
     closing: Option<tokio::task::JoinHandle<()>>,
+    /// Repairs of received UPDATEs are logged, but not one line per UPDATE of a flood.
+    repair_log: Throttle,
 }
 
 impl Session {
@@ -165,6 +178,7 @@ impl Session {
             events,
             watch,
             closing: None,
+            repair_log: Throttle::new(REPAIR_LOG_INTERVAL),
         }
     }
 
@@ -225,6 +239,10 @@ impl Session {
     }
 
     async fn accepted(&mut self, stream: TcpStream) {
+        if self.fsm.held_down() {
+            tracing::info!(peer = %self.address, "refused a connection: the session waits out its max-prefixes restart timer");
+            return drop(stream);
+        }
         match self.fsm.state() {
             State::Idle | State::Connect | State::Active => {
                 self.dialing = None;
@@ -271,12 +289,14 @@ impl Session {
     async fn attach(&mut self, stream: TcpStream, outbound: bool) {
         let _ = stream.set_nodelay(true);
         // An accepted connection has the listener's hop limit until now; ours already has it.
-        if let Err(e) = set_hop_limit(socket2::SockRef::from(&stream), self.transport.ttl) {
+        if let Err(e) = set_hop_limit(socket2::SockRef::from(&stream), self.transport.ttl)
+            .and_then(|()| set_min_ttl(&stream, self.transport.min_ttl))
+        {
             // Sending with the system's default would reach a peer that is not directly connected
             // when the configuration says it must be: refuse the connection rather.
             let reason = format!(
-                "cannot set the hop limit {} on the connection: {e}",
-                self.transport.ttl
+                "cannot set the hop limit {} (minimum {:?}) on the connection: {e}",
+                self.transport.ttl, self.transport.min_ttl
             );
             tracing::warn!(peer = %self.transport.peer, "{reason}");
             drop(stream);
@@ -310,7 +330,12 @@ impl Session {
             let Some(conn) = self.conn.as_mut() else {
                 return;
             };
-            match conn.codec.decode(&mut conn.buf) {
+            let decoded = conn.codec.decode(&mut conn.buf);
+            let repairs = conn.codec.take_repairs();
+            if !repairs.is_empty() {
+                self.repaired(repairs);
+            }
+            match decoded {
                 Ok(Some(message)) => {
                     self.input(Input::Received(message)).await;
                 }
@@ -323,9 +348,26 @@ impl Session {
         }
     }
 
+    /// Counts what was repaired in a received UPDATE and logs it, throttled.
+    fn repaired(&mut self, repairs: Vec<Repair>) {
+        {
+            let mut s = lock(&self.status);
+            for r in &repairs {
+                *s.repairs.entry(r.handling.name()).or_default() += 1;
+            }
+        }
+        let now = Instant::now();
+        for r in repairs {
+            if let Some(suppressed) = self.repair_log.allow(now) {
+                tracing::warn!(peer = %self.address, suppressed, "malformed UPDATE from the peer, repaired: {r}");
+            }
+        }
+    }
+
     /// Runs one FSM input and carries out its outputs.
     async fn input(&mut self, input: Input) {
         let before = self.fsm.state();
+        let mut exceeded = None;
         for output in self.fsm.process(input) {
             match output {
                 Output::Connect => self.dial(),
@@ -342,10 +384,13 @@ impl Session {
                 }
                 Output::Established(n) => self.established(n).await,
                 Output::Down(reason) => self.down(reason),
-                Output::Update(u) => self.learn(u),
+                Output::Update(u) => exceeded = exceeded.or(self.learn(&u).err()),
                 Output::RouteRefresh(f) => self.refresh(f).await,
                 Output::EndOfRib(_) => {}
             }
+        }
+        if let Some(LimitExceeded(family)) = exceeded {
+            return Box::pin(self.input(Input::PrefixLimitExceeded(family))).await;
         }
         let after = self.fsm.state();
         if before == after {
@@ -441,18 +486,10 @@ impl Session {
         let _ = self.events.send(Event::Down(self.address, reason));
     }
 
-    fn learn(&mut self, u: crate::message::Update) {
+    fn learn(&mut self, u: &crate::message::Update) -> Result<(), LimitExceeded> {
         let mut s = lock(&self.status);
         s.updates_received += 1;
-        for n in &u.withdrawn {
-            s.received.remove(n);
-        }
-        if let Some(a) = u.attributes {
-            let shared = Arc::new(a);
-            for n in &u.announced {
-                s.received.insert(*n, Arc::clone(&shared));
-            }
-        }
+        s.received.apply(u)
     }
 
     /// Sends the peer the difference between what it has and what it should have.
@@ -523,7 +560,7 @@ async fn connect(t: &Transport) -> std::io::Result<TcpStream> {
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     if let Some(key) = &t.password {
-        crate::md5::set_key(
+        crate::sockopt::set_md5_key(
             std::os::fd::AsFd::as_fd(&socket),
             t.peer.ip(),
             key.as_bytes(),
@@ -532,6 +569,7 @@ async fn connect(t: &Transport) -> std::io::Result<TcpStream> {
     if let Some(source) = t.source {
         socket.bind(SocketAddr::new(source, 0))?;
     }
+    set_min_ttl(&socket, t.min_ttl)?;
     // Before connecting, so that the SYN already carries it.
     set_hop_limit(socket2::SockRef::from(&socket), t.ttl)?;
     tokio::time::timeout(Duration::from_secs(10), socket.connect(t.peer))
@@ -553,6 +591,16 @@ fn set_hop_limit(socket: socket2::SockRef<'_>, hops: u32) -> std::io::Result<()>
         Err(_) if socket.only_v6().unwrap_or(false) => Ok(()),
         other => other,
     }
+}
+
+/// GTSM (RFC 5082 §3): the kernel drops what arrives with fewer hops left than `min`.
+fn set_min_ttl(socket: &impl std::os::fd::AsFd, min: Option<u8>) -> std::io::Result<()> {
+    let Some(min) = min else {
+        return Ok(());
+    };
+    let fd = socket.as_fd();
+    let v6 = socket2::SockRef::from(&fd).local_addr()?.domain() == socket2::Domain::IPV6;
+    crate::sockopt::set_min_ttl(fd, v6, min)
 }
 
 /// Closes a connection we will not use, telling the peer why.

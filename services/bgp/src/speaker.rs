@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,9 @@ use crate::fsm::SessionConfig;
 use crate::message::{AddPath, Capabilities, GracefulRestart, Notification, codes};
 use crate::policy::{Announce, Inputs, NodeView, OperatorPath, PeerView, ServiceView};
 use crate::rib::Routes;
-use crate::session::{Command, Event, Session, SharedStatus, Transport, lock};
+use crate::rib_in::AdjRibIn;
+use crate::session::{Command, Event, PeerStatus, Session, SharedStatus, Transport, lock};
+use crate::throttle::Throttle;
 use routeplane_watch::{FeedEvent, FeedNode, FeedService};
 
 #[derive(Debug, Clone)]
@@ -105,6 +108,8 @@ pub struct Speaker {
     listeners: Vec<Arc<TcpListener>>,
     sessions: mpsc::UnboundedSender<Event>,
     events: broadcast::Sender<SpeakerEvent>,
+    /// Connections closed unread because they came from no configured peer's address.
+    refused_connections: AtomicU64,
 }
 
 /// The policy's inputs, owned, so that callers can build [`Inputs`] from them.
@@ -133,6 +138,11 @@ impl Views {
 impl Speaker {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connections closed unread because they came from no configured peer's address.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
     }
 
     pub fn views(&self, now: Instant) -> Views {
@@ -394,6 +404,8 @@ fn session_config(peer: &Peer, settings: &SpeakerSettings) -> Result<SessionConf
                 })
                 .to_vec(),
         },
+        max_prefixes: peer.max_prefixes,
+        max_prefixes_restart: peer.max_prefixes_restart,
     })
 }
 
@@ -407,12 +419,14 @@ fn set_listener_keys(peer: &Peer, listeners: &[Arc<TcpListener>]) -> Result<(), 
             (Ok(true), IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
             (_, a) => a,
         };
-        crate::md5::set_key(std::os::fd::AsFd::as_fd(&**l), addr, key.as_bytes()).map_err(|e| {
-            format!(
-                "peer {}: cannot set its TCP-MD5 password on the BGP listener: {e}",
-                peer.peer_address
-            )
-        })?;
+        crate::sockopt::set_md5_key(std::os::fd::AsFd::as_fd(&**l), addr, key.as_bytes()).map_err(
+            |e| {
+                format!(
+                    "peer {}: cannot set its TCP-MD5 password on the BGP listener: {e}",
+                    peer.peer_address
+                )
+            },
+        )?;
     }
     Ok(())
 }
@@ -431,11 +445,20 @@ fn spawn_peer(
     let transport = Transport {
         peer: SocketAddr::new(peer.peer_address, peer.peer_port),
         source: peer.source_address,
-        ttl: if ebgp && !peer.ebgp_multihop { 1 } else { 255 },
+        // GTSM (RFC 5082 §3) sends with 255 and expects 255: the peer is one hop away.
+        ttl: if ebgp && !peer.ebgp_multihop && !peer.ttl_security {
+            1
+        } else {
+            255
+        },
         password: peer.password.clone(),
+        min_ttl: peer.ttl_security.then_some(255),
     };
     set_listener_keys(peer, listeners)?;
-    let status = SharedStatus::default();
+    let status = SharedStatus::new(Mutex::new(PeerStatus {
+        received: AdjRibIn::new(peer.keep_received, peer.max_prefixes),
+        ..PeerStatus::default()
+    }));
     let (tx, rx) = mpsc::unbounded_channel();
     let router_id = config.router_id;
     let session = Session::new(
@@ -583,6 +606,7 @@ pub fn start(
         listeners: listeners.clone(),
         sessions: events_tx.clone(),
         events: watch,
+        refused_connections: AtomicU64::new(0),
     });
     for listener in &listeners {
         tokio::spawn(accept(listener.clone(), speaker.clone(), shutdown.clone()));
@@ -652,6 +676,7 @@ async fn stop_all(speaker: &Speaker) {
 }
 
 async fn accept(listener: Arc<TcpListener>, speaker: Arc<Speaker>, shutdown: Shutdown) {
+    let mut refusals = Throttle::new(REFUSAL_LOG_INTERVAL);
     loop {
         let (stream, from) = tokio::select! {
             r = listener.accept() => match r {
@@ -674,12 +699,20 @@ async fn accept(listener: Arc<TcpListener>, speaker: Arc<Speaker>, shutdown: Shu
             Some(c) => {
                 let _ = c.send(Command::Accepted(stream));
             }
+            // Dropped unread: the connection closes before a byte of it is looked at.
             None => {
-                tracing::warn!(from = %ip, "refused a BGP connection from an address that is not a configured peer")
+                drop(stream);
+                speaker.refused_connections.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = refusals.allow(Instant::now()) {
+                    tracing::warn!(from = %ip, suppressed, "refused a BGP connection from an address that is not a configured peer")
+                }
             }
         }
     }
 }
+
+/// At most one log line per listener this often about connections from unknown addresses.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 async fn sleep_until(at: Option<Instant>) {
     match at {

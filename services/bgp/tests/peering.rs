@@ -2,7 +2,8 @@
 //! namespaces): the hop limit and ebgp-multihop across a router over IPv4 and IPv6, source-address,
 //! a session over IPv6, connection collision resolved as RFC 4271 §6.8 says whichever side has the
 //! higher identifier, a Route Refresh BIRD asks for, the routes BIRD sends (ListReceived),
-//! DeletePeer's Cease on a live session, and every routeplane_bgp_* metric the README lists.
+//! DeletePeer's Cease on a live session, every routeplane_bgp_* metric the README lists, GTSM
+//! (ttl-security) with BIRD's `ttl security on`, and max-prefixes' Cease as BIRD reports it.
 
 mod lab;
 
@@ -313,7 +314,7 @@ mod privileged {
         let mut lab = Lab::new();
         let protocol = "  local 10.4.36.239 as 64524;\n  neighbor 10.4.36.10 as 64513;\n  ipv4 { import all; export where proto = \"static1\"; };";
         lab.start_bird_conf(0, &Lab::bird_conf(ROUTER_IP, STATIC, protocol));
-        lab.start_routeplane(&[], &[]);
+        lab.start_routeplane_with("    keep-received: true\n", &[], &[]);
         lab.wait_for("the session", LIMIT, || lab.established_on(0));
         register(&lab, "n1", &["10.4.36.11"]);
         let received = || {
@@ -475,5 +476,83 @@ mod privileged {
             peers["peers"].as_array().is_none_or(|p| p.is_empty()),
             "{peers}"
         );
+    }
+
+    /// GTSM (RFC 5082) with BIRD's `ttl security on`: BIRD takes only packets sent with 255 hops
+    /// left. With ttl-security routeplane sends them so and the session comes up; without it, a
+    /// directly connected eBGP session sends with 1 and BIRD's kernel drops every packet.
+    #[test]
+    fn ttl_security_with_bird_needs_it_on_both_sides() {
+        lab::require();
+        for (keys, up) in [("    ttl-security: true\n", true), ("", false)] {
+            let mut lab = Lab::new();
+            lab.start_bird(64524, "  ttl security on;");
+            lab.start_routeplane_with(keys, &[], &[]);
+            if up {
+                lab.wait_for("the GTSM session", LIMIT, || lab.established_on(0));
+                assert_eq!(peer(&lab, ROUTER_IP)["ttlSecurity"], true);
+                register(&lab, "n1", &["10.4.36.11"]);
+                lab.wait_for("BIRD learns the pod CIDR", LIMIT, || {
+                    lab.bird_routes().iter().any(|r| r.0 == "10.5.112.0/24")
+                });
+            } else {
+                lab.wait_for(
+                    "BIRD's kernel drops our packets sent with 1 hop",
+                    LIMIT,
+                    || Lab::tcp_stat(&lab.routers[0].ns, "TcpExtTCPMinTTLDrop") >= 3,
+                );
+                assert!(!lab.established_on(0));
+            }
+        }
+    }
+
+    /// BIRD one router away with `multihop 2; ttl security on` sends with 255, which arrives with
+    /// 254: routeplane's ttl-security takes only 255, so its kernel drops BIRD's packets.
+    #[test]
+    fn ttl_security_drops_a_peer_one_router_away() {
+        lab::require();
+        let mut lab = Lab::new();
+        let far = lab.add_far_router();
+        lab.start_bird_on(
+            far,
+            FAR_IP,
+            &bird_protocol(FAR_IP, SPEAKER_IP, "  multihop 2;\n  ttl security on;"),
+        );
+        lab.start_routeplane_config(&bgp_config(FAR_IP, "    ttl-security: true\n"), &[]);
+        lab.wait_for(
+            "our kernel drops BIRD's packets arriving with 254 hops",
+            LIMIT,
+            || Lab::tcp_stat(&lab.speaker, "TcpExtTCPMinTTLDrop") >= 3,
+        );
+        assert!(!lab.established_on(far));
+        assert_ne!(peer(&lab, FAR_IP)["sessionState"], "established");
+    }
+
+    /// RFC 4486 against BIRD: BIRD sends three routes, routeplane allows two; BIRD reports the
+    /// Cease, and routeplane's GetPeer says why and when it restarts.
+    #[test]
+    fn bird_sending_more_than_max_prefixes_gets_the_cease_and_reports_it() {
+        lab::require();
+        let mut lab = Lab::new();
+        let statics = "protocol static static1 {\n  ipv4;\n  route 192.0.2.0/24 blackhole;\n  route 198.51.100.0/25 blackhole;\n  route 203.0.113.0/24 blackhole;\n}\n";
+        let protocol = "  local 10.4.36.239 as 64524;\n  neighbor 10.4.36.10 as 64513;\n  ipv4 { import all; export where proto = \"static1\"; };";
+        lab.start_bird_conf(0, &Lab::bird_conf(ROUTER_IP, statics, protocol));
+        lab.start_routeplane_with(
+            "    max-prefixes: 2\n    max-prefixes-restart: 30s\n",
+            &[],
+            &[],
+        );
+        lab.wait_for("BIRD reports the Cease", LIMIT, || {
+            lab.birdc("show protocols all routeplane")
+                .contains("Received: Maximum number of prefixes reached")
+        });
+        let p = peer(&lab, ROUTER_IP);
+        assert_ne!(p["sessionState"], "established", "{p}");
+        let why = p["lastError"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("more than 2 prefixes") && why.contains("restarting in 30s"),
+            "{p}"
+        );
+        assert_eq!(p["maxPrefixes"], 2);
     }
 }

@@ -23,6 +23,8 @@ fn config() -> SessionConfig {
             }],
             ..Capabilities::default()
         },
+        max_prefixes: 100,
+        max_prefixes_restart: Duration::from_secs(300),
     }
 }
 
@@ -149,7 +151,57 @@ fn connected_sends_our_open_with_a_large_hold_timer() {
         "4-octet AS capability always offered"
     );
     assert_eq!(open.capabilities.families, vec![Family::V4, Family::V6]);
-    assert_eq!(timer(&out, Timer::Hold), Some(OPEN_HOLD));
+    assert_eq!(timer(&out, Timer::Hold), Some(OPEN_WAIT));
+}
+
+/// A connection that never delivers an OPEN (or sends it a byte a second) is closed when the
+/// short OPEN wait runs out, with Hold Timer Expired.
+#[test]
+fn no_open_within_the_open_wait_closes_the_connection() {
+    let mut f = opensent(config());
+    assert!(OPEN_WAIT <= Duration::from_secs(10));
+    let out = f.process(Input::TimerExpired(Timer::Hold));
+    assert_eq!(notification(&out), Some((4, 0)));
+    assert!(out.contains(&Output::Disconnect));
+    assert_eq!(f.state(), State::Idle);
+}
+
+/// RFC 4486 §4: Cease/Maximum Number of Prefixes Reached with AFI, SAFI and the limit; the
+/// session stays down, refusing connections, until the restart timer fires.
+#[test]
+fn too_many_prefixes_ceases_and_holds_the_session_down_until_the_restart_timer() {
+    let (mut f, _) = established();
+    let out = f.process(Input::PrefixLimitExceeded(Family::V6));
+    let n = sent(&out)
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Notification(n) => Some(n.clone()),
+            _ => None,
+        })
+        .expect("a NOTIFICATION");
+    assert_eq!((n.code, n.subcode), (6, 1));
+    assert_eq!(n.data, [0, 2, 1, 0, 0, 0, 100], "AFI 2, SAFI 1, limit 100");
+    assert_eq!(f.state(), State::Idle);
+    assert!(f.held_down());
+    assert_eq!(
+        timer(&out, Timer::ConnectRetry),
+        Some(Duration::from_secs(300)),
+        "the restart timer, not the connect backoff"
+    );
+    assert!(
+        matches!(out.iter().find(|o| matches!(o, Output::Down(_))), Some(Output::Down(r)) if r.contains("more than 100 prefixes")),
+        "{out:?}"
+    );
+    let out = f.process(Input::TimerExpired(Timer::ConnectRetry));
+    assert!(!f.held_down());
+    assert!(out.contains(&Output::Connect), "dials again after the wait");
+}
+
+#[test]
+fn a_prefix_limit_outside_established_changes_nothing() {
+    let mut f = opensent(config());
+    assert!(f.process(Input::PrefixLimitExceeded(Family::V4)).is_empty());
+    assert_eq!(f.state(), State::OpenSent);
 }
 
 #[test]
