@@ -6,6 +6,12 @@
 //! RFC's codes. NOTIFICATION messages are framed and read here directly, so that every code and
 //! subcode survives a round trip. Nothing outside this file names a netgauze type.
 
+// Bytes from the network: no indexing, unwrap or expect that could panic (tests excepted).
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use std::net::IpAddr;
 
 use bytes::{BufMut, BytesMut};
@@ -95,31 +101,30 @@ impl Codec {
 
     /// Takes one message off the front of `buf`, if a whole one is there.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, Notification> {
-        if buf.len() < HEADER_LEN {
+        let Some((marker, [len_hi, len_lo, kind])) = buf
+            .get(..HEADER_LEN)
+            .and_then(|h| h.split_first_chunk::<16>())
+            .and_then(|(m, rest)| Some((m, <[u8; 3]>::try_from(rest).ok()?)))
+        else {
             return Ok(None);
-        }
-        if buf[..16].iter().any(|b| *b != 0xff) {
+        };
+        if marker.iter().any(|b| *b != 0xff) {
             return Err(header_error(codes::CONNECTION_NOT_SYNCHRONIZED, []));
         }
-        let len = usize::from(u16::from_be_bytes([buf[16], buf[17]]));
-        let kind = buf[18];
+        let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
         if !(1..=5).contains(&kind) {
             return Err(header_error(codes::BAD_MESSAGE_TYPE, [kind]));
         }
         let fixed = matches!(kind, 4 | 5);
         if len > MAX_MESSAGE_LEN || len < min_len(kind) || (fixed && len != min_len(kind)) {
-            return Err(header_error(codes::BAD_MESSAGE_LENGTH, [buf[16], buf[17]]));
+            return Err(header_error(codes::BAD_MESSAGE_LENGTH, [len_hi, len_lo]));
         }
         if buf.len() < len {
             return Ok(None);
         }
         if kind == NOTIFICATION_TYPE {
             let frame = buf.split_to(len);
-            return Ok(Some(Message::Notification(Notification::new(
-                frame[19],
-                frame[20],
-                &frame[21..],
-            ))));
+            return Ok(Some(Message::Notification(notification_in(&frame))));
         }
         if kind == UPDATE_TYPE {
             return self.decode_update(buf.split_to(len)).map(Some);
@@ -221,8 +226,17 @@ fn notification_of(n: BgpNotificationMessage) -> Notification {
     let mut buf = BytesMut::new();
     let mut codec = BgpCodec::default();
     match codec.encode(BgpMessage::Notification(n), &mut buf) {
-        Ok(()) if buf.len() >= HEADER_LEN + 2 => Notification::new(buf[19], buf[20], &buf[21..]),
+        Ok(()) => notification_in(&buf),
         _ => Notification::new(codes::MESSAGE_HEADER, 0, []),
+    }
+}
+
+/// The code, subcode and data of a NOTIFICATION's frame (at least 21 octets, checked by the
+/// header's minimum length).
+fn notification_in(frame: &[u8]) -> Notification {
+    match frame.get(HEADER_LEN..) {
+        Some([code, subcode, data @ ..]) => Notification::new(*code, *subcode, data),
+        _ => Notification::new(codes::MESSAGE_HEADER, codes::BAD_MESSAGE_LENGTH, []),
     }
 }
 

@@ -219,3 +219,83 @@ proptest! {
         prop_assert_eq!(decode_all(&bytes, asn4), Ok(()));
     }
 }
+
+/// An IPv4 UPDATE's bytes (2-octet AS numbers) announcing `prefixes`, with `extra` appended to
+/// its path attributes.
+fn update_bytes_with(prefixes: &[Nlri], extra: &[u8]) -> Vec<u8> {
+    let u = Message::Update(Update {
+        withdrawn: vec![],
+        attributes: Some(PathAttributes {
+            origin: Origin::Igp,
+            as_path: vec![64524],
+            next_hop: "10.4.36.239".parse().expect("an address"),
+            med: None,
+            local_pref: None,
+            communities: vec![],
+        }),
+        announced: prefixes.to_vec(),
+    });
+    let mut buf = BytesMut::new();
+    Codec::new().encode(&u, &mut buf).expect("encodes");
+    let attrs_len = usize::from(u16::from_be_bytes([buf[21], buf[22]]));
+    let attrs_end = 23 + attrs_len;
+    let mut out = buf[..attrs_end].to_vec();
+    out.extend_from_slice(extra);
+    out.extend_from_slice(&buf[attrs_end..]);
+    let total = u16::try_from(out.len()).expect("fits");
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    let attrs = u16::try_from(attrs_len + extra.len()).expect("fits");
+    out[21..23].copy_from_slice(&attrs.to_be_bytes());
+    out
+}
+
+proptest! {
+    #![proptest_config(config(2048))]
+
+    /// RFC 7606's promise, whatever one extra attribute holds (any flags, a known or unknown type
+    /// code, any length and value): the routes are announced with their own attributes intact,
+    /// or all withdrawn, or the session resets with an UPDATE Message Error — never some routes,
+    /// never changed attributes, never a panic.
+    #[test]
+    fn one_bad_attribute_leaves_all_routes_or_none(
+        prefixes in prop::collection::vec(prefix(Family::V4), 1..20),
+        flags in any::<u8>(),
+        code in prop_oneof![
+            prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 16, 17, 18, 32]),
+            any::<u8>(),
+        ],
+        value in prop::collection::vec(any::<u8>(), 0..24),
+    ) {
+        let mut prefixes = prefixes;
+        prefixes.sort();
+        prefixes.dedup();
+        // A short attribute, without the extended-length bit: its header is three octets.
+        let extra = [&[flags & !0x10, code, value.len() as u8][..], &value].concat();
+        let bytes = update_bytes_with(&prefixes, &extra);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut codec = Codec::new();
+        let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| codec.decode(&mut buf)))
+            .map_err(|_| TestCaseError::fail(format!("panicked on {bytes:02x?}")))?;
+        match got {
+            Ok(Some(Message::Update(u))) if !u.announced.is_empty() => {
+                let mut announced = u.announced.clone();
+                announced.sort();
+                if code == 14 {
+                    // A well-formed MP_REACH_NLRI by chance announces routes of its own.
+                    prop_assert!(prefixes.iter().all(|p| announced.contains(p)));
+                } else {
+                    prop_assert_eq!(announced, prefixes);
+                }
+                let a = u.attributes.expect("announced routes have attributes");
+                prop_assert_eq!((a.as_path, a.next_hop), (vec![64524], "10.4.36.239".parse::<IpAddr>().expect("an address")));
+            }
+            Ok(Some(Message::Update(u))) => {
+                let mut withdrawn = u.withdrawn.clone();
+                withdrawn.sort();
+                prop_assert_eq!(withdrawn, prefixes, "treat-as-withdraw takes them all");
+            }
+            Ok(other) => prop_assert!(false, "not an UPDATE: {:?}", other),
+            Err(n) => prop_assert_eq!(n.code, codes::UPDATE_MESSAGE, "{}", n.describe()),
+        }
+    }
+}

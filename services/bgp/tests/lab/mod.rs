@@ -410,6 +410,13 @@ impl Lab {
             .unwrap_or_else(|e| panic!("{e}\nbgp.log:\n{}", self.log(&self.bgp_name())))
     }
 
+    /// routeplane-bgp's resident memory now, in KiB.
+    pub fn bgp_rss_kib(&self) -> u64 {
+        self.service(&self.bgp_name())
+            .expect("routeplane-bgp is running")
+            .rss_kib()
+    }
+
     /// routeplane-bgp's /metrics (scraped inside the speaker namespace).
     pub fn bgp_metrics(&self) -> String {
         routeplane_testkit::scrape(Some(self.speaker.name()), "127.0.0.1:9952")
