@@ -122,8 +122,22 @@ pub fn validate_service(service: &str) -> Result<()> {
     }
 }
 
-/// Label keys and values as Kubernetes bounds them (a prefix/name key, a value of at most 63 characters).
+/// The most labels a node may carry, and their keys' and values' bytes together: a node's labels
+/// travel in every Watch snapshot, so they are capped (Kubernetes caps a Node's labels only by its
+/// object size; real nodes carry a few dozen).
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_BYTES: usize = 16 * 1024;
+
+/// Label keys and values as Kubernetes bounds them (a prefix/name key, a value of at most 63
+/// characters), at most [`MAX_LABELS`] of them in [`MAX_LABEL_BYTES`].
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    let bytes: usize = labels.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if labels.len() > MAX_LABELS || bytes > MAX_LABEL_BYTES {
+        return Err(IpamError::InvalidArgument(format!(
+            "{} labels of {bytes} bytes are too many: a node may carry at most {MAX_LABELS} labels of {MAX_LABEL_BYTES} bytes (keys and values together)",
+            labels.len()
+        )));
+    }
     let valid_chars = |s: &str| {
         s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
@@ -178,6 +192,29 @@ mod tests {
         assert!(validate_owner("default/nginx-7d9c").is_ok());
         assert!(validate_owner("").is_err());
         assert!(validate_owner("a\0b").is_err());
+    }
+
+    #[test]
+    fn label_sets_are_capped_in_count_and_bytes() {
+        let many: BTreeMap<String, String> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        let e = validate_labels(&many).unwrap_err().to_string();
+        assert!(e.contains("65 labels") && e.contains("at most 64"), "{e}");
+        let big: BTreeMap<String, String> = (0..60)
+            .map(|i| {
+                (
+                    format!("example.com/{}{i}", "k".repeat(250)),
+                    "v".repeat(63),
+                )
+            })
+            .collect();
+        let e = validate_labels(&big).unwrap_err().to_string();
+        assert!(e.contains("16384 bytes"), "{e}");
+        let fine: BTreeMap<String, String> = (0..MAX_LABELS)
+            .map(|i| (format!("kubernetes.io/k{i}"), "v".repeat(63)))
+            .collect();
+        assert!(validate_labels(&fine).is_ok());
     }
 
     #[test]

@@ -643,9 +643,18 @@ impl IpamState {
                 existing.mask
             )));
         }
+        sensible_pool(cidr, mask)?;
         if let Some((name, range)) = self.services.range_overlapping(&cidr) {
             return Err(IpamError::InvalidArgument(format!(
                 "{cidr} overlaps LoadBalancer address-pool {name:?} ({range}): an address in both could be given to a pod and to a Service"
+            )));
+        }
+        if let Some((name, addr)) = self.nodes.values().find_map(|e| {
+            let addr = e.node.addresses.iter().find(|a| cidr.contains_addr(**a))?;
+            Some((&e.node.name, *addr))
+        }) {
+            return Err(IpamError::InvalidArgument(format!(
+                "{cidr} contains node {name}'s address {addr}: a pod could be given a node's address; choose a range apart from the nodes' subnets"
             )));
         }
         self.pod_pools
@@ -714,6 +723,44 @@ fn not_registered(name: &str) -> IpamError {
     IpamError::NotFound(format!(
         "node {name:?} is not registered; its route agent registers it (RegisterNode)"
     ))
+}
+
+/// A pool an API caller may add: a unicast range, not a wide swath of the address space, carved
+/// into node CIDRs of a size that holds a node's pods and no more (IPv4 /16 to /28 of a pool of
+/// at most a /8; IPv6 /64 to /120 of one of at most a /16). values.yaml's pools are the operator's
+/// file and keep only the carving rule of `pod_pools.rs`.
+fn sensible_pool(cidr: Cidr, mask: u8) -> Result<()> {
+    let (widest, masks) = match cidr.family() {
+        Family::V4 => (8, 16..=28),
+        Family::V6 => (16, 64..=120),
+    };
+    let net = cidr.network();
+    let special = net.is_unspecified()
+        || net.is_loopback()
+        || net.is_multicast()
+        || match net {
+            IpAddr::V4(a) => a.is_link_local() || a.is_broadcast(),
+            IpAddr::V6(a) => a.is_unicast_link_local(),
+        };
+    if special {
+        return Err(IpamError::InvalidArgument(format!(
+            "{cidr} is not a unicast range pods can use (unspecified, loopback, multicast, link-local and broadcast ranges are refused)"
+        )));
+    }
+    if cidr.prefix_len() < widest {
+        return Err(IpamError::InvalidArgument(format!(
+            "{cidr} is too wide for a pod pool: give a prefix of /{widest} or longer"
+        )));
+    }
+    if !masks.contains(&mask) {
+        return Err(IpamError::InvalidArgument(format!(
+            "maskSize {mask} is not a node CIDR size: give {} to {} for {} (a node CIDR holds one node's pods)",
+            masks.start(),
+            masks.end(),
+            cidr.family()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

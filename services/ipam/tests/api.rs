@@ -112,6 +112,26 @@ async fn errors_carry_the_right_code_and_name_the_value() {
 
     let cases: Vec<(tonic::Status, Code, &str)> = vec![
         (
+            c.add_pool_cidr(pb::AddPoolCidrRequest {
+                cidr: "10.64.0.0/10".into(),
+                mask_size: 2,
+            })
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+            "maskSize 2 is not a node CIDR size: give 16 to 28",
+        ),
+        (
+            c.register_node(pb::RegisterNodeRequest {
+                labels: (0..65).map(|i| (format!("k{i}"), "v".into())).collect(),
+                ..register("b", "10.4.94.11")
+            })
+            .await
+            .unwrap_err(),
+            Code::InvalidArgument,
+            "a node may carry at most 64 labels",
+        ),
+        (
             c.register_node(register("Bad_Name", "10.4.94.11"))
                 .await
                 .unwrap_err(),

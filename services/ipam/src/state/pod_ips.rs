@@ -72,6 +72,11 @@ fn taken_offset(entry: &mut NodeEntry, ip: IpAddr) {
     }
 }
 
+/// The most pod owners one node may hold addresses for, whatever its CIDR's size (an IPv6 /64
+/// would otherwise let one caller fill memory): about four times the busiest nodes Kubernetes
+/// supports (its maxPods default is 110, common ceilings 250).
+pub const MAX_PODS_PER_NODE: usize = 1024;
+
 impl IpamState {
     /// Gives `owner` an address of each wanted family from the node's CIDRs. Idempotent per owner.
     pub fn allocate_pod_ip(
@@ -96,6 +101,12 @@ impl IpamState {
                 IpamError::FailedPrecondition(format!("node {node} has no {f} pod CIDR: {f} is not enabled in values.yaml (ipv4.enabled / ipv6.enabled)"))
             })?],
         };
+        if !entry.pods.contains_key(owner) && entry.pods.len() >= MAX_PODS_PER_NODE {
+            return Err(IpamError::Exhausted(format!(
+                "node {node} holds pod IPs for {} owners, the most one node may have ({MAX_PODS_PER_NODE}); release the IPs of pods that are gone",
+                entry.pods.len()
+            )));
+        }
         let held = entry
             .pods
             .get(owner)
@@ -274,6 +285,12 @@ fn validate_report(
     report: Vec<ReportedPod>,
 ) -> Result<BTreeMap<String, PodIps>> {
     let node = &entry.node.name;
+    if report.len() > MAX_PODS_PER_NODE {
+        return Err(IpamError::InvalidArgument(format!(
+            "node {node}'s report lists {} pods: a node may have at most {MAX_PODS_PER_NODE}",
+            report.len()
+        )));
+    }
     let held_by_ipam: BTreeMap<IpAddr, &String> = reserved
         .iter()
         .flat_map(|(o, ips)| ips.iter().map(move |ip| (*ip, o)))

@@ -578,3 +578,73 @@ fn a_cluster_update_neither_renews_a_lease_nor_revives_a_node() {
 }
 
 mod pod_ips;
+
+/// AddPoolCidr from the API refuses what would hand out nonsense: a mask that is no node CIDR
+/// (the "next node gets a /2"), a pool of half the address space, special ranges, and a
+/// pool holding a node's own address.
+#[test]
+fn an_added_pool_must_be_a_sensible_pod_range() {
+    let mut s = seed();
+    register(&mut s, "a", "10.4.94.10");
+    let cases = [
+        ("0.0.0.0/1", Some(2), "is not a unicast range"),
+        (
+            "64.0.0.0/2",
+            Some(3),
+            "too wide for a pod pool: give a prefix of /8",
+        ),
+        (
+            "10.64.0.0/10",
+            Some(12),
+            "maskSize 12 is not a node CIDR size: give 16 to 28",
+        ),
+        (
+            "10.64.0.0/10",
+            Some(30),
+            "maskSize 30 is not a node CIDR size",
+        ),
+        ("127.0.0.0/16", Some(24), "is not a unicast range"),
+        ("224.0.0.0/8", Some(24), "is not a unicast range"),
+        ("169.254.0.0/16", Some(24), "is not a unicast range"),
+        (
+            "10.4.0.0/16",
+            Some(24),
+            "contains node a's address 10.4.94.10",
+        ),
+    ];
+    for (cidr, mask, want) in cases {
+        let e = s.add_pool_cidr(cidr.parse().unwrap(), mask).unwrap_err();
+        assert!(
+            matches!(e, IpamError::InvalidArgument(_)) && e.to_string().contains(want),
+            "{cidr} /{mask:?}: {e}"
+        );
+    }
+    assert!(
+        s.add_pool_cidr("10.64.0.0/10".parse().unwrap(), Some(24))
+            .is_ok()
+    );
+}
+
+/// However large the node's CIDR, one node holds addresses for at most MAX_PODS_PER_NODE owners.
+#[test]
+fn pod_ips_per_node_are_capped() {
+    let mut s = seed();
+    register(&mut s, "a", "10.4.94.10");
+    // The seed's node CIDRs are /24s: 253 pods fit, so the cap is reached by hand here.
+    let entry = s.nodes.get_mut("a").unwrap();
+    for i in 0..crate::state::pod_ips::MAX_PODS_PER_NODE {
+        entry.pods.insert(format!("filler/{i}"), PodIps::default());
+    }
+    let e = s
+        .allocate_pod_ip("a", "default/one-too-many", None)
+        .unwrap_err();
+    assert!(
+        matches!(e, IpamError::Exhausted(_))
+            && e.to_string().contains("the most one node may have (1024)"),
+        "{e}"
+    );
+    assert!(
+        s.allocate_pod_ip("a", "filler/7", None).is_ok(),
+        "an owner it holds still gets its IPs"
+    );
+}
