@@ -23,5 +23,11 @@ pub mod agent {
 }
 
 /// Encoded `FileDescriptorSet` of every routeplane API, for tonic-reflection.
+/// The largest gRPC message any routeplane server or client decodes, set explicitly on each (as
+/// tonic's default is today): requests are small (a SyncPodIPs report of a full node is under
+/// 1 MiB), and the Watch snapshot is cut into chunks of about 1 MiB so that no consumer meets the
+/// limit however many nodes there are.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/routeplane_descriptor.bin"));

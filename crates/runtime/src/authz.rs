@@ -11,12 +11,15 @@
 //! tell callers apart and lets everyone do everything — which is why it is refused elsewhere.
 //!
 //! A refusal is `PERMISSION_DENIED` naming the identity and the method, logged, and counted in
-//! `routeplane_grpc_refused_total{method,role}`.
+//! `routeplane_grpc_refused_total{method,role}`. An identity past its calls per second
+//! (`ratelimit.rs`) is answered `RESOURCE_EXHAUSTED`, counted in
+//! `routeplane_grpc_throttled_total{method,role}`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,6 +27,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rustls_pki_types::CertificateDer;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::ratelimit::RateLimiter;
 
 /// The trust domain of routeplane's own identities unless `--tls-trust-domain` says otherwise.
 pub const DEFAULT_TRUST_DOMAIN: &str = "routeplane";
@@ -141,6 +146,17 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Whose bucket a call is taken from (`ratelimit.rs`); none for a plaintext caller.
+    fn rate_key(&self) -> Option<&str> {
+        match self {
+            Identity::Local => None,
+            Identity::Anonymous => Some(""),
+            Identity::Certified { id, .. } => Some(id),
+        }
+    }
+}
+
 impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -184,27 +200,48 @@ struct RefusalLabels {
 
 /// Refusals, counted and logged in one place.
 #[derive(Debug, Clone, Default)]
-pub struct Refusals(Family<RefusalLabels, Counter>);
+pub struct Refusals {
+    denied: Family<RefusalLabels, Counter>,
+    throttled: Family<RefusalLabels, Counter>,
+}
 
 impl Refusals {
-    /// Adds `routeplane_grpc_refused_total` to a service's registry.
+    /// Adds `routeplane_grpc_refused_total` and `routeplane_grpc_throttled_total` to a service's
+    /// registry.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "routeplane_grpc_refused",
             "gRPC calls refused with PERMISSION_DENIED, by method and caller role",
-            self.0.clone(),
+            self.denied.clone(),
+        );
+        registry.register(
+            "routeplane_grpc_throttled",
+            "gRPC calls refused with RESOURCE_EXHAUSTED: the caller's identity was past its calls per second (--rate-limit)",
+            self.throttled.clone(),
         );
     }
 
+    fn labels(who: &Identity, method: &str) -> RefusalLabels {
+        RefusalLabels {
+            method: method.to_string(),
+            role: who.role_label(),
+        }
+    }
+
     fn refuse(&self, who: &Identity, method: &str, why: &str) -> tonic::Status {
-        self.0
-            .get_or_create(&RefusalLabels {
-                method: method.to_string(),
-                role: who.role_label(),
-            })
-            .inc();
+        self.denied.get_or_create(&Self::labels(who, method)).inc();
         tracing::warn!(identity = %who, %method, "gRPC call refused: {why}");
         tonic::Status::permission_denied(format!("{who} may not call {method}: {why}"))
+    }
+
+    /// Not logged one by one: a caller past its limit would flood the log (the metric counts).
+    fn throttle(&self, who: &Identity, method: &str, per_second: f64) -> tonic::Status {
+        self.throttled
+            .get_or_create(&Self::labels(who, method))
+            .inc();
+        tonic::Status::resource_exhausted(format!(
+            "{who} called faster than its limit of {per_second} calls/s (--rate-limit on this server): {method} refused; retry with backoff"
+        ))
     }
 }
 
@@ -268,16 +305,19 @@ pub struct Gate {
     trust_domain: Arc<str>,
     plaintext: bool,
     refusals: Refusals,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl Gate {
-    /// For `service` (its full gRPC name) with `policy`; `plaintext` when the listener has no TLS.
+    /// For `service` (its full gRPC name) with `policy`; `plaintext` when the listener has no TLS;
+    /// `limiter` for calls per second per identity.
     pub fn new(
         service: &'static str,
         policy: Policy,
         trust_domain: &str,
         plaintext: bool,
         refusals: Refusals,
+        limiter: Option<Arc<RateLimiter>>,
     ) -> Gate {
         Gate {
             service,
@@ -285,6 +325,7 @@ impl Gate {
             trust_domain: trust_domain.into(),
             plaintext,
             refusals,
+            limiter,
         }
     }
 
@@ -329,6 +370,13 @@ impl Gate {
                 path,
                 &format!("it needs {}", needs(access)),
             ));
+        }
+        if let (Some(limiter), Some(key)) = (&self.limiter, identity.rate_key())
+            && !limiter.admit(key, Instant::now())
+        {
+            return Err(self
+                .refusals
+                .throttle(&identity, path, limiter.per_second()));
         }
         Ok(Caller {
             identity,
@@ -507,6 +555,7 @@ mod tests {
             DEFAULT_TRUST_DOMAIN,
             false,
             Refusals::default(),
+            None,
         );
         let none = http::Extensions::new();
         assert!(gate.check("/grpc.health.v1.Health/Check", &none).is_ok());
@@ -526,5 +575,45 @@ mod tests {
             Access::Operator
         );
         assert_eq!(gate.access("garbage"), Access::Operator);
+    }
+
+    /// Past its limit an identity is answered RESOURCE_EXHAUSTED and counted; a plaintext
+    /// listener is never limited.
+    #[test]
+    fn a_caller_past_its_rate_is_throttled_and_counted() {
+        let refusals = Refusals::default();
+        let limited = |plaintext| {
+            Gate::new(
+                "routeplane.ipam.v1.Ipam",
+                |_| Access::Read,
+                DEFAULT_TRUST_DOMAIN,
+                plaintext,
+                refusals.clone(),
+                RateLimiter::new(1).map(Arc::new),
+            )
+        };
+        let gate = limited(false);
+        let none = http::Extensions::new();
+        let health = "/grpc.health.v1.Health/Check";
+        assert!(gate.check(health, &none).is_ok() && gate.check(health, &none).is_ok());
+        let refused = gate.check(health, &none).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused
+                .message()
+                .contains("faster than its limit of 1 calls/s"),
+            "{}",
+            refused.message()
+        );
+        let mut text = String::new();
+        let mut registry = Registry::default();
+        refusals.register(&mut registry);
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("routeplane_grpc_throttled_total{method=\"/grpc.health.v1.Health/Check\",role=\"anonymous\"} 1"),
+            "{text}"
+        );
+        let plain = limited(true);
+        assert!((0..10).all(|_| plain.check(health, &none).is_ok()));
     }
 }

@@ -13,6 +13,7 @@ use tonic::service::Routes;
 
 use crate::RuntimeError;
 use crate::authz::{Gate, Policy, Refusals};
+use crate::ratelimit::RateLimiter;
 use crate::shutdown::Shutdown;
 use crate::tls::{Security, Tls};
 
@@ -39,6 +40,8 @@ pub struct GrpcServer {
     pub trust_domain: String,
     /// Where refusals are counted (registered in the service's metrics).
     pub refusals: Refusals,
+    /// Calls per second per identity (`--rate-limit`).
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 impl GrpcServer {
@@ -58,6 +61,7 @@ impl GrpcServer {
             security,
             trust_domain: tls.trust_domain.clone(),
             refusals,
+            limiter: RateLimiter::new(tls.rate_limit).map(Arc::new),
         }
     }
 
@@ -79,6 +83,7 @@ impl GrpcServer {
             &self.trust_domain,
             plaintext,
             self.refusals,
+            self.limiter,
         );
         match self.security {
             Security::Tls(tls) => {
@@ -159,7 +164,7 @@ pub async fn serve_unix(
         tracing::info!(socket = ?addr.as_pathname(), service, "gRPC listening on socket");
     }
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let gate = Gate::new(service, policy, "", true, Refusals::default());
+    let gate = Gate::new(service, policy, "", true, Refusals::default(), None);
     serve_incoming(incoming, service, routes, gate, shutdown).await
 }
 

@@ -14,6 +14,7 @@ pub mod dial;
 pub mod grpc;
 pub mod metrics;
 pub mod probe;
+pub mod ratelimit;
 pub mod shutdown;
 pub mod telemetry;
 pub mod time;

@@ -30,7 +30,8 @@ use crate::shutdown::Shutdown;
 /// How often the PEM files are read again to notice a rotation.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The flags every routeplane service takes for its gRPC security, the same on all three.
+/// The flags every routeplane service takes for its gRPC security (TLS and the per-identity call
+/// limit), the same on all three.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
     /// PEM bundle of the CA(s) that issue routeplane's certificates: clients' certificates are
@@ -58,7 +59,16 @@ pub struct TlsArgs {
     /// plaintext is served on loopback only.
     #[arg(long, env = "ROUTEPLANE_INSECURE", conflicts_with = "tls_cert")]
     pub insecure: bool,
+    /// Calls a second one client identity (its certificate; callers without one share a limit)
+    /// may make, with bursts of twice as many; past it calls get RESOURCE_EXHAUSTED. 0: no limit.
+    /// Plaintext listeners are not limited (they cannot tell callers apart).
+    #[arg(long, env = "ROUTEPLANE_RATE_LIMIT", default_value_t = DEFAULT_RATE_LIMIT)]
+    pub rate_limit: u32,
 }
+
+/// Far above what an agent (a few calls a second) or an operator needs, well below what one
+/// server can answer, so that one identity cannot starve the others.
+pub const DEFAULT_RATE_LIMIT: u32 = 1000;
 
 /// Why the TLS files could not be used; each names the file and the flag that gave it.
 #[derive(Debug, thiserror::Error)]

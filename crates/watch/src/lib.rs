@@ -203,7 +203,8 @@ async fn follow(
     stats: &FeedStats,
     delivered: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = pb::ipam_client::IpamClient::new(dialer.connect(endpoint).await?);
+    let mut client = pb::ipam_client::IpamClient::new(dialer.connect(endpoint).await?)
+        .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
     let mut stream = client
         .watch(pb::WatchRequest {
             from_revision: *revision,

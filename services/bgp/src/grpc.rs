@@ -228,6 +228,7 @@ pub struct BgpGrpc {
 impl BgpGrpc {
     pub fn new(speaker: Arc<Speaker>) -> pb::bgp_server::BgpServer<BgpGrpc> {
         pb::bgp_server::BgpServer::new(BgpGrpc { speaker })
+            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
     }
 
     /// The peer's configuration and its status handle: under the speaker's lock only the handle is

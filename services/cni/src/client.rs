@@ -44,7 +44,8 @@ pub async fn connect(socket: &str, command: Command) -> Result<Client, CniError>
             )
             .details(source_chain(&e))
         })?;
-    Ok(pb::cni_client::CniClient::new(channel))
+    Ok(pb::cni_client::CniClient::new(channel)
+        .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

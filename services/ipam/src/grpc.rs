@@ -27,6 +27,7 @@ pub struct IpamGrpc {
 impl IpamGrpc {
     pub fn new(ipam: Arc<Ipam>) -> pb::ipam_server::IpamServer<IpamGrpc> {
         pb::ipam_server::IpamServer::new(IpamGrpc { ipam })
+            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
     }
 }
 

@@ -708,3 +708,26 @@ async fn the_seed_values_load_verbatim_and_ignored_keys_are_listed() {
     let log = server.log();
     assert!(log.contains("keys routeplane-ipam does not act on: installIptablesRules, ipMasqAgent, kubeProxyReplacement"), "{log}");
 }
+
+/// A request past the decode limit (routeplane_api::MAX_MESSAGE_BYTES) is refused before any
+/// handler sees it, and the server goes on answering.
+#[tokio::test]
+async fn a_request_past_the_message_limit_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client().await;
+    let huge = "x".repeat(routeplane_api::MAX_MESSAGE_BYTES + 1);
+    let e = c
+        .register_node(pb::RegisterNodeRequest {
+            name: huge,
+            ..register("a", "10.4.94.10")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::OutOfRange | Code::ResourceExhausted)
+            && e.message().contains("too large"),
+        "{e:?}"
+    );
+    c.register_node(register("a", "10.4.94.10")).await.unwrap();
+}

@@ -24,9 +24,14 @@ const IDS: [&str; 5] = [
 ];
 
 fn start(certs: &Certs, data: &Path) -> Server {
+    start_with(certs, data, &[])
+}
+
+fn start_with(certs: &Certs, data: &Path, extra: &[&str]) -> Server {
     let values = repo_file("examples/seed/values.yaml");
     let mut args = vec!["--values".to_string(), values.display().to_string()];
     args.extend(certs.service_flags("ipam/ipam"));
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start(data, &args)
 }
@@ -312,16 +317,7 @@ async fn the_services_own_client_dials_with_mutual_tls_and_is_authorized_by_its_
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::new(&dir.path().join("tls"), &IDS);
     let server = start(&certs, &dir.path().join("data"));
-    let (cert, key) = certs.pair("agent/node-1");
-    let tls = Tls::load(TlsFiles {
-        ca: certs.ca(),
-        cert,
-        key,
-    })
-    .unwrap();
-    let agent = Dialer::new(Security::Tls(std::sync::Arc::new(tls)));
-    let url = format!("https://{}", server.grpc);
-    let mut client = pb::ipam_client::IpamClient::new(agent.connect(&url).await.unwrap());
+    let mut client = client_as(&certs, &server, "agent/node-1").await;
     let node = client
         .register_node(pb::RegisterNodeRequest {
             name: "node-1".into(),
@@ -349,6 +345,67 @@ async fn the_services_own_client_dials_with_mutual_tls_and_is_authorized_by_its_
             .await;
         assert!(r.is_err(), "{r:?}");
     }
+}
+
+/// A TLS client of the server as `id`.
+async fn client_as(
+    certs: &Certs,
+    server: &Server,
+    id: &str,
+) -> pb::ipam_client::IpamClient<tonic::transport::Channel> {
+    let (cert, key) = certs.pair(id);
+    let tls = Tls::load(TlsFiles {
+        ca: certs.ca(),
+        cert,
+        key,
+    })
+    .unwrap();
+    let dialer = Dialer::new(Security::Tls(std::sync::Arc::new(tls)));
+    let url = format!("https://{}", server.grpc);
+    pb::ipam_client::IpamClient::new(dialer.connect(&url).await.unwrap())
+}
+
+/// --rate-limit: one identity calling as fast as it can gets RESOURCE_EXHAUSTED past its burst
+/// and its rate, naming it; another identity is answered meanwhile; the refusals are counted.
+#[tokio::test]
+async fn an_identity_past_its_calls_per_second_is_slowed_and_the_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("tls"), &IDS);
+    let server = start_with(&certs, &dir.path().join("data"), &["--rate-limit", "50"]);
+    let mut noisy = client_as(&certs, &server, "agent/node-1").await;
+    let mut quiet = client_as(&certs, &server, "reader/dashboard").await;
+    let (mut ok, mut throttled) = (0, 0);
+    for _ in 0..400 {
+        match noisy.list_nodes(pb::ListNodesRequest {}).await {
+            Ok(_) => ok += 1,
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains(
+                        "spiffe://routeplane/agent/node-1 called faster than its limit of 50 calls/s"
+                    ),
+                    "{}",
+                    s.message()
+                );
+                throttled += 1;
+            }
+        }
+    }
+    assert!(ok >= 100, "the burst (100) and the rate were served: {ok}");
+    assert!(throttled > 0, "400 calls at once were never slowed");
+    quiet
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .expect("another identity is not slowed");
+    let metrics = routeplane_testkit::scrape(None, &server.metrics.to_string()).unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("routeplane_grpc_throttled_total{") && l.contains("role=\"agent\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, f64::from(throttled), "{metrics}");
 }
 
 #[test]

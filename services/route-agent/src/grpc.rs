@@ -20,6 +20,7 @@ pub struct AgentGrpc {
 impl AgentGrpc {
     pub fn new(shared: Shared, pods: Arc<PodNetwork>) -> pb::agent_server::AgentServer<AgentGrpc> {
         pb::agent_server::AgentServer::new(AgentGrpc { shared, pods })
+            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
     }
 }
 

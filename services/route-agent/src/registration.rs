@@ -196,7 +196,8 @@ async fn register_once(id: &Identity, kernel: &Kernel) -> Result<NodeAllocation,
             .connect(&id.ipam)
             .await
             .map_err(|e| e.to_string())?,
-    );
+    )
+    .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
     let labels = id.labels.borrow().clone();
     let node = c
         .register_node(pb::RegisterNodeRequest {
@@ -281,7 +282,8 @@ async fn run(
                         .connect(&id.ipam)
                         .await
                         .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
-                );
+                )
+                .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
                 c.keep_alive(pb::KeepAliveRequest {
                     name: id.name.clone(),
                 })

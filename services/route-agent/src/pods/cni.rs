@@ -18,6 +18,7 @@ pub struct CniGrpc {
 impl CniGrpc {
     pub fn new(pods: Arc<PodNetwork>) -> pb::cni_server::CniServer<CniGrpc> {
         pb::cni_server::CniServer::new(CniGrpc { pods })
+            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
     }
 }
 

@@ -62,7 +62,8 @@ pub async fn run(
                     .connect(&ipam)
                     .await
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
-            );
+            )
+            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
             c.sync_pod_i_ps(request)
                 .await
                 .map(tonic::Response::into_inner)
