@@ -167,6 +167,9 @@ fn run_once(sender: &'static str, n: u32, dir: &Path, bins: &Path, ctl: &Path) -
                 "127.0.0.1:50052",
                 "--metrics-listen",
                 "127.0.0.1:9952",
+                // Where load() puts its /32s.
+                "--announce-allow",
+                "100.64.0.0/10",
                 "--log",
                 "warn",
             ],

@@ -143,6 +143,29 @@ fn routable(prefix: &Cidr, next_hop: IpAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// Operator paths only inside `--announce-allow`'s ranges: the allow-list is what stands between
+/// an operator certificate and any prefix of the data centre.
+fn allowed(prefix: &Cidr, allow: &[Cidr]) -> Result<(), Status> {
+    if allow.is_empty() {
+        return Err(Status::failed_precondition(
+            "AnnouncePath is off: routeplane-bgp was started without --announce-allow; start it with the ranges operators may announce, e.g. --announce-allow 192.0.2.0/24",
+        ));
+    }
+    let inside = |a: &Cidr| {
+        a.family() == prefix.family()
+            && a.prefix_len() <= prefix.prefix_len()
+            && a.contains_addr(prefix.network())
+    };
+    if allow.iter().any(inside) {
+        return Ok(());
+    }
+    let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
+    Err(Status::permission_denied(format!(
+        "prefix {prefix} is outside the ranges operators may announce (--announce-allow {})",
+        list.join(",")
+    )))
+}
+
 fn path_from(r: &pb::AnnouncePathRequest) -> Result<(Cidr, OperatorPath), Status> {
     let prefix: Cidr = r
         .prefix
@@ -369,6 +392,7 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         req: Request<pb::AnnouncePathRequest>,
     ) -> Result<Response<pb::AnnouncePathResponse>, Status> {
         let (prefix, path) = path_from(req.get_ref())?;
+        allowed(&prefix, &self.speaker.announce_allow())?;
         self.speaker.announce(vec![(prefix, Arc::new(path))]);
         Ok(Response::new(pb::AnnouncePathResponse {}))
     }
@@ -379,6 +403,7 @@ impl pb::bgp_server::Bgp for BgpGrpc {
     ) -> Result<Response<pb::AnnouncePathsResponse>, Status> {
         // Checked whole before anything is applied: a bad item leaves nothing half-announced.
         // Paths announced alike share one description.
+        let allow = self.speaker.announce_allow();
         let mut stream = req.into_inner();
         let mut paths = Vec::new();
         let mut alike: std::collections::HashMap<OperatorPath, Arc<OperatorPath>> =
@@ -387,6 +412,8 @@ impl pb::bgp_server::Bgp for BgpGrpc {
             let index = paths.len();
             let (prefix, path) = path_from(&item)
                 .map_err(|s| Status::invalid_argument(format!("item {index}: {}", s.message())))?;
+            allowed(&prefix, &allow)
+                .map_err(|s| Status::new(s.code(), format!("item {index}: {}", s.message())))?;
             let shared = alike
                 .entry(path.clone())
                 .or_insert_with(|| Arc::new(path))

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use routeplane_net::Cidr;
 use routeplane_runtime::telemetry::TelemetryArgs;
 
 use crate::policy::Announce;
@@ -72,6 +73,11 @@ pub struct Cli {
     /// restarts. 0s turns it off (routers then drop our routes when we stop).
     #[arg(long, env = "ROUTEPLANE_GRACEFUL_RESTART_TIME", default_value = "120s", value_parser = parse_duration)]
     pub graceful_restart_time: Duration,
+    /// Ranges operators may announce through AnnouncePath(s) (comma-separated CIDRs; a path's
+    /// prefix must lie inside one). Without any, AnnouncePath is off: a caller with an operator
+    /// certificate could otherwise steer the ToRs' traffic for any prefix.
+    #[arg(long, env = "ROUTEPLANE_ANNOUNCE_ALLOW", value_delimiter = ',')]
+    pub announce_allow: Vec<Cidr>,
     #[command(flatten)]
     pub tls: routeplane_runtime::tls::TlsArgs,
     #[command(flatten)]
@@ -108,6 +114,7 @@ impl Cli {
             connect_retry: self.connect_retry,
             connect_retry_max: Duration::from_secs(60).max(self.connect_retry),
             graceful_restart: self.graceful_restart_time,
+            announce_allow: self.announce_allow.clone(),
         };
         Ok((settings, notes))
     }

@@ -36,6 +36,8 @@ pub struct SpeakerSettings {
     pub connect_retry_max: Duration,
     /// RFC 4724 restart time offered to peers; zero turns graceful restart off.
     pub graceful_restart: Duration,
+    /// Where operator paths may lie (`--announce-allow`); empty: AnnouncePath is off.
+    pub announce_allow: Vec<Cidr>,
 }
 
 struct NodeState {
@@ -138,6 +140,11 @@ impl Views {
 impl Speaker {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where operator paths may lie (`--announce-allow`).
+    pub fn announce_allow(&self) -> Vec<Cidr> {
+        self.lock().settings.announce_allow.clone()
     }
 
     /// Connections closed unread because they came from no configured peer's address.

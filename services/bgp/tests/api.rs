@@ -41,7 +41,14 @@ fn start(dir: &std::path::Path) -> Server {
         command(
             dir,
             CONFIG,
-            &["--router-id", "10.0.0.1", "--connect-retry", "1s"],
+            &[
+                "--router-id",
+                "10.0.0.1",
+                "--connect-retry",
+                "1s",
+                "--announce-allow",
+                "192.0.2.0/24,198.51.100.0/24,203.0.113.0/24",
+            ],
         ),
     );
     let grpc = process.listen_addr("gRPC").to_string();
@@ -270,6 +277,32 @@ fn peers_and_paths_can_be_added_and_removed_at_runtime() {
         !ok && out.contains("nextHop 127.0.0.1 is not an address routers can forward to"),
         "{out}"
     );
+    // --announce-allow: inside one of its ranges or not at all, in a stream too.
+    let (ok, out) = call(
+        "AnnouncePath",
+        r#"{"prefix": "10.5.112.0/24", "nextHop": "10.4.36.11"}"#,
+    );
+    assert!(
+        !ok && out.contains("PermissionDenied")
+            && out.contains("prefix 10.5.112.0/24 is outside the ranges operators may announce (--announce-allow 192.0.2.0/24,198.51.100.0/24,203.0.113.0/24)"),
+        "{out}"
+    );
+    let (ok, out) = call(
+        "AnnouncePath",
+        r#"{"prefix": "192.0.0.0/16", "nextHop": "10.4.36.11"}"#,
+    );
+    assert!(
+        !ok && out.contains("outside the ranges"),
+        "wider than its range: {out}"
+    );
+    let (ok, out) = call(
+        "AnnouncePaths",
+        r#"{"prefix": "198.51.100.0/24", "nextHop": "10.4.36.11"} {"prefix": "10.0.0.0/8", "nextHop": "10.4.36.11"}"#,
+    );
+    assert!(
+        !ok && out.contains("item 1: prefix 10.0.0.0/8 is outside"),
+        "{out}"
+    );
     let (ok, out) = call(
         "AnnouncePath",
         r#"{"prefix": "192.0.2.0/24", "nextHop": "10.4.36.11"}"#,
@@ -300,4 +333,27 @@ fn peers_and_paths_can_be_added_and_removed_at_runtime() {
     assert!(ok && out.contains("\"withdrawn\": true"), "{out}");
     let (ok, out) = call("WithdrawPath", r#"{"prefix": "192.0.2.0/24"}"#);
     assert!(ok && !out.contains("true"), "{out}");
+}
+
+/// Without --announce-allow, operator paths are off, and the error says how to turn them on.
+#[test]
+fn announce_path_is_off_without_an_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = Service::start(
+        "routeplane-bgp",
+        command(dir.path(), CONFIG, &["--router-id", "10.0.0.1"]),
+    );
+    let server = Server {
+        grpc: process.listen_addr("gRPC").to_string(),
+        _process: process,
+    };
+    let (ok, out) = grpcurl(
+        &server,
+        "routeplane.bgp.v1.Bgp/AnnouncePath",
+        r#"{"prefix": "192.0.2.0/24", "nextHop": "10.4.36.11"}"#,
+    );
+    assert!(
+        !ok && out.contains("FailedPrecondition") && out.contains("start it with the ranges operators may announce, e.g. --announce-allow 192.0.2.0/24"),
+        "{out}"
+    );
 }

@@ -586,7 +586,7 @@ mod privileged {
         lab::require();
         let mut lab = Lab::new();
         lab.start_bird(64524, "");
-        lab.start_routeplane(&[], &[]);
+        lab.start_routeplane(&[], &["--announce-allow", "192.0.2.0/24,198.51.100.0/24"]);
         lab.wait_for(
             "BIRD establishes the session",
             Duration::from_secs(20),
