@@ -466,12 +466,13 @@ fn update_from(
     Ok(Message::Update(out))
 }
 
-fn attr(
-    optional: bool,
-    transitive: bool,
-    extended: bool,
-    value: PathAttributeValue,
-) -> Result<PathAttribute, EncodeError> {
+/// A path attribute to send, its flags from the table received ones are checked against
+/// (`attrs.rs`): one place says what each attribute is. The multiprotocol ones take the extended
+/// length, as their NLRI may pass 255 octets.
+fn attr(code: u8, value: PathAttributeValue) -> Result<PathAttribute, EncodeError> {
+    let (optional, transitive) = attrs::flags(code)
+        .ok_or_else(|| EncodeError(format!("path attribute type {code} is not in the table")))?;
+    let extended = matches!(code, attrs::MP_REACH_NLRI | attrs::MP_UNREACH_NLRI);
     PathAttribute::from(optional, transitive, false, extended, value)
         .map_err(|(_, e)| EncodeError(format!("{e:?}")))
 }
@@ -485,9 +486,7 @@ fn to_netgauze(msg: &Message, asn4: bool) -> Result<BgpMessage, EncodeError> {
         }
         Message::EndOfRib(Family::V6) => {
             let unreach = attr(
-                true,
-                false,
-                true,
+                attrs::MP_UNREACH_NLRI,
                 PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri: Box::new([]) }),
             )?;
             BgpMessage::Update(BgpUpdateMessage::new(vec![], vec![unreach], vec![]))
@@ -594,9 +593,7 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
             .map(|n| v6_addr(n))
             .collect::<Result<Vec<_>, _>>()?;
         attrs.push(attr(
-            true,
-            false,
-            true,
+            attrs::MP_UNREACH_NLRI,
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri: nlri.into() }),
         )?);
     }
@@ -606,12 +603,7 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
             Origin::Egp => NgOrigin::EGP,
             Origin::Incomplete => NgOrigin::Incomplete,
         };
-        attrs.push(attr(
-            false,
-            true,
-            false,
-            PathAttributeValue::Origin(origin),
-        )?);
+        attrs.push(attr(attrs::ORIGIN, PathAttributeValue::Origin(origin))?);
         if asn4 {
             let segs = if a.as_path.is_empty() {
                 vec![]
@@ -622,9 +614,7 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
                 )]
             };
             attrs.push(attr(
-                false,
-                true,
-                false,
+                attrs::AS_PATH,
                 PathAttributeValue::AsPath(AsPath::As4PathSegments(segs.into())),
             )?);
         } else {
@@ -640,17 +630,13 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
                 vec![As2PathSegment::new(AsPathSegmentType::AsSequence, two)]
             };
             attrs.push(attr(
-                false,
-                true,
-                false,
+                attrs::AS_PATH,
                 PathAttributeValue::AsPath(AsPath::As2PathSegments(segs.into())),
             )?);
             if a.as_path.iter().any(|n| *n > u32::from(u16::MAX)) {
                 let seg = As4PathSegment::new(AsPathSegmentType::AsSequence, a.as_path.clone());
                 attrs.push(attr(
-                    true,
-                    true,
-                    false,
+                    attrs::AS4_PATH,
                     PathAttributeValue::As4Path(As4Path::new(vec![seg])),
                 )?);
             }
@@ -663,25 +649,19 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
                 )));
             };
             attrs.push(attr(
-                false,
-                true,
-                false,
+                attrs::NEXT_HOP,
                 PathAttributeValue::NextHop(NextHop::new(nh)),
             )?);
         }
         if let Some(med) = a.med {
             attrs.push(attr(
-                true,
-                false,
-                false,
+                attrs::MULTI_EXIT_DISC,
                 PathAttributeValue::MultiExitDiscriminator(MultiExitDiscriminator::new(med)),
             )?);
         }
         if let Some(lp) = a.local_pref {
             attrs.push(attr(
-                false,
-                true,
-                false,
+                attrs::LOCAL_PREF,
                 PathAttributeValue::LocalPreference(LocalPreference::new(lp)),
             )?);
         }
@@ -692,9 +672,7 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
                 .map(|(hi, lo)| Community::new((u32::from(*hi) << 16) | u32::from(*lo)))
                 .collect();
             attrs.push(attr(
-                true,
-                true,
-                false,
+                attrs::COMMUNITIES,
                 PathAttributeValue::Communities(Communities::new(cs)),
             )?);
         }
@@ -710,9 +688,7 @@ fn update_to(u: &Update, asn4: bool) -> Result<BgpUpdateMessage, EncodeError> {
                 .map(|n| v6_addr(n))
                 .collect::<Result<Vec<_>, _>>()?;
             attrs.push(attr(
-                true,
-                false,
-                true,
+                attrs::MP_REACH_NLRI,
                 PathAttributeValue::MpReach(MpReach::Ipv6Unicast {
                     next_hop_global: nh,
                     next_hop_local: None,

@@ -25,12 +25,15 @@ const OPTIONAL: u8 = 0x80;
 const TRANSITIVE: u8 = 0x40;
 const EXTENDED_LENGTH: u8 = 0x10;
 
-const ORIGIN: u8 = 1;
-const AS_PATH: u8 = 2;
-const NEXT_HOP: u8 = 3;
-const MP_REACH_NLRI: u8 = 14;
-const MP_UNREACH_NLRI: u8 = 15;
-const AS4_PATH: u8 = 17;
+pub(super) const ORIGIN: u8 = 1;
+pub(super) const AS_PATH: u8 = 2;
+pub(super) const NEXT_HOP: u8 = 3;
+pub(super) const MULTI_EXIT_DISC: u8 = 4;
+pub(super) const LOCAL_PREF: u8 = 5;
+pub(super) const COMMUNITIES: u8 = 8;
+pub(super) const MP_REACH_NLRI: u8 = 14;
+pub(super) const MP_UNREACH_NLRI: u8 = 15;
+pub(super) const AS4_PATH: u8 = 17;
 
 /// RFC 4271 §6.3 subcodes used here.
 const MALFORMED_ATTRIBUTE_LIST: u8 = 1;
@@ -132,7 +135,13 @@ const TABLE: &[Spec] = &[
         TreatAsWithdraw,
     ),
     // §7.5 (discard would do from an external peer; withdraw is right for both)
-    spec(5, "LOCAL_PREF", WELL_KNOWN, Exactly(4), TreatAsWithdraw),
+    spec(
+        LOCAL_PREF,
+        "LOCAL_PREF",
+        WELL_KNOWN,
+        Exactly(4),
+        TreatAsWithdraw,
+    ),
     // §7.6, §7.7
     spec(
         6,
@@ -221,6 +230,11 @@ const TABLE: &[Spec] = &[
 
 fn lookup(code: u8) -> Option<&'static Spec> {
     TABLE.iter().find(|s| s.code == code)
+}
+
+/// The Optional and Transitive bits an attribute is sent with: the same row it is checked by.
+pub(super) fn flags(code: u8) -> Option<(bool, bool)> {
+    lookup(code).map(|s| (s.optional, s.transitive))
 }
 
 /// What was done to a received UPDATE instead of resetting the session, for the log and metrics.
