@@ -11,6 +11,7 @@
 
 pub mod authz;
 pub mod dial;
+pub mod flags;
 pub mod grpc;
 pub mod metrics;
 pub mod probe;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use routeplane_net::Cidr;
+use routeplane_runtime::flags;
 use routeplane_runtime::telemetry::TelemetryArgs;
 
 use crate::policy::Announce;
@@ -64,14 +65,14 @@ pub struct Cli {
     )]
     pub metrics_listen: SocketAddr,
     /// How long a NotReady node's prefixes stay announced before they are withdrawn.
-    #[arg(long, env = "ROUTEPLANE_WITHDRAW_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ROUTEPLANE_WITHDRAW_GRACE", default_value = "10s", value_parser = flags::duration)]
     pub withdraw_grace: Duration,
     /// First connect retry after a failed attempt; doubles up to 60s.
-    #[arg(long, env = "ROUTEPLANE_CONNECT_RETRY", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "ROUTEPLANE_CONNECT_RETRY", default_value = "5s", value_parser = flags::duration)]
     pub connect_retry: Duration,
     /// Graceful restart (RFC 4724): how long routers should keep our routes while routeplane-bgp
     /// restarts. 0s turns it off (routers then drop our routes when we stop).
-    #[arg(long, env = "ROUTEPLANE_GRACEFUL_RESTART_TIME", default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, env = "ROUTEPLANE_GRACEFUL_RESTART_TIME", default_value = "120s", value_parser = flags::duration)]
     pub graceful_restart_time: Duration,
     /// Ranges operators may announce through AnnouncePath(s) (comma-separated CIDRs; a path's
     /// prefix must lie inside one). Without any, AnnouncePath is off: a caller with an operator
@@ -82,11 +83,6 @@ pub struct Cli {
     pub tls: routeplane_runtime::tls::TlsArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    routeplane_config::parse_go_duration(text)
-        .ok_or_else(|| format!("{text:?} is not a duration: write it as 10s, 1m or 500ms"))
 }
 
 impl Cli {

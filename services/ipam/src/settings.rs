@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use routeplane_net::Family;
+use routeplane_runtime::flags;
 use routeplane_runtime::telemetry::TelemetryArgs;
 
 use crate::ipam::IpamOptions;
@@ -54,7 +55,7 @@ pub struct Cli {
     )]
     pub metrics_listen: SocketAddr,
     /// How long a node stays Ready without a KeepAlive from its agent (e.g. 20s, 1m).
-    #[arg(long, env = "ROUTEPLANE_LEASE_TTL", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "ROUTEPLANE_LEASE_TTL", default_value = "20s", value_parser = flags::duration_at_least(Duration::from_secs(1)))]
     pub lease_ttl: Duration,
     /// flush: acknowledge a change only once it is on disk (concurrent changes share flushes).
     /// none: acknowledge before the flush — for benchmarks only; a crash may lose acknowledged changes.
@@ -62,7 +63,7 @@ pub struct Cli {
     pub durability: Durability,
     /// How often sled is checkpointed, after which the log it covers is deleted: what a restart
     /// replays is at most this much (e.g. 5s, 500ms).
-    #[arg(long, env = "ROUTEPLANE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = parse_checkpoint_interval)]
+    #[arg(long, env = "ROUTEPLANE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = flags::duration_within(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub checkpoint_interval: Duration,
     /// Write-ahead log segments roll over past this size (e.g. 16MiB, 256KiB); a checkpoint
     /// deletes whole segments.
@@ -80,7 +81,7 @@ pub struct Cli {
     #[arg(long, env = "ROUTEPLANE_KUBERNETES")]
     pub kubernetes: bool,
     /// Kubernetes mode: how long a deleted Node's pod CIDRs wait before release, in case it returns.
-    #[arg(long, env = "ROUTEPLANE_NODE_RELEASE_GRACE", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "ROUTEPLANE_NODE_RELEASE_GRACE", default_value = "5m", value_parser = flags::duration_at_least(Duration::from_secs(1)))]
     pub node_release_grace: Duration,
     #[command(flatten)]
     pub tls: routeplane_runtime::tls::TlsArgs,
@@ -92,26 +93,6 @@ pub struct Cli {
 pub enum Durability {
     Flush,
     None,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    match routeplane_config::parse_go_duration(text) {
-        Some(d) if d >= Duration::from_secs(1) => Ok(d),
-        Some(_) => Err(format!("{text} is too short: a lease needs at least 1s")),
-        None => Err(format!(
-            "{text:?} is not a duration: write it as 20s, 1m or 1m30s"
-        )),
-    }
-}
-
-fn parse_checkpoint_interval(text: &str) -> Result<Duration, String> {
-    match routeplane_config::parse_go_duration(text) {
-        Some(d) if (Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) => Ok(d),
-        Some(_) => Err(format!("{text} is out of range: from 100ms to 1h")),
-        None => Err(format!(
-            "{text:?} is not a duration: write it as 5s, 500ms or 1m"
-        )),
-    }
 }
 
 /// A size in bytes, KiB, MiB or GiB, from 4KiB to 1GiB.
@@ -204,15 +185,5 @@ mod tests {
             parse_size("99999999999GiB").is_err(),
             "overflow is an error"
         );
-        assert_eq!(
-            parse_checkpoint_interval("500ms"),
-            Ok(Duration::from_millis(500))
-        );
-        assert!(
-            parse_checkpoint_interval("10ms")
-                .unwrap_err()
-                .contains("from 100ms to 1h")
-        );
-        assert!(parse_checkpoint_interval("soon").is_err());
     }
 }

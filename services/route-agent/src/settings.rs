@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use routeplane_runtime::flags;
 use routeplane_runtime::telemetry::TelemetryArgs;
 
 /// routeplane route agent: registers this node with routeplane-ipam and keeps its lease, owns the
@@ -50,7 +51,7 @@ pub struct Cli {
     )]
     pub cache_dir: PathBuf,
     /// How often routes are checked against the kernel even without a change (repairs drift).
-    #[arg(long, env = "ROUTEPLANE_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "ROUTEPLANE_RECONCILE_INTERVAL", default_value = "10s", value_parser = flags::duration_at_least(Duration::from_millis(1)))]
     pub reconcile_interval: Duration,
     /// Route other segments' pod CIDRs through this gateway instead of leaving them to the default
     /// route (one per family; it must be on a connected subnet).
@@ -163,10 +164,4 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| {
             format!("label {text:?} is not KEY=VALUE, e.g. kubernetes/route=bgp-peer-83")
         })
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    routeplane_config::parse_go_duration(text)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?} is not a duration such as 10s or 1m"))
 }
