@@ -19,54 +19,56 @@ const EMBEDDED: &str = include_str!("../../../config/bgp-config.yaml");
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
     #[serde(default)]
-    peers: Vec<RawPeer>,
+    peers: Vec<PeerSpec>,
     #[serde(default)]
     bgp_communities: BTreeMap<String, String>,
     #[serde(default)]
     address_pools: Vec<RawPool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One peer as bgp-config writes it, before its values are checked: what the file holds and what
+/// an AddPeer request is turned into, so that both are checked by [`Peer::from_spec`] alone.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawPeer {
-    peer_address: String,
-    peer_asn: u32,
-    my_asn: u32,
-    peer_port: Option<u16>,
-    source_address: Option<String>,
-    hold_time: Option<String>,
-    keepalive_time: Option<String>,
-    router_id: Option<String>,
-    password: Option<String>,
+pub struct PeerSpec {
+    pub peer_address: String,
+    pub peer_asn: u32,
+    pub my_asn: u32,
+    pub peer_port: Option<u16>,
+    pub source_address: Option<String>,
+    pub hold_time: Option<String>,
+    pub keepalive_time: Option<String>,
+    pub router_id: Option<String>,
+    pub password: Option<String>,
     #[serde(default)]
-    ebgp_multihop: bool,
+    pub ebgp_multihop: bool,
     #[serde(default)]
-    node_selectors: Vec<RawSelector>,
+    pub node_selectors: Vec<SelectorSpec>,
     // routeplane's own keys (MetalLB has none for these):
     #[serde(default)]
-    ttl_security: bool,
-    max_prefixes: Option<u32>,
-    max_prefixes_restart: Option<String>,
+    pub ttl_security: bool,
+    pub max_prefixes: Option<u32>,
+    pub max_prefixes_restart: Option<String>,
     #[serde(default)]
-    keep_received: bool,
+    pub keep_received: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawSelector {
+pub struct SelectorSpec {
     #[serde(default)]
-    match_labels: BTreeMap<String, String>,
+    pub match_labels: BTreeMap<String, String>,
     #[serde(default)]
-    match_expressions: Vec<RawExpression>,
+    pub match_expressions: Vec<ExpressionSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawExpression {
-    key: String,
-    operator: String,
+pub struct ExpressionSpec {
+    pub key: String,
+    pub operator: String,
     #[serde(default)]
-    values: Vec<String>,
+    pub values: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +130,14 @@ pub struct Peer {
     /// Keep the attributes of every received route (ListReceived shows them); without it only the
     /// prefixes are kept, to count them.
     pub keep_received: bool,
+}
+
+impl Peer {
+    /// A peer from its spec, checked as a bgp-config entry is; `origin` names where it came from
+    /// in errors (e.g. "AddPeer").
+    pub fn from_spec(spec: PeerSpec, origin: &str) -> Result<Peer, ConfigError> {
+        Checker { origin }.peer("", spec)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +233,7 @@ impl Checker<'_> {
             .peers
             .into_iter()
             .enumerate()
-            .map(|(i, p)| self.peer(i, p))
+            .map(|(i, p)| self.peer(&format!("peers[{i}]."), p))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, p) in peers.iter().enumerate() {
             if peers[..i]
@@ -264,8 +274,9 @@ impl Checker<'_> {
             .map_err(|_| self.err(key, text, "an IPv4 or IPv6 address"))
     }
 
-    fn peer(&self, i: usize, p: RawPeer) -> Result<Peer, ConfigError> {
-        let key = |k: &str| format!("peers[{i}].{k}");
+    /// `prefix` starts each key an error names (`peers[2].` in a file, nothing for AddPeer).
+    fn peer(&self, prefix: &str, p: PeerSpec) -> Result<Peer, ConfigError> {
+        let key = |k: &str| format!("{prefix}{k}");
         let asn = |k: &str, v: u32| {
             if v == 0 {
                 Err(self.err(key(k), "0", "an AS number from 1 to 4294967295"))
@@ -384,7 +395,7 @@ impl Checker<'_> {
         })
     }
 
-    fn selector(&self, key: &str, s: RawSelector) -> Result<NodeSelector, ConfigError> {
+    fn selector(&self, key: &str, s: SelectorSpec) -> Result<NodeSelector, ConfigError> {
         let match_expressions = s
             .match_expressions
             .into_iter()

@@ -20,7 +20,7 @@ use std::path::Path;
 
 pub use bgp::{
     AddressPool, BgpAdvertisement, BgpConfig, DEFAULT_MAX_PREFIXES, DEFAULT_MAX_PREFIXES_RESTART,
-    Peer, PoolProtocol,
+    ExpressionSpec, Peer, PeerSpec, PoolProtocol, SelectorSpec,
 };
 pub use duration::parse_go_duration;
 pub use selector::{MatchExpression, NodeSelector, Operator};

@@ -33,84 +33,49 @@ fn parse_ip(field: &str, text: &str) -> Result<IpAddr, Status> {
         .map_err(|_| Status::invalid_argument(format!("{field} {text:?} is not an IP address")))
 }
 
-/// An AddPeer request as the bgp-config entry it stands for, checked by the same parser as the file.
+/// An AddPeer request as the bgp-config entry it stands for, checked by the same code as the file.
 fn peer_from(r: &pb::AddPeerRequest) -> Result<routeplane_config::Peer, Status> {
-    use serde_yaml::{Mapping, Value};
-    let mut m = Mapping::new();
-    let mut put = |k: &str, v: Value| {
-        m.insert(Value::from(k), v);
-    };
-    put("peer-address", Value::from(r.peer_address.as_str()));
-    put("peer-asn", Value::from(r.peer_asn));
-    put("my-asn", Value::from(r.my_asn));
-    if r.peer_port != 0 {
-        put("peer-port", Value::from(r.peer_port));
-    }
-    for (key, v) in [
-        ("source-address", &r.source_address),
-        ("hold-time", &r.hold_time),
-        ("keepalive-time", &r.keepalive_time),
-        ("router-id", &r.router_id),
-        ("password", &r.password),
-    ] {
-        if !v.is_empty() {
-            put(key, Value::from(v.as_str()));
-        }
-    }
-    if r.ebgp_multihop {
-        put("ebgp-multihop", Value::from(true));
-    }
-    if !r.node_selectors.is_empty() {
-        let selectors: Vec<Value> = r
+    use routeplane_config::{ExpressionSpec, PeerSpec, SelectorSpec};
+    let given = |v: &str| (!v.is_empty()).then(|| v.to_string());
+    let spec = PeerSpec {
+        peer_address: r.peer_address.clone(),
+        peer_asn: r.peer_asn,
+        my_asn: r.my_asn,
+        peer_port: match r.peer_port {
+            0 => None,
+            p => Some(u16::try_from(p).map_err(|_| {
+                Status::invalid_argument(format!("peerPort {p} is not a TCP port (1 to 65535)"))
+            })?),
+        },
+        source_address: given(&r.source_address),
+        hold_time: given(&r.hold_time),
+        keepalive_time: given(&r.keepalive_time),
+        router_id: given(&r.router_id),
+        password: given(&r.password),
+        ebgp_multihop: r.ebgp_multihop,
+        node_selectors: r
             .node_selectors
             .iter()
-            .map(|s| {
-                let mut sel = Mapping::new();
-                if !s.match_labels.is_empty() {
-                    let labels: Mapping = s
-                        .match_labels
-                        .iter()
-                        .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
-                        .collect();
-                    sel.insert(Value::from("match-labels"), Value::Mapping(labels));
-                }
-                if !s.match_expressions.is_empty() {
-                    let exprs: Vec<Value> = s
-                        .match_expressions
-                        .iter()
-                        .map(|e| {
-                            let mut x = Mapping::new();
-                            x.insert(Value::from("key"), Value::from(e.key.as_str()));
-                            x.insert(Value::from("operator"), Value::from(e.operator.as_str()));
-                            x.insert(
-                                Value::from("values"),
-                                Value::Sequence(
-                                    e.values.iter().map(|v| Value::from(v.as_str())).collect(),
-                                ),
-                            );
-                            Value::Mapping(x)
-                        })
-                        .collect();
-                    sel.insert(Value::from("match-expressions"), Value::Sequence(exprs));
-                }
-                Value::Mapping(sel)
+            .map(|s| SelectorSpec {
+                match_labels: s.match_labels.clone().into_iter().collect(),
+                match_expressions: s
+                    .match_expressions
+                    .iter()
+                    .map(|e| ExpressionSpec {
+                        key: e.key.clone(),
+                        operator: e.operator.clone(),
+                        values: e.values.clone(),
+                    })
+                    .collect(),
             })
-            .collect();
-        put("node-selectors", Value::Sequence(selectors));
-    }
-    let mut doc = Mapping::new();
-    doc.insert(
-        Value::from("peers"),
-        Value::Sequence(vec![Value::Mapping(m)]),
-    );
-    let text = serde_yaml::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
-    let config = routeplane_config::BgpConfig::parse(&text, "AddPeer")
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    config
-        .peers
-        .into_iter()
-        .next()
-        .ok_or_else(|| Status::invalid_argument("no peer given"))
+            .collect(),
+        ttl_security: r.ttl_security,
+        max_prefixes: (r.max_prefixes != 0).then_some(r.max_prefixes),
+        max_prefixes_restart: given(&r.max_prefixes_restart),
+        keep_received: r.keep_received,
+    };
+    routeplane_config::Peer::from_spec(spec, "AddPeer")
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// What an operator path may announce to the ToRs. A default route would take over their

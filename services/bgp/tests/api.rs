@@ -241,6 +241,28 @@ fn peers_and_paths_can_be_added_and_removed_at_runtime() {
         r#"{"peerAddress": "127.0.0.6", "peerAsn": 1, "myAsn": 2, "holdTime": "2s"}"#,
     );
     assert!(!ok && out.contains("hold-time"), "{out}");
+    // routeplane's own keys, checked by the same code as the file's.
+    let (ok, out) = call(
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.6", "peerAsn": 1, "myAsn": 2, "ttlSecurity": true, "ebgpMultihop": true}"#,
+    );
+    assert!(
+        !ok && out.contains("ttl-security: true is not valid: false when ebgp-multihop is true"),
+        "{out}"
+    );
+    let (ok, out) = call(
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.6", "peerAsn": 1, "myAsn": 2, "maxPrefixes": 5, "ttlSecurity": true}"#,
+    );
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["maxPrefixes"].as_u64(), v["ttlSecurity"].as_bool()),
+        (Some(5), Some(true)),
+        "{out}"
+    );
+    let (ok, out) = call("DeletePeer", r#"{"peerAddress": "127.0.0.6"}"#);
+    assert!(ok, "{out}");
     let (ok, out) = call("ListPeers", "{}");
     assert!(ok && out.contains("127.0.0.5"), "{out}");
     let (ok, out) = call("DeletePeer", r#"{"peerAddress": "127.0.0.5"}"#);
