@@ -14,7 +14,8 @@ use std::time::Duration;
 use routeplane_net::Family;
 
 use crate::message::{
-    AS_TRANS, AddPath, Capabilities, GracefulRestart, Message, Notification, Open, Update, codes,
+    AS_TRANS, AddPath, BgpError, Capabilities, Cease, FsmError, GracefulRestart, Message,
+    Notification, Open, OpenError, Update,
 };
 
 /// How long a connection may take to deliver the peer's OPEN. RFC 4271 §8 suggests 4 minutes
@@ -287,7 +288,7 @@ impl Fsm {
                     }
                     Message::Open(_) => {
                         let n =
-                            Notification::new(codes::FSM, codes::FSM_UNEXPECTED_IN_ESTABLISHED, []);
+                            Notification::new(BgpError::Fsm(FsmError::UnexpectedInEstablished), []);
                         self.fail(&mut out, n, "OPEN in Established");
                     }
                 }
@@ -297,13 +298,13 @@ impl Fsm {
                 self.reset(&mut out, format!("peer sent {}", n.describe()), true);
             }
             (State::OpenSent | State::OpenConfirm, Input::Received(other)) => {
-                let subcode = if self.state == State::OpenSent {
-                    codes::FSM_UNEXPECTED_IN_OPENSENT
+                let error = if self.state == State::OpenSent {
+                    FsmError::UnexpectedInOpenSent
                 } else {
-                    codes::FSM_UNEXPECTED_IN_OPENCONFIRM
+                    FsmError::UnexpectedInOpenConfirm
                 };
                 let what = format!("unexpected {} in {}", kind(&other), self.state.name());
-                self.fail(&mut out, Notification::new(codes::FSM, subcode, []), &what);
+                self.fail(&mut out, Notification::new(BgpError::Fsm(error), []), &what);
             }
 
             (State::OpenConfirm | State::Established, Input::TimerExpired(Timer::Keepalive)) => {
@@ -318,7 +319,7 @@ impl Fsm {
             ) => {
                 self.fail(
                     &mut out,
-                    Notification::new(codes::HOLD_TIMER_EXPIRED, 0, []),
+                    Notification::new(BgpError::HoldTimerExpired, []),
                     "hold timer expired",
                 );
             }
@@ -336,7 +337,7 @@ impl Fsm {
                 let mut data = afi.to_be_bytes().to_vec();
                 data.push(safi);
                 data.extend_from_slice(&limit.to_be_bytes());
-                let n = Notification::new(codes::CEASE, codes::CEASE_MAX_PREFIXES, data);
+                let n = Notification::new(BgpError::Cease(Cease::MaxPrefixes), data);
                 let restart = self.config.max_prefixes_restart;
                 let reason = format!(
                     "the peer sent more than {limit} prefixes (max-prefixes): sent {}; restarting in {restart:?}",
@@ -407,8 +408,7 @@ impl Fsm {
         if peer_asn != self.config.peer_asn {
             let two = u16::try_from(open.asn).unwrap_or(AS_TRANS);
             return Err(Notification::new(
-                codes::OPEN_MESSAGE,
-                codes::BAD_PEER_AS,
+                BgpError::Open(OpenError::BadPeerAs),
                 two.to_be_bytes(),
             ));
         }
@@ -418,8 +418,7 @@ impl Fsm {
         let zero_unasked = open.hold_time == 0 && self.config.hold_time != 0;
         if open.hold_time == 1 || open.hold_time == 2 || zero_unasked {
             return Err(Notification::new(
-                codes::OPEN_MESSAGE,
-                codes::UNACCEPTABLE_HOLD_TIME,
+                BgpError::Open(OpenError::UnacceptableHoldTime),
                 [],
             ));
         }
@@ -428,8 +427,7 @@ impl Fsm {
             id == self.config.router_id && self.config.peer_asn == self.config.local_asn;
         if id.is_unspecified() || id.is_multicast() || id.is_broadcast() || same_as_ours {
             return Err(Notification::new(
-                codes::OPEN_MESSAGE,
-                codes::BAD_BGP_IDENTIFIER,
+                BgpError::Open(OpenError::BadBgpIdentifier),
                 id.octets(),
             ));
         }

@@ -13,6 +13,7 @@ pub mod fsm;
 pub mod grpc;
 pub mod message;
 pub mod metrics;
+pub mod notification;
 pub mod policy;
 pub mod reload;
 pub mod rib;

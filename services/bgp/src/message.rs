@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use routeplane_net::{Cidr, Family};
 
+pub use crate::notification::{BgpError, Cease, FsmError, HeaderError, OpenError, UpdateError};
+
 /// RFC 6793 §9: the 2-octet stand-in for a 4-octet AS number.
 pub const AS_TRANS: u16 = 23456;
 
@@ -109,34 +111,17 @@ pub struct Notification {
     pub data: Vec<u8>,
 }
 
-/// NOTIFICATION codes and subcodes routeplane sends (RFC 4271 §4.5, §6; RFC 4486 for Cease).
-pub mod codes {
-    pub const MESSAGE_HEADER: u8 = 1;
-    pub const CONNECTION_NOT_SYNCHRONIZED: u8 = 1;
-    pub const BAD_MESSAGE_LENGTH: u8 = 2;
-    pub const BAD_MESSAGE_TYPE: u8 = 3;
-    pub const OPEN_MESSAGE: u8 = 2;
-    pub const UNSUPPORTED_VERSION: u8 = 1;
-    pub const BAD_PEER_AS: u8 = 2;
-    pub const BAD_BGP_IDENTIFIER: u8 = 3;
-    pub const UNACCEPTABLE_HOLD_TIME: u8 = 6;
-    pub const UPDATE_MESSAGE: u8 = 3;
-    pub const INVALID_NETWORK_FIELD: u8 = 10;
-    pub const HOLD_TIMER_EXPIRED: u8 = 4;
-    pub const FSM: u8 = 5;
-    pub const FSM_UNEXPECTED_IN_OPENSENT: u8 = 1;
-    pub const FSM_UNEXPECTED_IN_OPENCONFIRM: u8 = 2;
-    pub const FSM_UNEXPECTED_IN_ESTABLISHED: u8 = 3;
-    pub const CEASE: u8 = 6;
-    pub const CEASE_MAX_PREFIXES: u8 = 1;
-    pub const CEASE_ADMINISTRATIVE_SHUTDOWN: u8 = 2;
-    pub const CEASE_PEER_DECONFIGURED: u8 = 3;
-    pub const CEASE_ADMINISTRATIVE_RESET: u8 = 4;
-    pub const CEASE_CONNECTION_COLLISION: u8 = 7;
-}
-
 impl Notification {
-    pub fn new(code: u8, subcode: u8, data: impl Into<Vec<u8>>) -> Notification {
+    pub fn new(error: BgpError, data: impl Into<Vec<u8>>) -> Notification {
+        Notification {
+            code: error.code(),
+            subcode: error.subcode(),
+            data: data.into(),
+        }
+    }
+
+    /// As it came off the wire, whatever its numbers.
+    pub fn from_wire(code: u8, subcode: u8, data: impl Into<Vec<u8>>) -> Notification {
         Notification {
             code,
             subcode,
@@ -144,52 +129,13 @@ impl Notification {
         }
     }
 
+    pub fn error(&self) -> BgpError {
+        BgpError::of(self.code, self.subcode)
+    }
+
     /// A readable name, for logs and the API's "last error".
     pub fn describe(&self) -> String {
-        let code = match self.code {
-            1 => "Message Header Error",
-            2 => "OPEN Message Error",
-            3 => "UPDATE Message Error",
-            4 => "Hold Timer Expired",
-            5 => "Finite State Machine Error",
-            6 => "Cease",
-            7 => "ROUTE-REFRESH Message Error",
-            _ => "unknown error code",
-        };
-        let sub = match (self.code, self.subcode) {
-            (1, 1) => "Connection Not Synchronized",
-            (1, 2) => "Bad Message Length",
-            (1, 3) => "Bad Message Type",
-            (2, 1) => "Unsupported Version Number",
-            (2, 2) => "Bad Peer AS",
-            (2, 3) => "Bad BGP Identifier",
-            (2, 4) => "Unsupported Optional Parameter",
-            (2, 6) => "Unacceptable Hold Time",
-            (2, 7) => "Unsupported Capability",
-            (3, 1) => "Malformed Attribute List",
-            (3, 2) => "Unrecognized Well-known Attribute",
-            (3, 3) => "Missing Well-known Attribute",
-            (3, 4) => "Attribute Flags Error",
-            (3, 5) => "Attribute Length Error",
-            (3, 6) => "Invalid ORIGIN Attribute",
-            (3, 8) => "Invalid NEXT_HOP Attribute",
-            (3, 9) => "Optional Attribute Error",
-            (3, 10) => "Invalid Network Field",
-            (3, 11) => "Malformed AS_PATH",
-            (5, 1) => "unexpected message in OpenSent",
-            (5, 2) => "unexpected message in OpenConfirm",
-            (5, 3) => "unexpected message in Established",
-            (6, 1) => "Maximum Number of Prefixes Reached",
-            (6, 2) => "Administrative Shutdown",
-            (6, 3) => "Peer De-configured",
-            (6, 4) => "Administrative Reset",
-            (6, 5) => "Connection Rejected",
-            (6, 6) => "Other Configuration Change",
-            (6, 7) => "Connection Collision Resolution",
-            (6, 8) => "Out of Resources",
-            (6, 9) => "Hard Reset",
-            _ => "",
-        };
+        let (code, sub) = self.error().names();
         if sub.is_empty() {
             format!("{code} ({}/{})", self.code, self.subcode)
         } else {

@@ -21,7 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fsm::{Fsm, Input, Negotiated, Output, SessionConfig, State, Timer};
-use crate::message::{Message, Notification, codes};
+use crate::message::{BgpError, Cease, Message, Notification};
 use crate::rib::{AdjRibOut, Routes};
 use crate::rib_in::{AdjRibIn, LimitExceeded};
 use crate::throttle::Throttle;
@@ -192,49 +192,50 @@ impl Session {
                 .min_by_key(|(_, at)| **at)
                 .map(|(t, at)| (*t, *at));
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Desired(routes)) => {
-                        self.desired = Some(routes);
-                        self.sync().await;
-                    }
-                    Some(Command::Accepted(stream)) => self.accepted(stream).await,
-                    Some(Command::Stop(cease, done)) => {
-                        self.input(Input::Stop(cease)).await;
-                        // Stopped means the peer has read our NOTIFICATION and closed (or
-                        // LINGER has passed): a new session to it may start without the peer
-                        // seeing the two overlap.
-                        if let Some(closing) = self.closing.take() {
-                            let _ = closing.await;
+                            cmd = commands.recv() => match cmd {
+                                Some(Command::Desired(routes)) => {
+                                    self.desired = Some(routes);
+                                    self.sync().await;
+                                }
+                                Some(Command::Accepted(stream)) => self.accepted(stream).await,
+                                Some(Command::Stop(cease, done)) => {
+                                    self.input(Input::Stop(cease)).await;
+                                    // Stopped means the peer has read our NOTIFICATION and closed (or
+                                    // LINGER has passed): a new session to it may start without the peer
+                                    // seeing the two overlap.
+                                    if let Some(closing) = self.closing.take() {
+                                        let _ = closing.await;
+                                    }
+                                    let _ = done.send(());
+                                    return;
+                                }
+                                None => {
+                                    let cease = Notification::new(
+            BgpError::Cease(Cease::PeerDeconfigured), []);
+                                    self.input(Input::Stop(Some(cease))).await;
+                                    return;
+                                }
+                            },
+                            () = sleep_until(deadline.map(|d| d.1)) => {
+                                if let Some((timer, _)) = deadline {
+                                    self.timers.remove(&timer);
+                                    self.input(Input::TimerExpired(timer)).await;
+                                }
+                            }
+                            dialed = recv_dial(&mut self.dialing) => {
+                                self.dialing = None;
+                                match dialed {
+                                    Ok(stream) => self.attach(stream, true).await,
+                                    Err(e) => {
+                                        // Not a session going down, so the FSM reports nothing: record it for the API.
+                                        let why = format!("connect to {}: {e}", self.transport.peer);
+                                        lock(&self.status).last_error = Some((why.clone(), SystemTime::now()));
+                                        self.input(Input::TcpFailed(why)).await;
+                                    }
+                                }
+                            }
+                            read = read_some(&mut self.conn) => self.received(read).await,
                         }
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => {
-                        let cease = Notification::new(codes::CEASE, codes::CEASE_PEER_DECONFIGURED, []);
-                        self.input(Input::Stop(Some(cease))).await;
-                        return;
-                    }
-                },
-                () = sleep_until(deadline.map(|d| d.1)) => {
-                    if let Some((timer, _)) = deadline {
-                        self.timers.remove(&timer);
-                        self.input(Input::TimerExpired(timer)).await;
-                    }
-                }
-                dialed = recv_dial(&mut self.dialing) => {
-                    self.dialing = None;
-                    match dialed {
-                        Ok(stream) => self.attach(stream, true).await,
-                        Err(e) => {
-                            // Not a session going down, so the FSM reports nothing: record it for the API.
-                            let why = format!("connect to {}: {e}", self.transport.peer);
-                            lock(&self.status).last_error = Some((why.clone(), SystemTime::now()));
-                            self.input(Input::TcpFailed(why)).await;
-                        }
-                    }
-                }
-                read = read_some(&mut self.conn) => self.received(read).await,
-            }
         }
     }
 
@@ -275,7 +276,7 @@ impl Session {
         if keep_current {
             refuse(incoming).await;
         } else {
-            let cease = Notification::new(codes::CEASE, codes::CEASE_CONNECTION_COLLISION, []);
+            let cease = Notification::new(BgpError::Cease(Cease::ConnectionCollision), []);
             self.write(&[Message::Notification(cease)]).await;
             self.close();
             self.input(Input::TcpFailed(
@@ -606,7 +607,7 @@ fn set_min_ttl(socket: &impl std::os::fd::AsFd, min: Option<u8>) -> std::io::Res
 /// Closes a connection we will not use, telling the peer why.
 async fn refuse(mut stream: TcpStream) {
     let mut buf = BytesMut::new();
-    let cease = Notification::new(codes::CEASE, codes::CEASE_CONNECTION_COLLISION, []);
+    let cease = Notification::new(BgpError::Cease(Cease::ConnectionCollision), []);
     if Codec::new()
         .encode(&Message::Notification(cease), &mut buf)
         .is_ok()

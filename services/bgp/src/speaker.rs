@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::fsm::SessionConfig;
-use crate::message::{AddPath, Capabilities, GracefulRestart, Notification, codes};
+use crate::message::{AddPath, BgpError, Capabilities, Cease, GracefulRestart, Notification};
 use crate::policy::{Announce, Inputs, NodeView, OperatorPath, PeerView, ServiceView};
 use crate::rib::Routes;
 use crate::rib_in::AdjRibIn;
@@ -195,7 +195,7 @@ impl Speaker {
             return Err(SpeakerError::NoSuchPeer(address, known));
         };
         state.runtime_peers.remove(&address);
-        state.stop(address, &entry, codes::CEASE_PEER_DECONFIGURED);
+        state.stop(address, &entry, Cease::PeerDeconfigured);
         Ok(())
     }
 
@@ -493,15 +493,15 @@ fn spawn_peer(
 }
 
 impl State {
-    /// Tells a removed session to stop with Cease/`subcode`, remembering it until it has.
-    fn stop(&mut self, address: IpAddr, entry: &PeerEntry, subcode: u8) {
+    /// Tells a removed session to stop with `cease`, remembering it until it has.
+    fn stop(&mut self, address: IpAddr, entry: &PeerEntry, cease: Cease) {
         // Forget the ones that are done, so deleted peers leave nothing behind.
         self.stopping.retain(|_, stopped| {
             matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty))
         });
         let (done, stopped) = oneshot::channel();
         let _ = entry.commands.send(Command::Stop(
-            Some(Notification::new(codes::CEASE, subcode, [])),
+            Some(Notification::new(BgpError::Cease(cease), [])),
             done,
         ));
         self.stopping.insert(address, stopped);
@@ -539,12 +539,12 @@ impl State {
                 continue;
             }
             if let Some(entry) = self.peers.remove(&addr) {
-                let subcode = if wanted.contains_key(&addr) {
-                    CEASE_OTHER_CONFIGURATION_CHANGE
+                let cease = if wanted.contains_key(&addr) {
+                    Cease::OtherConfigurationChange
                 } else {
-                    codes::CEASE_PEER_DECONFIGURED
+                    Cease::PeerDeconfigured
                 };
-                self.stop(addr, &entry, subcode);
+                self.stop(addr, &entry, cease);
                 done.push(format!(
                     "{} {addr}",
                     if wanted.contains_key(&addr) {
@@ -573,9 +573,6 @@ impl State {
 
 /// How long a new session waits for the old one to the same address to have sent its Cease.
 const STOP_WAIT: Duration = Duration::from_secs(5);
-
-/// RFC 4486 §4: Cease subcode for a reset caused by a configuration change.
-const CEASE_OTHER_CONFIGURATION_CHANGE: u8 = 6;
 
 /// Starts a session per peer and the speaker loop; returns the shared state for the API and the
 /// loop's task, which ends once every session has been stopped after shutdown. New settings sent
@@ -666,7 +663,7 @@ async fn stop_all(speaker: &Speaker) {
             .as_ref()
             .and_then(|n| n.peer_graceful_restart.clone())
             .filter(|_| graceful_on);
-        let cease = Notification::new(codes::CEASE, codes::CEASE_ADMINISTRATIVE_SHUTDOWN, []);
+        let cease = Notification::new(BgpError::Cease(Cease::AdministrativeShutdown), []);
         let stop = match helper {
             Some(gr) if !gr.notification => None,
             _ => Some(cease),

@@ -40,8 +40,8 @@ use tokio_util::codec::{Decoder, Encoder};
 pub use attrs::{Handling, Repair};
 
 use crate::message::{
-    AS_TRANS, AddPath, Capabilities, GracefulRestart, Message, Nlri, Notification, Open, Origin,
-    PathAttributes, Update, codes,
+    AS_TRANS, AddPath, BgpError, Capabilities, GracefulRestart, HeaderError, Message, Nlri,
+    Notification, Open, OpenError, Origin, PathAttributes, Update, UpdateError,
 };
 
 pub const HEADER_LEN: usize = 19;
@@ -68,8 +68,8 @@ pub struct Codec {
     repairs: Vec<Repair>,
 }
 
-fn header_error(subcode: u8, data: impl Into<Vec<u8>>) -> Notification {
-    Notification::new(codes::MESSAGE_HEADER, subcode, data)
+fn header_error(error: HeaderError, data: impl Into<Vec<u8>>) -> Notification {
+    Notification::new(BgpError::Header(error), data)
 }
 
 /// RFC 4271 §4: the smallest length each message type can have.
@@ -109,15 +109,18 @@ impl Codec {
             return Ok(None);
         };
         if marker.iter().any(|b| *b != 0xff) {
-            return Err(header_error(codes::CONNECTION_NOT_SYNCHRONIZED, []));
+            return Err(header_error(HeaderError::ConnectionNotSynchronized, []));
         }
         let len = usize::from(u16::from_be_bytes([len_hi, len_lo]));
         if !(1..=5).contains(&kind) {
-            return Err(header_error(codes::BAD_MESSAGE_TYPE, [kind]));
+            return Err(header_error(HeaderError::BadMessageType, [kind]));
         }
         let fixed = matches!(kind, 4 | 5);
         if len > MAX_MESSAGE_LEN || len < min_len(kind) || (fixed && len != min_len(kind)) {
-            return Err(header_error(codes::BAD_MESSAGE_LENGTH, [len_hi, len_lo]));
+            return Err(header_error(
+                HeaderError::BadMessageLength,
+                [len_hi, len_lo],
+            ));
         }
         if buf.len() < len {
             return Ok(None);
@@ -152,7 +155,7 @@ impl Codec {
         repaired.put_slice(&checked.body);
         match self.inner_decode(&mut repaired)? {
             Some(m) => Ok(m),
-            None => Err(header_error(codes::BAD_MESSAGE_LENGTH, [])),
+            None => Err(header_error(HeaderError::BadMessageLength, [])),
         }
     }
 
@@ -164,8 +167,7 @@ impl Codec {
                 Err(notification_of(BgpNotificationMessage::from(e)))
             }
             Err(e) => Err(Notification::new(
-                codes::MESSAGE_HEADER,
-                0,
+                BgpError::Header(HeaderError::Other(0)),
                 e.to_string().into_bytes(),
             )),
         }
@@ -227,7 +229,7 @@ fn notification_of(n: BgpNotificationMessage) -> Notification {
     let mut codec = BgpCodec::default();
     match codec.encode(BgpMessage::Notification(n), &mut buf) {
         Ok(()) => notification_in(&buf),
-        _ => Notification::new(codes::MESSAGE_HEADER, 0, []),
+        _ => Notification::new(BgpError::Header(HeaderError::Other(0)), []),
     }
 }
 
@@ -235,8 +237,8 @@ fn notification_of(n: BgpNotificationMessage) -> Notification {
 /// header's minimum length).
 fn notification_in(frame: &[u8]) -> Notification {
     match frame.get(HEADER_LEN..) {
-        Some([code, subcode, data @ ..]) => Notification::new(*code, *subcode, data),
-        _ => Notification::new(codes::MESSAGE_HEADER, codes::BAD_MESSAGE_LENGTH, []),
+        Some([code, subcode, data @ ..]) => Notification::from_wire(*code, *subcode, data),
+        _ => Notification::new(BgpError::Header(HeaderError::BadMessageLength), []),
     }
 }
 
@@ -266,8 +268,7 @@ fn prefix_of(
 ) -> Result<Nlri, Notification> {
     let prefix = Cidr::containing(network, len).ok_or_else(|| {
         Notification::new(
-            codes::UPDATE_MESSAGE,
-            codes::INVALID_NETWORK_FIELD,
+            BgpError::Update(UpdateError::InvalidNetworkField),
             format!("{addr}/{len}").into_bytes(),
         )
     })?;
@@ -320,8 +321,7 @@ fn open_from(open: &BgpOpenMessage) -> Result<Open, Notification> {
     if open.version() != 4 {
         // RFC 4271 §6.2: the data is the largest version we support.
         return Err(Notification::new(
-            codes::OPEN_MESSAGE,
-            codes::UNSUPPORTED_VERSION,
+            BgpError::Open(OpenError::UnsupportedVersion),
             4u16.to_be_bytes(),
         ));
     }
@@ -444,7 +444,12 @@ fn update_from(
         return Ok(Message::Update(out));
     }
     // RFC 4271 §6.3: announcements need ORIGIN, AS_PATH and a next hop.
-    let missing = |type_code: u8| Notification::new(codes::UPDATE_MESSAGE, 3, [type_code]);
+    let missing = |type_code: u8| {
+        Notification::new(
+            BgpError::Update(UpdateError::MissingWellKnownAttribute),
+            [type_code],
+        )
+    };
     let origin = origin.ok_or_else(|| missing(1))?;
     let mut as_path = as_path.ok_or_else(|| missing(2))?;
     // RFC 6793 §4.2.3: a 2-octet speaker's path carries AS_TRANS; AS4_PATH holds the real tail.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::message::UpdateError;
 
 const OUR_ID: Ipv4Addr = Ipv4Addr::new(10, 4, 36, 10);
 const PEER_ID: Ipv4Addr = Ipv4Addr::new(10, 4, 36, 239);
@@ -239,10 +240,7 @@ fn open_then_keepalive_establishes_with_negotiated_timers() {
 fn wrong_peer_as_is_refused_with_bad_peer_as() {
     let mut f = opensent(config());
     let out = f.process(Input::Received(Message::Open(peer_open(64999, 90))));
-    assert_eq!(
-        notification(&out),
-        Some((codes::OPEN_MESSAGE, codes::BAD_PEER_AS))
-    );
+    assert_eq!(notification(&out), Some((2, 2)));
     let Some(Message::Notification(n)) = sent(&out).into_iter().next().cloned() else {
         panic!()
     };
@@ -268,10 +266,7 @@ fn wrong_peer_as_is_refused_with_bad_peer_as() {
 fn unacceptable_hold_time_and_bad_identifier() {
     let mut f = opensent(config());
     let out = f.process(Input::Received(Message::Open(peer_open(64524, 2))));
-    assert_eq!(
-        notification(&out),
-        Some((codes::OPEN_MESSAGE, codes::UNACCEPTABLE_HOLD_TIME))
-    );
+    assert_eq!(notification(&out), Some((2, 6)));
 
     let mut f = opensent(config());
     let zero = Open {
@@ -279,10 +274,7 @@ fn unacceptable_hold_time_and_bad_identifier() {
         ..peer_open(64524, 90)
     };
     let out = f.process(Input::Received(Message::Open(zero)));
-    assert_eq!(
-        notification(&out),
-        Some((codes::OPEN_MESSAGE, codes::BAD_BGP_IDENTIFIER))
-    );
+    assert_eq!(notification(&out), Some((2, 3)));
 
     // iBGP peers must have distinct identifiers; eBGP peers may share ours.
     let ibgp = SessionConfig {
@@ -295,10 +287,7 @@ fn unacceptable_hold_time_and_bad_identifier() {
         router_id: OUR_ID,
         ..peer_open(64512, 90)
     })));
-    assert_eq!(
-        notification(&out),
-        Some((codes::OPEN_MESSAGE, codes::BAD_BGP_IDENTIFIER))
-    );
+    assert_eq!(notification(&out), Some((2, 3)));
     let mut f = opensent(config());
     let out = f.process(Input::Received(Message::Open(Open {
         router_id: OUR_ID,
@@ -369,7 +358,7 @@ fn zero_hold_time_is_refused_unless_configured_here_too() {
     let out = f.process(Input::Received(Message::Open(peer_open(64524, 0))));
     assert_eq!(
         notification(&out),
-        Some((codes::OPEN_MESSAGE, codes::UNACCEPTABLE_HOLD_TIME)),
+        Some((2, 6)),
         "a peer cannot switch our liveness checks off"
     );
     assert_eq!(f.state(), State::Idle);
@@ -392,7 +381,7 @@ fn zero_hold_time_configured_means_no_hold_timer_and_no_keepalives() {
 fn hold_timer_expiry_sends_notification_and_goes_down() {
     let (mut f, _) = established();
     let out = f.process(Input::TimerExpired(Timer::Hold));
-    assert_eq!(notification(&out), Some((codes::HOLD_TIMER_EXPIRED, 0)));
+    assert_eq!(notification(&out), Some((4, 0)));
     assert!(out.contains(&Output::Disconnect));
     assert!(
         out.iter()
@@ -427,7 +416,7 @@ fn keepalives_are_sent_and_any_message_rearms_hold() {
 #[test]
 fn peer_notification_in_established_goes_down_without_answering() {
     let (mut f, _) = established();
-    let cease = Notification::new(codes::CEASE, codes::CEASE_ADMINISTRATIVE_SHUTDOWN, []);
+    let cease = Notification::new(BgpError::Cease(Cease::AdministrativeShutdown), []);
     let out = f.process(Input::Received(Message::Notification(cease)));
     assert_eq!(
         notification(&out),
@@ -445,31 +434,22 @@ fn peer_notification_in_established_goes_down_without_answering() {
 fn unexpected_messages_are_fsm_errors() {
     let mut f = opensent(config());
     let out = f.process(Input::Received(Message::Keepalive));
-    assert_eq!(
-        notification(&out),
-        Some((codes::FSM, codes::FSM_UNEXPECTED_IN_OPENSENT))
-    );
+    assert_eq!(notification(&out), Some((5, 1)));
 
     let mut f = opensent(config());
     f.process(Input::Received(Message::Open(peer_open(64524, 90))));
     let out = f.process(Input::Received(Message::Update(Update::default())));
-    assert_eq!(
-        notification(&out),
-        Some((codes::FSM, codes::FSM_UNEXPECTED_IN_OPENCONFIRM))
-    );
+    assert_eq!(notification(&out), Some((5, 2)));
 
     let (mut f, _) = established();
     let out = f.process(Input::Received(Message::Open(peer_open(64524, 90))));
-    assert_eq!(
-        notification(&out),
-        Some((codes::FSM, codes::FSM_UNEXPECTED_IN_ESTABLISHED))
-    );
+    assert_eq!(notification(&out), Some((5, 3)));
 }
 
 #[test]
 fn a_decode_error_sends_the_notification_it_carries() {
     let (mut f, _) = established();
-    let malformed = Notification::new(codes::UPDATE_MESSAGE, 1, []);
+    let malformed = Notification::new(BgpError::Update(UpdateError::MalformedAttributeList), []);
     let out = f.process(Input::DecodeError(malformed.clone()));
     assert_eq!(sent(&out), vec![&Message::Notification(malformed)]);
     assert_eq!(f.state(), State::Idle);
@@ -478,7 +458,7 @@ fn a_decode_error_sends_the_notification_it_carries() {
 #[test]
 fn stop_sends_cease_and_does_not_retry_until_started() {
     let (mut f, _) = established();
-    let cease = Notification::new(codes::CEASE, codes::CEASE_ADMINISTRATIVE_SHUTDOWN, []);
+    let cease = Notification::new(BgpError::Cease(Cease::AdministrativeShutdown), []);
     let out = f.process(Input::Stop(Some(cease.clone())));
     assert_eq!(sent(&out), vec![&Message::Notification(cease)]);
     assert_eq!(timer(&out, Timer::ConnectRetry), None);
@@ -489,7 +469,10 @@ fn stop_sends_cease_and_does_not_retry_until_started() {
     assert!(f.process(Input::Start).contains(&Output::Connect));
 
     let mut idle = Fsm::new(config());
-    let out = idle.process(Input::Stop(Some(Notification::new(codes::CEASE, 2, []))));
+    let out = idle.process(Input::Stop(Some(Notification::new(
+        BgpError::Cease(Cease::AdministrativeShutdown),
+        [],
+    ))));
     assert_eq!(notification(&out), None, "no session, nothing to tell");
 
     let (mut g, _) = established();

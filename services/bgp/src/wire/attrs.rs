@@ -19,7 +19,7 @@
 
 use std::fmt;
 
-use crate::message::{Notification, codes};
+use crate::message::{BgpError, Notification, UpdateError};
 
 const OPTIONAL: u8 = 0x80;
 const TRANSITIVE: u8 = 0x40;
@@ -34,11 +34,6 @@ pub(super) const COMMUNITIES: u8 = 8;
 pub(super) const MP_REACH_NLRI: u8 = 14;
 pub(super) const MP_UNREACH_NLRI: u8 = 15;
 pub(super) const AS4_PATH: u8 = 17;
-
-/// RFC 4271 §6.3 subcodes used here.
-const MALFORMED_ATTRIBUTE_LIST: u8 = 1;
-const UNRECOGNIZED_WELL_KNOWN: u8 = 2;
-const OPTIONAL_ATTRIBUTE_ERROR: u8 = 9;
 
 /// What RFC 7606 §7 prescribes for one attribute when it is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,8 +262,8 @@ pub struct Checked {
     pub nothing_left: bool,
 }
 
-fn update_error(subcode: u8, data: &[u8]) -> Notification {
-    Notification::new(codes::UPDATE_MESSAGE, subcode, data)
+fn update_error(error: UpdateError, data: &[u8]) -> Notification {
+    Notification::new(BgpError::Update(error), data)
 }
 
 fn read_u16(b: &[u8], at: usize) -> Option<usize> {
@@ -289,7 +284,7 @@ struct Raw<'a> {
 /// Checks an UPDATE body. `asn4`: AS numbers are 4 octets (RFC 6793, negotiated).
 pub fn check(body: &[u8], asn4: bool) -> Result<Checked, Notification> {
     // §4: lengths that do not add up leave no way to find the NLRI: session reset.
-    let malformed_list = || update_error(MALFORMED_ATTRIBUTE_LIST, &[]);
+    let malformed_list = || update_error(UpdateError::MalformedAttributeList, &[]);
     let withdrawn_len = read_u16(body, 0).ok_or_else(malformed_list)?;
     let attrs_at = 2 + withdrawn_len;
     let attrs_len = read_u16(body, attrs_at).ok_or_else(malformed_list)?;
@@ -337,7 +332,10 @@ pub fn check(body: &[u8], asn4: bool) -> Result<Checked, Notification> {
         let Some(spec) = lookup(raw.code) else {
             if raw.flags & OPTIONAL == 0 {
                 // RFC 4271 §6.3: the data is the unrecognized attribute.
-                return Err(update_error(UNRECOGNIZED_WELL_KNOWN, raw.whole));
+                return Err(update_error(
+                    UpdateError::UnrecognizedWellKnownAttribute,
+                    raw.whole,
+                ));
             }
             continue;
         };
@@ -364,7 +362,7 @@ pub fn check(body: &[u8], asn4: bool) -> Result<Checked, Notification> {
             }
             Some(why) => match spec.malformed {
                 SessionReset => {
-                    return Err(update_error(OPTIONAL_ATTRIBUTE_ERROR, raw.whole));
+                    return Err(update_error(UpdateError::OptionalAttributeError, raw.whole));
                 }
                 handling => {
                     withdraw |= handling == TreatAsWithdraw;

@@ -160,7 +160,7 @@ fn keepalive_route_refresh_and_notification_round_trip() {
         Message::RouteRefresh(Family::V6)
     );
     for (code, sub) in [(6, 2), (2, 2), (4, 0), (3, 11), (6, 9), (200, 77)] {
-        let n = Message::Notification(Notification::new(code, sub, vec![1, 2, 3]));
+        let n = Message::Notification(Notification::from_wire(code, sub, vec![1, 2, 3]));
         assert_eq!(round_trip(&n, true), n);
     }
     let mut buf = BytesMut::new();
@@ -240,7 +240,11 @@ fn updates_whose_lengths_disagree_are_malformed_attribute_lists() {
         b.put_slice(&[24, 10, 5, 112]);
         let len = b.len() as u16;
         b[16..18].copy_from_slice(&len.to_be_bytes());
-        assert_eq!(err(b), (codes::UPDATE_MESSAGE, 1));
+        assert_eq!(
+            err(b),
+            (3, 1),
+            "UPDATE Message Error/Malformed Attribute List"
+        );
     }
 }
 
