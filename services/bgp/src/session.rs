@@ -192,50 +192,49 @@ impl Session {
                 .min_by_key(|(_, at)| **at)
                 .map(|(t, at)| (*t, *at));
             tokio::select! {
-                            cmd = commands.recv() => match cmd {
-                                Some(Command::Desired(routes)) => {
-                                    self.desired = Some(routes);
-                                    self.sync().await;
-                                }
-                                Some(Command::Accepted(stream)) => self.accepted(stream).await,
-                                Some(Command::Stop(cease, done)) => {
-                                    self.input(Input::Stop(cease)).await;
-                                    // Stopped means the peer has read our NOTIFICATION and closed (or
-                                    // LINGER has passed): a new session to it may start without the peer
-                                    // seeing the two overlap.
-                                    if let Some(closing) = self.closing.take() {
-                                        let _ = closing.await;
-                                    }
-                                    let _ = done.send(());
-                                    return;
-                                }
-                                None => {
-                                    let cease = Notification::new(
-            BgpError::Cease(Cease::PeerDeconfigured), []);
-                                    self.input(Input::Stop(Some(cease))).await;
-                                    return;
-                                }
-                            },
-                            () = sleep_until(deadline.map(|d| d.1)) => {
-                                if let Some((timer, _)) = deadline {
-                                    self.timers.remove(&timer);
-                                    self.input(Input::TimerExpired(timer)).await;
-                                }
-                            }
-                            dialed = recv_dial(&mut self.dialing) => {
-                                self.dialing = None;
-                                match dialed {
-                                    Ok(stream) => self.attach(stream, true).await,
-                                    Err(e) => {
-                                        // Not a session going down, so the FSM reports nothing: record it for the API.
-                                        let why = format!("connect to {}: {e}", self.transport.peer);
-                                        lock(&self.status).last_error = Some((why.clone(), SystemTime::now()));
-                                        self.input(Input::TcpFailed(why)).await;
-                                    }
-                                }
-                            }
-                            read = read_some(&mut self.conn) => self.received(read).await,
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Desired(routes)) => {
+                        self.desired = Some(routes);
+                        self.sync().await;
+                    }
+                    Some(Command::Accepted(stream)) => self.accepted(stream).await,
+                    Some(Command::Stop(cease, done)) => {
+                        self.input(Input::Stop(cease)).await;
+                        // Stopped means the peer has read our NOTIFICATION and closed (or
+                        // LINGER has passed): a new session to it may start without the peer
+                        // seeing the two overlap.
+                        if let Some(closing) = self.closing.take() {
+                            let _ = closing.await;
                         }
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        let cease = Notification::new(BgpError::Cease(Cease::PeerDeconfigured), []);
+                        self.input(Input::Stop(Some(cease))).await;
+                        return;
+                    }
+                },
+                () = sleep_until(deadline.map(|d| d.1)) => {
+                    if let Some((timer, _)) = deadline {
+                        self.timers.remove(&timer);
+                        self.input(Input::TimerExpired(timer)).await;
+                    }
+                }
+                dialed = recv_dial(&mut self.dialing) => {
+                    self.dialing = None;
+                    match dialed {
+                        Ok(stream) => self.attach(stream, true).await,
+                        Err(e) => {
+                            // Not a session going down, so the FSM reports nothing: record it for the API.
+                            let why = format!("connect to {}: {e}", self.transport.peer);
+                            lock(&self.status).last_error = Some((why.clone(), SystemTime::now()));
+                            self.input(Input::TcpFailed(why)).await;
+                        }
+                    }
+                }
+                read = read_some(&mut self.conn) => self.received(read).await,
+            }
         }
     }
 
