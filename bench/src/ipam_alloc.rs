@@ -114,6 +114,9 @@ fn start_server(
             "127.0.0.1:0",
             "--durability",
             durability,
+            // Millions of allocations over 64 nodes: far past the default cap of pods per node.
+            "--max-pods-per-node",
+            "100000000",
             "--log",
             "warn,routeplane_runtime=info",
         ]);

@@ -77,6 +77,11 @@ pub struct Persisted {
     pub pools: Vec<PoolRecord>,
 }
 
+/// The default of `--max-pods-per-node`: the most pod owners one node may hold addresses for,
+/// whatever its CIDR's size (an IPv6 /64 would otherwise let one caller fill memory) — about four
+/// times the busiest nodes Kubernetes supports (its maxPods default is 110, common ceilings 250).
+pub const DEFAULT_MAX_PODS_PER_NODE: u32 = 1024;
+
 /// The settings the core is built from.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -86,6 +91,8 @@ pub struct CoreConfig {
     pub default_masks: BTreeMap<Family, u8>,
     pub service_pools: Vec<AddressPool>,
     pub lease_ttl: Duration,
+    /// The most pod owners one node may hold addresses for (`--max-pods-per-node`).
+    pub max_pods_per_node: usize,
 }
 
 /// A pod CIDR pool as ListPools shows it.
@@ -135,6 +142,7 @@ pub struct IpamState {
     address_owners: HashMap<IpAddr, String>,
     revision: Revision,
     lease_ttl: Duration,
+    max_pods_per_node: usize,
 }
 
 /// Offsets a node CIDR never hands to a pod: the network address, the router IP and, for IPv4,
@@ -193,6 +201,7 @@ impl IpamState {
             address_owners: HashMap::new(),
             revision: persisted.revision,
             lease_ttl: config.lease_ttl,
+            max_pods_per_node: config.max_pods_per_node,
         };
         for node in persisted.nodes {
             for cidr in &node.pod_cidrs {

@@ -72,11 +72,6 @@ fn taken_offset(entry: &mut NodeEntry, ip: IpAddr) {
     }
 }
 
-/// The most pod owners one node may hold addresses for, whatever its CIDR's size (an IPv6 /64
-/// would otherwise let one caller fill memory): about four times the busiest nodes Kubernetes
-/// supports (its maxPods default is 110, common ceilings 250).
-pub const MAX_PODS_PER_NODE: usize = 1024;
-
 impl IpamState {
     /// Gives `owner` an address of each wanted family from the node's CIDRs. Idempotent per owner.
     pub fn allocate_pod_ip(
@@ -86,6 +81,7 @@ impl IpamState {
         family: Option<Family>,
     ) -> Result<(Vec<IpAddr>, Option<Mutation>)> {
         model::validate_owner(owner)?;
+        let max = self.max_pods_per_node;
         let entry = self
             .nodes
             .get_mut(node)
@@ -101,9 +97,9 @@ impl IpamState {
                 IpamError::FailedPrecondition(format!("node {node} has no {f} pod CIDR: {f} is not enabled in values.yaml (ipv4.enabled / ipv6.enabled)"))
             })?],
         };
-        if !entry.pods.contains_key(owner) && entry.pods.len() >= MAX_PODS_PER_NODE {
+        if !entry.pods.contains_key(owner) && entry.pods.len() >= max {
             return Err(IpamError::Exhausted(format!(
-                "node {node} holds pod IPs for {} owners, the most one node may have ({MAX_PODS_PER_NODE}); release the IPs of pods that are gone",
+                "node {node} holds pod IPs for {} owners, the most one node may have ({max}, --max-pods-per-node); release the IPs of pods that are gone",
                 entry.pods.len()
             )));
         }
@@ -208,7 +204,8 @@ impl IpamState {
     ) -> Result<(SyncOutcome, Option<Mutation>)> {
         let entry = self.nodes.get(node).ok_or_else(|| not_registered(node))?;
         let reserved = reserved_of(entry);
-        let reported: BTreeMap<String, PodIps> = validate_report(entry, &reserved, report)?;
+        let reported: BTreeMap<String, PodIps> =
+            validate_report(entry, &reserved, report, self.max_pods_per_node)?;
         let current: BTreeMap<&String, &PodIps> = entry
             .pods
             .iter()
@@ -283,11 +280,12 @@ fn validate_report(
     entry: &NodeEntry,
     reserved: &BTreeMap<String, Vec<IpAddr>>,
     report: Vec<ReportedPod>,
+    max_pods: usize,
 ) -> Result<BTreeMap<String, PodIps>> {
     let node = &entry.node.name;
-    if report.len() > MAX_PODS_PER_NODE {
+    if report.len() > max_pods {
         return Err(IpamError::InvalidArgument(format!(
-            "node {node}'s report lists {} pods: a node may have at most {MAX_PODS_PER_NODE}",
+            "node {node}'s report lists {} pods: a node may have at most {max_pods} (--max-pods-per-node)",
             report.len()
         )));
     }

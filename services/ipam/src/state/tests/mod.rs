@@ -15,6 +15,7 @@ fn config(values: &str, lb: &str) -> CoreConfig {
             .unwrap()
             .address_pools,
         lease_ttl: Duration::from_secs(10),
+        max_pods_per_node: DEFAULT_MAX_PODS_PER_NODE as usize,
     }
 }
 
@@ -632,7 +633,7 @@ fn pod_ips_per_node_are_capped() {
     register(&mut s, "a", "10.4.94.10");
     // The seed's node CIDRs are /24s: 253 pods fit, so the cap is reached by hand here.
     let entry = s.nodes.get_mut("a").unwrap();
-    for i in 0..crate::state::pod_ips::MAX_PODS_PER_NODE {
+    for i in 0..DEFAULT_MAX_PODS_PER_NODE {
         entry.pods.insert(format!("filler/{i}"), PodIps::default());
     }
     let e = s
@@ -640,7 +641,8 @@ fn pod_ips_per_node_are_capped() {
         .unwrap_err();
     assert!(
         matches!(e, IpamError::Exhausted(_))
-            && e.to_string().contains("the most one node may have (1024)"),
+            && e.to_string()
+                .contains("the most one node may have (1024, --max-pods-per-node)"),
         "{e}"
     );
     assert!(
