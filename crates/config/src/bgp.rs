@@ -178,6 +178,7 @@ impl BgpConfig {
     /// routeplane's default: the seed's peers, with the LoadBalancer pool moved off the pod CIDR.
     pub fn embedded() -> BgpConfig {
         // Tested to parse; a failure here is a build defect, not input.
+        #[allow(clippy::expect_used)]
         Self::parse(EMBEDDED, "embedded bgp-config.yaml").expect("embedded bgp-config parses")
     }
 
@@ -236,8 +237,9 @@ impl Checker<'_> {
             .map(|(i, p)| self.peer(&format!("peers[{i}]."), p))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, p) in peers.iter().enumerate() {
-            if peers[..i]
+            if peers
                 .iter()
+                .take(i)
                 .any(|q| q.peer_address == p.peer_address && q.peer_port == p.peer_port)
             {
                 return Err(self.err(

@@ -7,6 +7,11 @@
 //! well as its `config.yaml` payload. Each service also has an embedded default ([`HelmValues::embedded`],
 //! [`BgpConfig::embedded`]) so that it starts with no file.
 #![forbid(unsafe_code)]
+// Files are input like any other: no indexing, unwrap or expect that could panic on them.
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
 
 mod bgp;
 mod duration;

@@ -73,6 +73,7 @@ impl HelmValues {
     /// The embedded default: the seed's values.yaml.
     pub fn embedded() -> HelmValues {
         // The embedded file is tested to parse; a failure here is a build defect, not input.
+        #[allow(clippy::expect_used)]
         Self::parse(EMBEDDED, "embedded values.yaml").expect("embedded values.yaml parses")
     }
 

@@ -3,6 +3,13 @@
 //! Versions 0.3.0 to 1.1.0 are answered (0.4.0 added CHECK, 1.1.0 STATUS and GC; results before
 //! 1.0.0 carry each address's "version").
 
+// The runtime's stdin and environment may hold anything: no indexing, unwrap or expect that
+// could panic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use std::collections::BTreeMap;
 
 use routeplane_api::agent::v1 as pb;
@@ -301,8 +308,9 @@ pub fn result_json(version: &str, r: &pb::CniResult) -> Value {
                 "gateway": ip.gateway,
                 "interface": ip.interface,
             });
-            if old {
-                v["version"] = json!(if ip.address.contains(':') { "6" } else { "4" });
+            if let (true, Some(o)) = (old, v.as_object_mut()) {
+                let family = if ip.address.contains(':') { "6" } else { "4" };
+                o.insert("version".into(), json!(family));
             }
             v
         })
@@ -312,8 +320,8 @@ pub fn result_json(version: &str, r: &pb::CniResult) -> Value {
         .iter()
         .map(|i| {
             let mut v = json!({ "name": i.name, "mac": i.mac });
-            if !i.sandbox.is_empty() {
-                v["sandbox"] = json!(i.sandbox);
+            if let (false, Some(o)) = (i.sandbox.is_empty(), v.as_object_mut()) {
+                o.insert("sandbox".into(), json!(i.sandbox));
             }
             v
         })

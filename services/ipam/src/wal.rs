@@ -12,6 +12,12 @@
 //! A short or corrupt record at the end of the last segment is a write that never completed (so it
 //! was never acknowledged) and is cut off; anywhere else it is corruption and stops the start.
 
+// Bytes read back from disk may be torn or corrupt: no indexing, unwrap or expect that could panic.
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
+)]
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -60,14 +66,16 @@ pub fn encode(record: &WalRecord, buf: &mut Vec<u8>) -> Result<()> {
 fn decode_all(bytes: &[u8]) -> (Vec<WalRecord>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
-    while bytes.len() - at >= HEADER {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap_or_default());
+    while let Some(&[l0, l1, l2, l3, c0, c1, c2, c3]) = bytes.get(at..at + HEADER) {
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
+        let crc = u32::from_le_bytes([c0, c1, c2, c3]);
         let end = at + HEADER + len as usize;
-        if len > MAX_RECORD || end > bytes.len() {
+        if len > MAX_RECORD {
             break;
         }
-        let payload = &bytes[at + HEADER..end];
+        let Some(payload) = bytes.get(at + HEADER..end) else {
+            break;
+        };
         if crc32fast::hash(payload) != crc {
             break;
         }
@@ -174,30 +182,30 @@ impl Wal {
             self.segments.push((first, path));
             self.written = 0;
         }
-        let path = &self.segments[self.segments.len() - 1].1;
-        self.file
-            .write_all(bytes)
-            .map_err(|e| io_err("cannot write log segment", path, e))?;
+        if let Err(e) = self.file.write_all(bytes) {
+            return Err(io_err("cannot write log segment", self.current_path(), e));
+        }
         self.written += bytes.len() as u64;
         Ok(())
     }
 
     /// Makes everything appended durable.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| {
-            io_err(
-                "cannot sync log segment",
-                &self.segments[self.segments.len() - 1].1,
-                e,
-            )
-        })
+        self.file
+            .sync_data()
+            .map_err(|e| io_err("cannot sync log segment", self.current_path(), e))
+    }
+
+    /// The segment being appended to (there is always one; the directory if ever not).
+    fn current_path(&self) -> &Path {
+        self.segments.last().map_or(&self.dir, |s| &s.1)
     }
 
     /// Deletes the segments whose every record is at or below `revision` (known durable in sled).
     pub fn truncate_through(&mut self, revision: Revision) -> Result<usize> {
         let mut removed = 0;
         // Segment k holds revisions from its first up to just before segment k+1's first.
-        while self.segments.len() > 1 && self.segments[1].0 <= revision + 1 {
+        while self.segments.get(1).is_some_and(|s| s.0 <= revision + 1) {
             let (_, path) = self.segments.remove(0);
             fs::remove_file(&path).map_err(|e| io_err("cannot delete log segment", &path, e))?;
             removed += 1;
