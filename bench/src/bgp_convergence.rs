@@ -1,6 +1,7 @@
 //! How fast one BIRD learns N IPv4 prefixes from routeplane-bgp, loaded through its AnnouncePaths
-//! stream, beside gobgpd, loaded through its AddPathStream API — same BIRD, same namespaces,
-//! alternating runs, both senders loaded before BIRD's session is enabled. Prints, per sender, the
+//! stream (plaintext, and over mutual TLS 1.3 with scripts/certs' certificates), beside gobgpd,
+//! loaded through its AddPathStream API — same BIRD, same namespaces, alternating runs, every
+//! sender loaded before BIRD's session is enabled. Prints, per sender, the
 //! median time from enabling the session to Established, from Established to all N imported
 //! (BIRD's "Routes: N imported" counter), and the sender's peak RSS — alone, and with what it
 //! needs to run (routeplane-bgp takes its routes from routeplane-ipam). Needs root (it builds its own
@@ -14,7 +15,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use routeplane_api::bgp::v1 as pb;
 use routeplane_bench::{median, sh};
+use routeplane_runtime::dial::Dialer;
+use routeplane_runtime::tls::{Security, Tls, TlsFiles};
 use routeplane_testkit::Service;
+use routeplane_testkit::certs::Certs;
 
 #[derive(Debug, Parser)]
 #[command(about = "BGP convergence: routeplane-bgp vs gobgpd into one BIRD")]
@@ -39,8 +43,14 @@ enum Cmd {
         prefixes: u32,
         #[arg(long)]
         next_hop: String,
+        /// Certificates (scripts/certs' layout) to dial https:// with, as operator/bench.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
 }
+
+/// The senders, in the order each round runs them.
+const SENDERS: [&str; 3] = ["routeplane-bgp", "routeplane-bgp mTLS", "gobgpd"];
 
 const NS_BIRD: &str = "rpbench-bird";
 const NS_RP: &str = "rpbench-rp";
@@ -130,7 +140,11 @@ struct Run {
 /// One run: fresh sender, N paths loaded, BIRD's protocol enabled, timed until all are imported.
 fn run_once(sender: &'static str, n: u32, dir: &Path, bins: &Path, ctl: &Path) -> Run {
     let mut children: Vec<Service> = Vec::new();
-    let (protocol, load) = if sender == "routeplane-bgp" {
+    let (protocol, load) = if sender.starts_with("routeplane-bgp") {
+        // Over mutual TLS: its gRPC API served with bgp/bgp's certificate, dialled as operator/bench.
+        let certs = sender
+            .ends_with("mTLS")
+            .then(|| Certs::at(&dir.join("tls")));
         let cfg = dir.join("bgp-config.yaml");
         let data = dir.join(format!("ipam-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
@@ -152,29 +166,42 @@ fn run_once(sender: &'static str, n: u32, dir: &Path, bins: &Path, ctl: &Path) -
                 "warn",
             ],
         ));
+        let tls_flags = certs
+            .as_ref()
+            .map(|c| c.service_flags("bgp/bgp"))
+            .unwrap_or_default();
+        let mut bgp_args = vec![
+            "--bgp-config",
+            cfg.to_str().unwrap(),
+            "--router-id",
+            "10.4.36.10",
+            "--bgp-listen",
+            "10.4.36.10:179",
+            "--grpc-listen",
+            "127.0.0.1:50052",
+            "--metrics-listen",
+            "127.0.0.1:9952",
+            // Where load() puts its /32s.
+            "--announce-allow",
+            "100.64.0.0/10",
+            "--log",
+            "warn",
+        ];
+        bgp_args.extend(tls_flags.iter().map(String::as_str));
         let bgp = Service::spawn(
             "routeplane-bgp",
             Some(NS_RP),
             &bins.join("routeplane-bgp"),
-            &[
-                "--bgp-config",
-                cfg.to_str().unwrap(),
-                "--router-id",
-                "10.4.36.10",
-                "--bgp-listen",
-                "10.4.36.10:179",
-                "--grpc-listen",
-                "127.0.0.1:50052",
-                "--metrics-listen",
-                "127.0.0.1:9952",
-                // Where load() puts its /32s.
-                "--announce-allow",
-                "100.64.0.0/10",
-                "--log",
-                "warn",
-            ],
+            &bgp_args,
         );
         children.push(bgp);
+        let (url, tls_dir) = match &certs {
+            Some(c) => (
+                "https://127.0.0.1:50052",
+                vec!["--tls-dir".to_string(), c.dir().display().to_string()],
+            ),
+            None => ("http://127.0.0.1:50052", Vec::new()),
+        };
         let me = std::env::current_exe().unwrap();
         let started = Instant::now();
         let mut loaded = false;
@@ -188,12 +215,13 @@ fn run_once(sender: &'static str, n: u32, dir: &Path, bins: &Path, ctl: &Path) -
                     .args([
                         "load",
                         "--grpc",
-                        "http://127.0.0.1:50052",
+                        url,
                         "--prefixes",
                         &n.to_string(),
                         "--next-hop",
                         "10.4.36.10",
                     ])
+                    .args(&tls_dir)
                     .output()
                     .unwrap();
                 loaded = out.status.success();
@@ -288,8 +316,18 @@ async fn load(
     grpc: String,
     prefixes: u32,
     next_hop: String,
+    tls_dir: Option<PathBuf>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut client = pb::bgp_client::BgpClient::connect(grpc).await?;
+    let dialer = match tls_dir {
+        Some(dir) => {
+            let (cert, key) = Certs::at(&dir).pair("operator/bench");
+            let ca = Certs::at(&dir).ca();
+            let tls = Tls::load(TlsFiles { ca, cert, key })?;
+            Dialer::new(Security::Tls(std::sync::Arc::new(tls)))
+        }
+        None => Dialer::loopback_only(),
+    };
+    let mut client = pb::bgp_client::BgpClient::new(dialer.connect(&grpc).await?);
     let base = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0));
     let paths = (0..prefixes).map(move |i| pb::AnnouncePathRequest {
         prefix: format!("{}/32", std::net::Ipv4Addr::from(base + i)),
@@ -314,9 +352,10 @@ async fn main() {
         grpc,
         prefixes,
         next_hop,
+        tls_dir,
     }) = args.command
     {
-        if let Err(e) = load(grpc, prefixes, next_hop).await {
+        if let Err(e) = load(grpc, prefixes, next_hop, tls_dir).await {
             eprintln!("load: {e}");
             std::process::exit(1);
         }
@@ -328,6 +367,7 @@ async fn main() {
         .unwrap()
         .to_path_buf();
     let dir = tempfile::tempdir().unwrap();
+    Certs::new(&dir.path().join("tls"), &["bgp/bgp", "operator/bench"]);
     topology();
     let ctl = dir.path().join("bird.ctl");
     let bird_conf = "router id 10.4.36.239;\nprotocol device {}\ntemplate bgp sender {\n  local 10.4.36.239 as 64524;\n  disabled;\n  connect delay time 0;\n  ipv4 { import all; export none; };\n}\nprotocol bgp rp from sender { neighbor 10.4.36.10 as 64513; }\nprotocol bgp gobgp from sender { neighbor 10.4.36.20 as 64513; }\n";
@@ -360,10 +400,10 @@ async fn main() {
     );
     let mut runs = Vec::new();
     for round in 0..args.rounds {
-        for sender in ["routeplane-bgp", "gobgpd"] {
+        for sender in SENDERS {
             let r = run_once(sender, args.prefixes, dir.path(), &bins, &ctl);
             println!(
-                "  round {round} {:<15} load {:>6.2} s   enable→Established {:>6.3} s   Established→all imported {:>6.3} s   peak RSS {:>6.1} MB (with what it needs {:>6.1} MB)",
+                "  round {round} {:<20} load {:>6.2} s   enable→Established {:>6.3} s   Established→all imported {:>6.3} s   peak RSS {:>6.1} MB (with what it needs {:>6.1} MB)",
                 r.sender,
                 r.load.as_secs_f64(),
                 r.to_established.as_secs_f64(),
@@ -380,16 +420,16 @@ async fn main() {
         median(runs.iter().filter(|r| r.sender == s).map(f).collect())
     };
     println!(
-        "\n{:<16} {:>18} {:>26} {:>14} {:>22}",
+        "\n{:<20} {:>18} {:>26} {:>14} {:>22}",
         "sender (median)",
         "to Established s",
         "Established→imported s",
         "peak RSS MB",
         "with what it needs MB"
     );
-    for s in ["routeplane-bgp", "gobgpd"] {
+    for s in SENDERS {
         println!(
-            "{:<16} {:>18.3} {:>26.3} {:>14.1} {:>22.1}",
+            "{:<20} {:>18.3} {:>26.3} {:>14.1} {:>22.1}",
             s,
             pick(s, |r| r.to_established.as_secs_f64()),
             pick(s, |r| r.to_imported.as_secs_f64()),
@@ -414,5 +454,11 @@ async fn main() {
     println!(
         "  peak RSS, routeplane-bgp + routeplane-ipam vs gobgpd  {:>6.2}x",
         ratio(|r| r.total_rss_mb)
+    );
+    println!(
+        "\nmutual TLS (issue #12): {} paths loaded through AnnouncePaths (start-up included) in {:.2} s over mTLS, {:.2} s plaintext",
+        args.prefixes,
+        pick("routeplane-bgp mTLS", |r| r.load.as_secs_f64()),
+        pick("routeplane-bgp", |r| r.load.as_secs_f64())
     );
 }
