@@ -320,8 +320,9 @@ async fn load(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dialer = match tls_dir {
         Some(dir) => {
-            let (cert, key) = Certs::at(&dir).pair("operator/bench");
-            let ca = Certs::at(&dir).ca();
+            let certs = Certs::at(&dir);
+            let (cert, key) = certs.pair("operator/bench");
+            let ca = certs.ca();
             let tls = Tls::load(TlsFiles { ca, cert, key })?;
             Dialer::new(Security::Tls(std::sync::Arc::new(tls)))
         }

@@ -1,6 +1,7 @@
 //! Prometheus metrics read from the sessions at scrape time, named as MetalLB's speaker names them
 //! (metallb_bgp_session_up, metallb_bgp_announced_prefixes_total, metallb_bgp_updates_total).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -28,7 +29,7 @@ struct Row {
     received: usize,
     updates_sent: u64,
     updates_received: u64,
-    repairs: Vec<(&'static str, u64)>,
+    repairs: BTreeMap<&'static str, u64>,
 }
 
 fn gauges(
@@ -75,7 +76,7 @@ impl Collector for BgpCollector {
                         received: s.received.len(),
                         updates_sent: s.updates_sent,
                         updates_received: s.updates_received,
-                        repairs: s.repairs.iter().map(|(k, v)| (*k, *v)).collect(),
+                        repairs: s.repairs.clone(),
                     }
                 })
                 .collect();
@@ -125,11 +126,7 @@ impl Collector for BgpCollector {
         for r in &rows {
             // Every handling, at 0 until it happens, so that a rate() sees the first one.
             for handling in crate::wire::Handling::REPAIRS.map(|h| h.name()) {
-                let n = r
-                    .repairs
-                    .iter()
-                    .find(|(k, _)| *k == handling)
-                    .map_or(0, |(_, n)| *n);
+                let n = r.repairs.get(handling).copied().unwrap_or(0);
                 let labels = [("peer", r.peer.as_str()), ("handling", handling)];
                 ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
             }

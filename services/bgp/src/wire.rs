@@ -140,20 +140,22 @@ impl Codec {
     }
 
     /// An UPDATE's attributes checked and repaired as RFC 7606 says, then parsed.
-    fn decode_update(&mut self, frame: BytesMut) -> Result<Message, Notification> {
+    fn decode_update(&mut self, mut frame: BytesMut) -> Result<Message, Notification> {
         let asn4 = self.asn4_sent == Some(true) && self.asn4_received == Some(true);
         let checked = attrs::check(frame.get(HEADER_LEN..).unwrap_or_default(), asn4)?;
         self.repairs.extend(checked.repairs);
         if checked.nothing_left {
             return Ok(Message::Update(Update::default()));
         }
-        let mut repaired = BytesMut::with_capacity(HEADER_LEN + checked.body.len());
-        repaired.put_slice(&[0xff; 16]);
-        // No longer than the frame it came from, which fitted in MAX_MESSAGE_LEN.
-        repaired.put_u16((HEADER_LEN + checked.body.len()) as u16);
-        repaired.put_u8(UPDATE_TYPE);
-        repaired.put_slice(&checked.body);
-        match self.inner_decode(&mut repaired)? {
+        if let Some(body) = checked.body {
+            frame = BytesMut::with_capacity(HEADER_LEN + body.len());
+            frame.put_slice(&[0xff; 16]);
+            // No longer than the frame it came from, which fitted in MAX_MESSAGE_LEN.
+            frame.put_u16((HEADER_LEN + body.len()) as u16);
+            frame.put_u8(UPDATE_TYPE);
+            frame.put_slice(&body);
+        }
+        match self.inner_decode(&mut frame)? {
             Some(m) => Ok(m),
             None => Err(header_error(HeaderError::BadMessageLength, [])),
         }

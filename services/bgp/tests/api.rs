@@ -36,21 +36,21 @@ fn command(dir: &std::path::Path, config: &str, extra: &[&str]) -> Command {
 }
 
 fn start(dir: &std::path::Path) -> Server {
-    let mut process = Service::start(
-        "routeplane-bgp",
-        command(
-            dir,
-            CONFIG,
-            &[
-                "--router-id",
-                "10.0.0.1",
-                "--connect-retry",
-                "1s",
-                "--announce-allow",
-                "192.0.2.0/24,198.51.100.0/24,203.0.113.0/24",
-            ],
-        ),
-    );
+    start_with(
+        dir,
+        &[
+            "--router-id",
+            "10.0.0.1",
+            "--connect-retry",
+            "1s",
+            "--announce-allow",
+            "192.0.2.0/24,198.51.100.0/24,203.0.113.0/24",
+        ],
+    )
+}
+
+fn start_with(dir: &std::path::Path, args: &[&str]) -> Server {
+    let mut process = Service::start("routeplane-bgp", command(dir, CONFIG, args));
     let grpc = process.listen_addr("gRPC").to_string();
     Server {
         _process: process,
@@ -361,14 +361,7 @@ fn peers_and_paths_can_be_added_and_removed_at_runtime() {
 #[test]
 fn announce_path_is_off_without_an_allow_list() {
     let dir = tempfile::tempdir().unwrap();
-    let mut process = Service::start(
-        "routeplane-bgp",
-        command(dir.path(), CONFIG, &["--router-id", "10.0.0.1"]),
-    );
-    let server = Server {
-        grpc: process.listen_addr("gRPC").to_string(),
-        _process: process,
-    };
+    let server = start_with(dir.path(), &["--router-id", "10.0.0.1"]);
     let (ok, out) = grpcurl(
         &server,
         "routeplane.bgp.v1.Bgp/AnnouncePath",

@@ -658,10 +658,11 @@ impl IpamState {
                 "{cidr} overlaps LoadBalancer address-pool {name:?} ({range}): an address in both could be given to a pod and to a Service"
             )));
         }
-        if let Some((name, addr)) = self.nodes.values().find_map(|e| {
-            let addr = e.node.addresses.iter().find(|a| cidr.contains_addr(**a))?;
-            Some((&e.node.name, *addr))
-        }) {
+        if let Some((addr, name)) = self
+            .address_owners
+            .iter()
+            .find(|(a, _)| cidr.contains_addr(**a))
+        {
             return Err(IpamError::InvalidArgument(format!(
                 "{cidr} contains node {name}'s address {addr}: a pod could be given a node's address; choose a range apart from the nodes' subnets"
             )));

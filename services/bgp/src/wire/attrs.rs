@@ -255,8 +255,9 @@ impl fmt::Display for Repair {
 /// An UPDATE's body (after the 19-octet header) with its errors handled.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Checked {
-    /// The body to parse: the original minus discarded attributes, or withdrawals only.
-    pub body: Vec<u8>,
+    /// The body to parse instead of the original: without the discarded attributes, or
+    /// withdrawals only. `None` when every attribute was kept: the UPDATE is parsed as it came.
+    pub body: Option<Vec<u8>>,
     pub repairs: Vec<Repair>,
     /// Treat-as-withdraw applied, but the UPDATE announced nothing to withdraw.
     pub nothing_left: bool,
@@ -404,17 +405,21 @@ pub fn check(body: &[u8], asn4: bool) -> Result<Checked, Notification> {
             repairs,
         ));
     }
-    let mut out = Vec::with_capacity(body.len());
-    out.extend_from_slice(&(withdrawn_len as u16).to_be_bytes());
-    out.extend_from_slice(withdrawn);
     let len: usize = kept.iter().map(|a| a.len()).sum();
-    out.extend_from_slice(&(len as u16).to_be_bytes());
-    for a in kept {
-        out.extend_from_slice(a);
-    }
-    out.extend_from_slice(nlri);
+    // The common case, a well-formed UPDATE: no copy.
+    let body = (len != attrs.len()).then(|| {
+        let mut out = Vec::with_capacity(body.len());
+        out.extend_from_slice(&(withdrawn_len as u16).to_be_bytes());
+        out.extend_from_slice(withdrawn);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+        for a in kept {
+            out.extend_from_slice(a);
+        }
+        out.extend_from_slice(nlri);
+        out
+    });
     Ok(Checked {
-        body: out,
+        body,
         repairs,
         nothing_left: false,
     })
@@ -546,7 +551,7 @@ fn as_withdrawal(
     body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
     body.extend_from_slice(&attrs);
     Checked {
-        body,
+        body: Some(body),
         repairs,
         nothing_left,
     }

@@ -32,7 +32,7 @@ def open_msg(version=4, asn=MY_AS, hold=90, router_id="10.4.36.238"):
     # Capabilities: multiprotocol IPv4 unicast, 4-octet AS.
     caps = bytes([1, 4, 0, 1, 0, 1]) + bytes([65, 4]) + struct.pack("!I", asn)
     params = bytes([2, len(caps)]) + caps
-    body = struct.pack("!BHH", version, min(asn, 23456 if asn > 65535 else asn), hold)
+    body = struct.pack("!BHH", version, asn if asn <= 65535 else 23456, hold)
     body += socket.inet_aton(router_id) + bytes([len(params)]) + params
     return message(1, body)
 
