@@ -63,6 +63,7 @@ impl Side {
         }
     }
 
+    #[cfg(ebpf)]
     fn pin(self, iface: &str) -> String {
         match self {
             Side::Pod => format!("link-{iface}"),
