@@ -48,6 +48,9 @@ pub struct CommitStats {
     /// sled checkpoints, and the revision the last one covered.
     pub checkpoints: AtomicU64,
     pub checkpoint_revision: AtomicU64,
+    /// Highest revision applied to sled: sled is written behind the log, and `durable_revision`
+    /// minus this is the materializer's backlog.
+    pub materialized_revision: AtomicU64,
     /// Log segments on disk now, and deleted after checkpoints so far.
     pub log_segments: AtomicU64,
     pub log_segments_removed: AtomicU64,
@@ -327,6 +330,11 @@ pub async fn run_materializer(
                 "sled writer thread failed: {e}"
             )))
         })?;
+        if let Some(revision) = applied {
+            stats
+                .materialized_revision
+                .store(revision, Ordering::Relaxed);
+        }
         if let Some(revision) = checkpoint {
             stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             stats.checkpoint_revision.store(revision, Ordering::Relaxed);
@@ -443,6 +451,7 @@ mod tests {
             50,
             "a last checkpoint on close"
         );
+        assert_eq!(stats.materialized_revision.load(Ordering::Relaxed), 50);
         assert_eq!(store.load().unwrap().nodes.len(), 50);
         // Everything is in the log as well, ready to replay.
         let (_, logged, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();

@@ -114,6 +114,9 @@ impl Ipam {
             .checkpoint_revision
             .store(state.revision(), Ordering::Relaxed);
         stats
+            .materialized_revision
+            .store(state.revision(), Ordering::Relaxed);
+        stats
             .log_segments
             .store(wal.segment_count() as u64, Ordering::Relaxed);
         let (commits, rx) = mpsc::unbounded_channel();

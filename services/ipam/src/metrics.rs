@@ -183,6 +183,17 @@ impl Collector for IpamCollector {
         )?;
         gauges(
             &mut e,
+            "routeplane_ipam_materialized_revision",
+            "The revision sled has applied (it is written behind the log): routeplane_ipam_revision minus this is the backlog",
+            &[(
+                &[],
+                clamp(u128::from(
+                    stats.materialized_revision.load(Ordering::Relaxed),
+                )),
+            )],
+        )?;
+        gauges(
+            &mut e,
             "routeplane_ipam_log_segments",
             "Segments of the write-ahead log on disk",
             &[(&[], stats.log_segments.load(Ordering::Relaxed) as i64)],
