@@ -472,22 +472,32 @@ async fn forward_live(
     }
 }
 
-/// Applies the logged changes sled does not have yet, in order. sled recovers a prefix of what it
-/// was given, so a change at or below its revision is there already; one missing after it (a log
-/// segment lost or deleted by hand) is refused, never skipped: the state after it would hold
-/// addresses the missing change took or gave back.
+/// The first revision after `sled` that the log lacks while holding a later one, and that later
+/// one. sled recovers a prefix of what it was given, so a change at or below its revision is there
+/// already; one missing after it (a log segment lost or deleted by hand) can never be skipped: the
+/// state after it would hold addresses the missing change took or gave back.
+pub(crate) fn log_gap(
+    sled: Revision,
+    logged: &[crate::wal::WalRecord],
+) -> Option<(Revision, Revision)> {
+    let after = logged.iter().filter(|r| r.revision > sled);
+    (sled + 1..)
+        .zip(after)
+        .find(|(expected, r)| r.revision != *expected)
+        .map(|(expected, r)| (expected, r.revision))
+}
+
+/// Applies the logged changes sled does not have yet, in order; refuses a gap (see [`log_gap`]).
 fn replay(store: &Store, logged: &[crate::wal::WalRecord]) -> Result<usize> {
     let sled = store.revision()?;
-    let after = logged.iter().filter(|r| r.revision > sled);
+    if let Some((expected, found)) = log_gap(sled, logged) {
+        return Err(IpamError::Storage(format!(
+            "the log has no record of revision {expected}: sled holds changes through {}, and the log goes on at {found}. A log segment was lost or deleted; refusing to start without the changes it held (restore the data directory from a backup)",
+            expected - 1
+        )));
+    }
     let mut applied = 0;
-    for (expected, r) in (sled + 1..).zip(after) {
-        if r.revision != expected {
-            return Err(IpamError::Storage(format!(
-                "the log has no record of revision {expected}: sled holds changes through {}, and the log goes on at {}. A log segment was lost or deleted; refusing to start without the changes it held (restore the data directory from a backup)",
-                expected - 1,
-                r.revision
-            )));
-        }
+    for r in logged.iter().filter(|r| r.revision > sled) {
         store.apply(&Mutation {
             revision: r.revision,
             changes: r.changes.clone(),

@@ -27,4 +27,5 @@ pub mod settings;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod store_check;
 pub mod wal;

@@ -4,6 +4,7 @@
 use clap::Parser;
 use routeplane_ipam::server;
 use routeplane_ipam::settings::Cli;
+use routeplane_ipam::store_check::{self, Verdict};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -15,6 +16,21 @@ async fn main() -> std::process::ExitCode {
             &cli.tls,
         )
         .await;
+    }
+    if cli.check_store {
+        return match store_check::check(&cli.data_dir) {
+            Ok((report, verdict)) => {
+                print!("{report}");
+                match verdict {
+                    Verdict::Starts => std::process::ExitCode::SUCCESS,
+                    Verdict::Refuses => std::process::ExitCode::from(1),
+                }
+            }
+            Err(e) => {
+                eprintln!("routeplane-ipam --check-store: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
     }
     match server::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -47,6 +47,12 @@ pub struct Cli {
     /// exit: 0 when SERVING, else 1 with the reason. For Kubernetes exec probes.
     #[arg(long)]
     pub probe: bool,
+    /// Read --data-dir (sled's revision, every log segment) without changing the log, print what
+    /// a start would replay, cut or refuse, and exit: 0 when a start would go ahead, 1 when it
+    /// would refuse (a corrupt log, a lost segment), 2 when the directory cannot be read (missing,
+    /// or in use by a running routeplane-ipam).
+    #[arg(long)]
+    pub check_store: bool,
     /// Prometheus /metrics listen address.
     #[arg(
         long,

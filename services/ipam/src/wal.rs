@@ -9,8 +9,11 @@
 //!
 //! Layout: `DIR/NNNNNNNNNNNNNNNNNNNN.wal` segments named by the first revision they may hold.
 //! Record: u32 LE payload length, u32 LE CRC-32 of the payload, payload (JSON [`WalRecord`]).
-//! A short or corrupt record at the end of the last segment is a write that never completed (so it
-//! was never acknowledged) and is cut off; anywhere else it is corruption and stops the start.
+//! A torn tail — a record the file ends inside, a damaged last record, or a damaged record with a
+//! whole unwritten (zero) sector before the next intact one — is a write that never completed, so
+//! it was never acknowledged, and is cut off. A damaged record with intact ones after it, or any
+//! damage in a segment that is not the last, is corruption: the start stops, naming the segment
+//! and the offset, and `routeplane-ipam --check-store` shows what the log holds.
 
 // Bytes read back from disk may be torn or corrupt: no indexing, unwrap or expect that could panic.
 #![cfg_attr(
@@ -62,30 +65,132 @@ pub fn encode(record: &WalRecord, buf: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// Splits a segment into records; the byte offset where valid records end.
-fn decode_all(bytes: &[u8]) -> (Vec<WalRecord>, usize) {
+/// A disk sector: the unit a crash leaves written or unwritten.
+const SECTOR: usize = 512;
+
+/// What follows a segment's last intact record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing: the segment ends with an intact record.
+    Clean,
+    /// A write that never completed, from byte `at` to the end: nothing intact follows it, or a
+    /// whole sector of zeros (one the crash left unwritten) lies between it and the next intact
+    /// record. Never acknowledged: acknowledgement waits for the sync that would have finished it,
+    /// and nothing is written after a sync that failed.
+    Torn { at: usize },
+    /// A damaged record at `at` with intact records after it, from `next_intact` on: bytes that
+    /// were written and synced have changed since (a failing disk, a hand edit). Dropping it
+    /// would drop acknowledged changes with it.
+    Corrupt { at: usize, next_intact: usize },
+}
+
+/// A segment read back: its intact records, in order, and what follows them.
+#[derive(Debug)]
+pub struct SegmentScan {
+    pub records: Vec<WalRecord>,
+    pub bytes: usize,
+    pub tail: Tail,
+}
+
+/// Reads a segment's bytes into records and tells a torn tail from corruption.
+pub fn scan(bytes: &[u8]) -> SegmentScan {
     let mut records = Vec::new();
     let mut at = 0;
-    while let Some(&[l0, l1, l2, l3, c0, c1, c2, c3]) = bytes.get(at..at + HEADER) {
-        let len = u32::from_le_bytes([l0, l1, l2, l3]);
-        let crc = u32::from_le_bytes([c0, c1, c2, c3]);
-        let end = at + HEADER + len as usize;
-        if len > MAX_RECORD {
-            break;
-        }
-        let Some(payload) = bytes.get(at + HEADER..end) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        match serde_json::from_slice(payload) {
-            Ok(r) => records.push(r),
-            Err(_) => break,
-        }
+    while let Some((record, end)) = decode_at(bytes, at) {
+        records.push(record);
         at = end;
     }
-    (records, at)
+    let tail = if at == bytes.len() {
+        Tail::Clean
+    } else {
+        match (at + 1..bytes.len()).find(|&o| decode_at(bytes, o).is_some()) {
+            Some(next) if !holds_zero_sector(bytes, at, next) => Tail::Corrupt {
+                at,
+                next_intact: next,
+            },
+            _ => Tail::Torn { at },
+        }
+    };
+    SegmentScan {
+        records,
+        bytes: bytes.len(),
+        tail,
+    }
+}
+
+/// The intact record framed at `at` and the offset after it; `None` where the bytes there are
+/// not one (short, a length out of range, a CRC mismatch, or not a record).
+fn decode_at(bytes: &[u8], at: usize) -> Option<(WalRecord, usize)> {
+    let &[l0, l1, l2, l3, c0, c1, c2, c3] = bytes.get(at..at.checked_add(HEADER)?)? else {
+        return None;
+    };
+    let len = u32::from_le_bytes([l0, l1, l2, l3]);
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    let end = at + HEADER + len as usize;
+    let payload = bytes.get(at + HEADER..end)?;
+    if crc32fast::hash(payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
+        return None;
+    }
+    serde_json::from_slice(payload).ok().map(|r| (r, end))
+}
+
+/// Whether a whole, sector-aligned run of zeros lies in `bytes[from..to]`: a sector a crash left
+/// unwritten (the file's length already covered it). A flipped or overwritten byte never looks
+/// like that, and a record never holds 512 zeros (its payload is JSON). etcd's WAL tells torn
+/// writes from corruption the same way.
+fn holds_zero_sector(bytes: &[u8], from: usize, to: usize) -> bool {
+    let first = from.div_ceil(SECTOR) * SECTOR;
+    (first..to)
+        .step_by(SECTOR)
+        .filter_map(|s| bytes.get(s..s + SECTOR).filter(|_| s + SECTOR <= to))
+        .any(|sector| sector.iter().all(|b| *b == 0))
+}
+
+/// Every segment in `dir` (the first revision its name says it may hold, its path, what it holds),
+/// oldest first; nothing is changed. For `routeplane-ipam --check-store` and [`Wal::open`].
+pub fn inspect(dir: &Path) -> Result<Vec<(Revision, PathBuf, SegmentScan)>> {
+    let mut out = Vec::new();
+    for (first, path) in segment_paths(dir)? {
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| io_err("cannot read log segment", &path, e))?;
+        let scan = scan(&bytes);
+        out.push((first, path, scan));
+    }
+    Ok(out)
+}
+
+/// The segments, ordered by the first revision in their names.
+fn segment_paths(dir: &Path) -> Result<Vec<(Revision, PathBuf)>> {
+    let mut segments: Vec<(Revision, PathBuf)> = fs::read_dir(dir)
+        .map_err(|e| io_err("cannot list log directory", dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let first = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".wal")?
+                .parse()
+                .ok()?;
+            Some((first, p))
+        })
+        .collect();
+    segments.sort();
+    Ok(segments)
+}
+
+/// The error that stops a start on a damaged log, and how to look closer.
+fn corrupt(dir: &Path, path: &Path, at: usize, scan: &SegmentScan, why: &str) -> IpamError {
+    let data_dir = dir.parent().unwrap_or(dir);
+    IpamError::Storage(format!(
+        "log segment {} is corrupt at byte {at} of {} ({why}): refusing to start without the acknowledged changes it held. Inspect it with `routeplane-ipam --check-store --data-dir {}`; restore the data directory from a backup",
+        path.display(),
+        scan.bytes,
+        data_dir.display()
+    ))
 }
 
 fn segment_name(first: Revision) -> String {
@@ -111,50 +216,46 @@ impl Wal {
     /// segment after it for the revisions to come (`next` and up).
     pub fn open(dir: &Path, next: Revision) -> Result<(Wal, Vec<WalRecord>, Vec<String>)> {
         fs::create_dir_all(dir).map_err(|e| io_err("cannot create log directory", dir, e))?;
-        let mut segments: Vec<(Revision, PathBuf)> = fs::read_dir(dir)
-            .map_err(|e| io_err("cannot list log directory", dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| {
-                let first = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_suffix(".wal")?
-                    .parse()
-                    .ok()?;
-                Some((first, p))
-            })
-            .collect();
-        segments.sort();
+        let scanned = inspect(dir)?;
+        let last = scanned.len().saturating_sub(1);
         let mut records = Vec::new();
         let mut notes = Vec::new();
-        for (i, (_, path)) in segments.iter().enumerate() {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| io_err("cannot read log segment", path, e))?;
-            let (mut found, valid) = decode_all(&bytes);
-            if valid < bytes.len() {
-                if i + 1 < segments.len() {
-                    return Err(IpamError::Storage(format!(
-                        "log segment {} is corrupt at byte {valid} of {}, and later segments follow it: refusing to start without the changes it held",
-                        path.display(),
-                        bytes.len()
-                    )));
+        let mut segments = Vec::new();
+        for (i, (first, path, mut scan)) in scanned.into_iter().enumerate() {
+            match scan.tail {
+                Tail::Clean => {}
+                // A segment is rolled over only after its last write was synced: a bad byte in
+                // one with another after it is damage, torn or not.
+                Tail::Torn { at } | Tail::Corrupt { at, .. } if i < last => {
+                    return Err(corrupt(
+                        dir,
+                        &path,
+                        at,
+                        &scan,
+                        "and later segments follow it",
+                    ));
                 }
-                notes.push(format!(
-                    "log segment {}: dropped {} bytes of a write that never completed (it was never acknowledged)",
-                    path.display(),
-                    bytes.len() - valid
-                ));
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| io_err("cannot open log segment", path, e))?;
-                f.set_len(valid as u64)
-                    .and_then(|_| f.sync_all())
-                    .map_err(|e| io_err("cannot truncate log segment", path, e))?;
+                Tail::Corrupt { at, next_intact } => {
+                    let why = format!("intact records follow it from byte {next_intact}");
+                    return Err(corrupt(dir, &path, at, &scan, &why));
+                }
+                Tail::Torn { at } => {
+                    notes.push(format!(
+                        "log segment {}: dropped {} bytes at byte {at}, a write that never completed (it was never acknowledged)",
+                        path.display(),
+                        scan.bytes - at
+                    ));
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| io_err("cannot open log segment", &path, e))?;
+                    f.set_len(at as u64)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| io_err("cannot truncate log segment", &path, e))?;
+                }
             }
-            records.append(&mut found);
+            records.append(&mut scan.records);
+            segments.push((first, path));
         }
         let next = records.last().map_or(next, |r| r.revision + 1).max(next);
         let path = dir.join(segment_name(next));
@@ -305,6 +406,112 @@ mod tests {
         assert!(
             e.contains("is corrupt at byte 0") && e.contains("refusing to start"),
             "{e}"
+        );
+    }
+
+    /// Records 1..=n framed one after another, and where each begins.
+    fn segment(n: Revision) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for r in 1..=n {
+            starts.push(bytes.len());
+            encode(&record(r), &mut bytes).unwrap();
+        }
+        (bytes, starts)
+    }
+
+    #[test]
+    fn a_changed_byte_in_any_record_but_the_last_is_corruption_never_a_torn_tail() {
+        let (bytes, starts) = segment(20);
+        // Every byte of record 10: its length, its CRC, its payload.
+        for offset in starts[9]..starts[10] {
+            let mut b = bytes.clone();
+            b[offset] ^= 0x5a;
+            let scan = scan(&b);
+            assert_eq!(scan.records.len(), 9, "byte {offset}");
+            assert!(
+                matches!(scan.tail, Tail::Corrupt { at, next_intact } if at == starts[9] && next_intact >= starts[10]),
+                "byte {offset}: {:?}",
+                scan.tail
+            );
+        }
+        // The last record damaged: nothing after it to tell, so it is the torn tail.
+        let mut b = bytes.clone();
+        b[starts[19] + HEADER + 2] ^= 0x5a;
+        let scan = scan(&b);
+        assert_eq!(
+            (scan.records.len(), scan.tail),
+            (19, Tail::Torn { at: starts[19] })
+        );
+    }
+
+    #[test]
+    fn any_cut_of_a_segment_is_a_torn_tail_never_corruption() {
+        let (bytes, starts) = segment(8);
+        for cut in 0..bytes.len() {
+            let scan = scan(&bytes[..cut]);
+            // Records that end at or before the cut are whole.
+            let whole = starts.iter().skip(1).filter(|&&end| end <= cut).count();
+            assert_eq!(scan.records.len(), whole, "cut at {cut}");
+            let expected = if cut == starts[whole] {
+                Tail::Clean
+            } else {
+                Tail::Torn { at: starts[whole] }
+            };
+            assert_eq!(scan.tail, expected, "cut at {cut}");
+        }
+    }
+
+    /// A crash during a write can leave a later page written and an earlier one not: intact
+    /// records after a sector of zeros were never acknowledged either.
+    #[test]
+    fn intact_records_after_an_unwritten_sector_are_a_torn_tail() {
+        let (mut bytes, starts) = segment(60);
+        let sector = starts[20].div_ceil(SECTOR) * SECTOR;
+        assert!(sector + SECTOR < starts[59], "the segment spans the sector");
+        bytes[sector..sector + SECTOR].fill(0);
+        let scan = scan(&bytes);
+        let at = starts
+            .iter()
+            .rev()
+            .find(|&&s| s <= sector)
+            .copied()
+            .unwrap();
+        assert!(
+            matches!(scan.tail, Tail::Torn { at: a } if a == at),
+            "{:?}",
+            scan.tail
+        );
+        // Zeros short of a whole sector are damage, not an unwritten sector.
+        let (mut bytes, _) = segment(60);
+        bytes[sector + 1..sector + SECTOR].fill(0);
+        assert!(matches!(super::scan(&bytes).tail, Tail::Corrupt { .. }));
+    }
+
+    #[test]
+    fn a_corrupt_middle_record_in_the_last_segment_stops_the_start_naming_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let (mut wal, _, _) = Wal::open(&wal_dir, 1).unwrap();
+        append(&mut wal, 1..=5);
+        let seg = wal.segments[0].1.clone();
+        drop(wal);
+        let (_, starts) = segment(5);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[starts[2] + HEADER + 5] ^= 1;
+        fs::write(&seg, &bytes).unwrap();
+        let e = Wal::open(&wal_dir, 1).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("is corrupt at byte {}", starts[2]))
+                && e.contains(&format!("intact records follow it from byte {}", starts[3]))
+                && e.contains("--check-store --data-dir")
+                && e.contains(&dir.path().display().to_string()),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read(&seg).unwrap(),
+            bytes,
+            "nothing cut from a corrupt log"
         );
     }
 
