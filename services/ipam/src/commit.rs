@@ -37,6 +37,32 @@ pub struct Commit {
 /// at startup.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
+/// sled is also checkpointed once this many changes were applied since the last checkpoint,
+/// before the interval is up: the log a checkpoint leaves behind is bounded in size as well as in
+/// time, whatever the load (a logged change is 150 to 250 bytes).
+pub const CHECKPOINT_CHANGES: u64 = 100_000;
+
+/// When sled is checkpointed: on a timer, and after so many changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoints {
+    pub every: Duration,
+    pub changes: u64,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Checkpoints {
+            every: CHECKPOINT_EVERY,
+            changes: CHECKPOINT_CHANGES,
+        }
+    }
+}
+
+/// Durable groups the materializer may be behind before the committer waits for it: with sled
+/// slower than the log under some load, the backlog (memory, and log no checkpoint can delete yet)
+/// would otherwise grow for as long as the load lasts. Waiting slows acknowledgements instead.
+pub const MATERIALIZE_BACKLOG: usize = 256;
+
 /// Counters the metrics endpoint and the benchmark read.
 #[derive(Debug, Default)]
 pub struct CommitStats {
@@ -186,7 +212,7 @@ pub async fn run_committer(
     feed: Arc<Feed>,
     stats: Arc<CommitStats>,
     durable: bool,
-    materialize: mpsc::UnboundedSender<Vec<Mutation>>,
+    materialize: mpsc::Sender<Vec<Mutation>>,
     mut checkpointed: watch::Receiver<Revision>,
 ) {
     let mut group = Vec::new();
@@ -247,9 +273,9 @@ pub async fn run_committer(
             .fetch_add(group.len() as u64, Ordering::Relaxed);
         let top = group.iter().map(|c| c.revision).max().unwrap_or(0);
         let failed = result.is_err();
+        let mut mutations = Vec::new();
         if !failed {
             let mut events = Vec::new();
-            let mut mutations = Vec::new();
             for c in &mut group {
                 if let Some(mut m) = c.mutation.take() {
                     if let Some(event) = m.event.take() {
@@ -263,10 +289,6 @@ pub async fn run_committer(
             }
             feed.publish(top, events);
             stats.durable_revision.fetch_max(top, Ordering::Relaxed);
-            if !mutations.is_empty() {
-                // The materializer only goes away at shutdown; the log holds these regardless.
-                let _ = materialize.send(mutations);
-            }
         }
         for c in group.drain(..) {
             if let Some(done) = c.done {
@@ -277,23 +299,30 @@ pub async fn run_committer(
         if failed {
             return;
         }
+        if !mutations.is_empty() {
+            // Waits while the materializer is MATERIALIZE_BACKLOG groups behind: the next group
+            // is not written (nor acknowledged) until sled catches up. The materializer only
+            // goes away at shutdown or on a storage error; the log holds these regardless.
+            let _ = materialize.send(mutations).await;
+        }
     }
 }
 
-/// The materializer: applies durable mutations to sled in order and checkpoints it `every` so
-/// often (whatever the load: a tick is never put off by more work), reporting each checkpoint's
-/// revision. Ends with a last checkpoint when the
-/// committer goes away. A storage error is returned: memory is ahead of sled, which only a restart
+/// The materializer: applies durable mutations to sled in order and checkpoints it every
+/// `checkpoints.every` (whatever the load: a tick is never put off by more work) and after
+/// `checkpoints.changes` changes, whichever comes first, reporting each checkpoint's revision.
+/// Ends with a last checkpoint when the committer goes away. A storage error is returned: memory is ahead of sled, which only a restart
 /// (replaying the log) repairs.
 pub async fn run_materializer(
-    mut rx: mpsc::UnboundedReceiver<Vec<Mutation>>,
+    mut rx: mpsc::Receiver<Vec<Mutation>>,
     store: Arc<Store>,
     stats: Arc<CommitStats>,
     checkpointed: watch::Sender<Revision>,
-    every: Duration,
+    checkpoints: Checkpoints,
 ) -> Result<()> {
     let mut applied: Option<Revision> = None;
-    let mut tick = tokio::time::interval(every);
+    let mut since_checkpoint = 0u64;
+    let mut tick = tokio::time::interval(checkpoints.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // The tick first: with work always queued, a fair choice can put a checkpoint off for
@@ -309,9 +338,10 @@ pub async fn run_materializer(
             batch.append(&mut more);
         }
         applied = batch.last().map(|m| m.revision).or(applied);
+        since_checkpoint += batch.len() as u64;
         // Not `batch.is_empty()`: under steady load the tick always finds more work queued, and
         // sled was never checkpointed (nor the log truncated) until the load stopped.
-        let due = closing || ticked;
+        let due = closing || ticked || since_checkpoint >= checkpoints.changes;
         let pending = applied.filter(|a| *a > *checkpointed.borrow());
         let s = store.clone();
         let checkpoint = if due { pending } else { None };
@@ -336,6 +366,7 @@ pub async fn run_materializer(
                 .store(revision, Ordering::Relaxed);
         }
         if let Some(revision) = checkpoint {
+            since_checkpoint = 0;
             stats.checkpoints.fetch_add(1, Ordering::Relaxed);
             stats.checkpoint_revision.store(revision, Ordering::Relaxed);
             checkpointed.send_replace(revision);
@@ -409,7 +440,7 @@ mod tests {
         let feed = Arc::new(Feed::new(0, vec![], vec![], 100, 100));
         let stats = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        let (mtx, mrx) = mpsc::unbounded_channel();
+        let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
         let (ctx, crx) = watch::channel(0);
         let (_, mut live) = feed.subscribe(0);
         let mut waits = Vec::new();
@@ -429,7 +460,7 @@ mod tests {
             store.clone(),
             stats.clone(),
             ctx,
-            CHECKPOINT_EVERY,
+            Checkpoints::default(),
         ));
         run_committer(rx, wal, feed.clone(), stats.clone(), true, mtx, crx).await;
         for w in waits {
@@ -467,14 +498,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
         let stats = Arc::new(CommitStats::default());
-        let (mtx, mrx) = mpsc::unbounded_channel();
+        let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
         let (ctx, crx) = watch::channel(0);
         let materializer = tokio::spawn(run_materializer(
             mrx,
             store.clone(),
             stats.clone(),
             ctx,
-            Duration::from_millis(50),
+            Checkpoints {
+                every: Duration::from_millis(50),
+                changes: CHECKPOINT_CHANGES,
+            },
         ));
         let started = Instant::now();
         let mut r = 0;
@@ -482,7 +516,7 @@ mod tests {
             // Always more queued than the materializer has taken.
             for _ in 0..50 {
                 r += 1;
-                mtx.send(vec![mutation(r)]).unwrap();
+                mtx.send(vec![mutation(r)]).await.unwrap();
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -495,5 +529,90 @@ mod tests {
         drop(mtx);
         materializer.await.unwrap().unwrap();
         assert_eq!(stats.checkpoint_revision.load(Ordering::Relaxed), r);
+    }
+
+    /// However long the interval, a checkpoint comes every `changes` changes.
+    #[tokio::test]
+    async fn sled_is_checkpointed_after_so_many_changes_before_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
+        let stats = Arc::new(CommitStats::default());
+        let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
+        let (ctx, mut crx) = watch::channel(0);
+        let checkpoints = Checkpoints {
+            every: Duration::from_secs(3600),
+            changes: 100,
+        };
+        let materializer = tokio::spawn(run_materializer(
+            mrx,
+            store.clone(),
+            stats.clone(),
+            ctx,
+            checkpoints,
+        ));
+        // The first tick of an interval fires at once: let it pass with nothing to cover.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for round in 1..=3 {
+            for r in round * 100 - 99..=round * 100 {
+                mtx.send(vec![mutation(r)]).await.unwrap();
+            }
+            while *crx.borrow_and_update() < round * 100 {
+                tokio::time::timeout(Duration::from_secs(10), crx.changed())
+                    .await
+                    .expect("a checkpoint per 100 changes, not per hour")
+                    .unwrap();
+            }
+        }
+        assert_eq!(stats.checkpoints.load(Ordering::Relaxed), 3);
+        drop(mtx);
+        materializer.await.unwrap().unwrap();
+    }
+
+    /// A materializer that falls behind holds the committer back (and with it the log and the
+    /// acknowledgements) instead of queueing without bound.
+    #[tokio::test]
+    async fn the_committer_waits_for_a_materializer_that_is_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();
+        let feed = Arc::new(Feed::new(0, vec![], vec![], 100, 100));
+        let stats = Arc::new(CommitStats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Room for two groups, and nobody applying them.
+        let (mtx, mut mrx) = mpsc::channel(2);
+        let (_ctx, crx) = watch::channel(0);
+        let committer = tokio::spawn(run_committer(rx, wal, feed, stats.clone(), false, mtx, crx));
+        let mut acks = Vec::new();
+        for r in 1..=5 {
+            let (done, ack) = oneshot::channel();
+            tx.send(Commit {
+                revision: r,
+                mutation: Some(mutation(r)),
+                done: Some(done),
+            })
+            .unwrap();
+            acks.push(ack);
+            // One group each: the committer takes it before the next arrives.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            stats.durable_revision.load(Ordering::Relaxed),
+            3,
+            "two groups queued, the third written and waiting for room: no further"
+        );
+        // 4 and 5 waited together, and come as one group.
+        let mut applied = Vec::new();
+        while applied.last() != Some(&5) {
+            let group = tokio::time::timeout(Duration::from_secs(10), mrx.recv())
+                .await
+                .expect("the committer goes on once there is room")
+                .unwrap();
+            applied.extend(group.iter().map(|m| m.revision));
+        }
+        assert_eq!(applied, [1, 2, 3, 4, 5]);
+        drop(tx);
+        committer.await.unwrap();
+        for ack in acks {
+            ack.await.unwrap().unwrap();
+        }
     }
 }

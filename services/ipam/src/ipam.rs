@@ -34,8 +34,9 @@ pub struct IpamOptions {
     pub watch_buffer: usize,
     /// Nodes and Services per snapshot message (which also ends at about 1 MiB).
     pub snapshot_chunk: usize,
-    /// How often sled is checkpointed (and the log it covers deleted).
-    pub checkpoint_every: Duration,
+    /// When sled is checkpointed (and the log it covers deleted): on a timer and after so many
+    /// changes.
+    pub checkpoints: crate::commit::Checkpoints,
     /// Log segments roll over past this size.
     pub log_segment_bytes: u64,
 }
@@ -47,7 +48,7 @@ impl Default for IpamOptions {
             watch_history: 10_000,
             watch_buffer: 4096,
             snapshot_chunk: 500,
-            checkpoint_every: crate::commit::CHECKPOINT_EVERY,
+            checkpoints: crate::commit::Checkpoints::default(),
             log_segment_bytes: crate::wal::SEGMENT_BYTES,
         }
     }
@@ -120,7 +121,7 @@ impl Ipam {
             .log_segments
             .store(wal.segment_count() as u64, Ordering::Relaxed);
         let (commits, rx) = mpsc::unbounded_channel();
-        let (materialize, materialize_rx) = mpsc::unbounded_channel();
+        let (materialize, materialize_rx) = mpsc::channel(crate::commit::MATERIALIZE_BACKLOG);
         let (checkpointed, checkpoints) = watch::channel(state.revision());
         tokio::spawn(run_committer(
             rx,
@@ -136,7 +137,7 @@ impl Ipam {
             Arc::new(store),
             stats.clone(),
             checkpointed,
-            options.checkpoint_every,
+            options.checkpoints,
         ));
         let ipam = Arc::new(Ipam {
             state: Mutex::new(state),

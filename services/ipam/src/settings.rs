@@ -74,6 +74,10 @@ pub struct Cli {
     /// replays is at most this much (e.g. 5s, 500ms).
     #[arg(long, env = "ROUTEPLANE_CHECKPOINT_INTERVAL", default_value = "5s", value_parser = flags::duration_within(Duration::from_millis(100), Duration::from_secs(3600)))]
     pub checkpoint_interval: Duration,
+    /// sled is also checkpointed after this many changes, before the interval is up: the log left
+    /// to replay stays bounded in size under any load.
+    #[arg(long, env = "ROUTEPLANE_CHECKPOINT_CHANGES", default_value_t = crate::commit::CHECKPOINT_CHANGES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_changes: u64,
     /// Write-ahead log segments roll over past this size (e.g. 16MiB, 256KiB); a checkpoint
     /// deletes whole segments.
     #[arg(long, env = "ROUTEPLANE_LOG_SEGMENT_SIZE", default_value = "16MiB", value_parser = parse_size)]
@@ -135,7 +139,10 @@ impl Cli {
             durable: self.durability == Durability::Flush,
             watch_history: self.watch_history,
             watch_buffer: self.watch_buffer,
-            checkpoint_every: self.checkpoint_interval,
+            checkpoints: crate::commit::Checkpoints {
+                every: self.checkpoint_interval,
+                changes: self.checkpoint_changes,
+            },
             log_segment_bytes: self.log_segment_size,
             ..IpamOptions::default()
         }
