@@ -37,6 +37,24 @@ fn key(prefix: &str, name: &str) -> Vec<u8> {
     [prefix.as_bytes(), name.as_bytes()].concat()
 }
 
+/// sled's segment size for new stores. sled 0.34's default, 512 KiB, deadlocks within a minute of
+/// allocating and releasing at full load (threads waiting on each other in its segment accountant,
+/// sled#1412: `bench/run-ipam --soak` showed it three times in three runs); with 8 MiB segments it
+/// ran 10 minutes without.
+const SLED_SEGMENT: usize = 8 << 20;
+const SLED_SEGMENT_BEFORE: usize = 512 << 10;
+
+fn open_sled(path: &Path, segment: usize) -> sled::Result<sled::Db> {
+    // No background flushes: what is durable in sled is what a checkpoint flushed, and the log
+    // holds everything after it. (sled's default flushes every 500 ms, which made a crash lose
+    // less than the design allows for and so hid mistakes in what the log keeps.)
+    sled::Config::new()
+        .path(path)
+        .flush_every_ms(None)
+        .segment_size(segment)
+        .open()
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| IpamError::Storage(format!("encoding a record: {e}")))
 }
@@ -52,19 +70,24 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T>
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        // No background flushes: what is durable in sled is what a checkpoint flushed, and the
-        // log holds everything after it. (sled's default flushes every 500 ms, which made a crash
-        // lose less than the design allows for and so hid mistakes in what the log keeps.)
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                IpamError::Storage(format!(
-                    "cannot open data directory {}: {e} (is another routeplane-ipam using it?)",
-                    path.display()
-                ))
-            })?;
+        let db = match open_sled(path, SLED_SEGMENT) {
+            // A store made before sled's segment size was raised keeps the size it was made with
+            // (sled refuses to change it): it works, with the old exposure to sled#1412.
+            Err(sled::Error::Unsupported(why)) if why.contains("io buffer size") => {
+                tracing::warn!(
+                    store = %path.display(),
+                    "this sled store was made with 512 KiB segments, which sled 0.34 can deadlock on under sustained load (sled#1412; routeplane-ipam then fails and restarts); new stores use 8 MiB"
+                );
+                open_sled(path, SLED_SEGMENT_BEFORE)
+            }
+            other => other,
+        }
+        .map_err(|e| {
+            IpamError::Storage(format!(
+                "cannot open data directory {}: {e} (is another routeplane-ipam using it?)",
+                path.display()
+            ))
+        })?;
         Ok(Store { db })
     }
 
@@ -194,6 +217,20 @@ mod tests {
 
     use super::*;
     use crate::model::{Node, ServiceIp};
+
+    #[test]
+    fn a_store_made_with_the_old_segment_size_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = open_sled(dir.path(), SLED_SEGMENT_BEFORE).unwrap();
+        old.insert(REVISION, &7u64.to_be_bytes()).unwrap();
+        old.flush().unwrap();
+        drop(old);
+        assert!(
+            open_sled(dir.path(), SLED_SEGMENT).is_err(),
+            "sled refuses a new segment size"
+        );
+        assert_eq!(Store::open(dir.path()).unwrap().revision().unwrap(), 7);
+    }
 
     #[test]
     fn mutations_round_trip_through_sled() {
