@@ -42,11 +42,16 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// time, whatever the load (a logged change is 150 to 250 bytes).
 pub const CHECKPOINT_CHANGES: u64 = 100_000;
 
-/// When sled is checkpointed: on a timer, and after so many changes.
+/// A step of the materializer (applying a batch, a checkpoint) taking longer than this fails the
+/// service: sled is stuck, and only a restart (replaying the log) gets it going again.
+pub const SLED_STALL: Duration = Duration::from_secs(60);
+
+/// When sled is checkpointed: on a timer, and after so many changes; and how long a step may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoints {
     pub every: Duration,
     pub changes: u64,
+    pub stall: Duration,
 }
 
 impl Default for Checkpoints {
@@ -54,7 +59,25 @@ impl Default for Checkpoints {
         Checkpoints {
             every: CHECKPOINT_EVERY,
             changes: CHECKPOINT_CHANGES,
+            stall: SLED_STALL,
         }
+    }
+}
+
+/// Where the materializer writes: sled ([`Store`]); tests put a store that stalls in its place.
+pub trait Materialize: Send + Sync + 'static {
+    fn apply(&self, m: &Mutation) -> Result<()>;
+    /// Makes everything applied durable: a checkpoint.
+    fn flush(&self) -> Result<()>;
+}
+
+impl Materialize for Store {
+    fn apply(&self, m: &Mutation) -> Result<()> {
+        Store::apply(self, m)
+    }
+
+    fn flush(&self) -> Result<()> {
+        Store::flush(self)
     }
 }
 
@@ -311,11 +334,12 @@ pub async fn run_committer(
 /// The materializer: applies durable mutations to sled in order and checkpoints it every
 /// `checkpoints.every` (whatever the load: a tick is never put off by more work) and after
 /// `checkpoints.changes` changes, whichever comes first, reporting each checkpoint's revision.
-/// Ends with a last checkpoint when the committer goes away. A storage error is returned: memory is ahead of sled, which only a restart
-/// (replaying the log) repairs.
+/// Ends with a last checkpoint when the committer goes away. A storage error is returned, and so
+/// is a step that takes longer than `checkpoints.stall`: memory is ahead of sled, which only a
+/// restart (replaying the log) repairs.
 pub async fn run_materializer(
     mut rx: mpsc::Receiver<Vec<Mutation>>,
-    store: Arc<Store>,
+    store: Arc<dyn Materialize>,
     stats: Arc<CommitStats>,
     checkpointed: watch::Sender<Revision>,
     checkpoints: Checkpoints,
@@ -345,7 +369,8 @@ pub async fn run_materializer(
         let pending = applied.filter(|a| *a > *checkpointed.borrow());
         let s = store.clone();
         let checkpoint = if due { pending } else { None };
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let changes = batch.len();
+        let step = tokio::task::spawn_blocking(move || -> Result<()> {
             for m in &batch {
                 s.apply(m)?;
             }
@@ -353,13 +378,28 @@ pub async fn run_materializer(
                 s.flush()?;
             }
             Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(IpamError::Storage(format!(
-                "sled writer thread failed: {e}"
-            )))
-        })?;
+        });
+        // sled 0.34 can deadlock inside a write under sustained load (sled#1412), and a disk can
+        // hang: either way sled would never catch up and, the committer waiting for it, writes
+        // would stop for good. Give up instead, so that the service fails and is restarted.
+        match tokio::time::timeout(checkpoints.stall, step).await {
+            Ok(done) => done.unwrap_or_else(|e| {
+                Err(IpamError::Storage(format!(
+                    "sled writer thread failed: {e}"
+                )))
+            })?,
+            Err(_) => {
+                return Err(IpamError::Storage(format!(
+                    "sled did not finish applying {changes} changes{} within {:?} (a stalled disk, or sled's deadlock under load, sled#1412)",
+                    if checkpoint.is_some() {
+                        " and a checkpoint"
+                    } else {
+                        ""
+                    },
+                    checkpoints.stall
+                )));
+            }
+        }
         if let Some(revision) = applied {
             stats
                 .materialized_revision
@@ -507,7 +547,7 @@ mod tests {
             ctx,
             Checkpoints {
                 every: Duration::from_millis(50),
-                changes: CHECKPOINT_CHANGES,
+                ..Checkpoints::default()
             },
         ));
         let started = Instant::now();
@@ -542,6 +582,7 @@ mod tests {
         let checkpoints = Checkpoints {
             every: Duration::from_secs(3600),
             changes: 100,
+            ..Checkpoints::default()
         };
         let materializer = tokio::spawn(run_materializer(
             mrx,
@@ -614,5 +655,49 @@ mod tests {
         for ack in acks {
             ack.await.unwrap().unwrap();
         }
+    }
+
+    /// sled that never returns from a write (its deadlock under load, a hung disk).
+    struct Stuck;
+
+    impl Materialize for Stuck {
+        fn apply(&self, _: &Mutation) -> Result<()> {
+            std::thread::sleep(Duration::from_secs(2));
+            Ok(())
+        }
+
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_materializer_stuck_in_sled_gives_up_and_says_why() {
+        let stats = Arc::new(CommitStats::default());
+        let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
+        let (ctx, _crx) = watch::channel(0);
+        let checkpoints = Checkpoints {
+            stall: Duration::from_millis(200),
+            ..Checkpoints::default()
+        };
+        let materializer = tokio::spawn(run_materializer(
+            mrx,
+            Arc::new(Stuck),
+            stats.clone(),
+            ctx,
+            checkpoints,
+        ));
+        mtx.send(vec![mutation(1)]).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(1), materializer)
+            .await
+            .expect("given up after its stall limit, not after sled's 2 s")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("did not finish applying") && e.contains("200ms"),
+            "{e}"
+        );
+        assert_eq!(stats.materialized_revision.load(Ordering::Relaxed), 0);
     }
 }

@@ -36,7 +36,9 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("routeplane-ipam: {e}");
-            std::process::ExitCode::FAILURE
+            // Now, not on return: dropping the runtime waits for its blocking threads, and one
+            // stuck in sled (the failure that brought us here) would hold the exit for ever.
+            std::process::exit(1)
         }
     }
 }

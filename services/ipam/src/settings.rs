@@ -142,6 +142,7 @@ impl Cli {
             checkpoints: crate::commit::Checkpoints {
                 every: self.checkpoint_interval,
                 changes: self.checkpoint_changes,
+                ..crate::commit::Checkpoints::default()
             },
             log_segment_bytes: self.log_segment_size,
             ..IpamOptions::default()
