@@ -58,6 +58,11 @@ struct Args {
     /// to profile one server); all of them when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Instead of the table: allocate and release pod IPs at full load (128 callers) on
+    /// routeplane-ipam durable for this many seconds, printing every 30 s the log's size on disk,
+    /// the longest time without a checkpoint and the server's RSS (the log must stay bounded).
+    #[arg(long)]
+    soak: Option<u64>,
 }
 
 const NODES: usize = 64;
@@ -90,7 +95,7 @@ impl Cell {
 }
 
 struct Server {
-    _process: Service,
+    process: Service,
     metrics: SocketAddr,
     /// How clients reach it: http:// on loopback, or https:// with the bench's certificate.
     url: String,
@@ -153,7 +158,7 @@ fn start_server(
         None => (format!("http://{grpc}"), Dialer::loopback_only()),
     };
     Server {
-        _process: process,
+        process,
         metrics,
         url,
         dialer,
@@ -215,6 +220,109 @@ async fn quiesce(server: &Server) -> f64 {
     }
     eprintln!("sled not caught up with the log after 60 s: the next cells pay for it");
     applied.unwrap_or(f64::NAN)
+}
+
+/// Full load for `length`: 128 callers each allocating a pod IP and releasing it, over 16
+/// connections; every 30 s a line with the log's size, the longest time so far without a
+/// checkpoint and the server's RSS.
+async fn soak(server: &Server, data: &Path, length: Duration) {
+    let mut c = IpamClient::new(server.channel().await);
+    for n in 0..NODES {
+        let req = pb::RegisterNodeRequest {
+            name: format!("node-{n}"),
+            addresses: vec![format!("10.255.{}.{}", n / 200, n % 200 + 1)],
+            labels: HashMap::new(),
+        };
+        c.register_node(req).await.expect("register");
+    }
+    let mut channels = Vec::new();
+    for _ in 0..16 {
+        channels.push(server.channel().await);
+    }
+    let deadline = Instant::now() + length;
+    let load: Vec<_> = (0..128)
+        .map(|t| {
+            let mut client = IpamClient::new(channels[t % channels.len()].clone());
+            tokio::spawn(async move {
+                let node = format!("node-{}", t % NODES);
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let owner = format!("soak-{t}-{i}");
+                    let req = pb::AllocatePodIpRequest {
+                        node: node.clone(),
+                        owner: owner.clone(),
+                        family: 0,
+                    };
+                    client.allocate_pod_ip(req).await.expect("allocation");
+                    let req = pb::ReleasePodIpRequest {
+                        node: node.clone(),
+                        owner,
+                    };
+                    client.release_pod_ip(req).await.expect("release");
+                    i += 1;
+                }
+                2 * i
+            })
+        })
+        .collect();
+    println!(
+        "soak: 128 callers allocating and releasing for {length:?} on routeplane-ipam durable"
+    );
+    println!(
+        "{:>8} {:>12} {:>14} {:>20} {:>10}",
+        "seconds", "changes/s", "log bytes", "longest no-ckpt s", "RSS MiB"
+    );
+    let started = Instant::now();
+    let mut checkpoint = (
+        metric(server.metrics, "routeplane_ipam_checkpoint_revision"),
+        started,
+    );
+    let (mut longest, mut largest, mut last_report) = (0f64, 0u64, started);
+    let mut revision = metric(server.metrics, "routeplane_ipam_revision");
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = metric(server.metrics, "routeplane_ipam_checkpoint_revision");
+        if now > checkpoint.0 {
+            checkpoint = (now, Instant::now());
+        }
+        longest = longest.max(checkpoint.1.elapsed().as_secs_f64());
+        let log: u64 = std::fs::read_dir(data.join("wal"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        largest = largest.max(log);
+        if last_report.elapsed() >= Duration::from_secs(30) || Instant::now() >= deadline {
+            let r = metric(server.metrics, "routeplane_ipam_revision");
+            let rate = (r - revision) / last_report.elapsed().as_secs_f64();
+            (revision, last_report) = (r, Instant::now());
+            let rss = std::fs::read_to_string(format!("/proc/{}/status", server.process.pid()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                })
+                .unwrap_or(f64::NAN);
+            println!(
+                "{:>8.0} {:>12.0} {:>14} {:>20.1} {:>10.1}",
+                started.elapsed().as_secs_f64(),
+                rate,
+                log,
+                longest,
+                rss / 1024.0
+            );
+        }
+    }
+    let mut changes = 0;
+    for l in load {
+        changes += l.await.expect("a load task");
+    }
+    println!(
+        "soak: {changes} changes acknowledged; the log at most {largest} bytes, at most {longest:.1} s without a checkpoint"
+    );
 }
 
 fn measured(only: &[String], tool: &str) -> bool {
@@ -442,6 +550,11 @@ async fn main() {
     )
     .unwrap();
 
+    if let Some(seconds) = args.soak {
+        let data = base.path().join("soak");
+        let server = start_server(&bin, &data, &config, "flush", None);
+        return soak(&server, &data, Duration::from_secs(seconds)).await;
+    }
     let certs = Certs::new(&base.path().join("tls"), &["ipam/ipam", "operator/bench"]);
     let mut servers = Vec::new();
     for (mode, durability, tls) in [
