@@ -222,10 +222,8 @@ async fn quiesce(server: &Server) -> f64 {
     applied.unwrap_or(f64::NAN)
 }
 
-/// Full load for `length`: 128 callers each allocating a pod IP and releasing it, over 16
-/// connections; every 30 s a line with the log's size, the longest time so far without a
-/// checkpoint and the server's RSS.
-async fn soak(server: &Server, data: &Path, length: Duration) {
+/// The NODES nodes every allocation goes to.
+async fn register_nodes(server: &Server) {
     let mut c = IpamClient::new(server.channel().await);
     for n in 0..NODES {
         let req = pb::RegisterNodeRequest {
@@ -235,6 +233,13 @@ async fn soak(server: &Server, data: &Path, length: Duration) {
         };
         c.register_node(req).await.expect("register");
     }
+}
+
+/// Full load for `length`: 128 callers each allocating a pod IP and releasing it, over 16
+/// connections; every 30 s a line with the log's size, the longest time so far without a
+/// checkpoint and the server's RSS.
+async fn soak(server: &Server, data: &Path, length: Duration) {
+    register_nodes(server).await;
     let mut channels = Vec::new();
     for _ in 0..16 {
         channels.push(server.channel().await);
@@ -570,15 +575,7 @@ async fn main() {
             if tls.is_some() { "-tls" } else { "" }
         ));
         let server = start_server(&bin, &data, &config, durability, tls);
-        let mut c = IpamClient::new(server.channel().await);
-        for n in 0..NODES {
-            let req = pb::RegisterNodeRequest {
-                name: format!("node-{n}"),
-                addresses: vec![format!("10.255.{}.{}", n / 200, n % 200 + 1)],
-                labels: HashMap::new(),
-            };
-            c.register_node(req).await.unwrap();
-        }
+        register_nodes(&server).await;
         servers.push((mode, server));
     }
     let host_local = args.host_local.exists() && measured(&args.only, "CNI host-local");

@@ -14,8 +14,9 @@ use routeplane_net::{Cidr, Family};
 use routeplane_runtime::shutdown::Shutdown;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::commit::{Commit, CommitStats, Feed, WatchStart, run_committer, run_materializer};
+use crate::commit::{Commit, CommitStats, Feed, WatchStart, run_committer};
 use crate::error::{IpamError, Result};
+use crate::materialize::run_materializer;
 use crate::model::{Node, Revision, ServiceIp};
 use crate::state::{
     CoreConfig, IpamState, Mutation, PodIps, PodPoolView, ReportedPod, SyncOutcome,
@@ -36,7 +37,7 @@ pub struct IpamOptions {
     pub snapshot_chunk: usize,
     /// When sled is checkpointed (and the log it covers deleted): on a timer and after so many
     /// changes.
-    pub checkpoints: crate::commit::Checkpoints,
+    pub checkpoints: crate::materialize::Checkpoints,
     /// Log segments roll over past this size.
     pub log_segment_bytes: u64,
 }
@@ -48,7 +49,7 @@ impl Default for IpamOptions {
             watch_history: 10_000,
             watch_buffer: 4096,
             snapshot_chunk: 500,
-            checkpoints: crate::commit::Checkpoints::default(),
+            checkpoints: crate::materialize::Checkpoints::default(),
             log_segment_bytes: crate::wal::SEGMENT_BYTES,
         }
     }
@@ -121,7 +122,7 @@ impl Ipam {
             .log_segments
             .store(wal.segment_count() as u64, Ordering::Relaxed);
         let (commits, rx) = mpsc::unbounded_channel();
-        let (materialize, materialize_rx) = mpsc::channel(crate::commit::MATERIALIZE_BACKLOG);
+        let (materialize, materialize_rx) = mpsc::channel(crate::materialize::MATERIALIZE_BACKLOG);
         let (checkpointed, checkpoints) = watch::channel(state.revision());
         tokio::spawn(run_committer(
             rx,

@@ -18,6 +18,7 @@ pub mod error;
 pub mod grpc;
 pub mod ipam;
 pub mod kubernetes;
+pub mod materialize;
 pub mod metrics;
 pub mod model;
 pub mod pod_pools;

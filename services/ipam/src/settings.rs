@@ -76,7 +76,7 @@ pub struct Cli {
     pub checkpoint_interval: Duration,
     /// sled is also checkpointed after this many changes, before the interval is up: the log left
     /// to replay stays bounded in size under any load.
-    #[arg(long, env = "ROUTEPLANE_CHECKPOINT_CHANGES", default_value_t = crate::commit::CHECKPOINT_CHANGES, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "ROUTEPLANE_CHECKPOINT_CHANGES", default_value_t = crate::materialize::CHECKPOINT_CHANGES, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_changes: u64,
     /// Write-ahead log segments roll over past this size (e.g. 16MiB, 256KiB); a checkpoint
     /// deletes whole segments.
@@ -139,10 +139,10 @@ impl Cli {
             durable: self.durability == Durability::Flush,
             watch_history: self.watch_history,
             watch_buffer: self.watch_buffer,
-            checkpoints: crate::commit::Checkpoints {
+            checkpoints: crate::materialize::Checkpoints {
                 every: self.checkpoint_interval,
                 changes: self.checkpoint_changes,
-                ..crate::commit::Checkpoints::default()
+                ..crate::materialize::Checkpoints::default()
             },
             log_segment_bytes: self.log_segment_size,
             ..IpamOptions::default()
