@@ -4,9 +4,10 @@
 //! cluster-pool IPAM); pods get addresses from their node's CIDR, never its network, router or
 //! broadcast address; Services get LoadBalancer IPs from bgp-config's address-pools. No address is
 //! ever held by two owners, across restarts included. Every change is durable in sled before it is
-//! acknowledged (concurrent requests share flushes), and is then published in revision order on the
-//! Watch feed. The domain core (`state`) does no I/O; `store` (sled), `commit` (group commit and the
-//! published view) and `grpc` (tonic) sit around it.
+//! acknowledged — in the write-ahead log (`wal`), with sled brought up to date behind it
+//! (`materialize`); concurrent requests share syncs — and is then published in revision order on
+//! the Watch feed. The domain core (`state`) does no I/O; `wal`, `store` (sled), `commit` (group
+//! commit and the published view), `materialize` and `grpc` (tonic) sit around it.
 #![forbid(unsafe_code)]
 
 /// The gRPC service name, as health checks and reflection know it.
