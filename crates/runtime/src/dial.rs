@@ -122,7 +122,10 @@ impl Dialer {
                 reason: e.to_string(),
             })?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(crate::grpc::KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(crate::grpc::KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let connected = match target.tls {
             None => endpoint.connect().await,
             Some(tls) => {

@@ -22,6 +22,14 @@ use crate::tls::{Security, Tls};
 /// the process forever.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// HTTP/2 PINGs on every connection, servers and clients alike, this often while it is idle...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and the connection is closed when one is not answered within this: a peer gone silently (a
+/// partition, a host powered off, a process stopped) is noticed within about 20 s instead of
+/// never, so its streams end — a Watch consumer resumes elsewhere or later, and the server frees
+/// what a vanished watcher held.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a client has to finish its TLS handshake before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -212,6 +220,8 @@ where
             .await;
     };
     let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .layer(gate)
         // One span per call, named after the method: what the logs nest under and OTLP exports.
         .trace_fn(|req| {
