@@ -33,6 +33,8 @@ pub struct IpamOptions {
     pub watch_history: usize,
     /// Events a watcher may lag behind before it is cut off.
     pub watch_buffer: usize,
+    /// How long a watcher may go without taking a message before it is cut off.
+    pub watch_send_deadline: Duration,
     /// Nodes and Services per snapshot message (which also ends at about 1 MiB).
     pub snapshot_chunk: usize,
     /// When sled is checkpointed (and the log it covers deleted): on a timer and after so many
@@ -48,6 +50,7 @@ impl Default for IpamOptions {
             durable: true,
             watch_history: 10_000,
             watch_buffer: 4096,
+            watch_send_deadline: WATCH_SEND_DEADLINE,
             snapshot_chunk: 500,
             checkpoints: crate::materialize::Checkpoints::default(),
             log_segment_bytes: crate::wal::SEGMENT_BYTES,
@@ -380,6 +383,10 @@ impl Ipam {
     /// stops, or the watcher falls behind (then an ABORTED error naming the revision to resume from).
     pub fn watch(self: &Arc<Self>, from: Revision) -> mpsc::Receiver<Result<WatchItem>> {
         let (tx, rx) = mpsc::channel(64);
+        let tx = Outbox {
+            tx,
+            deadline: self.options.watch_send_deadline,
+        };
         let (start, live) = self.feed.subscribe(from);
         let chunk = self.options.snapshot_chunk.max(1);
         let shutdown = self.shutdown.clone();
@@ -390,7 +397,7 @@ impl Ipam {
                     nodes,
                     services,
                 } => {
-                    if send_snapshot(&tx, revision, nodes, services, chunk)
+                    if send_snapshot(&tx, from, revision, nodes, services, chunk)
                         .await
                         .is_err()
                     {
@@ -401,10 +408,11 @@ impl Ipam {
                 WatchStart::Replay(events) => {
                     let mut last = from;
                     for e in events {
-                        last = e.revision;
-                        if tx.send(Ok(WatchItem::Event(e))).await.is_err() {
+                        let revision = e.revision;
+                        if tx.send(WatchItem::Event(e), last).await.is_err() {
                             return;
                         }
+                        last = revision;
                     }
                     last
                 }
@@ -415,8 +423,53 @@ impl Ipam {
     }
 }
 
+/// How long a watcher may go without taking a message before it is cut off, by default.
+pub const WATCH_SEND_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One watcher's outgoing messages: a bounded queue that always keeps one slot for the status
+/// that ends the stream, so that a watcher that stopped reading is told why it was cut off — when
+/// it reads again — and where to resume.
+struct Outbox {
+    tx: mpsc::Sender<Result<WatchItem>>,
+    deadline: Duration,
+}
+
+impl Outbox {
+    /// Queues `item`, waiting at most the deadline for room; otherwise cuts the watcher off with
+    /// ABORTED naming `resume`, the revision it has everything through. `Err`: the stream is over.
+    async fn send(&self, item: WatchItem, resume: Revision) -> std::result::Result<(), ()> {
+        match tokio::time::timeout(self.deadline, self.tx.reserve_many(2)).await {
+            Ok(Ok(mut permits)) => {
+                if let Some(permit) = permits.next() {
+                    permit.send(Ok(item));
+                }
+                Ok(())
+            }
+            // The client went.
+            Ok(Err(_)) => Err(()),
+            Err(_) => {
+                let _ = self.tx.try_send(Err(IpamError::Aborted(format!(
+                    "this watcher took no message for {:?} and was cut off; call Watch again to resume with fromRevision={resume}",
+                    self.deadline
+                ))));
+                Err(())
+            }
+        }
+    }
+
+    /// The status that ends the stream (the slot kept for it is there unless the client went).
+    async fn end(&self, status: IpamError) {
+        let _ = tokio::time::timeout(self.deadline, self.tx.send(Err(status))).await;
+    }
+
+    async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
 async fn send_snapshot(
-    tx: &mpsc::Sender<Result<WatchItem>>,
+    tx: &Outbox,
+    asked: Revision,
     revision: Revision,
     nodes: Vec<Node>,
     services: Vec<ServiceIp>,
@@ -432,13 +485,14 @@ async fn send_snapshot(
             first: i == 0,
             last: i + 1 == count,
         };
-        tx.send(Ok(item)).await.map_err(|_| ())?;
+        // Cut off half-way, a watcher resumes from what it had before the snapshot.
+        tx.send(item, asked).await?;
     }
     Ok(())
 }
 
 async fn forward_live(
-    tx: mpsc::Sender<Result<WatchItem>>,
+    tx: Outbox,
     mut live: broadcast::Receiver<Arc<crate::model::RevisionedEvent>>,
     mut last: Revision,
     shutdown: Shutdown,
@@ -448,7 +502,7 @@ async fn forward_live(
             r = live.recv() => r,
             _ = tx.closed() => return,
             _ = shutdown.wait() => {
-                let _ = tx.send(Err(IpamError::Unavailable(format!("routeplane-ipam is shutting down; resume with fromRevision={last}")))).await;
+                tx.end(IpamError::Unavailable(format!("routeplane-ipam is shutting down; resume with fromRevision={last}"))).await;
                 return;
             }
         };
@@ -456,17 +510,17 @@ async fn forward_live(
             // Events up to `last` were already in the snapshot or the replay.
             Ok(e) if e.revision <= last => {}
             Ok(e) => {
-                last = e.revision;
-                if tx.send(Ok(WatchItem::Event(e))).await.is_err() {
+                let revision = e.revision;
+                if tx.send(WatchItem::Event(e), last).await.is_err() {
                     return;
                 }
+                last = revision;
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                let _ = tx
-                    .send(Err(IpamError::Aborted(format!(
-                        "this watcher fell {missed} events behind and was cut off after revision {last}; call Watch again to resume with fromRevision={last}"
-                    ))))
-                    .await;
+                tx.end(IpamError::Aborted(format!(
+                    "this watcher fell {missed} events behind and was cut off after revision {last}; call Watch again to resume with fromRevision={last}"
+                )))
+                .await;
                 return;
             }
             Err(broadcast::error::RecvError::Closed) => return,

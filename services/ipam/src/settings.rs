@@ -88,6 +88,10 @@ pub struct Cli {
     /// Events a watcher may fall behind before it is cut off (and told where to resume).
     #[arg(long, env = "ROUTEPLANE_WATCH_BUFFER", default_value_t = 4096)]
     pub watch_buffer: usize,
+    /// A watcher that takes no message for this long (its buffers full) is cut off with ABORTED
+    /// naming the revision to resume from (e.g. 30s, 2m).
+    #[arg(long, env = "ROUTEPLANE_WATCH_SEND_DEADLINE", default_value = "30s", value_parser = flags::duration_within(Duration::from_millis(100), Duration::from_secs(3600)))]
+    pub watch_send_deadline: Duration,
     /// Kubernetes mode: follow the cluster's Nodes (pod CIDRs, written back to each Node) and
     /// LoadBalancer Services (status.loadBalancer.ingress), with the in-cluster credentials or
     /// KUBECONFIG. Without it, nodes register themselves through their route agents.
@@ -139,6 +143,7 @@ impl Cli {
             durable: self.durability == Durability::Flush,
             watch_history: self.watch_history,
             watch_buffer: self.watch_buffer,
+            watch_send_deadline: self.watch_send_deadline,
             checkpoints: crate::materialize::Checkpoints {
                 every: self.checkpoint_interval,
                 changes: self.checkpoint_changes,

@@ -1,7 +1,8 @@
 //! A peer that goes silent without closing its connection — a partition, a host powered off, a
 //! process stopped — is noticed through HTTP/2 keepalives, on both sides of a Watch stream: the
 //! test stops one side with SIGSTOP (its kernel still acknowledges TCP, so only PINGs can tell)
-//! and waits for the other to end the stream. Without keepalives neither side ever would.
+//! and waits for the other to end the stream. Without keepalives neither side ever would. And a
+//! watcher that is alive but stops reading is cut off after --watch-send-deadline, and told why.
 
 mod common;
 
@@ -113,5 +114,61 @@ async fn the_server_ends_the_watch_of_a_client_that_went_silent() {
     println!(
         "watch ended {:?} after the client stopped",
         stopped.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_is_cut_off_and_told_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--watch-send-deadline", "2s"]);
+    let mut c = server.client().await;
+    let mut watch = c
+        .watch(pb::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    assert_eq!(server.metric("routeplane_ipam_watchers"), 1.0);
+    // Then it reads nothing while nodes with 7 KiB of labels each come and go: some MiB of
+    // events, past what HTTP/2's windows and the stream's queue hold.
+    let labels: std::collections::HashMap<String, String> = (0..60)
+        .map(|i| (format!("label-{i:02}-{}", "k".repeat(50)), "v".repeat(63)))
+        .collect();
+    for n in 0..400 {
+        c.register_node(pb::RegisterNodeRequest {
+            name: format!("n{n}"),
+            addresses: vec![format!("192.0.2.{}", n % 250 + 1)],
+            labels: labels.clone(),
+        })
+        .await
+        .unwrap();
+        c.delete_node(pb::DeleteNodeRequest {
+            name: format!("n{n}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let started = Instant::now();
+    while server.metric("routeplane_ipam_watchers") > 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a watcher that does not read is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Reading again, it gets what was queued and then why it was cut off.
+    let status = loop {
+        match watch.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("took no message for 2s")
+            && status.message().contains("fromRevision="),
+        "{status:?}"
     );
 }
