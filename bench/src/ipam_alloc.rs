@@ -2,9 +2,10 @@
 //! durable over mutual TLS 1.3 (certificates from scripts/certs), at several concurrencies, beside
 //! the CNI host-local IPAM plugin (what a plain-CNI cluster uses for per-node pod IPs) doing the
 //! same allocations in the same run; and the cost of a new connection with and without TLS. Each
-//! round measures every tool at every concurrency in turn, each cell after the same 300 ms of unmeasured warm-up and after the
-//! previous routeplane cell's sled caught up with its log (timed: the "sled after s" column); the
-//! table shows each cell's median over the rounds. Prints a table; asserts nothing.
+//! round measures every tool at every concurrency in turn, each cell after the same 300 ms of
+//! unmeasured warm-up and after the previous routeplane cell's sled caught up with its log (timed:
+//! the "sled after s" column); the table shows each cell's median over the rounds. Prints a table;
+//! asserts nothing. `--soak` runs a long load instead and prints the log's size as it goes.
 //!
 //! Run it through `bench/run-ipam`, which builds in release mode and installs host-local.
 #![forbid(unsafe_code)]
@@ -303,14 +304,7 @@ async fn soak(server: &Server, data: &Path, length: Duration) {
             let r = metric(server.metrics, "routeplane_ipam_revision");
             let rate = (r - revision) / last_report.elapsed().as_secs_f64();
             (revision, last_report) = (r, Instant::now());
-            let rss = std::fs::read_to_string(format!("/proc/{}/status", server.process.pid()))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                })
-                .unwrap_or(f64::NAN);
+            let rss = server.process.rss_kib() as f64;
             println!(
                 "{:>8.0} {:>12.0} {:>14} {:>20.1} {:>10.1}",
                 started.elapsed().as_secs_f64(),

@@ -23,11 +23,7 @@ fn detection_bound() -> Duration {
 
 /// SIGSTOP or SIGCONT to a process group (grpcurl runs behind pyenv and Python wrappers).
 fn signal_group(signal: &str, pgid: u32) {
-    let status = Command::new("kill")
-        .args([signal, "--", &format!("-{pgid}")])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal} -{pgid}");
+    routeplane_testkit::sh(&["kill", signal, "--", &format!("-{pgid}")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,22 +43,9 @@ async fn a_watcher_notices_a_server_that_went_silent() {
     watch.message().await.unwrap().unwrap();
 
     let stopped = Instant::now();
-    let pid = server.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("-STOP");
     let ended = tokio::time::timeout(detection_bound(), watch.message()).await;
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("-CONT");
     let after = stopped.elapsed();
     match ended {
         Ok(Err(status)) => println!("stream ended after {after:?}: {status}"),

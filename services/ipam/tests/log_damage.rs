@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use common::{BIN, Server, output_text, run_to_exit, values_file};
 use routeplane_api::ipam::v1 as pb;
+use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use tonic::transport::Channel;
 
 const PODS: usize = 12;
 
@@ -53,19 +55,20 @@ async fn acknowledged_then_killed(data: &Path, flags: &[&str]) -> BTreeMap<Strin
     let mut acked = BTreeMap::new();
     for i in 0..PODS {
         let owner = format!("pod-{i:02}");
-        let a = c
-            .allocate_pod_ip(pb::AllocatePodIpRequest {
-                node: "n1".into(),
-                owner: owner.clone(),
-                family: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        acked.insert(owner, a.ips);
+        acked.insert(owner.clone(), allocate(&mut c, &owner).await);
     }
     server.kill9();
     acked
+}
+
+/// A pod IP on node n1 for `owner`: its addresses.
+async fn allocate(c: &mut IpamClient<Channel>, owner: &str) -> Vec<String> {
+    let req = pb::AllocatePodIpRequest {
+        node: "n1".into(),
+        owner: owner.into(),
+        family: 0,
+    };
+    c.allocate_pod_ip(req).await.unwrap().into_inner().ips
 }
 
 async fn held(server: &Server) -> BTreeMap<String, Vec<String>> {
@@ -153,21 +156,12 @@ async fn a_flipped_middle_record_stops_the_start_and_a_flipped_last_record_alone
     expected.remove(&lost);
     assert_eq!(back, expected, "every record but the last replayed");
     // The dropped allocation's address is free again, and goes to exactly one owner.
-    let mut c = server.client().await;
-    let again = c
-        .allocate_pod_ip(pb::AllocatePodIpRequest {
-            node: "n1".into(),
-            owner: lost.clone(),
-            family: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = allocate(&mut server.client().await, &lost).await;
     let now = held(&server).await;
     let mut ips: Vec<&String> = now.values().flatten().collect();
     ips.sort();
     let before = ips.len();
     ips.dedup();
     assert_eq!(ips.len(), before, "no address held twice: {now:?}");
-    assert_eq!(now.get(&lost), Some(&again.ips));
+    assert_eq!(now.get(&lost), Some(&again));
 }

@@ -97,6 +97,11 @@ impl Server {
         self.process.pid()
     }
 
+    /// Sends a signal (`"-STOP"`, `"-CONT"`…).
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(mut self) {
         self.process.kill9();
