@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::service::Routes;
 
 use crate::RuntimeError;
@@ -50,6 +50,8 @@ pub struct GrpcServer {
     pub refusals: Refusals,
     /// Calls per second per identity (`--rate-limit`).
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Further health service names and whether each is serving (e.g. IPAM's writes).
+    pub health: Vec<(&'static str, watch::Receiver<bool>)>,
 }
 
 impl GrpcServer {
@@ -70,7 +72,15 @@ impl GrpcServer {
             trust_domain: tls.trust_domain.clone(),
             refusals,
             limiter: RateLimiter::new(tls.rate_limit).map(Arc::new),
+            health: Vec::new(),
         }
+    }
+
+    /// Reports `name` on grpc.health.v1 as SERVING while `serving` is true (NOT_SERVING otherwise,
+    /// and once shutdown begins), beside the service's own status.
+    pub fn report_health(mut self, name: &'static str, serving: watch::Receiver<bool>) -> Self {
+        self.health.push((name, serving));
+        self
     }
 
     /// Runs `routes` on `listener` until shutdown: mutual TLS when the security has certificates;
@@ -96,17 +106,41 @@ impl GrpcServer {
         match self.security {
             Security::Tls(tls) => {
                 let incoming = tls_incoming(listener, tls, shutdown.clone());
-                serve_incoming(incoming, self.service, routes, gate, shutdown).await
+                serve_incoming(incoming, self.service, self.health, routes, gate, shutdown).await
             }
             Security::Plaintext { .. } => {
                 // Small responses must not wait for Nagle's algorithm to meet the peer's delayed
                 // ACK (40 ms).
                 let incoming =
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                serve_incoming(incoming, self.service, routes, gate, shutdown).await
+                serve_incoming(incoming, self.service, self.health, routes, gate, shutdown).await
             }
         }
     }
+}
+
+/// Keeps `name`'s health status in step with `serving` until shutdown, then NOT_SERVING.
+async fn follow_health(
+    health: tonic_health::server::HealthReporter,
+    name: &'static str,
+    mut serving: watch::Receiver<bool>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let status = if *serving.borrow_and_update() {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        health.set_service_status(name, status).await;
+        tokio::select! {
+            changed = serving.changed() => if changed.is_err() { break },
+            () = shutdown.wait() => break,
+        }
+    }
+    health
+        .set_service_status(name, tonic_health::ServingStatus::NotServing)
+        .await;
 }
 
 /// TLS handshakes done apart from the accept loop (a slow client does not hold up the next one),
@@ -173,12 +207,13 @@ pub async fn serve_unix(
     }
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let gate = Gate::new(service, policy, "", true, Refusals::default(), None);
-    serve_incoming(incoming, service, routes, gate, shutdown).await
+    serve_incoming(incoming, service, Vec::new(), routes, gate, shutdown).await
 }
 
 async fn serve_incoming<I, IO, IE>(
     incoming: I,
     service_name: &'static str,
+    extra_health: Vec<(&'static str, watch::Receiver<bool>)>,
     routes: Routes,
     gate: Gate,
     shutdown: Shutdown,
@@ -200,6 +235,14 @@ where
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    for (name, serving) in extra_health {
+        tokio::spawn(follow_health(
+            health.clone(),
+            name,
+            serving,
+            shutdown.clone(),
+        ));
+    }
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()

@@ -12,7 +12,7 @@
 //! checkpoints sled now and then; each checkpoint lets the committer delete the log segments it
 //! covers. The committer waits when the materializer is MATERIALIZE_BACKLOG groups behind.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,9 +20,10 @@ use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::error::Result;
-use crate::model::{Event, Node, Revision, RevisionedEvent, ServiceIp};
-use crate::state::Mutation;
+use crate::error::{IpamError, Result};
+use crate::image::DurableImage;
+use crate::model::{Node, Revision, RevisionedEvent, ServiceIp};
+use crate::state::{Mutation, Persisted};
 use crate::wal::{self, Wal, WalRecord};
 
 /// One writer's request for durability: its mutation, or none for a writer that changed nothing
@@ -50,6 +51,8 @@ pub struct CommitStats {
     /// Log segments on disk now, and deleted after checkpoints so far.
     pub log_segments: AtomicU64,
     pub log_segments_removed: AtomicU64,
+    /// Times storage refused writes and the service went into degraded mode.
+    pub storage_faults: AtomicU64,
 }
 
 /// What watchers see: the durable state, a bounded history of events, and a live channel.
@@ -64,8 +67,8 @@ struct FeedInner {
     horizon: Revision,
     history: VecDeque<Arc<RevisionedEvent>>,
     capacity: usize,
-    nodes: BTreeMap<String, Node>,
-    services: BTreeMap<String, ServiceIp>,
+    /// Every record as of `revision`: what snapshots and reads are cut from.
+    image: DurableImage,
 }
 
 /// Where a new watcher starts.
@@ -80,24 +83,14 @@ pub enum WatchStart {
 
 impl Feed {
     /// A feed starting at the durable state read at startup.
-    pub fn new(
-        revision: Revision,
-        nodes: Vec<Node>,
-        services: Vec<ServiceIp>,
-        history: usize,
-        live_buffer: usize,
-    ) -> Feed {
+    pub fn new(persisted: &Persisted, history: usize, live_buffer: usize) -> Feed {
         Feed {
             inner: Mutex::new(FeedInner {
-                revision,
-                horizon: revision,
+                revision: persisted.revision,
+                horizon: persisted.revision,
                 history: VecDeque::new(),
                 capacity: history.max(1),
-                nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
-                services: services
-                    .into_iter()
-                    .map(|s| (s.service.clone(), s))
-                    .collect(),
+                image: DurableImage::new(persisted),
             }),
             live: broadcast::channel(live_buffer.max(1)).0,
         }
@@ -128,8 +121,8 @@ impl Feed {
         } else {
             WatchStart::Snapshot {
                 revision: inner.revision,
-                nodes: inner.nodes.values().cloned().collect(),
-                services: inner.services.values().cloned().collect(),
+                nodes: inner.image.nodes().cloned().collect(),
+                services: inner.image.services().cloned().collect(),
             }
         };
         (start, rx)
@@ -143,24 +136,26 @@ impl Feed {
         self.live.receiver_count()
     }
 
-    fn publish(&self, revision: Revision, events: Vec<RevisionedEvent>) {
+    /// Reads the durable image (see `image.rs`).
+    pub fn read<T>(&self, op: impl FnOnce(&DurableImage) -> T) -> T {
+        op(&self.lock().image)
+    }
+
+    /// Publishes a durable group: its changes go into the image, its events to the history and
+    /// to live watchers. Takes the events out of `mutations`.
+    fn publish(&self, revision: Revision, mutations: &mut [Mutation]) {
         let mut inner = self.lock();
-        for e in events {
-            match &e.event {
-                Event::NodeUpdated(n) => {
-                    inner.nodes.insert(n.name.clone(), n.clone());
-                }
-                Event::NodeDeleted { name, .. } => {
-                    inner.nodes.remove(name);
-                }
-                Event::ServiceIpAssigned(s) => {
-                    inner.services.insert(s.service.clone(), s.clone());
-                }
-                Event::ServiceIpReleased(s) => {
-                    inner.services.remove(&s.service);
-                }
+        for m in mutations {
+            for change in &m.changes {
+                inner.image.apply(change);
             }
-            let e = Arc::new(e);
+            let Some(event) = m.event.take() else {
+                continue;
+            };
+            let e = Arc::new(RevisionedEvent {
+                revision: m.revision,
+                event,
+            });
             if inner.history.len() == inner.capacity
                 && let Some(old) = inner.history.pop_front()
             {
@@ -171,11 +166,25 @@ impl Feed {
             let _ = self.live.send(e);
         }
         inner.revision = inner.revision.max(revision);
+        inner.image.set_revision(revision);
     }
 }
 
-/// The committer: runs until every sender is gone (or the log fails). `durable: false` skips the
-/// sync (benchmarks only). Hands each durable group to the materializer.
+/// A storage failure, as the committer or the materializer reports it to the engine's supervisor
+/// (`engine.rs`).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub error: IpamError,
+    /// Only a restart can repair it (a bug, a store that hangs), as opposed to a disk that refuses
+    /// writes for now (full, read-only, failing), which the service waits out in degraded mode.
+    pub fatal: bool,
+}
+
+/// The committer: runs until every sender is gone. `durable: false` skips the sync (benchmarks
+/// only). Hands each durable group to the materializer. When the log fails, it reports a
+/// [`Fault`], refuses that group and everything still queued (all of it computed on top of the
+/// failed group), and ends once the senders are gone; nothing it refused is published.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_committer(
     mut rx: mpsc::UnboundedReceiver<Commit>,
     mut wal: Wal,
@@ -184,6 +193,7 @@ pub async fn run_committer(
     durable: bool,
     materialize: mpsc::Sender<Vec<Mutation>>,
     mut checkpointed: watch::Receiver<Revision>,
+    faults: mpsc::UnboundedSender<Fault>,
 ) {
     let mut group = Vec::new();
     let mut truncated = 0;
@@ -204,70 +214,75 @@ pub async fn run_committer(
             .map(|c| c.revision)
             .min();
         let result = match (encoded, first_revision) {
-            (Err(e), _) => Err(e),
+            (Err(e), _) => Err(Fault {
+                error: e,
+                fatal: true,
+            }),
             // Only writers waiting for earlier groups, which are durable already.
             (Ok(()), None) => Ok(()),
             (Ok(()), Some(first_revision)) => {
                 let started = Instant::now();
                 let truncate = (through > truncated).then_some(through);
-                let (back, r) = tokio::task::spawn_blocking(move || {
-                    let r = wal
-                        .append(&bytes, first_revision)
-                        .and_then(|()| if durable { wal.sync() } else { Ok(()) });
+                let written = tokio::task::spawn_blocking(move || {
+                    let r = wal.append(&bytes, first_revision).and_then(|()| {
+                        if durable {
+                            wal.sync()
+                        } else {
+                            wal.keep_unsynced();
+                            Ok(())
+                        }
+                    });
                     let r = r.and_then(|()| truncate.map_or(Ok(0), |t| wal.truncate_through(t)));
                     (wal, r)
                 })
-                .await
-                .unwrap_or_else(|e| panic!("log writer thread panicked: {e}"));
+                .await;
+                let (back, r) = match written {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let error =
+                            IpamError::Storage(format!("the log writer thread failed: {e}"));
+                        return refuse_from_now(rx, group, Fault { error, fatal: true }, &faults)
+                            .await;
+                    }
+                };
                 wal = back;
                 truncated = truncate.unwrap_or(truncated);
                 stats
                     .log_segments
                     .store(wal.segment_count() as u64, Ordering::Relaxed);
-                let r = r.map(|removed| {
-                    stats
-                        .log_segments_removed
-                        .fetch_add(removed as u64, Ordering::Relaxed);
-                });
                 if durable {
                     stats.flushes.fetch_add(1, Ordering::Relaxed);
                     stats
                         .flush_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
-                r
+                r.map(|removed| {
+                    stats
+                        .log_segments_removed
+                        .fetch_add(removed as u64, Ordering::Relaxed);
+                })
+                .map_err(|error| Fault {
+                    error,
+                    fatal: false,
+                })
             }
         };
         stats
             .commits
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        let top = group.iter().map(|c| c.revision).max().unwrap_or(0);
-        let failed = result.is_err();
-        let mut mutations = Vec::new();
-        if !failed {
-            let mut events = Vec::new();
-            for c in &mut group {
-                if let Some(mut m) = c.mutation.take() {
-                    if let Some(event) = m.event.take() {
-                        events.push(RevisionedEvent {
-                            revision: m.revision,
-                            event,
-                        });
-                    }
-                    mutations.push(m);
-                }
-            }
-            feed.publish(top, events);
-            stats.durable_revision.fetch_max(top, Ordering::Relaxed);
+        if let Err(fault) = result {
+            return refuse_from_now(rx, group, fault, &faults).await;
         }
+        let top = group.iter().map(|c| c.revision).max().unwrap_or(0);
+        let mut mutations: Vec<Mutation> =
+            group.iter_mut().filter_map(|c| c.mutation.take()).collect();
+        feed.publish(top, &mut mutations);
+        stats.durable_revision.fetch_max(top, Ordering::Relaxed);
         for c in group.drain(..) {
             if let Some(done) = c.done {
                 // The writer may have gone (client cancelled): its change is durable all the same.
-                let _ = done.send(result.clone());
+                let _ = done.send(Ok(()));
             }
-        }
-        if failed {
-            return;
         }
         if !mutations.is_empty() {
             // Waits while the materializer is MATERIALIZE_BACKLOG groups behind: the next group
@@ -278,12 +293,35 @@ pub async fn run_committer(
     }
 }
 
+/// After a failed write: reports it, then refuses `group` and every commit still to come, until
+/// the senders are gone (the supervisor closes the queue when it takes the fault).
+async fn refuse_from_now(
+    mut rx: mpsc::UnboundedReceiver<Commit>,
+    group: Vec<Commit>,
+    fault: Fault,
+    faults: &mpsc::UnboundedSender<Fault>,
+) {
+    let error = fault.error.clone();
+    // Nobody to tell means the service is gone already.
+    let _ = faults.send(fault);
+    let refuse = |c: Commit| {
+        if let Some(done) = c.done {
+            let _ = done.send(Err(error.clone()));
+        }
+    };
+    group.into_iter().for_each(refuse);
+    while let Some(c) = rx.recv().await {
+        refuse(c);
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
     use crate::materialize::{Checkpoints, MATERIALIZE_BACKLOG, run_materializer};
+    use crate::model::Event;
     use crate::store::Store;
 
     fn node(name: &str, revision: Revision) -> RevisionedEvent {
@@ -302,15 +340,15 @@ pub(crate) mod tests {
 
     #[test]
     fn replay_within_history_snapshot_outside_it() {
-        let feed = Feed::new(10, vec![], vec![], 2, 16);
-        feed.publish(11, vec![node("a", 11)]);
-        feed.publish(13, vec![node("b", 13)]); // 12 was a pod IP: no event
+        let feed = Feed::new(&at(10), 2, 16);
+        feed.publish(11, &mut [named("a", 11)]);
+        feed.publish(13, &mut [named("b", 13)]); // 12 was a pod IP: no event
         assert!(matches!(feed.subscribe(10).0, WatchStart::Replay(v) if v.len() == 2));
         assert!(
             matches!(feed.subscribe(11).0, WatchStart::Replay(v) if v.len() == 1 && v[0].revision == 13)
         );
         assert!(matches!(feed.subscribe(13).0, WatchStart::Replay(v) if v.is_empty()));
-        feed.publish(14, vec![node("c", 14)]); // history holds 2: revision 11 falls out
+        feed.publish(14, &mut [named("c", 14)]); // history holds 2: revision 11 falls out
         assert!(
             matches!(feed.subscribe(10).0, WatchStart::Snapshot { .. }),
             "too old"
@@ -325,8 +363,19 @@ pub(crate) mod tests {
         );
     }
 
+    fn at(revision: Revision) -> Persisted {
+        Persisted {
+            revision,
+            ..Persisted::default()
+        }
+    }
+
     pub(crate) fn mutation(r: Revision) -> Mutation {
-        let ev = node(&format!("n{r}"), r);
+        named(&format!("n{r}"), r)
+    }
+
+    fn named(name: &str, r: Revision) -> Mutation {
+        let ev = node(name, r);
         let Event::NodeUpdated(n) = ev.event.clone() else {
             unreachable!()
         };
@@ -342,7 +391,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
         let (wal, _, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();
-        let feed = Arc::new(Feed::new(0, vec![], vec![], 100, 100));
+        let feed = Arc::new(Feed::new(&at(0), 100, 100));
         let stats = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
@@ -367,7 +416,8 @@ pub(crate) mod tests {
             ctx,
             Checkpoints::default(),
         ));
-        run_committer(rx, wal, feed.clone(), stats.clone(), true, mtx, crx).await;
+        let (faults, _) = mpsc::unbounded_channel();
+        run_committer(rx, wal, feed.clone(), stats.clone(), true, mtx, crx, faults).await;
         for w in waits {
             w.await.unwrap().unwrap();
         }
@@ -403,13 +453,23 @@ pub(crate) mod tests {
     async fn the_committer_waits_for_a_materializer_that_is_behind() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();
-        let feed = Arc::new(Feed::new(0, vec![], vec![], 100, 100));
+        let feed = Arc::new(Feed::new(&at(0), 100, 100));
         let stats = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         // Room for two groups, and nobody applying them.
         let (mtx, mut mrx) = mpsc::channel(2);
         let (_ctx, crx) = watch::channel(0);
-        let committer = tokio::spawn(run_committer(rx, wal, feed, stats.clone(), false, mtx, crx));
+        let (faults, _) = mpsc::unbounded_channel();
+        let committer = tokio::spawn(run_committer(
+            rx,
+            wal,
+            feed,
+            stats.clone(),
+            false,
+            mtx,
+            crx,
+            faults,
+        ));
         let mut acks = Vec::new();
         for r in 1..=5 {
             let (done, ack) = oneshot::channel();

@@ -1,11 +1,13 @@
 //! The IPAM service as the gRPC layer sees it: each method runs one core operation under the state
 //! lock and queues its mutation for group commit in the same critical section (so commits queue in
-//! revision order), then waits — outside the lock — until the committer says it is durable.
-//! Storage failure is fatal: memory may be ahead of disk, so the service stops taking writes and
-//! asks the process to shut down; the restart replays the log.
+//! revision order), then waits — outside the lock — until the committer says it is durable. Reads
+//! are served from the durable image, never from the core, which runs ahead of the disk. When
+//! the disk refuses writes the service goes on in degraded mode (`engine.rs`): reads and Watch
+//! served, writes refused with `Unavailable` until storage takes them again.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -14,15 +16,13 @@ use routeplane_net::{Cidr, Family};
 use routeplane_runtime::shutdown::Shutdown;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::commit::{Commit, CommitStats, Feed, WatchStart, run_committer};
+use crate::commit::{Commit, CommitStats, Fault, Feed, WatchStart};
+use crate::engine::{self, Engine, WriteGate};
 use crate::error::{IpamError, Result};
-use crate::materialize::run_materializer;
 use crate::model::{Node, Revision, ServiceIp};
 use crate::state::{
     CoreConfig, IpamState, Mutation, PodIps, PodPoolView, ReportedPod, SyncOutcome,
 };
-use crate::store::Store;
-use crate::wal::Wal;
 
 /// Tuning that is not part of the allocation model.
 #[derive(Debug, Clone)]
@@ -59,13 +59,24 @@ impl Default for IpamOptions {
 }
 
 pub struct Ipam {
-    state: Mutex<IpamState>,
-    commits: mpsc::UnboundedSender<Commit>,
+    core: Mutex<Core>,
     feed: Arc<Feed>,
     stats: Arc<CommitStats>,
+    /// Whether writes are taken (degraded mode refuses them), and `writable` for health.
+    gate: WriteGate,
+    writable: watch::Sender<bool>,
     failed: AtomicBool,
     shutdown: Shutdown,
     options: IpamOptions,
+    config: CoreConfig,
+    data_dir: PathBuf,
+}
+
+/// What the state lock guards: the core, and the queue its mutations go to — swapped together
+/// when storage fails (no queue: writes refused) and when it is reopened.
+struct Core {
+    state: IpamState,
+    commits: Option<mpsc::UnboundedSender<Commit>>,
 }
 
 /// One item of a Watch stream, before conversion to the wire.
@@ -81,93 +92,55 @@ pub enum WatchItem {
 }
 
 impl Ipam {
-    /// Opens sled (`DIR/state`) and the log (`DIR/wal`), replays the log into sled, rebuilds the
-    /// core, and starts the committer, the materializer and the lease clock.
+    /// Opens storage (`engine.rs`: sled in `DIR/state`, the log in `DIR/wal`, replayed), rebuilds
+    /// the core, and starts the engine, its supervisor and the lease clock.
     pub fn start(
         config: CoreConfig,
         data_dir: &std::path::Path,
         options: IpamOptions,
         shutdown: Shutdown,
     ) -> Result<(Arc<Ipam>, Vec<String>)> {
-        let store = Store::open(&data_dir.join("state"))?;
-        let (mut wal, logged, mut warnings) =
-            Wal::open(&data_dir.join("wal"), store.revision()? + 1)?;
-        wal.set_segment_bytes(options.log_segment_bytes);
-        if let Some(last) = logged.last().map(|r| r.revision) {
-            let applied = replay(&store, &logged)?;
-            store.flush()?;
-            wal.truncate_through(last)?;
-            warnings.push(format!(
-                "replayed {applied} logged changes into sled (through revision {last})"
-            ));
-        }
-        let persisted = store.load()?;
-        let (state, restored) = IpamState::restore(config, persisted, Instant::now())?;
-        warnings.extend(restored);
+        let loaded = engine::load(data_dir, &options)?;
+        let mut warnings = loaded.warnings;
         let feed = Arc::new(Feed::new(
-            state.revision(),
-            state.nodes().cloned().collect(),
-            state.service_ips().cloned().collect(),
+            &loaded.persisted,
             options.watch_history,
             options.watch_buffer,
         ));
+        let (state, restored) =
+            IpamState::restore(config.clone(), loaded.persisted, Instant::now())?;
+        warnings.extend(restored);
         let stats = Arc::new(CommitStats::default());
-        stats
-            .durable_revision
-            .store(state.revision(), Ordering::Relaxed);
-        stats
-            .checkpoint_revision
-            .store(state.revision(), Ordering::Relaxed);
-        stats
-            .materialized_revision
-            .store(state.revision(), Ordering::Relaxed);
-        stats
-            .log_segments
-            .store(wal.segment_count() as u64, Ordering::Relaxed);
-        let (commits, rx) = mpsc::unbounded_channel();
-        let (materialize, materialize_rx) = mpsc::channel(crate::materialize::MATERIALIZE_BACKLOG);
-        let (checkpointed, checkpoints) = watch::channel(state.revision());
-        tokio::spawn(run_committer(
-            rx,
-            wal,
+        let (engine, commits) = Engine::start(
+            (loaded.store, loaded.wal),
             feed.clone(),
             stats.clone(),
-            options.durable,
-            materialize,
-            checkpoints,
-        ));
-        let materializer = tokio::spawn(run_materializer(
-            materialize_rx,
-            Arc::new(store),
-            stats.clone(),
-            checkpointed,
-            options.checkpoints,
-        ));
+            &options,
+        );
         let ipam = Arc::new(Ipam {
-            state: Mutex::new(state),
-            commits,
+            core: Mutex::new(Core {
+                state,
+                commits: Some(commits),
+            }),
             feed,
             stats,
+            gate: WriteGate::default(),
+            writable: watch::Sender::new(true),
             failed: AtomicBool::new(false),
-            shutdown,
+            shutdown: shutdown.clone(),
             options,
+            config,
+            data_dir: data_dir.to_path_buf(),
         });
         tokio::spawn(run_lease_clock(Arc::downgrade(&ipam)));
-        let watcher = Arc::downgrade(&ipam);
-        tokio::spawn(async move {
-            if let Ok(Err(e)) = materializer.await
-                && let Some(ipam) = watcher.upgrade()
-            {
-                ipam.fail(&e);
-            }
-        });
+        tokio::spawn(engine::supervise(Arc::downgrade(&ipam), engine, shutdown));
         Ok((ipam, warnings))
     }
 
-    fn lock(&self) -> MutexGuard<'_, IpamState> {
+    fn lock(&self) -> MutexGuard<'_, Core> {
         // Core operations validate before they change anything, so a panic mid-way is a bug that
         // leaves at worst a half-updated index; refusing all further service would be worse.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn stats(&self) -> &CommitStats {
@@ -182,14 +155,77 @@ impl Ipam {
         self.failed.load(Ordering::Relaxed)
     }
 
-    fn fail(&self, e: &IpamError) -> IpamError {
+    /// True while writes are taken: false in degraded mode and after a failure (health's
+    /// `routeplane.ipam.v1.Ipam/writes`).
+    pub fn writable(&self) -> watch::Receiver<bool> {
+        self.writable.subscribe()
+    }
+
+    /// A fault only a restart repairs: refuses writes and shuts the process down (exit 1), so
+    /// that its supervisor restarts it and the restart replays the log.
+    pub(crate) fn fail(&self, e: &IpamError) {
         if !self.failed.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %e, "storage failed: refusing writes and shutting down so that a restart reloads from disk");
+            self.gate.refuse(format!(
+                "{e}; routeplane-ipam is restarting to reload its state from disk"
+            ));
+            self.lock().commits = None;
+            self.writable.send_replace(false);
             self.shutdown.trigger();
         }
-        IpamError::Storage(format!(
-            "{e}; routeplane-ipam is restarting to reload its state from disk"
-        ))
+    }
+
+    /// Degraded mode begins: writes refused from now on, the queue closed (the committer refuses
+    /// what it still holds and ends).
+    pub(crate) fn refuse_writes(&self, e: &IpamError) {
+        tracing::error!(error = %e, "storage refuses writes: degraded mode — reads and Watch are served, writes refused until it takes them again");
+        self.gate.refuse(format!(
+            "{e}. routeplane-ipam serves reads and Watch meanwhile and takes writes again by itself once storage does"
+        ));
+        self.stats.storage_faults.fetch_add(1, Ordering::Relaxed);
+        self.lock().commits = None;
+        self.writable.send_replace(false);
+    }
+
+    /// Rebuilds the core from the durable image once the engine has stopped: the changes that
+    /// were being made when storage failed never reached the disk, nobody was told they did, and
+    /// they are forgotten (their addresses free again).
+    pub(crate) fn forget_undurable(&self) -> Result<()> {
+        let mut core = self.lock();
+        let persisted = self.feed.read(|image| image.to_persisted());
+        let forgotten = core.state.revision() - persisted.revision;
+        core.state = IpamState::restore(self.config.clone(), persisted, Instant::now())?.0;
+        tracing::warn!(
+            forgotten,
+            "the core now holds only what is durable; changes that were being written were refused"
+        );
+        Ok(())
+    }
+
+    /// One attempt to leave degraded mode: reopens storage and opens writes again.
+    pub(crate) async fn reopen(self: &Arc<Self>) -> std::result::Result<Engine, Fault> {
+        let (dir, options, expected) = (
+            self.data_dir.clone(),
+            self.options.clone(),
+            self.feed.revision(),
+        );
+        let loaded = tokio::task::spawn_blocking(move || engine::reopen(&dir, &options, expected))
+            .await
+            .map_err(|e| Fault {
+                error: IpamError::Storage(format!("reopening storage failed: {e}")),
+                fatal: true,
+            })??;
+        let (engine, commits) = Engine::start(
+            (loaded.store, loaded.wal),
+            self.feed.clone(),
+            self.stats.clone(),
+            &self.options,
+        );
+        self.lock().commits = Some(commits);
+        let refused = self.gate.open().unwrap_or_default();
+        self.writable.send_replace(true);
+        tracing::warn!(after = ?refused, "storage takes writes again: writes resumed");
+        Ok(engine)
     }
 
     /// Runs `op` on the core, queues its mutation, and returns once it is durable. An
@@ -198,53 +234,59 @@ impl Ipam {
         &self,
         op: impl FnOnce(&mut IpamState) -> Result<(T, Option<Mutation>)>,
     ) -> Result<T> {
-        if self.has_failed() {
-            return Err(IpamError::Storage(
-                "an earlier write failed; routeplane-ipam is restarting".into(),
-            ));
-        }
         let wait = {
-            let mut state = self.lock();
-            let (out, mutation) = op(&mut state)?;
-            let revision = state.revision();
+            let mut core = self.lock();
+            let Some(commits) = core.commits.clone() else {
+                return Err(self.refused());
+            };
+            let (out, mutation) = op(&mut core.state)?;
+            let revision = core.state.revision();
             if mutation.is_none() && self.stats.durable_revision.load(Ordering::Relaxed) >= revision
             {
                 return Ok(out);
             }
             let (done, wait) = oneshot::channel();
-            self.commits
+            commits
                 .send(Commit {
                     revision,
                     mutation,
                     done: Some(done),
                 })
-                .map_err(|_| {
-                    IpamError::Storage("the commit queue is closed: shutting down".into())
-                })?;
+                .map_err(|_| self.refused())?;
             (out, wait)
         };
         match wait.1.await {
             Ok(Ok(())) => Ok(wait.0),
-            Ok(Err(e)) => Err(self.fail(&e)),
-            Err(_) => Err(IpamError::Storage(
-                "the committer stopped before this change was durable".into(),
-            )),
+            // The supervisor puts the service in degraded mode (or fails it).
+            Ok(Err(e)) => Err(IpamError::Unavailable(format!(
+                "this change was refused: {e}"
+            ))),
+            Err(_) => Err(self.refused()),
         }
     }
 
-    fn read<T>(&self, op: impl FnOnce(&IpamState) -> Result<T>) -> Result<T> {
-        op(&self.lock())
+    fn refused(&self) -> IpamError {
+        let cause = self
+            .gate
+            .cause()
+            .unwrap_or_else(|| "routeplane-ipam is shutting down".into());
+        IpamError::Unavailable(format!("writes are refused: {cause}"))
     }
 
     /// Expires leases; run by the lease clock. Queues without waiting: nobody is waiting for it.
+    /// Not while writes are refused: an expiry could not be recorded, and agents whose keepalives
+    /// are refused too must not be declared dead for it.
     fn expire_leases(&self, now: Instant) {
-        let mut state = self.lock();
-        for m in state.expire_leases(now) {
+        let mut core = self.lock();
+        let Some(commits) = core.commits.clone() else {
+            return;
+        };
+        for m in core.state.expire_leases(now) {
             if let Some(crate::model::Event::NodeUpdated(n)) = &m.event {
                 tracing::warn!(node = %n.name, "lease expired: node is NotReady");
             }
-            // A closed queue means shutdown: the lease clock stops with everything else.
-            let _ = self.commits.send(Commit {
+            // A closed queue means shutdown or a failed disk: the committer refuses it either way.
+            let _ = commits.send(Commit {
                 revision: m.revision,
                 mutation: Some(m),
                 done: None,
@@ -273,12 +315,13 @@ impl Ipam {
             .await
     }
 
+    /// Reads are served from the durable image (`image.rs`): never a change that is not on disk.
     pub fn node(&self, name: &str) -> Result<Node> {
-        self.read(|s| s.node(name).cloned())
+        self.feed.read(|image| image.node(name).cloned())
     }
 
     pub fn nodes(&self) -> Vec<Node> {
-        self.lock().nodes().cloned().collect()
+        self.feed.read(|image| image.nodes().cloned().collect())
     }
 
     pub async fn delete_node(&self, name: &str, force: bool) -> Result<(Node, u64)> {
@@ -314,7 +357,7 @@ impl Ipam {
     }
 
     pub fn pod_ips(&self, node: &str) -> Result<BTreeMap<String, PodIps>> {
-        self.read(|s| s.pod_ips(node).cloned())
+        self.feed.read(|image| image.pod_ips(node))
     }
 
     /// The route agent's report of its node's pod IPs (see `state/pod_ips.rs`).
@@ -344,12 +387,12 @@ impl Ipam {
     }
 
     pub fn service_ips(&self) -> Vec<ServiceIp> {
-        self.lock().service_ips().cloned().collect()
+        self.feed.read(|image| image.services().cloned().collect())
     }
 
     /// The LoadBalancer IP `service` holds, if any.
     pub fn service_ip(&self, service: &str) -> Option<ServiceIp> {
-        self.lock().service_ip(service).cloned()
+        self.feed.read(|image| image.service(service).cloned())
     }
 
     /// Pod pools, and LoadBalancer pools as (config, total, used).
@@ -359,7 +402,8 @@ impl Ipam {
         Vec<PodPoolView>,
         Vec<(routeplane_config::AddressPool, u128, u128)>,
     ) {
-        let s = self.lock();
+        let core = self.lock();
+        let s = &core.state;
         let services = s
             .service_pools()
             .map(|p| (p.config.clone(), p.total(), p.used()))
@@ -368,7 +412,7 @@ impl Ipam {
     }
 
     pub fn pod_ip_count(&self) -> u64 {
-        self.lock().pod_ip_count()
+        self.lock().state.pod_ip_count()
     }
 
     pub async fn add_pool_cidr(&self, cidr: Cidr, mask: Option<u8>) -> Result<PodPoolView> {
@@ -528,48 +572,11 @@ async fn forward_live(
     }
 }
 
-/// The first revision after `sled` that the log lacks while holding a later one, and that later
-/// one. sled recovers a prefix of what it was given, so a change at or below its revision is there
-/// already; one missing after it (a log segment lost or deleted by hand) can never be skipped: the
-/// state after it would hold addresses the missing change took or gave back.
-pub(crate) fn log_gap(
-    sled: Revision,
-    logged: &[crate::wal::WalRecord],
-) -> Option<(Revision, Revision)> {
-    let after = logged.iter().filter(|r| r.revision > sled);
-    (sled + 1..)
-        .zip(after)
-        .find(|(expected, r)| r.revision != *expected)
-        .map(|(expected, r)| (expected, r.revision))
-}
-
-/// Applies the logged changes sled does not have yet, in order; refuses a gap (see [`log_gap`]).
-fn replay(store: &Store, logged: &[crate::wal::WalRecord]) -> Result<usize> {
-    let sled = store.revision()?;
-    if let Some((expected, found)) = log_gap(sled, logged) {
-        return Err(IpamError::Storage(format!(
-            "the log has no record of revision {expected}: sled holds changes through {}, and the log goes on at {found}. A log segment was lost or deleted; refusing to start without the changes it held (restore the data directory from a backup)",
-            expected - 1
-        )));
-    }
-    let mut applied = 0;
-    for r in logged.iter().filter(|r| r.revision > sled) {
-        store.apply(&Mutation {
-            revision: r.revision,
-            changes: r.changes.clone(),
-            event: None,
-        })?;
-        applied += 1;
-    }
-    Ok(applied)
-}
-
 /// Expires leases a few times per TTL, until the service is dropped.
 async fn run_lease_clock(ipam: std::sync::Weak<Ipam>) {
     let period = match ipam.upgrade() {
-        Some(i) => {
-            (i.lock().lease_ttl() / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
-        }
+        Some(i) => (i.lock().state.lease_ttl() / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1)),
         None => return,
     };
     let mut tick = tokio::time::interval(period);
@@ -581,42 +588,5 @@ async fn run_lease_clock(ipam: std::sync::Weak<Ipam>) {
             return;
         }
         ipam.expire_leases(Instant::now());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wal::WalRecord;
-
-    fn records(revisions: &[Revision]) -> Vec<WalRecord> {
-        revisions
-            .iter()
-            .map(|&revision| WalRecord {
-                revision,
-                changes: vec![],
-            })
-            .collect()
-    }
-
-    #[test]
-    fn replay_applies_what_sled_lacks_and_refuses_a_hole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state")).unwrap();
-        assert_eq!(replay(&store, &records(&[1, 2, 3])).unwrap(), 3);
-        assert_eq!(store.revision().unwrap(), 3);
-        // Already in sled up to 3: only 4 and 5 are applied.
-        assert_eq!(replay(&store, &records(&[2, 3, 4, 5])).unwrap(), 2);
-        assert_eq!(store.revision().unwrap(), 5);
-        let e = replay(&store, &records(&[5, 7, 8]))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("no record of revision 6"), "{e}");
-        assert!(e.contains("goes on at 7"), "{e}");
-        assert_eq!(
-            store.revision().unwrap(),
-            5,
-            "nothing after the hole applied"
-        );
     }
 }

@@ -6,17 +6,26 @@
 //! ever held by two owners, across restarts included. Every change is durable in sled before it is
 //! acknowledged — in the write-ahead log (`wal`), with sled brought up to date behind it
 //! (`materialize`); concurrent requests share syncs — and is then published in revision order on
-//! the Watch feed. The domain core (`state`) does no I/O; `wal`, `store` (sled), `commit` (group
-//! commit and the published view), `materialize` and `grpc` (tonic) sit around it.
+//! the Watch feed. Reads see only what is durable (`image`). A disk that refuses writes (full,
+//! read-only) refuses writes with `Unavailable` while reads and Watch go on, until it takes them
+//! again (`engine`). The domain core (`state`) does no I/O; `wal`, `store` (sled), `commit` (group
+//! commit and the published view), `materialize`, `engine` and `grpc` (tonic) sit around it.
 #![forbid(unsafe_code)]
 
 /// The gRPC service name, as health checks and reflection know it.
 pub const GRPC_SERVICE: &str = "routeplane.ipam.v1.Ipam";
 
+/// The health service name that is SERVING while writes are taken: NOT_SERVING in degraded mode
+/// (the disk refuses writes; reads and Watch go on, and GRPC_SERVICE stays SERVING) and once the
+/// service has failed.
+pub const WRITES_HEALTH: &str = "routeplane.ipam.v1.Ipam/writes";
+
 pub mod address_set;
 pub mod commit;
+pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod image;
 pub mod ipam;
 pub mod kubernetes;
 pub mod materialize;

@@ -4,9 +4,10 @@
 //! (a checkpoint) every interval and every so many changes, whichever comes first, reporting the
 //! revision each checkpoint covers so that the committer can delete the log behind it. sled is the
 //! slower of the two under load; the channel between them is bounded (MATERIALIZE_BACKLOG), so
-//! the committer waits rather than letting the backlog grow. A step that fails, or that takes
-//! longer than the stall limit, ends the materializer with an error: the service then fails and a
-//! restart replays the log.
+//! the committer waits rather than letting the backlog grow. A step that fails ends the
+//! materializer with a [`Fault`]: a write sled could not make (disk full, read-only) puts the
+//! service in degraded mode until storage can be reopened (`engine.rs`); a step that takes longer
+//! than the stall limit is fatal (sled is stuck inside: only a restart, replaying the log, helps).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::commit::CommitStats;
+use crate::commit::{CommitStats, Fault};
 use crate::error::{IpamError, Result};
 use crate::model::Revision;
 use crate::state::Mutation;
@@ -85,7 +86,7 @@ pub async fn run_materializer(
     stats: Arc<CommitStats>,
     checkpointed: watch::Sender<Revision>,
     checkpoints: Checkpoints,
-) -> Result<()> {
+) -> Result<(), Fault> {
     let mut applied: Option<Revision> = None;
     let mut since_checkpoint = 0u64;
     let mut tick = tokio::time::interval(checkpoints.every);
@@ -125,13 +126,19 @@ pub async fn run_materializer(
         // hang: either way sled would never catch up and, the committer waiting for it, writes
         // would stop for good. Give up instead, so that the service fails and is restarted.
         match tokio::time::timeout(checkpoints.stall, step).await {
-            Ok(done) => done.unwrap_or_else(|e| {
-                Err(IpamError::Storage(format!(
-                    "sled writer thread failed: {e}"
-                )))
+            // A disk that refuses writes: the service waits it out (`engine.rs`).
+            Ok(Ok(done)) => done.map_err(|error| Fault {
+                error,
+                fatal: false,
             })?,
+            Ok(Err(e)) => {
+                return Err(Fault {
+                    error: IpamError::Storage(format!("sled writer thread failed: {e}")),
+                    fatal: true,
+                });
+            }
             Err(_) => {
-                return Err(IpamError::Storage(format!(
+                let error = IpamError::Storage(format!(
                     "sled did not finish applying {changes} changes{} within {:?} (a stalled disk, or sled's deadlock under load, sled#1412)",
                     if checkpoint.is_some() {
                         " and a checkpoint"
@@ -139,7 +146,8 @@ pub async fn run_materializer(
                         ""
                     },
                     checkpoints.stall
-                )));
+                ));
+                return Err(Fault { error, fatal: true });
             }
         }
         if let Some(revision) = applied {
@@ -274,12 +282,13 @@ mod tests {
             checkpoints,
         ));
         mtx.send(vec![mutation(1)]).await.unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(1), materializer)
+        let fault = tokio::time::timeout(Duration::from_secs(1), materializer)
             .await
             .expect("given up after its stall limit, not after sled's 2 s")
             .unwrap()
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(fault.fatal, "a stuck sled needs a restart");
+        let e = fault.error.to_string();
         assert!(
             e.contains("did not finish applying") && e.contains("200ms"),
             "{e}"

@@ -198,6 +198,18 @@ impl Collector for IpamCollector {
             "Segments of the write-ahead log on disk",
             &[(&[], stats.log_segments.load(Ordering::Relaxed) as i64)],
         )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_writes_refused",
+            "1 while writes are refused (degraded mode: the disk refuses writes; reads and Watch are served) or the service has failed, 0 while writes are taken",
+            &[(&[], i64::from(!*ipam.writable().borrow()))],
+        )?;
+        counter(
+            &mut e,
+            "routeplane_ipam_storage_faults",
+            "Times the disk refused a write and the service went into degraded mode",
+            stats.storage_faults.load(Ordering::Relaxed),
+        )?;
         counter(
             &mut e,
             "routeplane_ipam_log_segments_removed",

@@ -76,7 +76,8 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         security,
         &cli.tls,
         &mut registry,
-    );
+    )
+    .report_health(crate::WRITES_HEALTH, ipam.writable());
     let registry = Arc::new(registry);
     if cli.kubernetes {
         let client = routeplane_kubernetes::client()

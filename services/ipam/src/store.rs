@@ -27,6 +27,7 @@ const REVISION: &[u8] = b"m/revision";
 
 pub struct Store {
     db: sled::Db,
+    path: std::path::PathBuf,
 }
 
 fn pod_key(node: &str, owner: &str) -> Vec<u8> {
@@ -88,7 +89,10 @@ impl Store {
                 path.display()
             ))
         })?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The revision of the last mutation applied (0 for a new store).
@@ -188,11 +192,29 @@ impl Store {
         Ok(())
     }
 
-    /// Checkpoint: makes every mutation applied so far durable in sled.
+    /// Checkpoint: makes every mutation applied so far durable in sled. Refused on a filesystem
+    /// that has gone read-only, whose fsync reports success without writing (see
+    /// [`still_writable`]): the log behind this checkpoint must not be deleted on its word.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
-        Ok(())
+        still_writable(nix::sys::statvfs::statvfs(&self.path))
+            .map_err(|e| IpamError::Storage(format!("checkpoint of {}: {e}", self.path.display())))
     }
+}
+
+/// Fails if the filesystem `stat` describes is read-only. ext4 remounts itself read-only after an
+/// error (`errors=remount-ro`, the usual setting) and from then on answers fsync with success
+/// while writing nothing, so data written just before is acknowledged as durable and then lost.
+/// A sync is trusted only if the filesystem is still writable after it.
+pub fn still_writable(stat: nix::Result<nix::sys::statvfs::Statvfs>) -> std::io::Result<()> {
+    let flags = stat.map_err(std::io::Error::from)?.flags();
+    if flags.contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ReadOnlyFilesystem,
+            "the filesystem is read-only now (Read-only file system), so the sync may have written nothing",
+        ));
+    }
+    Ok(())
 }
 
 /// The filesystem type holding `path` (from /proc/mounts), to warn when durability is an illusion

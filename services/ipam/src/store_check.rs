@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::engine::log_gap;
 use crate::error::{IpamError, Result};
-use crate::ipam::log_gap;
 use crate::store::Store;
 use crate::wal::{self, Tail};
 

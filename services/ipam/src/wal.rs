@@ -216,6 +216,9 @@ pub struct Wal {
     /// (first revision, path) of every segment, oldest first; the last is being written.
     segments: Vec<(Revision, PathBuf)>,
     written: u64,
+    /// Bytes of the current segment known durable (or, without syncs, fully written): where a
+    /// failed append or sync cuts the segment back to.
+    kept: u64,
     segment_bytes: u64,
 }
 
@@ -276,6 +279,7 @@ impl Wal {
                 file,
                 segments,
                 written: 0,
+                kept: 0,
                 segment_bytes: SEGMENT_BYTES,
             },
             records,
@@ -283,26 +287,66 @@ impl Wal {
         ))
     }
 
-    /// Appends encoded records (see [`encode`]); `first` is the lowest revision among them.
+    /// Appends encoded records (see [`encode`]); `first` is the lowest revision among them. On
+    /// failure, what it wrote of them is cut off again (see [`Wal::take_back`]).
     pub fn append(&mut self, bytes: &[u8], first: Revision) -> Result<()> {
         if self.written >= self.segment_bytes {
             let path = self.dir.join(segment_name(first));
             self.file = create_segment(&path, &self.dir)?;
             self.segments.push((first, path));
             self.written = 0;
+            self.kept = 0;
         }
         if let Err(e) = self.file.write_all(bytes) {
-            return Err(io_err("cannot write log segment", self.current_path(), e));
+            let e = io_err("cannot write log segment", self.current_path(), e);
+            return Err(self.take_back(e));
         }
         self.written += bytes.len() as u64;
         Ok(())
     }
 
-    /// Makes everything appended durable.
-    pub fn sync(&self) -> Result<()> {
-        self.file
+    /// Makes everything appended durable; on failure, cuts it off again. A sync on a filesystem
+    /// that has gone read-only is a failure even when it reports success (see
+    /// [`crate::store::still_writable`]).
+    pub fn sync(&mut self) -> Result<()> {
+        let synced = self
+            .file
             .sync_data()
-            .map_err(|e| io_err("cannot sync log segment", self.current_path(), e))
+            .and_then(|()| crate::store::still_writable(nix::sys::statvfs::fstatvfs(&self.file)));
+        match synced {
+            Ok(()) => {
+                self.kept = self.written;
+                Ok(())
+            }
+            Err(e) => {
+                let e = io_err("cannot sync log segment", self.current_path(), e);
+                Err(self.take_back(e))
+            }
+        }
+    }
+
+    /// For a log that is not synced (benchmarks): what was appended counts as kept.
+    pub fn keep_unsynced(&mut self) {
+        self.kept = self.written;
+    }
+
+    /// After a failed write or sync: cuts the segment back to its last durable byte, so that
+    /// records nobody was told are durable (a disk full halfway through a group leaves some of
+    /// them whole) are not replayed as if they had been, and the next append does not land after
+    /// a torn record. The disk may refuse even that (a read-only remount); reopening the log later
+    /// then finds them, and the service restarts to replay them (`engine.rs`).
+    fn take_back(&mut self, e: IpamError) -> IpamError {
+        let cut = self.file.set_len(self.kept);
+        self.written = self.kept;
+        match cut {
+            Ok(()) => e,
+            Err(cut) => {
+                tracing::warn!(segment = %self.current_path().display(), error = %cut, "cannot cut a failed write off the log");
+                IpamError::Storage(format!(
+                    "{e}; nor could the records be cut off the log again ({cut}), so the disk may yet hold them: a restart would replay them"
+                ))
+            }
+        }
     }
 
     /// The segment being appended to (there is always one; the directory if ever not).
