@@ -99,22 +99,31 @@ fn replay(store: &Store, logged: &[crate::wal::WalRecord]) -> Result<usize> {
             expected - 1
         )));
     }
-    if logged.last().is_none_or(|r| r.revision < sled) {
-        return Ok(0);
-    }
-    // The unbroken run that ends the log: before a hole, a key's last write may be missing.
-    let run = logged
-        .windows(2)
-        .rposition(|w| w[1].revision != w[0].revision + 1)
-        .map_or(0, |hole| hole + 1);
-    for r in &logged[run..] {
+    let run = replay_run(sled, logged);
+    for r in run {
         store.apply(&Mutation {
             revision: r.revision,
             changes: r.changes.clone(),
             event: None,
         })?;
     }
-    Ok(logged.len() - run)
+    Ok(run.len())
+}
+
+/// The records [`replay`] applies over a sled at revision `sled`: the unbroken run that ends the
+/// log (before a hole, a key's last write may be missing), or none if the log ends below `sled`.
+pub(crate) fn replay_run(
+    sled: crate::model::Revision,
+    logged: &[crate::wal::WalRecord],
+) -> &[crate::wal::WalRecord] {
+    if logged.last().is_none_or(|r| r.revision < sled) {
+        return &[];
+    }
+    let start = logged
+        .windows(2)
+        .rposition(|w| w[1].revision != w[0].revision + 1)
+        .map_or(0, |hole| hole + 1);
+    &logged[start..]
 }
 
 /// The running engine's tasks, and where they report faults.

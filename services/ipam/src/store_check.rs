@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::engine::log_gap;
+use crate::engine::{log_gap, replay_run};
 use crate::error::{IpamError, Result};
 use crate::store::Store;
 use crate::wal::{self, Tail};
@@ -99,15 +99,16 @@ pub fn check(data_dir: &Path) -> Result<(String, Verdict)> {
             Verdict::Refuses
         }
         None => {
-            let newer: Vec<_> = records.iter().filter(|r| r.revision > sled).collect();
-            match (newer.first(), newer.last()) {
+            let run = replay_run(sled, &records);
+            let new = run.iter().filter(|r| r.revision > sled).count();
+            match (run.first(), run.last()) {
                 (Some(a), Some(b)) => {
                     let _ = writeln!(
                         out,
-                        "a start would replay revisions {}..={} ({} changes) into sled",
+                        "a start would replay revisions {}..={} ({} changes, {new} of them after sled's revision) into sled",
                         a.revision,
                         b.revision,
-                        newer.len()
+                        run.len()
                     );
                 }
                 _ => {
@@ -153,7 +154,7 @@ mod tests {
             "{report}"
         );
         assert!(
-            report.contains("replay revisions 1..=4 (4 changes)"),
+            report.contains("replay revisions 1..=4 (4 changes, 4 of them after sled's revision)"),
             "{report}"
         );
 
