@@ -56,6 +56,22 @@ impl Netns {
         sh(&all);
     }
 
+    /// Runs `f` on a thread of its own that has entered the namespace, so that the sockets it
+    /// opens are the namespace's (a gRPC client to a server on its loopback, say).
+    pub fn spawn_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let netns =
+                std::fs::File::open(&path).unwrap_or_else(|e| panic!("namespace {path}: {e}"));
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("entering namespace {path}: {e}"));
+            f()
+        })
+    }
+
     /// A command inside the namespace, which must succeed.
     pub fn sh(&self, args: &[&str]) {
         let mut all = vec!["ip", "netns", "exec", &self.name];

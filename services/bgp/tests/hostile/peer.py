@@ -7,6 +7,10 @@
                                              address; prints one JSON object per attack: its name
                                              and the NOTIFICATION (code, subcode) it got, or null
                                              if the session was still up after it
+    python3 peer.py stall TARGET SECONDS     a session from a configured peer's address that stops
+                                             reading once established (a 4 KiB receive buffer) but
+                                             goes on sending KEEPALIVEs; prints when it stopped
+                                             reading and when, if within SECONDS, it was cut
 
 Bounded: every socket has a timeout, every loop a count. Only TARGET, an address of a namespace
 the test created, is dialled.
@@ -190,6 +194,31 @@ def attacks(target):
     flood(target, 12000)
 
 
+def stall(target, seconds):
+    s = socket.socket()
+    # Set before connecting: the window it advertises stays small, so the speaker's writes block
+    # after a few KiB instead of after megabytes of buffers.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect((target, 179))
+    s.sendall(open_msg() + KEEPALIVE)
+    got = read_messages(s, time.monotonic() + 2)
+    kinds = [k for k, _ in got]
+    if 1 not in kinds or 4 not in kinds:
+        raise SystemExit(f"no session from this address: {got}")
+    stopped = time.monotonic()
+    print(json.dumps({"stopped_reading": True}), flush=True)
+    while time.monotonic() - stopped < seconds:
+        time.sleep(1)
+        try:
+            s.sendall(KEEPALIVE)
+        except OSError as e:
+            cut = round(time.monotonic() - stopped, 1)
+            print(json.dumps({"cut_after": cut, "error": str(e)}), flush=True)
+            return
+    print(json.dumps({"cut_after": None}), flush=True)
+
+
 def strangers(target, count):
     # Thousands of sockets at once: past the default limit of 1,024 descriptors.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -225,6 +254,8 @@ if __name__ == "__main__":
         strangers(target, int(sys.argv[3]))
     elif mode == "attacks":
         attacks(target)
+    elif mode == "stall":
+        stall(target, float(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     sys.stdout.flush()
