@@ -17,8 +17,9 @@ use bytes::BytesMut;
 use routeplane_net::Family;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::fsm::{Fsm, Input, Negotiated, Output, SessionConfig, State, Timer};
 use crate::message::{BgpError, Cease, Message, Notification};
@@ -26,6 +27,7 @@ use crate::rib::{AdjRibOut, Routes};
 use crate::rib_in::{AdjRibIn, LimitExceeded};
 use crate::throttle::Throttle;
 use crate::wire::{Codec, Repair};
+use crate::writer::{DEADLINE_WITHOUT_HOLD_TIME, Writer};
 
 /// How to reach the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,9 +81,11 @@ pub fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, PeerStatus> {
     s.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the peer should have now: only the latest table is kept (a session that is behind skips
+/// the tables in between), `None` until the speaker has the IPAM state.
+pub type Desired = watch::Receiver<Option<Arc<Routes>>>;
+
 pub enum Command {
-    /// What the peer should have now.
-    Desired(Arc<Routes>),
     /// A connection the speaker accepted from this peer's address.
     Accepted(TcpStream),
     /// Administrative stop (Cease, or a silent close for graceful restart), ending the task.
@@ -105,7 +109,8 @@ pub enum Event {
 
 struct Conn {
     reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    /// The write half, in its own task (`writer.rs`).
+    writer: Writer,
     buf: BytesMut,
     codec: Codec,
     /// Whether we dialled it (for collision resolution).
@@ -116,14 +121,20 @@ impl Conn {
     /// Closes the connection as RFC 4271 §6 means it after a NOTIFICATION: our FIN follows it,
     /// then whatever the peer still sends is read and dropped until its own FIN. Dropping the
     /// socket instead would answer unread data with a RST, and a peer that gets the RST first may
-    /// discard the NOTIFICATION unread. Bounded by [`LINGER`], as a peer may never close.
-    async fn linger(mut self) {
+    /// discard the NOTIFICATION unread. Bounded by [`LINGER`], as a peer may never close (or never
+    /// read what is queued: the socket is then dropped).
+    async fn linger(self) {
+        let Conn {
+            mut reader, writer, ..
+        } = self;
+        let mut flushed = writer.close();
         let _ = tokio::time::timeout(LINGER, async {
-            let _ = self.writer.shutdown().await;
+            let _ = (&mut flushed).await;
             let mut scratch = [0u8; 4096];
-            while matches!(self.reader.read(&mut scratch).await, Ok(n) if n > 0) {}
+            while matches!(reader.read(&mut scratch).await, Ok(n) if n > 0) {}
         })
         .await;
+        flushed.abort();
     }
 }
 
@@ -153,6 +164,11 @@ pub struct Session {
     closing: Option<tokio::task::JoinHandle<()>>,
     /// Repairs of received UPDATEs are logged, but not one line per UPDATE of a flood.
     repair_log: Throttle,
+    /// Why the connection's writer failed, when a write found out: handled by the run loop.
+    write_failed: Option<String>,
+    /// Cancelled when the speaker has told the session to stop: a write waiting for a peer that
+    /// reads nothing gives up then, so that the Stop command is taken at once.
+    stopping: CancellationToken,
 }
 
 impl Session {
@@ -162,6 +178,7 @@ impl Session {
         status: SharedStatus,
         events: mpsc::UnboundedSender<Event>,
         watch: tokio::sync::broadcast::Sender<crate::speaker::SpeakerEvent>,
+        stopping: CancellationToken,
     ) -> Session {
         Session {
             address: transport.peer.ip(),
@@ -179,24 +196,39 @@ impl Session {
             watch,
             closing: None,
             repair_log: Throttle::new(REPAIR_LOG_INTERVAL),
+            write_failed: None,
+            stopping,
         }
     }
 
     /// Runs until stopped.
-    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut desired: Desired,
+    ) {
         self.input(Input::Start).await;
+        let mut desired_open = true;
         loop {
+            if let Some(reason) = self.write_failed.take() {
+                self.connection_failed(reason).await;
+                continue;
+            }
             let deadline = self
                 .timers
                 .iter()
                 .min_by_key(|(_, at)| **at)
                 .map(|(t, at)| (*t, *at));
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Desired(routes)) => {
-                        self.desired = Some(routes);
+                changed = desired.changed(), if desired_open => match changed {
+                    Ok(()) => {
+                        self.desired = desired.borrow_and_update().clone();
                         self.sync().await;
                     }
+                    // The speaker dropped the peer: the commands channel closes too.
+                    Err(_) => desired_open = false,
+                },
+                cmd = commands.recv() => match cmd {
                     Some(Command::Accepted(stream)) => self.accepted(stream).await,
                     Some(Command::Stop(cease, done)) => {
                         self.input(Input::Stop(cease)).await;
@@ -233,9 +265,20 @@ impl Session {
                         }
                     }
                 }
-                read = read_some(&mut self.conn) => self.received(read).await,
+                happened = on_connection(&mut self.conn) => match happened {
+                    OnConnection::Read(read) => self.received(read).await,
+                    OnConnection::WriteFailed(reason) => self.connection_failed(reason).await,
+                },
             }
         }
+    }
+
+    /// The connection's writer failed (the peer stopped reading past the hold time, or the
+    /// socket broke): the connection has failed.
+    async fn connection_failed(&mut self, reason: String) {
+        tracing::warn!(peer = %self.address, %reason, "connection failed");
+        lock(&self.status).last_error = Some((reason.clone(), SystemTime::now()));
+        self.input(Input::TcpFailed(reason)).await;
     }
 
     async fn accepted(&mut self, stream: TcpStream) {
@@ -305,7 +348,7 @@ impl Session {
         let (reader, writer) = stream.into_split();
         self.conn = Some(Conn {
             reader,
-            writer,
+            writer: Writer::spawn(writer),
             buf: BytesMut::with_capacity(8192),
             codec: Codec::new(),
             outbound,
@@ -443,18 +486,49 @@ impl Session {
         self.dialing = Some(rx);
     }
 
+    /// Queues messages for the connection's writer. Waits while its queue is full — at most the
+    /// hold time, after which the writer fails (see `writer.rs`); the run loop then takes the
+    /// connection as failed.
     async fn write(&mut self, messages: &[Message]) {
+        let deadline = self.write_deadline();
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
+        if self.write_failed.is_some() {
+            return;
+        }
         let mut buf = BytesMut::new();
         for m in messages {
             if let Err(e) = conn.codec.encode(m, &mut buf) {
                 tracing::error!(peer = %self.address, error = %e, "dropping a message that cannot be encoded");
             }
         }
-        if let Err(e) = conn.writer.write_all(&buf).await {
-            tracing::debug!(peer = %self.address, error = %e, "write failed");
+        tokio::select! {
+            // Room in the queue wins, even when stopping: the Cease NOTIFICATION goes out.
+            biased;
+            sent = conn.writer.send(buf, deadline) => {
+                if let Err(reason) = sent {
+                    self.write_failed = Some(reason);
+                }
+            }
+            () = self.stopping.cancelled() => {
+                self.write_failed =
+                    Some("the session was stopped while the peer was not reading".into());
+            }
+        }
+    }
+
+    /// How long a write may wait for the peer to take data: the negotiated hold time, or the
+    /// configured one before negotiation (or RFC 4271's 4 minutes when either is 0).
+    fn write_deadline(&self) -> Duration {
+        let hold = match self.fsm.negotiated() {
+            Some(n) => n.hold_time,
+            None => Duration::from_secs(u64::from(self.fsm.config().hold_time)),
+        };
+        if hold.is_zero() {
+            DEADLINE_WITHOUT_HOLD_TIME
+        } else {
+            hold
         }
     }
 
@@ -633,10 +707,19 @@ async fn recv_dial(
     }
 }
 
-async fn read_some(conn: &mut Option<Conn>) -> std::io::Result<usize> {
-    match conn {
-        Some(c) => c.reader.read_buf(&mut c.buf).await,
-        None => std::future::pending().await,
+/// What the connection did: bytes arrived (or its read side ended), or its writer failed.
+enum OnConnection {
+    Read(std::io::Result<usize>),
+    WriteFailed(String),
+}
+
+async fn on_connection(conn: &mut Option<Conn>) -> OnConnection {
+    let Some(c) = conn else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        read = c.reader.read_buf(&mut c.buf) => OnConnection::Read(read),
+        reason = c.writer.failed() => OnConnection::WriteFailed(reason),
     }
 }
 

@@ -12,7 +12,8 @@ use routeplane_config::{AddressPool, Peer};
 use routeplane_net::{Cidr, Family};
 use routeplane_runtime::shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::fsm::SessionConfig;
 use crate::message::{AddPath, BgpError, Capabilities, Cease, GracefulRestart, Notification};
@@ -51,7 +52,10 @@ pub struct PeerEntry {
     pub router_id: Ipv4Addr,
     pub status: SharedStatus,
     commands: mpsc::UnboundedSender<Command>,
-    last_desired: Option<Arc<Routes>>,
+    /// The session's route table: it reads only the latest.
+    desired: watch::Sender<Option<Arc<Routes>>>,
+    /// Cancelled with the Stop command, for a session stuck writing to a peer that reads nothing.
+    stopping: CancellationToken,
 }
 
 /// What the API reads.
@@ -365,10 +369,14 @@ impl State {
             .map(|view| Arc::new(inputs.desired(view)))
             .collect();
         for (peer, desired) in self.peers.values_mut().zip(desired) {
-            if peer.last_desired.as_deref() != Some(&*desired) {
-                peer.last_desired = Some(Arc::clone(&desired));
-                let _ = peer.commands.send(Command::Desired(desired));
-            }
+            // Replaced, not queued: a session still busy with an older table skips to this one.
+            peer.desired.send_if_modified(|last| {
+                let changed = last.as_deref() != Some(&*desired);
+                if changed {
+                    *last = Some(desired);
+                }
+                changed
+            });
         }
     }
 }
@@ -467,13 +475,16 @@ fn spawn_peer(
         ..PeerStatus::default()
     }));
     let (tx, rx) = mpsc::unbounded_channel();
+    let (desired, desired_rx) = watch::channel(None);
     let router_id = config.router_id;
+    let stopping = CancellationToken::new();
     let session = Session::new(
         config,
         transport,
         status.clone(),
         events.clone(),
         watch.clone(),
+        stopping.clone(),
     );
     tokio::spawn(async move {
         if let Some(stopped) = after {
@@ -481,14 +492,15 @@ fn spawn_peer(
             // from ever starting; its hold timer ends the old one anyway.
             let _ = tokio::time::timeout(STOP_WAIT, stopped).await;
         }
-        session.run(rx).await;
+        session.run(rx, desired_rx).await;
     });
     Ok(PeerEntry {
         config: peer.clone(),
         router_id,
         status,
         commands: tx,
-        last_desired: None,
+        desired,
+        stopping,
     })
 }
 
@@ -504,6 +516,7 @@ impl State {
             Some(Notification::new(BgpError::Cease(cease), [])),
             done,
         ));
+        entry.stopping.cancel();
         self.stopping.insert(address, stopped);
     }
 
@@ -574,6 +587,9 @@ impl State {
 /// How long a new session waits for the old one to the same address to have sent its Cease.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
+/// IPAM changes applied together before one policy run, at most (the rest wait for the next).
+const COALESCE_AT_MOST: usize = 10_000;
+
 /// Starts a session per peer and the speaker loop; returns the shared state for the API and the
 /// loop's task, which ends once every session has been stopped after shutdown. New settings sent
 /// on `reloads` are applied as [`State::reload`] says.
@@ -629,7 +645,19 @@ pub fn start(
                     return;
                 }
                 ev = feed.recv(), if feed_open => match ev {
-                    Some(ev) => s.lock().apply(ev, Instant::now()),
+                    // Whatever else has queued meanwhile goes in too, before one recomputation:
+                    // a burst of IPAM changes costs one policy run, not one per change.
+                    Some(ev) => {
+                        let mut state = s.lock();
+                        let now = Instant::now();
+                        state.apply(ev, now);
+                        for _ in 0..COALESCE_AT_MOST {
+                            match feed.try_recv() {
+                                Ok(ev) => state.apply(ev, now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => feed_open = false,
                 },
                 // A session that came up needs its table; a down one is already cleared.
@@ -671,6 +699,7 @@ async fn stop_all(speaker: &Speaker) {
         if peer.commands.send(Command::Stop(stop, done)).is_ok() {
             waits.push(wait);
         }
+        peer.stopping.cancel();
     }
     // One deadline for all: the sessions stop in parallel.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
