@@ -538,8 +538,14 @@ impl Session {
             c.codec.set_asn4(n.asn4);
         }
         {
+            // Established in the status before the speaker hears Up: the table it computes for
+            // Up reads the peer's families from there, and a status still saying OpenConfirm
+            // gave an empty one — a race the session then never recovered from (the speaker sends
+            // a table only when it changes).
             let mut s = lock(&self.status);
             s.negotiated = Some(n.clone());
+            s.state = State::Established;
+            s.since = SystemTime::now();
         }
         let _ = self.events.send(Event::Up(self.address));
         // RFC 4724 §3: the R bit only in the OPENs right after our own restart.
