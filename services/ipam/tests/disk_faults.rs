@@ -10,7 +10,7 @@ mod common;
 
 mod privileged {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
     use routeplane_api::ipam::v1 as pb;
@@ -212,16 +212,22 @@ mod privileged {
         w
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_disk_refuses_writes_serves_reads_and_takes_writes_again_once_freed() {
+    /// A server on a fresh 64 MiB loop disk, node n1 registered and a few allocations made.
+    async fn started_on_a_small_disk() -> (LoopDisk, PathBuf, Server, IpamClient<Channel>, Held) {
         require(TOOLS);
         let disk = LoopDisk::new(64);
         let data = disk.path().join("ipam");
         let server = start(&data, disk.path());
         let mut c = server.client().await;
         register(&mut c, "n1").await.unwrap();
-        let (mut acked, refused) = allocate_until_refused(&server, "before", A_FEW).await;
+        let (acked, refused) = allocate_until_refused(&server, "before", A_FEW).await;
         assert!(refused.is_empty(), "{refused:?}");
+        (disk, data, server, c, acked)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_refuses_writes_serves_reads_and_takes_writes_again_once_freed() {
+        let (disk, data, server, mut c, mut acked) = started_on_a_small_disk().await;
         let mut watch = open_watch(&server).await;
 
         let filled = disk.fill();
@@ -290,13 +296,7 @@ mod privileged {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_device_turns_the_disk_read_only_reads_are_served_and_nothing_is_lost() {
-        require(TOOLS);
-        let disk = LoopDisk::new(64);
-        let data = disk.path().join("ipam");
-        let server = start(&data, disk.path());
-        let mut c = server.client().await;
-        register(&mut c, "n1").await.unwrap();
-        let (mut acked, _) = allocate_until_refused(&server, "before", A_FEW).await;
+        let (disk, data, server, _, mut acked) = started_on_a_small_disk().await;
 
         // The device fails while the clients allocate.
         let load = allocate_until_refused(&server, "failing", UNTIL_REFUSED);
