@@ -221,10 +221,7 @@ impl BgpGrpc {
 
     /// The peer's configuration and its status handle: under the speaker's lock only the handle is
     /// cloned; callers read the status under its own lock, briefly.
-    fn status(
-        &self,
-        peer: &str,
-    ) -> Result<(routeplane_config::Peer, SharedStatus, String), Status> {
+    fn status(&self, peer: &str) -> Result<PeerRef, Status> {
         let addr: IpAddr = peer
             .trim()
             .parse()
@@ -237,12 +234,22 @@ impl BgpGrpc {
                 known.join(", ")
             ))
         })?;
-        Ok((
-            entry.config.clone(),
-            Arc::clone(&entry.status),
-            entry.router_id.to_string(),
-        ))
+        Ok(PeerRef {
+            config: entry.config.clone(),
+            status: Arc::clone(&entry.status),
+            router_id: entry.router_id.to_string(),
+            source: state.peer_source(&addr),
+        })
     }
+}
+
+/// One peer, looked up by address: what the API shows of it.
+struct PeerRef {
+    config: routeplane_config::Peer,
+    status: SharedStatus,
+    router_id: String,
+    /// "file" (bgp-config) or "api" (AddPeer).
+    source: &'static str,
 }
 
 fn family_name(f: &Family) -> String {
@@ -252,9 +259,15 @@ fn family_name(f: &Family) -> String {
     }
 }
 
-fn peer(config: &routeplane_config::Peer, s: &PeerStatus, router_id: String) -> pb::Peer {
+fn peer(
+    config: &routeplane_config::Peer,
+    s: &PeerStatus,
+    router_id: String,
+    source: &str,
+) -> pb::Peer {
     let n = s.negotiated.as_ref();
     pb::Peer {
+        source: source.into(),
         peer_address: config.peer_address.to_string(),
         local_asn: config.my_asn,
         peer_asn: config.peer_asn,
@@ -438,8 +451,11 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         let state = self.speaker.lock();
         let peers = state
             .peers
-            .values()
-            .map(|e| peer(&e.config, &lock(&e.status), e.router_id.to_string()))
+            .iter()
+            .map(|(addr, e)| {
+                let source = state.peer_source(addr);
+                peer(&e.config, &lock(&e.status), e.router_id.to_string(), source)
+            })
             .collect();
         Ok(Response::new(pb::ListPeersResponse { peers }))
     }
@@ -451,15 +467,16 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         let address = req.get_ref().peer_address.clone();
         // The speaker's lock is released before the status lock is taken (the metrics take them
         // the other way round, nested).
-        let (config, status, router_id) = self.status(&address)?;
-        Ok(Response::new(peer(&config, &lock(&status), router_id)))
+        let p = self.status(&address)?;
+        let shown = peer(&p.config, &lock(&p.status), p.router_id, p.source);
+        Ok(Response::new(shown))
     }
 
     async fn list_advertised(
         &self,
         req: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
-        let (_, status, _) = self.status(&req.get_ref().peer_address)?;
+        let status = self.status(&req.get_ref().peer_address)?.status;
         let advertised = Arc::clone(&lock(&status).advertised);
         Ok(Response::new(routes(&advertised)))
     }
@@ -468,7 +485,7 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         &self,
         req: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
-        let (config, status, _) = self.status(&req.get_ref().peer_address)?;
+        let PeerRef { config, status, .. } = self.status(&req.get_ref().peer_address)?;
         let status = lock(&status);
         match status.received.routes() {
             Some(r) => Ok(Response::new(routes(r))),

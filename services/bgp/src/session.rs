@@ -472,6 +472,9 @@ impl Session {
 
     /// Lets go of the connection, closing it in the background (see [`Conn::linger`]).
     fn close(&mut self) {
+        // A failed write of this connection is moot once it is let go; left pending, it would be
+        // taken for a failure of the next one.
+        self.write_failed = None;
         if let Some(conn) = self.conn.take() {
             self.closing = Some(tokio::spawn(conn.linger()));
         }

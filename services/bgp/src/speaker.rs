@@ -222,6 +222,15 @@ impl Speaker {
 }
 
 impl State {
+    /// Where a peer comes from: "api" (AddPeer, kept across reloads) or "file" (bgp-config).
+    pub fn peer_source(&self, address: &IpAddr) -> &'static str {
+        if self.runtime_peers.contains_key(address) {
+            "api"
+        } else {
+            "file"
+        }
+    }
+
     fn views(&self, now: Instant) -> Views {
         Views {
             operator: self.operator.clone(),

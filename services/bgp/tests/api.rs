@@ -220,6 +220,27 @@ fn peers_and_paths_can_be_added_and_removed_at_runtime() {
         (v["peerAddress"].as_str(), v["peerAsn"].as_u64()),
         (Some("127.0.0.5"), Some(64600))
     );
+    // Where each peer comes from.
+    assert_eq!(v["source"], "api", "{out}");
+    let (ok, out) = call("ListPeers", "{}");
+    assert!(ok, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sources: Vec<(&str, &str)> = listed["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["peerAddress"].as_str().unwrap(),
+                p["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [("127.0.0.2", "file"), ("127.0.0.5", "api")],
+        "{out}"
+    );
     let (ok, out) = call(
         "AddPeer",
         r#"{"peerAddress": "127.0.0.5", "peerAsn": 64600, "myAsn": 64513}"#,
