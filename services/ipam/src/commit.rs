@@ -232,11 +232,16 @@ pub async fn run_committer(
                             Ok(())
                         }
                     });
-                    let r = r.and_then(|()| truncate.map_or(Ok(0), |t| wal.truncate_through(t)));
-                    (wal, r)
+                    // Deleting covered segments is apart from the group's durability: the group
+                    // is durable once synced, whatever happens to old segments after.
+                    let removed = match r {
+                        Ok(()) => truncate.map(|t| wal.truncate_through(t)),
+                        Err(_) => None,
+                    };
+                    (wal, r, removed)
                 })
                 .await;
-                let (back, r) = match written {
+                let (back, r, removed) = match written {
                     Ok(done) => done,
                     Err(e) => {
                         let error =
@@ -246,7 +251,19 @@ pub async fn run_committer(
                     }
                 };
                 wal = back;
-                truncated = truncate.unwrap_or(truncated);
+                match removed {
+                    Some(Ok(n)) => {
+                        truncated = truncate.unwrap_or(truncated);
+                        stats
+                            .log_segments_removed
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    // Tried again with the next group; a disk in trouble shows in its append.
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot delete log segments a checkpoint covers")
+                    }
+                    None => {}
+                }
                 stats
                     .log_segments
                     .store(wal.segment_count() as u64, Ordering::Relaxed);
@@ -256,12 +273,7 @@ pub async fn run_committer(
                         .flush_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
-                r.map(|removed| {
-                    stats
-                        .log_segments_removed
-                        .fetch_add(removed as u64, Ordering::Relaxed);
-                })
-                .map_err(|error| Fault {
+                r.map_err(|error| Fault {
                     error,
                     fatal: false,
                 })
