@@ -112,20 +112,27 @@ async fn run(
 
 #[cfg(test)]
 mod tests {
+    use tokio::net::tcp::OwnedReadHalf;
+
     use super::*;
 
     /// A peer that never reads: the writer fails at the deadline, and a session waiting for room
     /// in the queue hears why instead of waiting for ever.
-    #[tokio::test]
-    async fn a_peer_that_stops_reading_fails_the_writer_at_the_deadline() {
+    /// A writer on a loopback connection, and the peer's end of it.
+    async fn writer_to_a_peer() -> (Writer, tokio::net::TcpStream, OwnedReadHalf) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        let (read, half) = client.into_split();
+        (Writer::spawn(half), peer, read)
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_fails_the_writer_at_the_deadline() {
         // The peer: accepted, never read.
-        let (_peer, _) = listener.accept().await.unwrap();
-        let (_read, half) = client.into_split();
-        let mut writer = Writer::spawn(half);
+        let (mut writer, _peer, _read) = writer_to_a_peer().await;
         let deadline = Duration::from_millis(300);
         let started = std::time::Instant::now();
         let mut sent = 0usize;
@@ -151,13 +158,7 @@ mod tests {
     #[tokio::test]
     async fn closing_flushes_the_queue_then_sends_fin() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut peer, _) = listener.accept().await.unwrap();
-        let (_read, half) = client.into_split();
-        let mut writer = Writer::spawn(half);
+        let (mut writer, mut peer, _read) = writer_to_a_peer().await;
         for i in 0..4u8 {
             writer
                 .send(BytesMut::from(&[i; 1000][..]), Duration::from_secs(5))
