@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use routeplane_net::{Family, IpRange};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::selector::{MatchExpression, NodeSelector, Operator};
 use crate::{ConfigError, parse_go_duration, read_file};
@@ -28,17 +28,23 @@ struct RawConfig {
 
 /// One peer as bgp-config writes it, before its values are checked: what the file holds and what
 /// an AddPeer request is turned into, so that both are checked by [`Peer::from_spec`] alone.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PeerSpec {
     pub peer_address: String,
     pub peer_asn: u32,
     pub my_asn: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub router_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     #[serde(default)]
     pub ebgp_multihop: bool,
@@ -47,13 +53,15 @@ pub struct PeerSpec {
     // routeplane's own keys (MetalLB has none for these):
     #[serde(default)]
     pub ttl_security: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_prefixes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_prefixes_restart: Option<String>,
     #[serde(default)]
     pub keep_received: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SelectorSpec {
     #[serde(default)]
@@ -62,7 +70,7 @@ pub struct SelectorSpec {
     pub match_expressions: Vec<ExpressionSpec>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpressionSpec {
     pub key: String,

@@ -46,6 +46,8 @@ pub enum Access {
     /// An agent for its own node (the handler checks the name with [`Caller::for_node`]), or an
     /// operator.
     Node,
+    /// routeplane-bgp (the operator state it keeps in IPAM) or an operator.
+    ControlPlane,
     /// Operators only.
     Operator,
 }
@@ -141,6 +143,9 @@ impl Identity {
             (Identity::Certified { role, .. }, Access::Node) => {
                 matches!(role, Some(Role::Operator | Role::Agent))
             }
+            (Identity::Certified { role, .. }, Access::ControlPlane) => {
+                matches!(role, Some(Role::Operator | Role::Bgp))
+            }
             (Identity::Certified { role, .. }, Access::Operator) => *role == Some(Role::Operator),
         }
     }
@@ -187,6 +192,9 @@ fn needs(access: Access) -> &'static str {
         Access::Read => "a client certificate from the cluster's CA",
         Access::Node => {
             "the identity of that node's agent (spiffe://<trust domain>/agent/<node>) or an operator's"
+        }
+        Access::ControlPlane => {
+            "routeplane-bgp's identity (spiffe://<trust domain>/bgp/<name>) or an operator's"
         }
         Access::Operator => "an operator identity (spiffe://<trust domain>/operator/<name>)",
     }
@@ -266,6 +274,20 @@ impl Caller {
                 method: String::new(),
                 refusals: Refusals::default(),
             })
+    }
+
+    /// Ok when the caller may see or change control-plane state ([`Access::ControlPlane`]), for a
+    /// request whose access depends on what it asks (a Watch with operator entries); `what` says
+    /// what, in the refusal.
+    pub fn for_control_plane(&self, what: &str) -> Result<(), tonic::Status> {
+        if self.identity.may(Access::ControlPlane) {
+            return Ok(());
+        }
+        Err(self.refusals.refuse(
+            &self.identity,
+            &self.method,
+            &format!("{what} needs {}", needs(Access::ControlPlane)),
+        ))
     }
 
     /// Ok when the caller may act for node `node`: an operator, a plaintext caller, or that

@@ -5,7 +5,7 @@
 //! whose names are unique per test and that go away with their owner; [`lab`] builds the seed's
 //! node network from them, with real agents and pods attached through routeplane-cni;
 //! [`containerd`] runs a real container runtime that attaches containers through a node's CNI
-//! configuration; [`disk`] is a small ext4 disk to fill (ENOSPC) or fail read-only; [`wait`] waits
+//! configuration; [`ipam`] runs routeplane-ipam on loopback; [`disk`] is a small ext4 disk to fill (ENOSPC) or fail read-only; [`wait`] waits
 //! for an
 //! event instead of sleeping; [`bird`] asks BIRD through birdc, a refused command being an error;
 //! [`privileged`] makes a root-only test fail — never pass — where it cannot run, and names the
@@ -20,6 +20,7 @@ pub mod certs;
 pub mod containerd;
 pub mod disk;
 pub mod hostile;
+pub mod ipam;
 pub mod lab;
 pub mod netns;
 pub mod privileged;

@@ -39,12 +39,28 @@ pub struct FeedService {
     pub pool: String,
 }
 
+/// Another service's operator state kept by IPAM (only for followers that ask for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedOperatorEntry {
+    pub kind: String,
+    pub key: String,
+    pub value: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedEvent {
-    /// The whole state: replace what was known.
+    /// The whole state as of `revision`: replace what was known.
     Snapshot {
+        revision: u64,
         nodes: Vec<FeedNode>,
         services: Vec<FeedService>,
+        operator: Vec<FeedOperatorEntry>,
+    },
+    /// One write or delete of operator entries, at `revision`; `deleted` as (kind, key).
+    Operator {
+        revision: u64,
+        put: Vec<FeedOperatorEntry>,
+        deleted: Vec<(String, String)>,
     },
     Node(FeedNode),
     NodeDeleted(String),
@@ -165,10 +181,29 @@ impl Default for Backoff {
     }
 }
 
+fn operator_entry(e: pb::OperatorEntry) -> FeedOperatorEntry {
+    FeedOperatorEntry {
+        kind: e.kind,
+        key: e.key,
+        value: e.value,
+    }
+}
+
+/// What to follow besides nodes and Service IPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Nodes and Service IPs: what the route agent needs.
+    Allocations,
+    /// Operator entries too (routeplane-bgp's peers and paths; IPAM allows it to routeplane-bgp
+    /// and operators only).
+    WithOperatorEntries,
+}
+
 /// Follows IPAM until shutdown, reconnecting with backoff.
 pub async fn run(
     endpoint: String,
     dialer: Dialer,
+    follow_what: Follow,
     tx: mpsc::UnboundedSender<FeedEvent>,
     stats: Arc<FeedStats>,
     shutdown: Shutdown,
@@ -178,7 +213,7 @@ pub async fn run(
     while !shutdown.is_triggered() {
         let mut delivered = false;
         let result = tokio::select! {
-            r = follow(&endpoint, &dialer, &mut revision, &tx, &stats, &mut delivered) => r,
+            r = follow(&endpoint, &dialer, follow_what, &mut revision, &tx, &stats, &mut delivered) => r,
             () = shutdown.wait() => return,
         };
         let _ = tx.send(FeedEvent::Connected(false));
@@ -198,6 +233,7 @@ pub async fn run(
 async fn follow(
     endpoint: &str,
     dialer: &Dialer,
+    follow_what: Follow,
     revision: &mut u64,
     tx: &mpsc::UnboundedSender<FeedEvent>,
     stats: &FeedStats,
@@ -208,29 +244,39 @@ async fn follow(
     let mut stream = client
         .watch(pb::WatchRequest {
             from_revision: *revision,
+            operator_entries: follow_what == Follow::WithOperatorEntries,
         })
         .await?
         .into_inner();
     stats.connects.fetch_add(1, Ordering::Relaxed);
     let _ = tx.send(FeedEvent::Connected(true));
-    let (mut nodes, mut services) = (Vec::new(), Vec::new());
+    let (mut nodes, mut services, mut operator) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(ev) = stream.message().await? {
         let event = match ev.event {
             Some(E::Snapshot(s)) => {
                 if s.first {
                     nodes.clear();
                     services.clear();
+                    operator.clear();
                 }
                 nodes.extend(s.nodes.iter().map(|n| node(n, stats)));
                 services.extend(s.service_ips.iter().filter_map(|x| service(x, stats)));
+                operator.extend(s.operator_entries.into_iter().map(operator_entry));
                 if !s.last {
                     continue;
                 }
                 FeedEvent::Snapshot {
+                    revision: ev.revision,
                     nodes: std::mem::take(&mut nodes),
                     services: std::mem::take(&mut services),
+                    operator: std::mem::take(&mut operator),
                 }
             }
+            Some(E::OperatorEntries(o)) => FeedEvent::Operator {
+                revision: ev.revision,
+                put: o.put.into_iter().map(operator_entry).collect(),
+                deleted: o.deleted.into_iter().map(|e| (e.kind, e.key)).collect(),
+            },
             Some(E::NodeUpdated(n)) => FeedEvent::Node(node(&n, stats)),
             Some(E::NodeDeleted(d)) => FeedEvent::NodeDeleted(d.name),
             Some(E::ServiceIpAssigned(s)) => match service(&s, stats) {

@@ -15,31 +15,12 @@ use std::time::{Duration, Instant};
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use routeplane_runtime::shutdown::Shutdown;
-use routeplane_testkit::{Service, bin};
+use routeplane_testkit::Service;
 use routeplane_watch::{FeedEvent, FeedNode, FeedStats};
 use tokio::sync::mpsc;
 
-/// Room for 1,024 nodes: 172.20.0.0/14 cut into /24s.
-const VALUES: &str = "ipam:\n  mode: cluster-pool\n  operator:\n    clusterPoolIPv4PodCIDRList: [\"172.20.0.0/14\"]\n    clusterPoolIPv4MaskSize: 24\n";
-
 fn start_ipam(dir: &Path, listen: &str, extra: &[&str]) -> (Service, SocketAddr) {
-    let values = dir.join("values.yaml");
-    std::fs::write(&values, VALUES).expect("values.yaml");
-    let data = dir.join("data");
-    let mut args = vec![
-        "--data-dir",
-        data.to_str().unwrap_or_default(),
-        "--values",
-        values.to_str().unwrap_or_default(),
-        "--grpc-listen",
-        listen,
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let mut ipam = Service::spawn("routeplane-ipam", None, &bin("routeplane-ipam"), &args);
-    let addr = ipam.listen_addr("gRPC");
-    (ipam, addr)
+    routeplane_testkit::ipam::start_ipam(dir, routeplane_testkit::ipam::VALUES, listen, extra)
 }
 
 /// `routeplane_watch::run` on its own thread and runtime, which [`Follower::freeze`] can stop.
@@ -78,7 +59,8 @@ impl Follower {
                         let _ = thaw.recv();
                     }
                 });
-                routeplane_watch::run(endpoint, Dialer::loopback_only(), tx, s, sd).await;
+                let what = routeplane_watch::Follow::Allocations;
+                routeplane_watch::run(endpoint, Dialer::loopback_only(), what, tx, s, sd).await;
             });
         });
         Follower {
@@ -140,6 +122,11 @@ impl Follower {
             FeedEvent::Connected(true)
             | FeedEvent::ServiceAssigned(_)
             | FeedEvent::ServiceReleased(_) => {}
+            FeedEvent::Operator { revision, .. } => {
+                panic!(
+                    "operator entries (revision {revision}) reached a follower of allocations only"
+                )
+            }
         }
     }
 }
@@ -224,7 +211,10 @@ async fn a_snapshot_ipam_sends_in_chunks_arrives_whole_then_changes_follow() {
             other => panic!("no snapshot within 30 s: {other:?}"),
         }
     };
-    let FeedEvent::Snapshot { nodes, services } = &first else {
+    let FeedEvent::Snapshot {
+        nodes, services, ..
+    } = &first
+    else {
         panic!("the first event is not the snapshot: {first:?}");
     };
     let got: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();

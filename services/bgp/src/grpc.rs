@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use routeplane_api::bgp::v1 as pb;
 use routeplane_net::{Cidr, Family};
@@ -10,7 +10,7 @@ use routeplane_runtime::time::rfc3339;
 use tonic::{Request, Response, Status};
 
 use crate::message::{Nlri, Origin, PathAttributes};
-use crate::policy::OperatorPath;
+use crate::operator::{self as op, OperatorStore};
 use crate::policy::Source;
 use crate::rib::Routes;
 use crate::session::{PeerStatus, SharedStatus, lock};
@@ -23,154 +23,9 @@ impl From<SpeakerError> for Status {
             SpeakerError::PeerExists(_) => Status::already_exists(msg),
             SpeakerError::NoSuchPeer(..) => Status::not_found(msg),
             SpeakerError::Refused(_) => Status::invalid_argument(msg),
+            SpeakerError::NotApplied(..) => Status::deadline_exceeded(msg),
         }
     }
-}
-
-fn parse_ip(field: &str, text: &str) -> Result<IpAddr, Status> {
-    text.trim()
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("{field} {text:?} is not an IP address")))
-}
-
-/// An AddPeer request as the bgp-config entry it stands for, checked by the same code as the file.
-fn peer_from(r: &pb::AddPeerRequest) -> Result<routeplane_config::Peer, Status> {
-    use routeplane_config::{ExpressionSpec, PeerSpec, SelectorSpec};
-    let given = |v: &str| (!v.is_empty()).then(|| v.to_string());
-    let spec = PeerSpec {
-        peer_address: r.peer_address.clone(),
-        peer_asn: r.peer_asn,
-        my_asn: r.my_asn,
-        peer_port: match r.peer_port {
-            0 => None,
-            p => Some(u16::try_from(p).map_err(|_| {
-                Status::invalid_argument(format!("peerPort {p} is not a TCP port (1 to 65535)"))
-            })?),
-        },
-        source_address: given(&r.source_address),
-        hold_time: given(&r.hold_time),
-        keepalive_time: given(&r.keepalive_time),
-        router_id: given(&r.router_id),
-        password: given(&r.password),
-        ebgp_multihop: r.ebgp_multihop,
-        node_selectors: r
-            .node_selectors
-            .iter()
-            .map(|s| SelectorSpec {
-                match_labels: s.match_labels.clone().into_iter().collect(),
-                match_expressions: s
-                    .match_expressions
-                    .iter()
-                    .map(|e| ExpressionSpec {
-                        key: e.key.clone(),
-                        operator: e.operator.clone(),
-                        values: e.values.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        ttl_security: r.ttl_security,
-        max_prefixes: (r.max_prefixes != 0).then_some(r.max_prefixes),
-        max_prefixes_restart: given(&r.max_prefixes_restart),
-        keep_received: r.keep_received,
-    };
-    routeplane_config::Peer::from_spec(spec, "AddPeer")
-        .map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-/// What an operator path may announce to the ToRs. A default route would take over their
-/// forwarding, a multicast prefix is no unicast NLRI (RFC 4271 §4.3; it could not be encoded), and
-/// the NEXT_HOP must be an address a router can forward to (RFC 4271 §5.1.3): not unspecified,
-/// loopback, multicast, broadcast or (IPv6) link-local.
-fn routable(prefix: &Cidr, next_hop: IpAddr) -> Result<(), String> {
-    if prefix.prefix_len() == 0 {
-        return Err(format!(
-            "prefix {prefix} is a default route: it would draw all of the ToRs' traffic; announce /1 or longer"
-        ));
-    }
-    if prefix.network().is_multicast() {
-        return Err(format!(
-            "prefix {prefix} is multicast: only unicast prefixes are announced"
-        ));
-    }
-    let unusable = next_hop.is_unspecified()
-        || next_hop.is_loopback()
-        || next_hop.is_multicast()
-        || match next_hop {
-            IpAddr::V4(a) => a.is_broadcast(),
-            IpAddr::V6(a) => a.is_unicast_link_local(),
-        };
-    if unusable {
-        return Err(format!(
-            "nextHop {next_hop} is not an address routers can forward to (unspecified, loopback, multicast, broadcast and link-local are refused): give the node's address"
-        ));
-    }
-    Ok(())
-}
-
-/// Operator paths only inside `--announce-allow`'s ranges: the allow-list is what stands between
-/// an operator certificate and any prefix of the data centre.
-fn allowed(prefix: &Cidr, allow: &[Cidr]) -> Result<(), Status> {
-    if allow.is_empty() {
-        return Err(Status::failed_precondition(
-            "AnnouncePath is off: routeplane-bgp was started without --announce-allow; start it with the ranges operators may announce, e.g. --announce-allow 192.0.2.0/24",
-        ));
-    }
-    let inside = |a: &Cidr| {
-        a.family() == prefix.family()
-            && a.prefix_len() <= prefix.prefix_len()
-            && a.contains_addr(prefix.network())
-    };
-    if allow.iter().any(inside) {
-        return Ok(());
-    }
-    let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
-    Err(Status::permission_denied(format!(
-        "prefix {prefix} is outside the ranges operators may announce (--announce-allow {})",
-        list.join(",")
-    )))
-}
-
-fn path_from(r: &pb::AnnouncePathRequest) -> Result<(Cidr, OperatorPath), Status> {
-    let prefix: Cidr = r
-        .prefix
-        .parse()
-        .map_err(|e: routeplane_net::NetError| Status::invalid_argument(format!("prefix: {e}")))?;
-    let next_hop = parse_ip("nextHop", &r.next_hop)?;
-    if Family::of(next_hop) != prefix.family() {
-        return Err(Status::invalid_argument(format!(
-            "nextHop {next_hop} and prefix {prefix} are of different families"
-        )));
-    }
-    routable(&prefix, next_hop).map_err(Status::invalid_argument)?;
-    let peers = r
-        .peers
-        .iter()
-        .map(|p| parse_ip("peers[]", p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let communities = r
-        .communities
-        .iter()
-        .map(|c| {
-            c.split_once(':')
-                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "community {c:?} is not ASN:VALUE with two 16-bit numbers"
-                    ))
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((
-        prefix,
-        OperatorPath {
-            next_hop,
-            peers,
-            local_pref: r.local_pref,
-            med: r.med,
-            communities,
-        },
-    ))
 }
 
 fn event(e: SpeakerEvent) -> pb::BgpEvent {
@@ -209,13 +64,23 @@ fn event(e: SpeakerEvent) -> pb::BgpEvent {
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::BgpEvent, Status>> + Send>>;
 
+/// How long an operator change may take to come back from IPAM and be applied here.
+const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// The same for a whole AnnouncePaths stream (a full table comes back as hundreds of events).
+const APPLY_WAIT_STREAM: Duration = Duration::from_secs(60);
+
 pub struct BgpGrpc {
     speaker: Arc<Speaker>,
+    /// Where AddPeer's peers and AnnouncePath's paths are kept.
+    store: Arc<OperatorStore>,
 }
 
 impl BgpGrpc {
-    pub fn new(speaker: Arc<Speaker>) -> pb::bgp_server::BgpServer<BgpGrpc> {
-        pb::bgp_server::BgpServer::new(BgpGrpc { speaker })
+    pub fn new(
+        speaker: Arc<Speaker>,
+        store: Arc<OperatorStore>,
+    ) -> pb::bgp_server::BgpServer<BgpGrpc> {
+        pb::bgp_server::BgpServer::new(BgpGrpc { speaker, store })
             .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
     }
 
@@ -347,11 +212,31 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         &self,
         req: Request<pb::AddPeerRequest>,
     ) -> Result<Response<pb::Peer>, Status> {
-        let peer = peer_from(req.get_ref())?;
-        let address = peer.peer_address.to_string();
-        self.speaker.add_peer(peer)?;
+        let spec = op::spec_from(req.get_ref())?;
+        let peer = op::peer_from(spec.clone(), "AddPeer")?;
+        self.speaker.check_peer(&peer)?;
+        let address = peer.peer_address;
+        let taken = {
+            let state = self.speaker.lock();
+            // A file peer deleted here for now is still the file's address.
+            state.peers.contains_key(&address) || state.peer_source(&address) == "file"
+        };
+        if taken {
+            return Err(SpeakerError::PeerExists(address).into());
+        }
+        let revision = self
+            .store
+            .put(vec![op::peer_entry(&peer, &spec)], true)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::AlreadyExists => Status::already_exists(format!(
+                    "{address} is already a peer, added through the API (on this replica or another); DeletePeer it first to change it"
+                )),
+                _ => s,
+            })?;
+        self.speaker.wait_applied(revision, APPLY_WAIT).await?;
         self.get_peer(Request::new(pb::GetPeerRequest {
-            peer_address: address,
+            peer_address: address.to_string(),
         }))
         .await
     }
@@ -360,8 +245,17 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         &self,
         req: Request<pb::DeletePeerRequest>,
     ) -> Result<Response<pb::DeletePeerResponse>, Status> {
-        self.speaker
-            .delete_peer(parse_ip("peerAddress", &req.get_ref().peer_address)?)?;
+        let address = op::parse_ip("peerAddress", &req.get_ref().peer_address)?;
+        if self.speaker.is_file_peer(&address) {
+            self.speaker.delete_peer(address)?;
+        } else {
+            let deleted = self
+                .store
+                .delete(op::PEER_KIND, vec![address.to_string()])
+                .await?;
+            let revision = deleted.ok_or_else(|| self.speaker.no_such_peer(address))?;
+            self.speaker.wait_applied(revision, APPLY_WAIT).await?;
+        }
         Ok(Response::new(pb::DeletePeerResponse {}))
     }
 
@@ -369,9 +263,11 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         &self,
         req: Request<pb::AnnouncePathRequest>,
     ) -> Result<Response<pb::AnnouncePathResponse>, Status> {
-        let (prefix, path) = path_from(req.get_ref())?;
-        allowed(&prefix, &self.speaker.announce_allow())?;
-        self.speaker.announce(vec![(prefix, Arc::new(path))]);
+        let (prefix, _) = op::path_from(req.get_ref())?;
+        op::allowed(&prefix, &self.speaker.announce_allow())?;
+        let entry = op::path_entry(&prefix, req.get_ref());
+        let revision = self.store.put(vec![entry], false).await?;
+        self.speaker.wait_applied(revision, APPLY_WAIT).await?;
         Ok(Response::new(pb::AnnouncePathResponse {}))
     }
 
@@ -379,28 +275,50 @@ impl pb::bgp_server::Bgp for BgpGrpc {
         &self,
         req: Request<tonic::Streaming<pb::AnnouncePathRequest>>,
     ) -> Result<Response<pb::AnnouncePathsResponse>, Status> {
-        // Checked whole before anything is applied: a bad item leaves nothing half-announced.
-        // Paths announced alike share one description.
+        // Checked whole before anything is stored: a bad item leaves nothing half-announced. A
+        // prefix given twice keeps its last item, as two AnnouncePath calls would.
         let allow = self.speaker.announce_allow();
         let mut stream = req.into_inner();
-        let mut paths = Vec::new();
-        let mut alike: std::collections::HashMap<OperatorPath, Arc<OperatorPath>> =
-            std::collections::HashMap::new();
+        let mut entries = Vec::new();
+        let mut at: std::collections::HashMap<Cidr, usize> = std::collections::HashMap::new();
+        let mut index = 0usize;
         while let Some(item) = stream.message().await? {
-            let index = paths.len();
-            let (prefix, path) = path_from(&item)
+            let (prefix, _) = op::path_from(&item)
                 .map_err(|s| Status::invalid_argument(format!("item {index}: {}", s.message())))?;
-            allowed(&prefix, &allow)
+            op::allowed(&prefix, &allow)
                 .map_err(|s| Status::new(s.code(), format!("item {index}: {}", s.message())))?;
-            let shared = alike
-                .entry(path.clone())
-                .or_insert_with(|| Arc::new(path))
-                .clone();
-            paths.push((prefix, shared));
+            let entry = op::path_entry(&prefix, &item);
+            match at.get(&prefix) {
+                Some(&i) => entries[i] = entry,
+                None => {
+                    at.insert(prefix, entries.len());
+                    entries.push(entry);
+                }
+            }
+            index += 1;
         }
-        let accepted = paths.len() as u64;
-        self.speaker.announce(paths);
-        Ok(Response::new(pb::AnnouncePathsResponse { accepted }))
+        let (mut stored, mut revision) = (0usize, None);
+        for chunk in entries.chunks(op::BATCH) {
+            let r = self.store.put(chunk.to_vec(), false).await.map_err(|s| {
+                Status::new(
+                    s.code(),
+                    format!(
+                        "{} of {} paths were stored (and are announced) before this failed: {}",
+                        stored,
+                        entries.len(),
+                        s.message()
+                    ),
+                )
+            })?;
+            stored += chunk.len();
+            revision = Some(r);
+        }
+        if let Some(r) = revision {
+            self.speaker.wait_applied(r, APPLY_WAIT_STREAM).await?;
+        }
+        Ok(Response::new(pb::AnnouncePathsResponse {
+            accepted: index as u64,
+        }))
     }
 
     async fn withdraw_path(
@@ -414,8 +332,15 @@ impl pb::bgp_server::Bgp for BgpGrpc {
                 .map_err(|e: routeplane_net::NetError| {
                     Status::invalid_argument(format!("prefix: {e}"))
                 })?;
+        let deleted = self
+            .store
+            .delete(op::PATH_KIND, vec![prefix.to_string()])
+            .await?;
+        if let Some(revision) = deleted {
+            self.speaker.wait_applied(revision, APPLY_WAIT).await?;
+        }
         Ok(Response::new(pb::WithdrawPathResponse {
-            withdrawn: self.speaker.withdraw(&prefix),
+            withdrawn: deleted.is_some(),
         }))
     }
 
@@ -565,49 +490,5 @@ impl pb::bgp_server::Bgp for BgpGrpc {
             prefix: prefix.to_string(),
             sources,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(prefix: &str, next_hop: &str) -> Result<(), String> {
-        routable(&prefix.parse().unwrap(), next_hop.parse().unwrap())
-    }
-
-    #[test]
-    fn operator_paths_are_unicast_prefixes_via_forwardable_next_hops() {
-        assert_eq!(check("192.0.2.0/24", "10.4.94.11"), Ok(()));
-        assert_eq!(check("0.0.0.0/1", "10.4.94.11"), Ok(()));
-        assert_eq!(check("fd00::/120", "fd04:94::11"), Ok(()));
-        for (prefix, next_hop, needle) in [
-            (
-                "0.0.0.0/0",
-                "10.4.94.11",
-                "prefix 0.0.0.0/0 is a default route",
-            ),
-            ("::/0", "fd04:94::11", "prefix ::/0 is a default route"),
-            (
-                "224.0.0.0/4",
-                "10.4.94.11",
-                "prefix 224.0.0.0/4 is multicast",
-            ),
-            ("ff02::/16", "fd04:94::11", "prefix ff02::/16 is multicast"),
-            ("192.0.2.0/24", "0.0.0.0", "nextHop 0.0.0.0 is not"),
-            ("192.0.2.0/24", "127.0.0.1", "nextHop 127.0.0.1 is not"),
-            ("192.0.2.0/24", "239.1.1.1", "nextHop 239.1.1.1 is not"),
-            (
-                "192.0.2.0/24",
-                "255.255.255.255",
-                "nextHop 255.255.255.255 is not",
-            ),
-            ("fd00::/120", "::", "nextHop :: is not"),
-            ("fd00::/120", "::1", "nextHop ::1 is not"),
-            ("fd00::/120", "fe80::1", "nextHop fe80::1 is not"),
-        ] {
-            let e = check(prefix, next_hop).expect_err(prefix);
-            assert!(e.contains(needle), "{prefix} via {next_hop}: {e}");
-        }
     }
 }

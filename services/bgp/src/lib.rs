@@ -17,6 +17,7 @@ pub mod grpc;
 pub mod message;
 pub mod metrics;
 pub mod notification;
+pub mod operator;
 pub mod policy;
 pub mod reload;
 pub mod rib;

@@ -62,7 +62,7 @@ fn counters(
 
 impl Collector for BgpCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (rows, ipam_connected): (Vec<Row>, bool) = {
+        let (rows, ipam_connected, operator_refused): (Vec<Row>, bool, u64) = {
             let state = self.0.lock();
             let rows = state
                 .peers
@@ -80,7 +80,7 @@ impl Collector for BgpCollector {
                     }
                 })
                 .collect();
-            (rows, state.ipam_connected)
+            (rows, state.ipam_connected, state.operator_refused)
         };
         gauges(
             &mut e,
@@ -149,6 +149,13 @@ impl Collector for BgpCollector {
             &str,
         )>::new(
         ))?)?;
+        let refused = ConstCounter::new(operator_refused);
+        refused.encode(e.encode_descriptor(
+            "routeplane_bgp_operator_entries_refused",
+            "API peers and paths from IPAM that this replica left out because it cannot take them (each logged)",
+            None,
+            refused.metric_type(),
+        )?)?;
         let skipped = ConstCounter::new(self.1.skipped());
         skipped.encode(e.encode_descriptor(
             "routeplane_bgp_feed_skipped_entries",

@@ -52,7 +52,8 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let feed_stats = Arc::new(routeplane_watch::FeedStats::default());
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
-        dialer,
+        dialer.clone(),
+        routeplane_watch::Follow::WithOperatorEntries,
         feed_tx,
         feed_stats.clone(),
         shutdown.clone(),
@@ -72,7 +73,11 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     );
     let registry = Arc::new(registry);
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
-    let routes = tonic::service::Routes::new(BgpGrpc::new(speaker));
+    let store = Arc::new(crate::operator::OperatorStore::new(
+        cli.ipam.clone(),
+        dialer,
+    ));
+    let routes = tonic::service::Routes::new(BgpGrpc::new(speaker, store));
     let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     let _ = metrics_task.await;

@@ -24,6 +24,8 @@ use crate::session::{Command, Event, PeerStatus, Session, SharedStatus, Transpor
 use crate::throttle::Throttle;
 use routeplane_watch::{FeedEvent, FeedNode, FeedService};
 
+mod operator_entries;
+
 #[derive(Debug, Clone)]
 pub struct SpeakerSettings {
     /// BGP identifier for peers whose config has no router-id.
@@ -68,10 +70,15 @@ pub struct State {
     pub synced: bool,
     next_path_id: u32,
     settings: SpeakerSettings,
-    /// Paths announced through the API.
+    /// Paths announced through the API, as IPAM's operator entries hold them.
     operator: BTreeMap<Cidr, Arc<OperatorPath>>,
-    /// Peers added through the API: kept across reloads unless the file then defines the address.
-    runtime_peers: BTreeMap<IpAddr, Peer>,
+    /// Peers added through the API, as IPAM's operator entries hold them; an address the file
+    /// defines is the file's, and its entry waits here until the file lets go of it.
+    api_peers: BTreeMap<IpAddr, Peer>,
+    /// The revision of the last operator change applied (see [`Speaker::wait_applied`]).
+    applied_revision: u64,
+    /// Operator entries left out because this replica could not take them (each logged).
+    pub operator_refused: u64,
     /// Sessions told to stop whose NOTIFICATION may not be out yet, by address. A new session to
     /// the same address waits for it: dialled earlier, it would reach the peer while the old
     /// session is still Established there, which a graceful-restart peer takes for our restart
@@ -107,13 +114,25 @@ pub enum SpeakerError {
     NoSuchPeer(IpAddr, String),
     #[error("{0}")]
     Refused(String),
+    #[error(
+        "stored in IPAM at revision {0}, but this replica has not applied it within {1:?} (is its IPAM feed connected? see routeplane_bgp_ipam_connected); it applies it when the feed catches up"
+    )]
+    NotApplied(u64, Duration),
+}
+
+/// What starting a session needs besides its peer: the listeners to set its TCP-MD5 key on, the
+/// speaker loop's event channel and the WatchEvents broadcast.
+pub struct Spawner {
+    listeners: Vec<Arc<TcpListener>>,
+    sessions: mpsc::UnboundedSender<Event>,
+    events: broadcast::Sender<SpeakerEvent>,
 }
 
 pub struct Speaker {
     state: Mutex<State>,
-    listeners: Vec<Arc<TcpListener>>,
-    sessions: mpsc::UnboundedSender<Event>,
-    events: broadcast::Sender<SpeakerEvent>,
+    spawner: Spawner,
+    /// The revision of the last operator change applied, published after the policy ran on it.
+    applied: watch::Sender<u64>,
     /// Connections closed unread because they came from no configured peer's address.
     refused_connections: AtomicU64,
 }
@@ -161,73 +180,70 @@ impl Speaker {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<SpeakerEvent> {
-        self.events.subscribe()
+        self.spawner.events.subscribe()
     }
 
-    /// Adds a peer at runtime (see routeplane.bgp.v1 AddPeer).
-    pub fn add_peer(&self, peer: Peer) -> Result<(), SpeakerError> {
-        let mut state = self.lock();
-        if state.peers.contains_key(&peer.peer_address) {
-            return Err(SpeakerError::PeerExists(peer.peer_address));
-        }
-        let after = state.stopping.remove(&peer.peer_address);
-        let entry = spawn_peer(
-            &peer,
-            &state.settings,
-            &self.listeners,
-            &self.sessions,
-            &self.events,
-            after,
-        )
-        .map_err(SpeakerError::Refused)?;
-        state.peers.insert(peer.peer_address, entry);
-        state.runtime_peers.insert(peer.peer_address, peer);
-        state.push(Instant::now());
-        Ok(())
+    /// Checks a peer as a session would be started for it (a BGP identifier is needed), without
+    /// starting one.
+    pub fn check_peer(&self, peer: &Peer) -> Result<(), SpeakerError> {
+        session_config(peer, &self.lock().settings)
+            .map(drop)
+            .map_err(SpeakerError::Refused)
     }
 
-    /// Removes a peer, telling it Cease/Peer De-configured.
+    /// Whether `address` is a running peer that bgp-config defines (not one added through the API).
+    pub fn is_file_peer(&self, address: &IpAddr) -> bool {
+        let state = self.lock();
+        state.peers.contains_key(address) && state.peer_source(address) == "file"
+    }
+
+    /// The refusal for an address that is no peer, listing those that are.
+    pub fn no_such_peer(&self, address: IpAddr) -> SpeakerError {
+        let known = self
+            .lock()
+            .peers
+            .keys()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        SpeakerError::NoSuchPeer(address, known.join(", "))
+    }
+
+    /// Removes a peer bgp-config defines, on this replica until its next reload or restart,
+    /// telling it Cease/Peer De-configured. (Peers added through the API are deleted in IPAM and
+    /// leave every replica through the feed.)
     pub fn delete_peer(&self, address: IpAddr) -> Result<(), SpeakerError> {
         let mut state = self.lock();
         let Some(entry) = state.peers.remove(&address) else {
-            let known = state
-                .peers
-                .keys()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(SpeakerError::NoSuchPeer(address, known));
+            drop(state);
+            return Err(self.no_such_peer(address));
         };
-        state.runtime_peers.remove(&address);
         state.stop(address, &entry, Cease::PeerDeconfigured);
         Ok(())
     }
 
-    /// Announces (or replaces) operator paths, then brings every peer up to date once.
-    pub fn announce(&self, paths: Vec<(Cidr, Arc<OperatorPath>)>) {
-        let mut state = self.lock();
-        state.operator.extend(paths);
-        state.push(Instant::now());
-    }
-
-    /// Withdraws an operator path; false when there was none.
-    pub fn withdraw(&self, prefix: &Cidr) -> bool {
-        let mut state = self.lock();
-        let had = state.operator.remove(prefix).is_some();
-        if had {
-            state.push(Instant::now());
+    /// Waits until this replica has applied the operator change IPAM stored at `revision` and
+    /// brought its peers' tables up to date with it.
+    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> Result<(), SpeakerError> {
+        let mut applied = self.applied.subscribe();
+        match tokio::time::timeout(timeout, applied.wait_for(|r| *r >= revision)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(SpeakerError::NotApplied(revision, timeout)),
         }
-        had
     }
 }
 
 impl State {
     /// Where a peer comes from: "api" (AddPeer, kept across reloads) or "file" (bgp-config).
     pub fn peer_source(&self, address: &IpAddr) -> &'static str {
-        if self.runtime_peers.contains_key(address) {
-            "api"
-        } else {
+        if self
+            .settings
+            .peers
+            .iter()
+            .any(|p| p.peer_address == *address)
+        {
             "file"
+        } else {
+            "api"
         }
     }
 
@@ -316,9 +332,14 @@ impl State {
         );
     }
 
-    fn apply(&mut self, event: FeedEvent, now: Instant) {
+    fn apply(&mut self, event: FeedEvent, now: Instant, spawner: &Spawner) {
         match event {
-            FeedEvent::Snapshot { nodes, services } => {
+            FeedEvent::Snapshot {
+                revision,
+                nodes,
+                services,
+                operator,
+            } => {
                 let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
                 self.nodes.retain(|k, _| names.contains(k));
                 for n in nodes {
@@ -328,7 +349,17 @@ impl State {
                     .into_iter()
                     .map(|s| (s.service.clone(), s))
                     .collect();
+                self.replace_operator_entries(operator, spawner);
+                self.applied_revision = revision;
                 self.synced = true;
+            }
+            FeedEvent::Operator {
+                revision,
+                put,
+                deleted,
+            } => {
+                self.apply_operator_entries(put, deleted, spawner);
+                self.applied_revision = revision;
             }
             FeedEvent::Node(n) => self.upsert_node(n, now),
             FeedEvent::NodeDeleted(name) => {
@@ -459,9 +490,7 @@ fn set_listener_keys(peer: &Peer, listeners: &[Arc<TcpListener>]) -> Result<(), 
 fn spawn_peer(
     peer: &Peer,
     settings: &SpeakerSettings,
-    listeners: &[Arc<TcpListener>],
-    events: &mpsc::UnboundedSender<Event>,
-    watch: &broadcast::Sender<SpeakerEvent>,
+    spawner: &Spawner,
     after: Option<oneshot::Receiver<()>>,
 ) -> Result<PeerEntry, String> {
     let config = session_config(peer, settings)?;
@@ -478,7 +507,7 @@ fn spawn_peer(
         password: peer.password.clone(),
         min_ttl: peer.ttl_security.then_some(255),
     };
-    set_listener_keys(peer, listeners)?;
+    set_listener_keys(peer, &spawner.listeners)?;
     let status = SharedStatus::new(Mutex::new(PeerStatus {
         received: AdjRibIn::new(peer.keep_received, peer.max_prefixes),
         ..PeerStatus::default()
@@ -491,8 +520,8 @@ fn spawn_peer(
         config,
         transport,
         status.clone(),
-        events.clone(),
-        watch.clone(),
+        spawner.sessions.clone(),
+        spawner.events.clone(),
         stopping.clone(),
     );
     tokio::spawn(async move {
@@ -531,30 +560,36 @@ impl State {
 
     /// Applies a reloaded configuration: new peers start, removed ones stop with Cease/Peer
     /// De-configured, changed ones (or ones whose router ID changed) restart with Cease/Other
-    /// Configuration Change; the others are left alone. Returns what it did, for the log.
+    /// Configuration Change; the others are left alone. Peers added through the API stay, but
+    /// where the file now defines their address, the file's entry is the one that runs. Returns
+    /// what it did, for the log.
     fn reload(
         &mut self,
-        mut settings: SpeakerSettings,
-        listeners: &[Arc<TcpListener>],
-        events: &mpsc::UnboundedSender<Event>,
-        watch: &broadcast::Sender<SpeakerEvent>,
+        settings: SpeakerSettings,
+        spawner: &Spawner,
     ) -> Result<Vec<String>, String> {
-        // Peers added through the API stay, unless the file now defines their address itself.
-        self.runtime_peers
-            .retain(|addr, _| !settings.peers.iter().any(|p| p.peer_address == *addr));
-        settings.peers.extend(self.runtime_peers.values().cloned());
-        // Check every new peer before touching anything, so a bad file changes nothing.
+        // Check every file peer before touching anything, so a bad file changes nothing.
         for p in &settings.peers {
             session_config(p, &settings)?;
         }
+        let mut wanted: BTreeMap<IpAddr, Peer> = settings
+            .peers
+            .iter()
+            .map(|p| (p.peer_address, p.clone()))
+            .collect();
+        for (addr, p) in &self.api_peers {
+            // An API peer the new settings cannot run (no BGP identifier) stays out, as it
+            // would have when it came from the feed.
+            if !wanted.contains_key(addr) && session_config(p, &settings).is_ok() {
+                wanted.insert(*addr, p.clone());
+            }
+        }
         let mut done = Vec::new();
-        let wanted: BTreeMap<IpAddr, &Peer> =
-            settings.peers.iter().map(|p| (p.peer_address, p)).collect();
         let current: Vec<IpAddr> = self.peers.keys().copied().collect();
         for addr in current {
             let keep = wanted.get(&addr).is_some_and(|p| {
                 let entry = &self.peers[&addr];
-                **p == entry.config
+                *p == entry.config
                     && session_config(p, &settings).is_ok_and(|c| c.router_id == entry.router_id)
             });
             if keep {
@@ -577,12 +612,11 @@ impl State {
                 ));
             }
         }
-        for (addr, peer) in wanted {
+        for (addr, peer) in &wanted {
+            let addr = *addr;
             if let std::collections::btree_map::Entry::Vacant(slot) = self.peers.entry(addr) {
                 let after = self.stopping.remove(&addr);
-                slot.insert(spawn_peer(
-                    peer, &settings, listeners, events, watch, after,
-                )?);
+                slot.insert(spawn_peer(peer, &settings, spawner, after)?);
                 if !done.iter().any(|d| d.ends_with(&addr.to_string())) {
                     done.push(format!("added {addr}"));
                 }
@@ -611,12 +645,16 @@ pub fn start(
 ) -> Result<(Arc<Speaker>, tokio::task::JoinHandle<()>), String> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let listeners: Vec<Arc<TcpListener>> = listeners.into_iter().map(Arc::new).collect();
-    let watch = broadcast::channel(4096).0;
+    let spawner = Spawner {
+        listeners: listeners.clone(),
+        sessions: events_tx,
+        events: broadcast::channel(4096).0,
+    };
     let mut peers = BTreeMap::new();
     for peer in &settings.peers {
         peers.insert(
             peer.peer_address,
-            spawn_peer(peer, &settings, &listeners, &events_tx, &watch, None)?,
+            spawn_peer(peer, &settings, &spawner, None)?,
         );
     }
     let speaker = Arc::new(Speaker {
@@ -629,12 +667,13 @@ pub fn start(
             next_path_id: 0,
             settings,
             operator: BTreeMap::new(),
-            runtime_peers: BTreeMap::new(),
+            api_peers: BTreeMap::new(),
+            applied_revision: 0,
+            operator_refused: 0,
             stopping: BTreeMap::new(),
         }),
-        listeners: listeners.clone(),
-        sessions: events_tx.clone(),
-        events: watch,
+        spawner,
+        applied: watch::channel(0).0,
         refused_connections: AtomicU64::new(0),
     });
     for listener in &listeners {
@@ -659,10 +698,10 @@ pub fn start(
                     Some(ev) => {
                         let mut state = s.lock();
                         let now = Instant::now();
-                        state.apply(ev, now);
+                        state.apply(ev, now, &s.spawner);
                         for _ in 0..COALESCE_AT_MOST {
                             match feed.try_recv() {
-                                Ok(ev) => state.apply(ev, now),
+                                Ok(ev) => state.apply(ev, now, &s.spawner),
                                 Err(_) => break,
                             }
                         }
@@ -673,14 +712,25 @@ pub fn start(
                 Some(ev) = events.recv() => if !matches!(ev, Event::Up(_)) {
                     continue;
                 },
-                Some(new) = reloads.recv() => match s.lock().reload(new, &listeners, &events_tx, &s.events) {
+                Some(new) = reloads.recv() => match s.lock().reload(new, &s.spawner) {
                     Ok(done) if done.is_empty() => tracing::info!("configuration reloaded: no peer changed"),
                     Ok(done) => tracing::info!(changes = %done.join(", "), "configuration reloaded"),
                     Err(e) => tracing::error!(error = %e, "reload refused: the running configuration stays"),
                 },
                 () = sleep_until(deadline) => {}
             }
-            s.lock().push(Instant::now());
+            let applied = {
+                let mut state = s.lock();
+                state.push(Instant::now());
+                state.applied_revision
+            };
+            // After the push: an API call waiting on this revision answers once the peers'
+            // tables have it.
+            s.applied.send_if_modified(|r| {
+                let newer = applied > *r;
+                *r = (*r).max(applied);
+                newer
+            });
         }
     });
     Ok((speaker, task))

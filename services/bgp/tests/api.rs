@@ -1,5 +1,7 @@
-//! routeplane-bgp without root: its API and its startup checks. The one peer configured here is
-//! 127.0.0.2 on a closed port, so nothing leaves the machine and the session stays down.
+//! routeplane-bgp without root: its API and its startup checks, with a real routeplane-ipam on
+//! loopback keeping the peers and paths added through the API — shared by two replicas and kept
+//! across restarts. The one peer configured here is 127.0.0.2 on a closed port, and the peers
+//! added are 127.0.0.x too, so nothing leaves the machine and the sessions stay down.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,11 +12,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_routeplane-bgp");
 const CONFIG: &str = "peers:\n  - peer-address: 127.0.0.2\n    peer-port: 1790\n    peer-asn: 64524\n    my-asn: 64513\n";
 
 struct Server {
-    _process: Service,
+    process: Service,
     grpc: String,
+    metrics: String,
+    /// The IPAM this server started for itself, if it did.
+    _ipam: Option<Service>,
 }
 
-fn command(dir: &std::path::Path, config: &str, extra: &[&str]) -> Command {
+fn command(dir: &std::path::Path, config: &str, ipam: &str, extra: &[&str]) -> Command {
     let path = dir.join("bgp-config.yaml");
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(BIN);
@@ -28,33 +33,49 @@ fn command(dir: &std::path::Path, config: &str, extra: &[&str]) -> Command {
         "--metrics-listen",
         "127.0.0.1:0",
     ])
-    // Nothing listens there: the feed keeps retrying, which these tests do not need.
-    .args(["--ipam", "http://127.0.0.1:9"])
+    .args(["--ipam", ipam])
     .args(extra)
     .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     cmd
 }
 
+const ARGS: [&str; 6] = [
+    "--router-id",
+    "10.0.0.1",
+    "--connect-retry",
+    "1s",
+    "--announce-allow",
+    "192.0.2.0/24,198.51.100.0/24,203.0.113.0/24",
+];
+
 fn start(dir: &std::path::Path) -> Server {
-    start_with(
-        dir,
-        &[
-            "--router-id",
-            "10.0.0.1",
-            "--connect-retry",
-            "1s",
-            "--announce-allow",
-            "192.0.2.0/24,198.51.100.0/24,203.0.113.0/24",
-        ],
-    )
+    start_with(dir, &ARGS)
 }
 
+/// routeplane-bgp with an IPAM of its own.
 fn start_with(dir: &std::path::Path, args: &[&str]) -> Server {
-    let mut process = Service::start("routeplane-bgp", command(dir, CONFIG, args));
+    let (ipam, addr) = start_ipam(dir, "127.0.0.1:0");
+    let mut server = start_on(dir, &format!("http://{addr}"), args);
+    server._ipam = Some(ipam);
+    server
+}
+
+fn start_ipam(dir: &std::path::Path, listen: &str) -> (Service, std::net::SocketAddr) {
+    let dir = dir.join("ipam");
+    std::fs::create_dir_all(&dir).unwrap();
+    routeplane_testkit::ipam::start_ipam(&dir, routeplane_testkit::ipam::VALUES, listen, &[])
+}
+
+/// routeplane-bgp following the IPAM at `ipam`, its files in `dir`.
+fn start_on(dir: &std::path::Path, ipam: &str, args: &[&str]) -> Server {
+    let mut process = Service::start("routeplane-bgp", command(dir, CONFIG, ipam, args));
     let grpc = process.listen_addr("gRPC").to_string();
+    let metrics = process.listen_addr("metrics").to_string();
     Server {
-        _process: process,
+        process,
         grpc,
+        metrics,
+        _ipam: None,
     }
 }
 
@@ -171,7 +192,10 @@ fn errors_name_the_value_and_what_is_valid() {
 fn startup_refuses_what_cannot_work() {
     let dir = tempfile::tempdir().unwrap();
     let run = |config: &str, extra: &[&str]| {
-        let out = command(dir.path(), config, extra).output().unwrap();
+        // Refused before IPAM is dialled: nothing listens there.
+        let out = command(dir.path(), config, "http://127.0.0.1:9", extra)
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -392,4 +416,158 @@ fn announce_path_is_off_without_an_allow_list() {
         !ok && out.contains("FailedPrecondition") && out.contains("start it with the ranges operators may announce, e.g. --announce-allow 192.0.2.0/24"),
         "{out}"
     );
+}
+
+/// Issue #13 part 6: two replicas on one IPAM. A peer added and a path announced on one are on
+/// both; a replica restarted, or IPAM restarted under them, still has them; deleted on the other
+/// replica, they leave both. A replica whose --announce-allow is narrower leaves out a path it may
+/// not announce, and counts it.
+#[test]
+fn operator_state_is_shared_by_replicas_and_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ipam, ipam_addr) = start_ipam(dir.path(), "127.0.0.1:0");
+    let endpoint = format!("http://{ipam_addr}");
+    let (dir_a, dir_b, dir_c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    for d in [&dir_a, &dir_b, &dir_c] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mut a = start_on(&dir_a, &endpoint, &ARGS);
+    let b = start_on(&dir_b, &endpoint, &ARGS);
+    let call = |server: &Server, method: &str, body: &str| {
+        grpcurl(server, &format!("routeplane.bgp.v1.Bgp/{method}"), body)
+    };
+    let source_of = |server: &Server, peer: &str| -> Option<String> {
+        let (ok, out) = call(server, "ListPeers", "{}");
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peerAddress"] == peer)
+            .map(|p| p["source"].as_str().unwrap_or_default().to_string())
+    };
+    let explains = |server: &Server, prefix: &str| {
+        let (ok, out) = call(
+            server,
+            "ExplainPrefix",
+            &format!(r#"{{"prefix": "{prefix}"}}"#),
+        );
+        ok && out.contains("operator path")
+    };
+    let limit = Duration::from_secs(15);
+
+    let (ok, out) = call(
+        &a,
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.5", "peerPort": 1791, "peerAsn": 64600, "myAsn": 64513, "password": "s3cret"}"#,
+    );
+    assert!(ok && out.contains("\"source\": \"api\""), "{out}");
+    // AddPeer answers once the replica it was sent to has applied it; the other follows the feed.
+    assert_eq!(source_of(&a, "127.0.0.5").as_deref(), Some("api"));
+    routeplane_testkit::wait_for("replica B has the peer added on A", limit, || {
+        source_of(&b, "127.0.0.5").as_deref() == Some("api")
+    });
+    let (ok, out) = call(
+        &b,
+        "AddPeer",
+        r#"{"peerAddress": "127.0.0.5", "peerAsn": 64601, "myAsn": 64513}"#,
+    );
+    assert!(
+        !ok && out.contains("AlreadyExists") && out.contains("127.0.0.5 is already a peer"),
+        "the same address added on the other replica: {out}"
+    );
+    let (ok, out) = call(
+        &a,
+        "AnnouncePath",
+        r#"{"prefix": "192.0.2.0/24", "nextHop": "10.4.36.11", "communities": ["64512:7"]}"#,
+    );
+    assert!(ok, "{out}");
+    assert!(explains(&a, "192.0.2.0/24"), "applied on A when answered");
+    routeplane_testkit::wait_for("replica B announces the path from A", limit, || {
+        explains(&b, "192.0.2.0/24")
+    });
+
+    // A replica restarted takes its operator state back from IPAM.
+    a.process.terminate();
+    drop(a);
+    let a = start_on(&dir_a, &endpoint, &ARGS);
+    routeplane_testkit::wait_for(
+        "restarted replica A has the peer and the path",
+        limit,
+        || source_of(&a, "127.0.0.5").as_deref() == Some("api") && explains(&a, "192.0.2.0/24"),
+    );
+    let (ok, out) = call(&a, "GetPeer", r#"{"peerAddress": "127.0.0.5"}"#);
+    assert!(
+        ok && out.contains("\"tcpMd5\": true") && out.contains("64600"),
+        "the peer as it was added, password included: {out}"
+    );
+
+    // A replica that may announce less leaves out what it may not, and says so.
+    let narrow = [
+        "--router-id",
+        "10.0.0.1",
+        "--announce-allow",
+        "203.0.113.0/24",
+    ];
+    let c = start_on(&dir_c, &endpoint, &narrow);
+    routeplane_testkit::wait_for("replica C has the peer but not the path", limit, || {
+        source_of(&c, "127.0.0.5").is_some()
+    });
+    assert!(
+        !explains(&c, "192.0.2.0/24"),
+        "outside C's --announce-allow"
+    );
+    let metrics = routeplane_testkit::scrape(None, &c.metrics).unwrap();
+    assert_eq!(
+        routeplane_testkit::metric_sample(
+            &metrics,
+            "routeplane_bgp_operator_entries_refused_total"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        c.process
+            .log()
+            .contains("192.0.2.0/24 is outside the ranges operators may announce"),
+        "{}",
+        c.process.log()
+    );
+
+    // IPAM restarted on the same store and address: the replicas follow it again, nothing lost.
+    ipam.terminate();
+    drop(ipam);
+    let (_ipam, again) = start_ipam(dir.path(), &ipam_addr.to_string());
+    assert_eq!(again, ipam_addr);
+    routeplane_testkit::wait_for("every replica follows IPAM again", limit, || {
+        [&a, &b, &c].iter().all(|s| {
+            routeplane_testkit::scrape(None, &s.metrics).is_ok_and(|m| {
+                routeplane_testkit::metric_sample(&m, "routeplane_bgp_ipam_connected") == Some(1.0)
+            })
+        })
+    });
+    assert!(explains(&b, "192.0.2.0/24"), "kept across IPAM's restart");
+    let (ok, out) = call(&b, "WithdrawPath", r#"{"prefix": "192.0.2.0/24"}"#);
+    assert!(ok && out.contains("\"withdrawn\": true"), "{out}");
+    let (ok, out) = call(&b, "DeletePeer", r#"{"peerAddress": "127.0.0.5"}"#);
+    assert!(ok, "{out}");
+    routeplane_testkit::wait_for(
+        "both replicas let go of the peer and the path",
+        limit,
+        || {
+            [&a, &b, &c]
+                .iter()
+                .all(|s| source_of(s, "127.0.0.5").is_none())
+                && !explains(&a, "192.0.2.0/24")
+        },
+    );
+    let (ok, out) = call(&a, "DeletePeer", r#"{"peerAddress": "127.0.0.5"}"#);
+    assert!(!ok && out.contains("NotFound"), "deleted already: {out}");
+    // The file's peer stays on every replica.
+    assert_eq!(source_of(&a, "127.0.0.2").as_deref(), Some("file"));
 }

@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::error::{IpamError, Result};
 use crate::image::DurableImage;
-use crate::model::{Node, Revision, RevisionedEvent, ServiceIp};
+use crate::model::{Node, OperatorEntry, Revision, RevisionedEvent, ServiceIp};
 use crate::state::{Mutation, Persisted};
 use crate::wal::{self, Wal, WalRecord};
 
@@ -77,6 +77,7 @@ pub enum WatchStart {
         revision: Revision,
         nodes: Vec<Node>,
         services: Vec<ServiceIp>,
+        operator: Vec<OperatorEntry>,
     },
     Replay(Vec<Arc<RevisionedEvent>>),
 }
@@ -101,10 +102,12 @@ impl Feed {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes and decides, atomically with publication, where the watcher starts.
+    /// Subscribes and decides, atomically with publication, where the watcher starts; a snapshot
+    /// holds operator entries when `operator` asks for them.
     pub fn subscribe(
         &self,
         from: Revision,
+        operator: bool,
     ) -> (WatchStart, broadcast::Receiver<Arc<RevisionedEvent>>) {
         let inner = self.lock();
         let rx = self.live.subscribe();
@@ -123,6 +126,11 @@ impl Feed {
                 revision: inner.revision,
                 nodes: inner.image.nodes().cloned().collect(),
                 services: inner.image.services().cloned().collect(),
+                operator: if operator {
+                    inner.image.operator_entries("").collect()
+                } else {
+                    Vec::new()
+                },
             }
         };
         (start, rx)
@@ -355,22 +363,22 @@ pub(crate) mod tests {
         let feed = Feed::new(&at(10), 2, 16);
         feed.publish(11, &mut [named("a", 11)]);
         feed.publish(13, &mut [named("b", 13)]); // 12 was a pod IP: no event
-        assert!(matches!(feed.subscribe(10).0, WatchStart::Replay(v) if v.len() == 2));
+        assert!(matches!(feed.subscribe(10, false).0, WatchStart::Replay(v) if v.len() == 2));
         assert!(
-            matches!(feed.subscribe(11).0, WatchStart::Replay(v) if v.len() == 1 && v[0].revision == 13)
+            matches!(feed.subscribe(11, false).0, WatchStart::Replay(v) if v.len() == 1 && v[0].revision == 13)
         );
-        assert!(matches!(feed.subscribe(13).0, WatchStart::Replay(v) if v.is_empty()));
+        assert!(matches!(feed.subscribe(13, false).0, WatchStart::Replay(v) if v.is_empty()));
         feed.publish(14, &mut [named("c", 14)]); // history holds 2: revision 11 falls out
         assert!(
-            matches!(feed.subscribe(10).0, WatchStart::Snapshot { .. }),
+            matches!(feed.subscribe(10, false).0, WatchStart::Snapshot { .. }),
             "too old"
         );
-        assert!(matches!(feed.subscribe(11).0, WatchStart::Replay(v) if v.len() == 2));
+        assert!(matches!(feed.subscribe(11, false).0, WatchStart::Replay(v) if v.len() == 2));
         assert!(
-            matches!(feed.subscribe(0).0, WatchStart::Snapshot { revision: 14, ref nodes, .. } if nodes.len() == 3)
+            matches!(feed.subscribe(0, false).0, WatchStart::Snapshot { revision: 14, ref nodes, .. } if nodes.len() == 3)
         );
         assert!(
-            matches!(feed.subscribe(99).0, WatchStart::Snapshot { .. }),
+            matches!(feed.subscribe(99, false).0, WatchStart::Snapshot { .. }),
             "ahead of the server: start over"
         );
     }
@@ -408,7 +416,7 @@ pub(crate) mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
         let (ctx, crx) = watch::channel(0);
-        let (_, mut live) = feed.subscribe(0);
+        let (_, mut live) = feed.subscribe(0, false);
         let mut waits = Vec::new();
         for r in 1..=50 {
             let (done, wait) = oneshot::channel();

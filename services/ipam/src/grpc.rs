@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::IpamError;
 use crate::ipam::{Ipam, WatchItem};
-use crate::model::{Event, Node, ServiceIp};
+use crate::model::{Event, Node, OperatorEntry, ServiceIp};
 use crate::state::{PodIps, ReportedPod};
 
 pub struct IpamGrpc {
@@ -31,8 +31,8 @@ impl IpamGrpc {
     }
 }
 
-/// Each method's access: reads for any identity, a node's own writes for its agent, the pools,
-/// Service IPs and deletions for operators.
+/// Each method's access: reads for any identity, a node's own writes for its agent, operator
+/// entries for routeplane-bgp, the pools, Service IPs and deletions for operators.
 pub fn policy(method: &str) -> Access {
     match method {
         "GetNode" | "ListNodes" | "ListPodIPs" | "ListServiceIPs" | "ListPools" | "Watch" => {
@@ -40,6 +40,10 @@ pub fn policy(method: &str) -> Access {
         }
         "RegisterNode" | "KeepAlive" | "AllocatePodIP" | "ReleasePodIP" | "SyncPodIPs" => {
             Access::Node
+        }
+        // A bgp-peer entry may hold a TCP-MD5 password.
+        "PutOperatorEntries" | "DeleteOperatorEntries" | "ListOperatorEntries" => {
+            Access::ControlPlane
         }
         _ => Access::Operator,
     }
@@ -171,6 +175,36 @@ fn pod_allocation(node: &str, owner: String, held: &PodIps) -> pb::PodIpAllocati
     }
 }
 
+impl From<OperatorEntry> for pb::OperatorEntry {
+    fn from(e: OperatorEntry) -> pb::OperatorEntry {
+        pb::OperatorEntry {
+            kind: e.kind,
+            key: e.key,
+            value: e.value,
+        }
+    }
+}
+
+impl From<&OperatorEntry> for pb::OperatorEntry {
+    fn from(e: &OperatorEntry) -> pb::OperatorEntry {
+        e.clone().into()
+    }
+}
+
+impl From<pb::OperatorEntry> for OperatorEntry {
+    fn from(e: pb::OperatorEntry) -> OperatorEntry {
+        OperatorEntry {
+            kind: e.kind,
+            key: e.key,
+            value: e.value,
+        }
+    }
+}
+
+fn changed((revision, changed): (u64, u64)) -> Response<pb::OperatorEntriesChanged> {
+    Response::new(pb::OperatorEntriesChanged { revision, changed })
+}
+
 fn watch_event(item: WatchItem) -> pb::WatchEvent {
     use pb::watch_event::Event as E;
     match item {
@@ -178,6 +212,7 @@ fn watch_event(item: WatchItem) -> pb::WatchEvent {
             revision,
             nodes,
             services,
+            operator,
             first,
             last,
         } => pb::WatchEvent {
@@ -187,6 +222,7 @@ fn watch_event(item: WatchItem) -> pb::WatchEvent {
                 service_ips: services.iter().map(Into::into).collect(),
                 first,
                 last,
+                operator_entries: operator.into_iter().map(Into::into).collect(),
             })),
         },
         WatchItem::Event(e) => pb::WatchEvent {
@@ -199,6 +235,19 @@ fn watch_event(item: WatchItem) -> pb::WatchEvent {
                 }),
                 Event::ServiceIpAssigned(s) => E::ServiceIpAssigned(s.into()),
                 Event::ServiceIpReleased(s) => E::ServiceIpReleased(s.into()),
+                Event::OperatorEntries { put, deleted } => {
+                    E::OperatorEntries(pb::OperatorEntries {
+                        put: put.iter().map(Into::into).collect(),
+                        deleted: deleted
+                            .iter()
+                            .map(|k| pb::OperatorEntry {
+                                kind: k.kind.clone(),
+                                key: k.key.clone(),
+                                value: String::new(),
+                            })
+                            .collect(),
+                    })
+                }
             }),
         },
     }
@@ -461,8 +510,45 @@ impl pb::ipam_server::Ipam for IpamGrpc {
 
     type WatchStream = WatchStream;
 
+    async fn put_operator_entries(
+        &self,
+        req: Request<pb::PutOperatorEntriesRequest>,
+    ) -> Result<Response<pb::OperatorEntriesChanged>, Status> {
+        let r = req.into_inner();
+        let entries = r.entries.into_iter().map(Into::into).collect();
+        Ok(changed(
+            self.ipam
+                .put_operator_entries(entries, r.create_only)
+                .await?,
+        ))
+    }
+
+    async fn delete_operator_entries(
+        &self,
+        req: Request<pb::DeleteOperatorEntriesRequest>,
+    ) -> Result<Response<pb::OperatorEntriesChanged>, Status> {
+        let r = req.into_inner();
+        Ok(changed(
+            self.ipam.delete_operator_entries(&r.kind, r.keys).await?,
+        ))
+    }
+
+    async fn list_operator_entries(
+        &self,
+        req: Request<pb::ListOperatorEntriesRequest>,
+    ) -> Result<Response<pb::ListOperatorEntriesResponse>, Status> {
+        let entries = self.ipam.operator_entries(&req.get_ref().kind);
+        Ok(Response::new(pb::ListOperatorEntriesResponse {
+            entries: entries.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let rx = self.ipam.watch(req.get_ref().from_revision);
+        let operator = req.get_ref().operator_entries;
+        if operator {
+            Caller::of(&req).for_control_plane("a Watch with operator entries")?;
+        }
+        let rx = self.ipam.watch(req.get_ref().from_revision, operator);
         let stream =
             ReceiverStream::new(rx).map(|item| item.map(watch_event).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{IpamError, Result};
-use crate::model::{Node, Revision, ServiceIp};
+use crate::model::{Node, OperatorEntry, OperatorKey, Revision, ServiceIp};
 use crate::state::{Change, Persisted, PodIps, PoolRecord};
 
 /// The records of [`Persisted`], keyed for reads and for applying changes.
@@ -23,6 +23,8 @@ pub struct DurableImage {
     syncs: BTreeMap<String, u64>,
     services: BTreeMap<String, ServiceIp>,
     pools: BTreeMap<String, PoolRecord>,
+    /// Operator entries' values, by kind and key.
+    operator: BTreeMap<OperatorKey, String>,
 }
 
 impl DurableImage {
@@ -52,6 +54,11 @@ impl DurableImage {
                 .pools
                 .iter()
                 .map(|p| (p.cidr.clone(), p.clone()))
+                .collect(),
+            operator: persisted
+                .operator
+                .iter()
+                .map(|e| (operator_key(e), e.value.clone()))
                 .collect(),
         }
     }
@@ -101,6 +108,12 @@ impl DurableImage {
             Change::PutPool(p) => {
                 self.pools.insert(p.cidr.clone(), p.clone());
             }
+            Change::PutOperator(e) => {
+                self.operator.insert(operator_key(e), e.value.clone());
+            }
+            Change::DeleteOperator(k) => {
+                self.operator.remove(k);
+            }
         }
     }
 
@@ -138,6 +151,19 @@ impl DurableImage {
         self.services.get(service)
     }
 
+    /// The operator entries of `kind` (every kind when empty), in key order.
+    pub fn operator_entries(&self, kind: &str) -> impl Iterator<Item = OperatorEntry> + '_ {
+        let kind = kind.to_string();
+        self.operator
+            .iter()
+            .filter(move |(k, _)| kind.is_empty() || k.kind == kind)
+            .map(|(k, v)| OperatorEntry {
+                kind: k.kind.clone(),
+                key: k.key.clone(),
+                value: v.clone(),
+            })
+    }
+
     /// Everything, as storage would give it back: what the core is rebuilt from.
     pub fn to_persisted(&self) -> Persisted {
         Persisted {
@@ -154,7 +180,15 @@ impl DurableImage {
             pod_syncs: self.syncs.iter().map(|(n, g)| (n.clone(), *g)).collect(),
             service_ips: self.services.values().cloned().collect(),
             pools: self.pools.values().cloned().collect(),
+            operator: self.operator_entries("").collect(),
         }
+    }
+}
+
+fn operator_key(e: &OperatorEntry) -> OperatorKey {
+    OperatorKey {
+        kind: e.kind.clone(),
+        key: e.key.clone(),
     }
 }
 
@@ -162,6 +196,10 @@ impl DurableImage {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    fn entry(kind: &str, key: &str, value: &str) -> OperatorEntry {
+        OperatorEntry::new(kind, key, value)
+    }
 
     /// The image and sled, given the same changes, give back the same records.
     #[test]
@@ -210,6 +248,19 @@ mod tests {
                 drained: true,
                 added: true,
             })],
+            vec![
+                Change::PutOperator(entry("bgp-peer", "10.0.0.1", "{}")),
+                Change::PutOperator(entry(
+                    "bgp-path",
+                    "192.0.2.0/24",
+                    "{\"next-hop\":\"10.0.0.9\"}",
+                )),
+                Change::PutOperator(entry("bgp-path", "198.51.100.0/24", "{}")),
+            ],
+            vec![Change::DeleteOperator(OperatorKey {
+                kind: "bgp-path".into(),
+                key: "198.51.100.0/24".into(),
+            })],
         ];
         for (i, changes) in mutations.into_iter().enumerate() {
             let m = crate::state::Mutation {
@@ -223,7 +274,9 @@ mod tests {
         }
         let (from_sled, from_image) = (store.load().unwrap(), image.to_persisted());
         assert_eq!(format!("{from_sled:?}"), format!("{from_image:?}"));
-        assert_eq!(from_image.revision, 5);
+        assert_eq!(from_image.revision, 7);
+        assert_eq!(from_image.operator.len(), 2);
+        assert_eq!(image.operator_entries("bgp-path").count(), 1);
         assert_eq!(image.pod_ips("a").unwrap().len(), 1);
         assert!(image.pod_ips("b").is_err(), "b was deleted");
         assert_eq!(

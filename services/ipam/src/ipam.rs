@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::commit::{Commit, CommitStats, Fault, Feed, WatchStart};
 use crate::engine::{self, Engine, WriteGate};
 use crate::error::{IpamError, Result};
-use crate::model::{Node, Revision, ServiceIp};
+use crate::model::{Node, OperatorEntry, Revision, ServiceIp};
 use crate::state::{
     CoreConfig, IpamState, Mutation, PodIps, PodPoolView, ReportedPod, SyncOutcome,
 };
@@ -85,6 +85,7 @@ pub enum WatchItem {
         revision: Revision,
         nodes: Vec<Node>,
         services: Vec<ServiceIp>,
+        operator: Vec<OperatorEntry>,
         first: bool,
         last: bool,
     },
@@ -423,15 +424,52 @@ impl Ipam {
         self.commit(|s| s.drain_pool_cidr(cidr, drained)).await
     }
 
+    /// Writes operator entries (`state/operator.rs`); returns the revision and how many.
+    pub async fn put_operator_entries(
+        &self,
+        entries: Vec<OperatorEntry>,
+        create_only: bool,
+    ) -> Result<(Revision, u64)> {
+        self.commit(|s| {
+            let (n, m) = s.put_operator_entries(entries, create_only)?;
+            Ok(((s.revision(), n), m))
+        })
+        .await
+    }
+
+    pub async fn delete_operator_entries(
+        &self,
+        kind: &str,
+        keys: Vec<String>,
+    ) -> Result<(Revision, u64)> {
+        self.commit(|s| {
+            let (n, m) = s.delete_operator_entries(kind, keys)?;
+            Ok(((s.revision(), n), m))
+        })
+        .await
+    }
+
+    /// The durable operator entries of `kind` (every kind when empty).
+    pub fn operator_entries(&self, kind: &str) -> Vec<OperatorEntry> {
+        self.feed
+            .read(|image| image.operator_entries(kind).collect())
+    }
+
     /// The change feed: snapshot or replay, then live events, until the client goes, the server
     /// stops, or the watcher falls behind (then an ABORTED error naming the revision to resume from).
-    pub fn watch(self: &Arc<Self>, from: Revision) -> mpsc::Receiver<Result<WatchItem>> {
+    /// Operator entries only when `operator` asks for them.
+    pub fn watch(
+        self: &Arc<Self>,
+        from: Revision,
+        operator: bool,
+    ) -> mpsc::Receiver<Result<WatchItem>> {
         let (tx, rx) = mpsc::channel(64);
         let tx = Outbox {
             tx,
             deadline: self.options.watch_send_deadline,
+            operator,
         };
-        let (start, live) = self.feed.subscribe(from);
+        let (start, live) = self.feed.subscribe(from, operator);
         let chunk = self.options.snapshot_chunk.max(1);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -440,8 +478,10 @@ impl Ipam {
                     revision,
                     nodes,
                     services,
+                    operator,
                 } => {
-                    if send_snapshot(&tx, from, revision, nodes, services, chunk)
+                    let state = (nodes, services, operator);
+                    if send_snapshot(&tx, from, revision, state, chunk)
                         .await
                         .is_err()
                     {
@@ -453,7 +493,7 @@ impl Ipam {
                     let mut last = from;
                     for e in events {
                         let revision = e.revision;
-                        if tx.send(WatchItem::Event(e), last).await.is_err() {
+                        if tx.send_event(e, last).await.is_err() {
                             return;
                         }
                         last = revision;
@@ -476,9 +516,24 @@ pub const WATCH_SEND_DEADLINE: Duration = Duration::from_secs(30);
 struct Outbox {
     tx: mpsc::Sender<Result<WatchItem>>,
     deadline: Duration,
+    /// Whether the watcher asked for operator entries.
+    operator: bool,
 }
 
 impl Outbox {
+    /// Queues an event, unless it is one of operator entries the watcher did not ask for (its
+    /// revision still counts as seen).
+    async fn send_event(
+        &self,
+        e: Arc<crate::model::RevisionedEvent>,
+        resume: Revision,
+    ) -> std::result::Result<(), ()> {
+        if !self.operator && matches!(e.event, crate::model::Event::OperatorEntries { .. }) {
+            return Ok(());
+        }
+        self.send(WatchItem::Event(e), resume).await
+    }
+
     /// Queues `item`, waiting at most the deadline for room; otherwise cuts the watcher off with
     /// ABORTED naming `resume`, the revision it has everything through. `Err`: the stream is over.
     async fn send(&self, item: WatchItem, resume: Revision) -> std::result::Result<(), ()> {
@@ -515,17 +570,17 @@ async fn send_snapshot(
     tx: &Outbox,
     asked: Revision,
     revision: Revision,
-    nodes: Vec<Node>,
-    services: Vec<ServiceIp>,
+    (nodes, services, operator): (Vec<Node>, Vec<ServiceIp>, Vec<OperatorEntry>),
     chunk: usize,
 ) -> std::result::Result<(), ()> {
-    let chunks = crate::snapshot::chunks(nodes, services, chunk);
+    let chunks = crate::snapshot::chunks(nodes, services, operator, chunk);
     let count = chunks.len();
     for (i, c) in chunks.into_iter().enumerate() {
         let item = WatchItem::Snapshot {
             revision,
             nodes: c.nodes,
             services: c.services,
+            operator: c.operator,
             first: i == 0,
             last: i + 1 == count,
         };
@@ -555,7 +610,7 @@ async fn forward_live(
             Ok(e) if e.revision <= last => {}
             Ok(e) => {
                 let revision = e.revision;
-                if tx.send(WatchItem::Event(e), last).await.is_err() {
+                if tx.send_event(e, last).await.is_err() {
                     return;
                 }
                 last = revision;

@@ -64,6 +64,76 @@ pub enum Event {
     },
     ServiceIpAssigned(ServiceIp),
     ServiceIpReleased(ServiceIp),
+    /// One write or delete of operator entries; `deleted` carries kind and key, no value.
+    OperatorEntries {
+        put: Vec<OperatorEntry>,
+        deleted: Vec<OperatorKey>,
+    },
+}
+
+/// Another service's operator state that IPAM keeps durable and publishes (`state/operator.rs`):
+/// routeplane-bgp's peers from AddPeer and paths from AnnouncePath. The value is the owner's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorEntry {
+    pub kind: String,
+    pub key: String,
+    pub value: String,
+}
+
+impl OperatorEntry {
+    pub fn new(kind: &str, key: &str, value: &str) -> OperatorEntry {
+        OperatorEntry {
+            kind: kind.into(),
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// An operator entry's name: its kind and its key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OperatorKey {
+    pub kind: String,
+    pub key: String,
+}
+
+/// The longest kind, key and value an operator entry may have.
+pub const MAX_OPERATOR_KIND: usize = 32;
+pub const MAX_OPERATOR_KEY: usize = 256;
+pub const MAX_OPERATOR_VALUE: usize = 16 * 1024;
+
+/// Kinds name what they hold ("bgp-peer"); keys are printable and bounded. They become sled keys
+/// (`o/KIND\0KEY`) and travel in every snapshot, hence the bounds.
+pub fn validate_operator_key(kind: &str, key: &str) -> Result<()> {
+    let kind_ok = !kind.is_empty()
+        && kind.len() <= MAX_OPERATOR_KIND
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !kind_ok {
+        return Err(IpamError::InvalidArgument(format!(
+            "operator entry kind {kind:?} is not valid: use lowercase letters, digits and '-', at most {MAX_OPERATOR_KIND} (e.g. \"bgp-peer\")"
+        )));
+    }
+    if key.is_empty() || key.len() > MAX_OPERATOR_KEY || key.chars().any(char::is_control) {
+        return Err(IpamError::InvalidArgument(format!(
+            "operator entry key {key:?} of kind {kind} is not valid: give a printable key of 1 to {MAX_OPERATOR_KEY} bytes (e.g. a peer address)"
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_operator_entry(e: &OperatorEntry) -> Result<()> {
+    validate_operator_key(&e.kind, &e.key)?;
+    if e.value.len() > MAX_OPERATOR_VALUE {
+        return Err(IpamError::InvalidArgument(format!(
+            "operator entry {}/{}: its value of {} bytes is too large; at most {MAX_OPERATOR_VALUE}",
+            e.kind,
+            e.key,
+            e.value.len()
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,6 +63,9 @@ pub struct Cli {
     /// The most pods (owners of pod IPs) one node may have, whatever the size of its pod CIDR.
     #[arg(long, env = "ROUTEPLANE_MAX_PODS_PER_NODE", default_value_t = crate::state::DEFAULT_MAX_PODS_PER_NODE, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pods_per_node: u32,
+    /// The most operator entries (routeplane-bgp's API peers and paths) IPAM keeps.
+    #[arg(long, env = "ROUTEPLANE_MAX_OPERATOR_ENTRIES", default_value_t = crate::state::DEFAULT_MAX_OPERATOR_ENTRIES as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_operator_entries: u32,
     /// How long a node stays Ready without a KeepAlive from its agent (e.g. 20s, 1m).
     #[arg(long, env = "ROUTEPLANE_LEASE_TTL", default_value = "20s", value_parser = flags::duration_at_least(Duration::from_secs(1)))]
     pub lease_ttl: Duration,
@@ -183,6 +186,8 @@ impl Cli {
                 service_pools: bgp.address_pools,
                 lease_ttl: self.lease_ttl,
                 max_pods_per_node: usize::try_from(self.max_pods_per_node).unwrap_or(usize::MAX),
+                max_operator_entries: usize::try_from(self.max_operator_entries)
+                    .unwrap_or(usize::MAX),
             },
             notes,
         })

@@ -3,10 +3,11 @@
 //! gRPC clients refuse messages over 4 MiB by default (tonic, grpc-go, grpcurl): a snapshot of 500
 //! nodes with Kubernetes-sized label sets passes that, and a client that cannot decode its
 //! snapshot reconnects for ever. So a chunk ends at a count of entries or at [`CHUNK_BYTES`] of
-//! estimated wire size, whichever comes first; nodes come first, then Services. An entry is never
-//! split: one larger than the byte bound travels alone.
+//! estimated wire size, whichever comes first; nodes come first, then Services, then operator
+//! entries (for watchers that asked for them). An entry is never split: one larger than the byte
+//! bound travels alone.
 
-use crate::model::{Node, ServiceIp};
+use crate::model::{Node, OperatorEntry, ServiceIp};
 
 /// The estimated wire size at which a chunk ends: a quarter of the usual 4 MiB limit.
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -16,6 +17,7 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub struct Chunk {
     pub nodes: Vec<Node>,
     pub services: Vec<ServiceIp>,
+    pub operator: Vec<OperatorEntry>,
 }
 
 /// An upper estimate of a node's protobuf size (its fields, their tags and lengths).
@@ -41,10 +43,18 @@ fn service_bytes(s: &ServiceIp) -> usize {
     s.service.len() + s.pool.len() + 43 + 4 * 6
 }
 
+fn operator_bytes(e: &OperatorEntry) -> usize {
+    e.kind.len() + e.key.len() + e.value.len() + 4 * 6
+}
+
 /// The snapshot's chunks: at least one (an empty state is one empty chunk), each with at most
-/// `max_entries` nodes and Services together and, but for an entry that is alone, at most
-/// [`CHUNK_BYTES`] of them.
-pub fn chunks(nodes: Vec<Node>, services: Vec<ServiceIp>, max_entries: usize) -> Vec<Chunk> {
+/// `max_entries` entries and, but for an entry that is alone, at most [`CHUNK_BYTES`] of them.
+pub fn chunks(
+    nodes: Vec<Node>,
+    services: Vec<ServiceIp>,
+    operator: Vec<OperatorEntry>,
+    max_entries: usize,
+) -> Vec<Chunk> {
     let max_entries = max_entries.max(1);
     let mut out = vec![Chunk::default()];
     let mut entries = 0;
@@ -68,6 +78,12 @@ pub fn chunks(nodes: Vec<Node>, services: Vec<ServiceIp>, max_entries: usize) ->
         room(service_bytes(&s), &mut out);
         if let Some(c) = out.last_mut() {
             c.services.push(s);
+        }
+    }
+    for e in operator {
+        room(operator_bytes(&e), &mut out);
+        if let Some(c) = out.last_mut() {
+            c.operator.push(e);
         }
     }
     out
@@ -107,14 +123,14 @@ mod tests {
 
     #[test]
     fn an_empty_state_is_one_empty_chunk() {
-        assert_eq!(chunks(vec![], vec![], 500), vec![Chunk::default()]);
+        assert_eq!(chunks(vec![], vec![], vec![], 500), vec![Chunk::default()]);
     }
 
     #[test]
     fn chunks_end_at_the_entry_count_nodes_first_then_services() {
         let nodes = (0..1_001).map(|i| node(i, 0)).collect();
         let services = (0..600).map(service).collect();
-        let c = chunks(nodes, services, 500);
+        let c = chunks(nodes, services, vec![], 500);
         assert_eq!(
             sizes(&c),
             [(500, 0), (500, 0), (1, 499), (0, 101)],
@@ -124,12 +140,34 @@ mod tests {
     }
 
     #[test]
+    fn operator_entries_come_last_and_end_chunks_by_size_too() {
+        let entry = |i: usize| OperatorEntry {
+            kind: "bgp-path".into(),
+            key: format!("192.0.2.{i}/32"),
+            value: "x".repeat(16 * 1024),
+        };
+        let c = chunks(
+            vec![node(0, 0)],
+            vec![service(0)],
+            (0..100).map(entry).collect(),
+            500,
+        );
+        assert_eq!((c[0].nodes.len(), c[0].services.len()), (1, 1));
+        assert_eq!(c.iter().map(|c| c.operator.len()).sum::<usize>(), 100);
+        assert!(c.len() >= 2, "1.6 MB of entries is more than one chunk");
+        for chunk in &c {
+            let bytes: usize = chunk.operator.iter().map(operator_bytes).sum();
+            assert!(bytes <= CHUNK_BYTES, "{bytes}");
+        }
+    }
+
+    #[test]
     fn chunks_end_before_a_megabyte_so_that_every_client_decodes_them() {
         // About 11 KB a node: 500 of them would be 5.5 MB, past gRPC's 4 MiB default.
         let nodes: Vec<Node> = (0..500).map(|i| node(i, 30)).collect();
         let one = node_bytes(&nodes[0]);
         assert!(one > 10_000, "{one}");
-        let c = chunks(nodes, vec![], 500);
+        let c = chunks(nodes, vec![], vec![], 500);
         assert!(c.len() >= 5, "{:?}", sizes(&c));
         assert_eq!(c.iter().map(|c| c.nodes.len()).sum::<usize>(), 500);
         for chunk in &c {
@@ -142,7 +180,7 @@ mod tests {
     fn an_entry_larger_than_the_bound_travels_alone() {
         let huge = node(0, 4_000);
         assert!(node_bytes(&huge) > CHUNK_BYTES);
-        let c = chunks(vec![node(1, 0), huge, node(2, 0)], vec![], 500);
+        let c = chunks(vec![node(1, 0), huge, node(2, 0)], vec![], vec![], 500);
         assert_eq!(sizes(&c), [(1, 0), (1, 0), (1, 0)]);
     }
 }

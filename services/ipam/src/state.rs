@@ -13,11 +13,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::address_set::AddressSet;
 use crate::error::{IpamError, Result};
-use crate::model::{self, Event, Node, ROUTER_OFFSET, Revision, ServiceIp};
+use crate::model::{
+    self, Event, Node, OperatorEntry, OperatorKey, ROUTER_OFFSET, Revision, ServiceIp,
+};
 use crate::pod_pools::PodPools;
 use crate::service_pools::{ServicePool, ServicePools};
 
+mod operator;
 mod pod_ips;
+pub use operator::{DEFAULT_MAX_OPERATOR_ENTRIES, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 pub use pod_ips::{AgentPod, PodIps, ReportedPod, SyncOutcome};
 
 /// A record to write or delete, in storage-neutral terms.
@@ -45,6 +49,9 @@ pub enum Change {
     PutServiceIp(ServiceIp),
     DeleteServiceIp(String),
     PutPool(PoolRecord),
+    /// Another service's operator state (`state/operator.rs`).
+    PutOperator(OperatorEntry),
+    DeleteOperator(OperatorKey),
 }
 
 /// Runtime pool state that outlives the config file: pools added by AddPoolCidr, and drain flags.
@@ -75,6 +82,7 @@ pub struct Persisted {
     pub pod_syncs: Vec<(String, u64)>,
     pub service_ips: Vec<ServiceIp>,
     pub pools: Vec<PoolRecord>,
+    pub operator: Vec<OperatorEntry>,
 }
 
 /// The default of `--max-pods-per-node`: the most pod owners one node may hold addresses for,
@@ -93,6 +101,8 @@ pub struct CoreConfig {
     pub lease_ttl: Duration,
     /// The most pod owners one node may hold addresses for (`--max-pods-per-node`).
     pub max_pods_per_node: usize,
+    /// The most operator entries held (`--max-operator-entries`).
+    pub max_operator_entries: usize,
 }
 
 /// A pod CIDR pool as ListPools shows it.
@@ -143,6 +153,9 @@ pub struct IpamState {
     revision: Revision,
     lease_ttl: Duration,
     max_pods_per_node: usize,
+    /// Which operator entries exist (their values are in the durable image).
+    operator: BTreeSet<OperatorKey>,
+    max_operator_entries: usize,
 }
 
 /// Offsets a node CIDR never hands to a pod: the network address, the router IP and, for IPv4,
@@ -202,6 +215,16 @@ impl IpamState {
             revision: persisted.revision,
             lease_ttl: config.lease_ttl,
             max_pods_per_node: config.max_pods_per_node,
+            // Restored whatever the cap: lowering it refuses new entries, it loses none.
+            operator: persisted
+                .operator
+                .iter()
+                .map(|e| OperatorKey {
+                    kind: e.kind.clone(),
+                    key: e.key.clone(),
+                })
+                .collect(),
+            max_operator_entries: config.max_operator_entries,
         };
         for node in persisted.nodes {
             for cidr in &node.pod_cidrs {

@@ -5,8 +5,8 @@
 //!
 //! Keys: `m/revision` → u64 BE; `n/NAME` → Node; `p/NODE\0OWNER` → [IpAddr] (AllocatePodIP's) or
 //! {ips, agent} (the node's route agent's); `g/NODE` → the generation of the agent's last applied
-//! report; `s/SERVICE` → ServiceIp; `c/CIDR` → PoolRecord. Values are JSON so that a stored record
-//! can be read with sled's tools.
+//! report; `s/SERVICE` → ServiceIp; `c/CIDR` → PoolRecord; `o/KIND\0KEY` → OperatorEntry. Values
+//! are JSON so that a stored record can be read with sled's tools.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -32,6 +32,10 @@ pub struct Store {
 
 fn pod_key(node: &str, owner: &str) -> Vec<u8> {
     [b"p/", node.as_bytes(), b"\0", owner.as_bytes()].concat()
+}
+
+fn operator_key(kind: &str, key: &str) -> Vec<u8> {
+    [b"o/", kind.as_bytes(), b"\0", key.as_bytes()].concat()
 }
 
 fn key(prefix: &str, name: &str) -> Vec<u8> {
@@ -150,6 +154,10 @@ impl Store {
             let (k, v) = item?;
             p.pools.push(decode::<PoolRecord>(&k, &v)?);
         }
+        for item in self.db.scan_prefix(b"o/") {
+            let (k, v) = item?;
+            p.operator.push(decode(&k, &v)?);
+        }
         Ok(p)
     }
 
@@ -185,6 +193,8 @@ impl Store {
                 Change::PutServiceIp(s) => batch.insert(key("s/", &s.service), json(s)?),
                 Change::DeleteServiceIp(service) => batch.remove(key("s/", service)),
                 Change::PutPool(p) => batch.insert(key("c/", &p.cidr), json(p)?),
+                Change::PutOperator(e) => batch.insert(operator_key(&e.kind, &e.key), json(e)?),
+                Change::DeleteOperator(k) => batch.remove(operator_key(&k.kind, &k.key)),
             }
         }
         batch.insert(REVISION, &m.revision.to_be_bytes());

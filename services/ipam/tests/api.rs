@@ -275,7 +275,10 @@ async fn watch_snapshot_then_live_then_resume_replays_what_was_missed() {
     c.register_node(register("b", "10.4.94.11")).await.unwrap();
 
     let mut w = c
-        .watch(pb::WatchRequest { from_revision: 0 })
+        .watch(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -328,6 +331,7 @@ async fn watch_snapshot_then_live_then_resume_replays_what_was_missed() {
     let mut w = c
         .watch(pb::WatchRequest {
             from_revision: live.revision,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -348,6 +352,7 @@ async fn watch_snapshot_then_live_then_resume_replays_what_was_missed() {
     let mut w = c
         .watch(pb::WatchRequest {
             from_revision: 1_000_000,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -378,7 +383,10 @@ async fn a_watcher_that_falls_behind_is_cut_off_and_resumes_without_a_gap() {
         .await
         .unwrap();
     let mut w = pb::ipam_client::IpamClient::new(small)
-        .watch(pb::WatchRequest { from_revision: 0 })
+        .watch(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -432,6 +440,7 @@ async fn a_watcher_that_falls_behind_is_cut_off_and_resumes_without_a_gap() {
     let mut w = c
         .watch(pb::WatchRequest {
             from_revision: resume,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -456,6 +465,7 @@ async fn lease_expiry_marks_not_ready_and_keepalive_revives() {
     let mut w = c
         .watch(pb::WatchRequest {
             from_revision: n.revision,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -602,7 +612,10 @@ async fn sigterm_with_an_open_watch_stops_cleanly_and_state_survives() {
         .into_inner();
     assert_eq!(pod.ips, vec!["10.5.112.2"], "the router IP .1 is reserved");
     let mut w = c
-        .watch(pb::WatchRequest { from_revision: 0 })
+        .watch(pb::WatchRequest {
+            from_revision: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

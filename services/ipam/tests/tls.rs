@@ -194,6 +194,64 @@ fn each_identity_may_do_what_its_role_allows_and_a_refusal_names_it_and_the_meth
     );
 }
 
+/// Operator entries hold routeplane-bgp's API peers, TCP-MD5 passwords included: routeplane-bgp
+/// and operators read and write them, no other identity sees them — not even on Watch.
+#[test]
+fn operator_entries_are_routeplane_bgps_and_the_operators_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("tls"), &IDS);
+    let server = start(&certs, &dir.path().join("data"));
+    let addr = server.grpc;
+    let put = r#"{"entries": [{"kind": "bgp-peer", "key": "10.4.36.239", "value": "{\"password\": \"s3cret\"}"}], "createOnly": true}"#;
+    let stored = call(
+        &certs,
+        Some("bgp/bgp"),
+        addr,
+        &ipam("PutOperatorEntries"),
+        put,
+    )
+    .unwrap();
+    assert_eq!(stored["changed"], "1", "{stored}");
+    let again = call(
+        &certs,
+        Some("bgp/bgp"),
+        addr,
+        &ipam("PutOperatorEntries"),
+        put,
+    )
+    .unwrap_err();
+    assert!(
+        again.contains("AlreadyExists") && again.contains("bgp-peer/10.4.36.239 already exists"),
+        "{again}"
+    );
+    let listed = call(
+        &certs,
+        Some("operator/admin"),
+        addr,
+        &ipam("ListOperatorEntries"),
+        r#"{"kind": "bgp-peer"}"#,
+    )
+    .unwrap();
+    assert_eq!(listed["entries"][0]["key"], "10.4.36.239", "{listed}");
+    for id in ["agent/node-1", "reader/dashboard", "ipam/ipam"] {
+        for (method, body) in [
+            ("ListOperatorEntries", "{}"),
+            ("PutOperatorEntries", put),
+            ("Watch", r#"{"operatorEntries": true}"#),
+        ] {
+            let refused = call(&certs, Some(id), addr, &ipam(method), body).unwrap_err();
+            assert!(
+                refused.contains("PermissionDenied")
+                    && refused.contains("routeplane-bgp's identity (spiffe://<trust domain>/bgp/<name>) or an operator's"),
+                "{id} {method}: {refused}"
+            );
+            // What the server said (the harness's message repeats the request).
+            let said = refused.split("ERROR:").nth(1).unwrap_or(&refused);
+            assert!(!said.contains("s3cret"), "{refused}");
+        }
+    }
+}
+
 #[test]
 fn certificates_a_client_cannot_be_trusted_with_are_refused_at_the_handshake() {
     let dir = tempfile::tempdir().unwrap();

@@ -429,6 +429,7 @@ async fn follow(
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),
         m.dialer.clone(),
+        routeplane_watch::Follow::Allocations,
         tx,
         m.feed.clone(),
         shutdown.clone(),

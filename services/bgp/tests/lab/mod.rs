@@ -33,6 +33,9 @@ pub struct Lab {
     bgp_args: Vec<String>,
     /// How many times routeplane-bgp was started: its logs are bgp.log, bgp2.log…
     bgp_starts: usize,
+    /// Where routeplane-ipam's gRPC listens: loopback, or every address once
+    /// [`Lab::share_ipam`] lets replicas in other namespaces reach it.
+    ipam_listen: &'static str,
 }
 
 pub const SPEAKER_IP: &str = "10.4.36.10";
@@ -70,6 +73,7 @@ impl Lab {
             services: Vec::new(),
             bgp_args: Vec::new(),
             bgp_starts: 0,
+            ipam_listen: "127.0.0.1:50051",
         };
         lab.add_router_with(ROUTER_IP, Some(ROUTER_IP6));
         lab
@@ -304,18 +308,31 @@ impl Lab {
             "--bgp-config",
             &cfg,
             "--grpc-listen",
-            "127.0.0.1:50051",
+            self.ipam_listen,
             "--metrics-listen",
             "127.0.0.1:9951",
         ];
+        if self.ipam_listen != "127.0.0.1:50051" {
+            args.push("--insecure");
+        }
         args.extend(ipam_args);
         self.spawn("ipam", &speaker, &bin("routeplane-ipam"), &args);
-        let listen = format!("{SPEAKER_IP}:179");
-        let mut args = vec![
+        let mut args = Lab::bgp_args_at(SPEAKER_IP, &cfg);
+        args.extend(bgp_args.iter().map(|a| a.to_string()));
+        self.bgp_args = args;
+        self.start_bgp_again();
+        self.wait_serving(50051, "ipam");
+    }
+
+    /// routeplane-bgp's arguments for a speaker at `ip` (its router ID, BGP on port 179 there),
+    /// its API on 127.0.0.1:50052 and metrics on :9952 of its namespace.
+    fn bgp_args_at(ip: &str, bgp_config: &str) -> Vec<String> {
+        let listen = format!("{ip}:179");
+        [
             "--bgp-config",
-            &cfg,
+            bgp_config,
             "--router-id",
-            SPEAKER_IP,
+            ip,
             "--bgp-listen",
             &listen,
             "--connect-retry",
@@ -324,11 +341,52 @@ impl Lab {
             "127.0.0.1:50052",
             "--metrics-listen",
             "127.0.0.1:9952",
-        ];
-        args.extend(bgp_args);
-        self.bgp_args = args.iter().map(|a| a.to_string()).collect();
-        self.start_bgp_again();
-        self.wait_serving(50051, "ipam");
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// routeplane-ipam, once started, answers on 10.4.36.10:50051 too (plaintext: `--insecure`),
+    /// for routeplane-bgp replicas in other namespaces on the core segment.
+    pub fn share_ipam(&mut self) {
+        self.ipam_listen = "0.0.0.0:50051";
+    }
+
+    /// A second routeplane-bgp replica in a namespace of its own on the core segment, at `ip`,
+    /// following the shared IPAM ([`Lab::share_ipam`]) with the same bgp-config; its log is
+    /// "replica". Returns the namespace's name, for [`Lab::grpc_in`].
+    pub fn start_replica(&mut self, ip: &str, extra: &[&str]) -> String {
+        let index = self.add_router(ip);
+        let ns = self.routers[index].ns.name().to_string();
+        let cfg = self.path("bgp-config.yaml").to_str().unwrap().to_string();
+        let mut args = Lab::bgp_args_at(ip, &cfg);
+        let ipam = format!("http://{SPEAKER_IP}:50051");
+        args.extend(["--ipam", &ipam, "--insecure"].map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn("replica", &ns, &bin("routeplane-bgp"), &args);
+        self.wait_for("the replica answers", Duration::from_secs(20), || {
+            routeplane_testkit::grpcurl(
+                Some(&ns),
+                "127.0.0.1:50052",
+                "grpc.health.v1.Health/Check",
+                "{}",
+            )
+            .is_ok_and(|v| v["status"] == "SERVING")
+        });
+        ns
+    }
+
+    /// grpcurl to 127.0.0.1:`port` inside namespace `ns`; panics (with the logs) on failure.
+    pub fn grpc_in(&self, ns: &str, port: u16, method: &str, body: &str) -> serde_json::Value {
+        let addr = format!("127.0.0.1:{port}");
+        routeplane_testkit::grpcurl(Some(ns), &addr, method, body).unwrap_or_else(|e| {
+            panic!(
+                "{e}\nbgp.log:\n{}\nreplica log:\n{}",
+                self.log(&self.bgp_name()),
+                self.log("replica")
+            )
+        })
     }
 
     /// SIGTERM to routeplane-ipam, waiting (bounded) until it has exited.
@@ -446,10 +504,11 @@ impl Lab {
                 })
                 .collect();
             panic!(
-                "{}\n{routers}\nbgp log:\n{}\nipam log:\n{}",
+                "{}\n{routers}\nbgp log:\n{}\nipam log:\n{}\nreplica log (if any):\n{}",
                 e.downcast_ref::<String>().cloned().unwrap_or_default(),
                 self.log(&self.bgp_name()),
-                self.log("ipam")
+                self.log("ipam"),
+                self.log("replica")
             );
         }
     }

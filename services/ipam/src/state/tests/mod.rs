@@ -16,7 +16,19 @@ fn config(values: &str, lb: &str) -> CoreConfig {
             .address_pools,
         lease_ttl: Duration::from_secs(10),
         max_pods_per_node: DEFAULT_MAX_PODS_PER_NODE as usize,
+        max_operator_entries: DEFAULT_MAX_OPERATOR_ENTRIES,
     }
+}
+
+/// The seed's core with room for `max_operator_entries` operator entries.
+pub(super) fn core_with(max_operator_entries: usize) -> IpamState {
+    let config = CoreConfig {
+        max_operator_entries,
+        ..config(SEED_VALUES, LB)
+    };
+    IpamState::restore(config, Persisted::default(), Instant::now())
+        .unwrap()
+        .0
 }
 
 const LB: &str = "address-pools:\n- {name: default, protocol: bgp, addresses: [10.5.120.0/21]}\n";
@@ -54,70 +66,25 @@ fn register(s: &mut IpamState, name: &str, addr: &str) -> Node {
         .0
 }
 
-/// Folds mutations into what a store would hold, as sled does in store.rs.
+/// Folds mutations into what a store would hold: the durable image, which applies changes as
+/// sled does in store.rs (`image.rs` tests that they agree).
 #[derive(Default)]
-struct MemStore {
-    revision: Revision,
-    nodes: BTreeMap<String, Node>,
-    pods: BTreeMap<(String, String), PodIps>,
-    syncs: BTreeMap<String, u64>,
-    services: BTreeMap<String, ServiceIp>,
-    pools: BTreeMap<String, PoolRecord>,
-}
+struct MemStore(crate::image::DurableImage);
 
 impl MemStore {
     fn apply(&mut self, m: &Mutation) {
-        assert!(m.revision > self.revision, "revisions strictly increase");
-        self.revision = m.revision;
+        assert!(
+            m.revision > self.0.revision(),
+            "revisions strictly increase"
+        );
         for c in &m.changes {
-            match c.clone() {
-                Change::PutNode(n) => {
-                    self.nodes.insert(n.name.clone(), n);
-                }
-                Change::DeleteNode(n) => {
-                    self.nodes.remove(&n);
-                    self.syncs.remove(&n);
-                }
-                Change::PutPodIps {
-                    node,
-                    owner,
-                    ips,
-                    agent,
-                } => {
-                    self.pods.insert((node, owner), PodIps { ips, agent });
-                }
-                Change::PutPodSync { node, generation } => {
-                    self.syncs.insert(node, generation);
-                }
-                Change::DeletePodIps { node, owner } => {
-                    self.pods.remove(&(node, owner));
-                }
-                Change::PutServiceIp(s) => {
-                    self.services.insert(s.service.clone(), s);
-                }
-                Change::DeleteServiceIp(s) => {
-                    self.services.remove(&s);
-                }
-                Change::PutPool(p) => {
-                    self.pools.insert(p.cidr.clone(), p);
-                }
-            }
+            self.0.apply(c);
         }
+        self.0.set_revision(m.revision);
     }
 
     fn persisted(&self) -> Persisted {
-        Persisted {
-            revision: self.revision,
-            nodes: self.nodes.values().cloned().collect(),
-            pod_ips: self
-                .pods
-                .iter()
-                .map(|((n, o), ips)| (n.clone(), o.clone(), ips.clone()))
-                .collect(),
-            pod_syncs: self.syncs.clone().into_iter().collect(),
-            service_ips: self.services.values().cloned().collect(),
-            pools: self.pools.values().cloned().collect(),
-        }
+        self.0.to_persisted()
     }
 }
 
