@@ -38,6 +38,10 @@ pub struct AgentState {
     pub alloc: Option<NodeAllocation>,
     pub nodes: BTreeMap<String, FeedNode>,
     pub ipam_connected: bool,
+    /// Since when the IPAM feed is lost (or was never had), while it is.
+    pub ipam_disconnected_since: Option<std::time::SystemTime>,
+    /// How many times a connected IPAM feed was lost.
+    pub ipam_disconnects: u64,
     pub synced: bool,
     pub installed: Vec<Route>,
     pub connected: Vec<Connected>,
@@ -63,6 +67,21 @@ pub type Shared = Arc<std::sync::Mutex<AgentState>>;
 
 pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, AgentState> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The feed connected or lost: a partition shows as the time it began and a count, besides the
+/// flag. The watch crate reports every failed attempt as lost; only the first counts.
+fn feed_connected(s: &mut AgentState, connected: bool, now: std::time::SystemTime) {
+    if connected {
+        s.ipam_disconnected_since = None;
+    } else {
+        if s.ipam_connected {
+            s.ipam_disconnects += 1;
+            tracing::warn!("the IPAM feed is lost: routes stay as they are until it is back");
+        }
+        s.ipam_disconnected_since.get_or_insert(now);
+    }
+    s.ipam_connected = connected;
 }
 
 fn peer(n: &FeedNode) -> PeerNode {
@@ -462,7 +481,7 @@ async fn follow(
                         s.nodes.remove(&n);
                     }
                     Some(FeedEvent::Connected(c)) => {
-                        s.ipam_connected = c;
+                        feed_connected(&mut s, c, std::time::SystemTime::now());
                         continue;
                     }
                     Some(_) => continue,
@@ -510,4 +529,35 @@ fn claimed_elsewhere(s: &AgentState) -> Option<String> {
         .filter(|n| n.name != s.node)
         .find(|n| n.pod_cidrs.iter().any(|c| mine.pod_cidrs.contains(c)))
         .map(|n| n.name.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_lost_feed_is_reported_from_when_it_went_and_counted_once() {
+        let mut s = AgentState::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        feed_connected(&mut s, false, t0);
+        assert_eq!(
+            (s.ipam_disconnected_since, s.ipam_disconnects),
+            (Some(t0), 0),
+            "never had"
+        );
+        feed_connected(&mut s, true, t0 + Duration::from_secs(1));
+        assert_eq!((s.ipam_connected, s.ipam_disconnected_since), (true, None));
+        let lost = t0 + Duration::from_secs(10);
+        for retry in 0..3 {
+            feed_connected(&mut s, false, lost + Duration::from_secs(retry * 5));
+        }
+        assert_eq!(
+            (s.ipam_disconnected_since, s.ipam_disconnects),
+            (Some(lost), 1)
+        );
+        feed_connected(&mut s, true, lost + Duration::from_secs(60));
+        feed_connected(&mut s, false, lost + Duration::from_secs(70));
+        assert_eq!(s.ipam_disconnects, 2);
+    }
 }

@@ -68,6 +68,8 @@ impl pb::agent_server::Agent for AgentGrpc {
             pod_cidrs,
             router_ips,
             ipam_connected: s.ipam_connected,
+            ipam_disconnected_since: s.ipam_disconnected_since.map(rfc3339).unwrap_or_default(),
+            ipam_disconnects: s.ipam_disconnects,
             synced: s.synced,
             routes_installed: s.installed.len() as u32,
             last_reconcile: s.last_reconcile.map(rfc3339).unwrap_or_default(),

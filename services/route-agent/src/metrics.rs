@@ -35,17 +35,28 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::
 
 impl Collector for AgentCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (routes, connected, synced, reconciles, errors, seconds, ebpf, ebpf_routes) = {
+        let (
+            partition,
+            (routes, connected, synced, reconciles, errors, seconds, ebpf, ebpf_routes),
+        ) = {
             let s = lock(&self.0);
+            // How long the feed has been lost (0 while connected), and how often it was.
+            let lost_for = s
+                .ipam_disconnected_since
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0.0, |d| d.as_secs_f64());
             (
-                s.installed.len() as i64,
-                s.ipam_connected,
-                s.synced,
-                s.reconciles,
-                s.reconcile_errors,
-                s.reconcile_seconds,
-                s.ebpf_counters,
-                s.ebpf_routes.len() as i64,
+                (lost_for, s.ipam_disconnects),
+                (
+                    s.installed.len() as i64,
+                    s.ipam_connected,
+                    s.synced,
+                    s.reconciles,
+                    s.reconcile_errors,
+                    s.reconcile_seconds,
+                    s.ebpf_counters,
+                    s.ebpf_routes.len() as i64,
+                ),
             )
         };
         gauge(
@@ -60,6 +71,20 @@ impl Collector for AgentCollector {
             "1 while the IPAM Watch feed is connected",
             i64::from(connected),
         )?;
+        let g = ConstGauge::new(partition.0);
+        g.encode(e.encode_descriptor(
+            "routeplane_agent_ipam_disconnected_seconds",
+            "How long the IPAM Watch feed has been lost (a partition, IPAM down); 0 while connected",
+            None,
+            g.metric_type(),
+        )?)?;
+        let c = ConstCounter::new(partition.1);
+        c.encode(e.encode_descriptor(
+            "routeplane_agent_ipam_disconnects",
+            "Times a connected IPAM Watch feed was lost",
+            None,
+            c.metric_type(),
+        )?)?;
         gauge(
             &mut e,
             "routeplane_agent_synced",
