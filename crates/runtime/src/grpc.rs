@@ -30,6 +30,12 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// what a vanished watcher held.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most streams (calls in progress) one HTTP/2 connection may have open at once, as nginx's
+/// `http2_max_concurrent_streams`: a client past it waits for one of its calls to end (HTTP/2
+/// clients queue them, RFC 9113 §5.1.2), so one connection cannot hold an unbounded number of
+/// Watch streams and their tasks. Each agent and routeplane-bgp uses a handful.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// How long a client has to finish its TLS handshake before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -265,6 +271,7 @@ where
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .layer(gate)
         // One span per call, named after the method: what the logs nest under and OTLP exports.
         .trace_fn(|req| {

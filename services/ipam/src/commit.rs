@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use std::time::Instant;
 
@@ -22,7 +22,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::error::{IpamError, Result};
 use crate::image::DurableImage;
-use crate::model::{Node, OperatorEntry, Revision, RevisionedEvent, ServiceIp};
+use crate::model::{Revision, RevisionedEvent};
+use crate::snapshot::SnapshotState;
 use crate::state::{Mutation, Persisted};
 use crate::wal::{self, Wal, WalRecord};
 
@@ -69,15 +70,16 @@ struct FeedInner {
     capacity: usize,
     /// Every record as of `revision`: what snapshots and reads are cut from.
     image: DurableImage,
+    /// The last snapshot state handed out, while a watcher still holds it: the next watcher
+    /// starting at the same revision shares it.
+    snapshot: Option<(Revision, Weak<SnapshotState>)>,
 }
 
 /// Where a new watcher starts.
 pub enum WatchStart {
     Snapshot {
         revision: Revision,
-        nodes: Vec<Node>,
-        services: Vec<ServiceIp>,
-        operator: Vec<OperatorEntry>,
+        state: Arc<SnapshotState>,
     },
     Replay(Vec<Arc<RevisionedEvent>>),
 }
@@ -92,6 +94,7 @@ impl Feed {
                 history: VecDeque::new(),
                 capacity: history.max(1),
                 image: DurableImage::new(persisted),
+                snapshot: None,
             }),
             live: broadcast::channel(live_buffer.max(1)).0,
         }
@@ -102,14 +105,13 @@ impl Feed {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes and decides, atomically with publication, where the watcher starts; a snapshot
-    /// holds operator entries when `operator` asks for them.
+    /// Subscribes and decides, atomically with publication, where the watcher starts. A snapshot's
+    /// state holds every operator entry: the watcher's sender leaves them out unless asked for.
     pub fn subscribe(
         &self,
         from: Revision,
-        operator: bool,
     ) -> (WatchStart, broadcast::Receiver<Arc<RevisionedEvent>>) {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let rx = self.live.subscribe();
         let replayable = from != 0 && from >= inner.horizon && from <= inner.revision;
         let start = if replayable {
@@ -122,16 +124,22 @@ impl Feed {
                     .collect(),
             )
         } else {
-            WatchStart::Snapshot {
-                revision: inner.revision,
-                nodes: inner.image.nodes().cloned().collect(),
-                services: inner.image.services().cloned().collect(),
-                operator: if operator {
-                    inner.image.operator_entries("").collect()
-                } else {
-                    Vec::new()
-                },
-            }
+            let revision = inner.revision;
+            let shared = inner
+                .snapshot
+                .as_ref()
+                .filter(|(r, _)| *r == revision)
+                .and_then(|(_, state)| state.upgrade());
+            let state = shared.unwrap_or_else(|| {
+                let state = Arc::new(SnapshotState {
+                    nodes: inner.image.nodes().cloned().collect(),
+                    services: inner.image.services().cloned().collect(),
+                    operator: inner.image.operator_entries("").collect(),
+                });
+                inner.snapshot = Some((revision, Arc::downgrade(&state)));
+                state
+            });
+            WatchStart::Snapshot { revision, state }
         };
         (start, rx)
     }
@@ -341,7 +349,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::materialize::{Checkpoints, MATERIALIZE_BACKLOG, run_materializer};
-    use crate::model::Event;
+    use crate::model::{Event, Node};
     use crate::store::Store;
 
     fn node(name: &str, revision: Revision) -> RevisionedEvent {
@@ -363,24 +371,48 @@ pub(crate) mod tests {
         let feed = Feed::new(&at(10), 2, 16);
         feed.publish(11, &mut [named("a", 11)]);
         feed.publish(13, &mut [named("b", 13)]); // 12 was a pod IP: no event
-        assert!(matches!(feed.subscribe(10, false).0, WatchStart::Replay(v) if v.len() == 2));
+        assert!(matches!(feed.subscribe(10).0, WatchStart::Replay(v) if v.len() == 2));
         assert!(
-            matches!(feed.subscribe(11, false).0, WatchStart::Replay(v) if v.len() == 1 && v[0].revision == 13)
+            matches!(feed.subscribe(11).0, WatchStart::Replay(v) if v.len() == 1 && v[0].revision == 13)
         );
-        assert!(matches!(feed.subscribe(13, false).0, WatchStart::Replay(v) if v.is_empty()));
+        assert!(matches!(feed.subscribe(13).0, WatchStart::Replay(v) if v.is_empty()));
         feed.publish(14, &mut [named("c", 14)]); // history holds 2: revision 11 falls out
         assert!(
-            matches!(feed.subscribe(10, false).0, WatchStart::Snapshot { .. }),
+            matches!(feed.subscribe(10).0, WatchStart::Snapshot { .. }),
             "too old"
         );
-        assert!(matches!(feed.subscribe(11, false).0, WatchStart::Replay(v) if v.len() == 2));
+        assert!(matches!(feed.subscribe(11).0, WatchStart::Replay(v) if v.len() == 2));
         assert!(
-            matches!(feed.subscribe(0, false).0, WatchStart::Snapshot { revision: 14, ref nodes, .. } if nodes.len() == 3)
+            matches!(feed.subscribe(0).0, WatchStart::Snapshot { revision: 14, ref state } if state.nodes.len() == 3)
         );
         assert!(
-            matches!(feed.subscribe(99, false).0, WatchStart::Snapshot { .. }),
+            matches!(feed.subscribe(99).0, WatchStart::Snapshot { .. }),
             "ahead of the server: start over"
         );
+    }
+
+    #[test]
+    fn watchers_starting_at_one_revision_share_one_snapshot_state() {
+        let feed = Feed::new(&at(10), 2, 16);
+        feed.publish(11, &mut [named("a", 11)]);
+        let state = |start: WatchStart| match start {
+            WatchStart::Snapshot { state, .. } => state,
+            WatchStart::Replay(_) => panic!("a snapshot was asked for"),
+        };
+        let first = state(feed.subscribe(0).0);
+        let second = state(feed.subscribe(0).0);
+        assert!(Arc::ptr_eq(&first, &second));
+        feed.publish(12, &mut [named("b", 12)]);
+        let third = state(feed.subscribe(0).0);
+        assert!(
+            !Arc::ptr_eq(&first, &third),
+            "a newer revision, a new state"
+        );
+        assert_eq!(third.nodes.len(), 2);
+        // Once no watcher holds it, the feed does not either.
+        let weak = Arc::downgrade(&third);
+        drop(third);
+        assert!(weak.upgrade().is_none());
     }
 
     fn at(revision: Revision) -> Persisted {
@@ -416,7 +448,7 @@ pub(crate) mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
         let (ctx, crx) = watch::channel(0);
-        let (_, mut live) = feed.subscribe(0, false);
+        let (_, mut live) = feed.subscribe(0);
         let mut waits = Vec::new();
         for r in 1..=50 {
             let (done, wait) = oneshot::channel();

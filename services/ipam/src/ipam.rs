@@ -51,7 +51,8 @@ impl Default for IpamOptions {
             watch_history: 10_000,
             watch_buffer: 4096,
             watch_send_deadline: WATCH_SEND_DEADLINE,
-            snapshot_chunk: 500,
+            // Small enough that what a watcher holds unsent stays small (see `watch`).
+            snapshot_chunk: 100,
             checkpoints: crate::materialize::Checkpoints::default(),
             log_segment_bytes: crate::wal::SEGMENT_BYTES,
         }
@@ -463,25 +464,21 @@ impl Ipam {
         from: Revision,
         operator: bool,
     ) -> mpsc::Receiver<Result<WatchItem>> {
-        let (tx, rx) = mpsc::channel(64);
+        // Room for one item and the status kept for the end (`Outbox::send` waits for both): a
+        // watcher that does not read holds one message here, whatever the size of the state.
+        let (tx, rx) = mpsc::channel(2);
         let tx = Outbox {
             tx,
             deadline: self.options.watch_send_deadline,
             operator,
         };
-        let (start, live) = self.feed.subscribe(from, operator);
+        let (start, live) = self.feed.subscribe(from);
         let chunk = self.options.snapshot_chunk.max(1);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let last = match start {
-                WatchStart::Snapshot {
-                    revision,
-                    nodes,
-                    services,
-                    operator,
-                } => {
-                    let state = (nodes, services, operator);
-                    if send_snapshot(&tx, from, revision, state, chunk)
+                WatchStart::Snapshot { revision, state } => {
+                    if send_snapshot(&tx, from, revision, &state, chunk)
                         .await
                         .is_err()
                     {
@@ -566,16 +563,19 @@ impl Outbox {
     }
 }
 
+/// Sends the snapshot a chunk at a time, each copied out of the shared state only when there is
+/// room for it.
 async fn send_snapshot(
     tx: &Outbox,
     asked: Revision,
     revision: Revision,
-    (nodes, services, operator): (Vec<Node>, Vec<ServiceIp>, Vec<OperatorEntry>),
+    state: &crate::snapshot::SnapshotState,
     chunk: usize,
 ) -> std::result::Result<(), ()> {
-    let chunks = crate::snapshot::chunks(nodes, services, operator, chunk);
-    let count = chunks.len();
-    for (i, c) in chunks.into_iter().enumerate() {
+    let plan = state.plan(tx.operator, chunk);
+    let count = plan.len();
+    for (i, p) in plan.iter().enumerate() {
+        let c = state.chunk(p);
         let item = WatchItem::Snapshot {
             revision,
             nodes: c.nodes,

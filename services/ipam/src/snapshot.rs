@@ -7,6 +7,8 @@
 //! entries (for watchers that asked for them). An entry is never split: one larger than the byte
 //! bound travels alone.
 
+use std::ops::Range;
+
 use crate::model::{Node, OperatorEntry, ServiceIp};
 
 /// The estimated wire size at which a chunk ends: a quarter of the usual 4 MiB limit.
@@ -47,52 +49,103 @@ fn operator_bytes(e: &OperatorEntry) -> usize {
     e.kind.len() + e.key.len() + e.value.len() + 4 * 6
 }
 
-/// The snapshot's chunks: at least one (an empty state is one empty chunk), each with at most
-/// `max_entries` entries and, but for an entry that is alone, at most [`CHUNK_BYTES`] of them.
-pub fn chunks(
-    nodes: Vec<Node>,
-    services: Vec<ServiceIp>,
-    operator: Vec<OperatorEntry>,
-    max_entries: usize,
-) -> Vec<Chunk> {
-    let max_entries = max_entries.max(1);
-    let mut out = vec![Chunk::default()];
-    let mut entries = 0;
-    let mut bytes = 0;
-    let mut room = |size: usize, out: &mut Vec<Chunk>| {
-        if entries > 0 && (entries == max_entries || bytes + size > CHUNK_BYTES) {
-            out.push(Chunk::default());
-            entries = 0;
-            bytes = 0;
+/// The state a snapshot is cut from, as of one revision: shared by every watcher that starts at
+/// that revision, so that a hundred watchers starting together hold one copy, not a hundred.
+#[derive(Debug, Default)]
+pub struct SnapshotState {
+    pub nodes: Vec<Node>,
+    pub services: Vec<ServiceIp>,
+    /// Every operator entry; sent only to watchers that asked for them.
+    pub operator: Vec<OperatorEntry>,
+}
+
+/// Which entries of a [`SnapshotState`] one chunk carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub nodes: Range<usize>,
+    pub services: Range<usize>,
+    pub operator: Range<usize>,
+}
+
+impl SnapshotState {
+    /// The chunks of a snapshot, as ranges: at least one (an empty state is one empty chunk),
+    /// each with at most `max_entries` entries and, but for an entry that is alone, at most
+    /// [`CHUNK_BYTES`] of them. Operator entries only `with_operator`.
+    pub fn plan(&self, with_operator: bool, max_entries: usize) -> Vec<Plan> {
+        let max_entries = max_entries.max(1);
+        let mut out = vec![Plan::default()];
+        let (mut entries, mut bytes) = (0, 0);
+        // Starts a new chunk where this entry does not fit; returns the chunk it goes in.
+        let mut room = |size: usize, out: &mut Vec<Plan>| {
+            if entries > 0 && (entries == max_entries || bytes + size > CHUNK_BYTES) {
+                let last = out.last().cloned().unwrap_or_default();
+                out.push(Plan {
+                    nodes: last.nodes.end..last.nodes.end,
+                    services: last.services.end..last.services.end,
+                    operator: last.operator.end..last.operator.end,
+                });
+                entries = 0;
+                bytes = 0;
+            }
+            entries += 1;
+            bytes += size;
+            out.len() - 1
+        };
+        for n in &self.nodes {
+            let i = room(node_bytes(n), &mut out);
+            out[i].nodes.end += 1;
         }
-        entries += 1;
-        bytes += size;
-    };
-    for n in nodes {
-        room(node_bytes(&n), &mut out);
-        if let Some(c) = out.last_mut() {
-            c.nodes.push(n);
+        for s in &self.services {
+            let i = room(service_bytes(s), &mut out);
+            out[i].services.end += 1;
+        }
+        let operator: &[OperatorEntry] = if with_operator { &self.operator } else { &[] };
+        for e in operator {
+            let i = room(operator_bytes(e), &mut out);
+            out[i].operator.end += 1;
+        }
+        // Every chunk starts where the one before ends, in each list.
+        for i in 1..out.len() {
+            out[i].nodes.start = out[i - 1].nodes.end;
+            out[i].services.start = out[i - 1].services.end;
+            out[i].operator.start = out[i - 1].operator.end;
+        }
+        out
+    }
+
+    /// One chunk's entries, copied out of the shared state only when it is sent.
+    pub fn chunk(&self, plan: &Plan) -> Chunk {
+        Chunk {
+            nodes: self.nodes[plan.nodes.clone()].to_vec(),
+            services: self.services[plan.services.clone()].to_vec(),
+            operator: self.operator[plan.operator.clone()].to_vec(),
         }
     }
-    for s in services {
-        room(service_bytes(&s), &mut out);
-        if let Some(c) = out.last_mut() {
-            c.services.push(s);
-        }
-    }
-    for e in operator {
-        room(operator_bytes(&e), &mut out);
-        if let Some(c) = out.last_mut() {
-            c.operator.push(e);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// Every chunk of a state, operator entries included.
+    fn chunks(
+        nodes: Vec<Node>,
+        services: Vec<ServiceIp>,
+        operator: Vec<OperatorEntry>,
+        max_entries: usize,
+    ) -> Vec<Chunk> {
+        let state = SnapshotState {
+            nodes,
+            services,
+            operator,
+        };
+        state
+            .plan(true, max_entries)
+            .iter()
+            .map(|p| state.chunk(p))
+            .collect()
+    }
 
     fn node(i: usize, labels: usize) -> Node {
         Node {

@@ -97,6 +97,11 @@ impl Server {
         self.process.pid()
     }
 
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.process.rss_kib()
+    }
+
     /// Sends a signal (`"-STOP"`, `"-CONT"`…).
     pub fn signal(&self, signal: &str) {
         self.process.signal(signal);
