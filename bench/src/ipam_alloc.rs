@@ -1,7 +1,9 @@
 //! Pod-IP allocation throughput and latency of routeplane-ipam, durable and with flushing off, and
 //! durable over mutual TLS 1.3 (certificates from scripts/certs), at several concurrencies, beside
 //! the CNI host-local IPAM plugin (what a plain-CNI cluster uses for per-node pod IPs) doing the
-//! same allocations in the same run; and the cost of a new connection with and without TLS. Each
+//! same allocations in the same run, and the ceiling they are measured against (issue #14): a
+//! unary call that does nothing — grpc.health.v1 Check — through the same server, client and
+//! concurrency; and the cost of a new connection with and without TLS. Each
 //! round measures every tool at every concurrency in turn, each cell after the same 300 ms of
 //! unmeasured warm-up and after the previous routeplane cell's sled caught up with its log (timed:
 //! the "sled after s" column); the table shows each cell's median over the rounds. Prints a table;
@@ -27,6 +29,8 @@ use routeplane_runtime::tls::{Security, Tls, TlsFiles};
 use routeplane_testkit::Service;
 use routeplane_testkit::certs::Certs;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +71,19 @@ struct Args {
 }
 
 const NODES: usize = 64;
+
+/// What the callers of a cell call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// AllocatePodIp: the figure.
+    Allocate,
+    /// grpc.health.v1 Check on the same server, through the same layers (authorization, rate
+    /// limit, tracing): the most unary calls the stack answers when the call itself costs nothing.
+    NoOp,
+}
+
+/// The ceiling's row in the table.
+const NO_OP: &str = "no-op unary (health Check)";
 
 struct Cell {
     tool: String,
@@ -370,7 +387,13 @@ struct Summary {
     rounds: usize,
 }
 
-async fn run_ipam_cell(server: &Server, concurrency: usize, seconds: f64, round: usize) -> Cell {
+async fn run_ipam_cell(
+    server: &Server,
+    call: Call,
+    concurrency: usize,
+    seconds: f64,
+    round: usize,
+) -> Cell {
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
         for _ in 0..concurrency.min(16) {
@@ -381,19 +404,31 @@ async fn run_ipam_cell(server: &Server, concurrency: usize, seconds: f64, round:
     let run = |measure: Duration, tag: &'static str| {
         let tasks: Vec<_> = (0..concurrency)
             .map(|t| {
-                let mut client = IpamClient::new(channels[t % channels.len()].clone());
+                let channel = channels[t % channels.len()].clone();
+                let mut client = IpamClient::new(channel.clone());
+                let mut health = HealthClient::new(channel);
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let deadline = Instant::now() + measure;
                     let mut i = 0u64;
                     while Instant::now() < deadline {
-                        let req = pb::AllocatePodIpRequest {
-                            node: format!("node-{}", (t + i as usize) % NODES),
-                            owner: format!("{tag}{round}-{t}-{i}"),
-                            family: 0,
-                        };
                         let started = Instant::now();
-                        client.allocate_pod_ip(req).await.expect("allocation");
+                        match call {
+                            Call::Allocate => {
+                                let req = pb::AllocatePodIpRequest {
+                                    node: format!("node-{}", (t + i as usize) % NODES),
+                                    owner: format!("{tag}{round}-{t}-{i}"),
+                                    family: 0,
+                                };
+                                client.allocate_pod_ip(req).await.expect("allocation");
+                            }
+                            Call::NoOp => {
+                                let req = HealthCheckRequest {
+                                    service: routeplane_ipam::GRPC_SERVICE.into(),
+                                };
+                                health.check(req).await.expect("health check");
+                            }
+                        }
                         lat.push(started.elapsed());
                         i += 1;
                     }
@@ -428,8 +463,12 @@ async fn run_ipam_cell(server: &Server, concurrency: usize, seconds: f64, round:
         ops: latencies.len() as u64,
         seconds: elapsed,
         latencies,
-        flushes: Some(if c1 > c0 { (f1 - f0) / (c1 - c0) } else { 0.0 }),
-        catch_up: Some(catch_up),
+        flushes: (call == Call::Allocate).then_some(if c1 > c0 {
+            (f1 - f0) / (c1 - c0)
+        } else {
+            0.0
+        }),
+        catch_up: (call == Call::Allocate).then_some(catch_up),
     }
 }
 
@@ -589,9 +628,18 @@ async fn main() {
         for &conc in &args.concurrency {
             for (mode, server) in &servers {
                 cell_index += 1;
-                let mut cell = run_ipam_cell(server, conc, args.seconds, cell_index).await;
+                let mut cell =
+                    run_ipam_cell(server, Call::Allocate, conc, args.seconds, cell_index).await;
                 cell.tool = mode.to_string();
                 runs.push(cell);
+                // The ceiling, on the plaintext durable server between its allocation cells.
+                if *mode == "routeplane-ipam durable" && measured(&args.only, NO_OP) {
+                    cell_index += 1;
+                    let mut cell =
+                        run_ipam_cell(server, Call::NoOp, conc, args.seconds, cell_index).await;
+                    cell.tool = NO_OP.to_string();
+                    runs.push(cell);
+                }
             }
             if host_local {
                 let dir = base.path().join(format!("host-local-{round}-{conc}"));
@@ -649,6 +697,22 @@ async fn main() {
         );
         if let Some(h) = find("CNI host-local", 128) {
             println!("  durable vs host-local      {:>8.1}x", d.rate / h.rate);
+        }
+    }
+    println!(
+        "\ndurable allocations against the no-op ceiling, same server and client (issue #14: >= 0.5x the calls/s, p99 <= 2x):"
+    );
+    for &conc in &args.concurrency {
+        if let (Some(d), Some(n)) = (find("routeplane-ipam durable", conc), find(NO_OP, conc)) {
+            println!(
+                "  concurrency {conc:>4}: {:>8.0} vs {:>8.0} calls/s ({:.2}x), p99 {:.2} vs {:.2} ms ({:.2}x)",
+                d.rate,
+                n.rate,
+                d.rate / n.rate,
+                d.p99,
+                n.p99,
+                d.p99 / n.p99
+            );
         }
     }
     println!(
