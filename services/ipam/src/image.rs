@@ -58,7 +58,7 @@ impl DurableImage {
             operator: persisted
                 .operator
                 .iter()
-                .map(|e| (operator_key(e), e.value.clone()))
+                .map(|e| (e.name(), e.value.clone()))
                 .collect(),
         }
     }
@@ -109,7 +109,7 @@ impl DurableImage {
                 self.pools.insert(p.cidr.clone(), p.clone());
             }
             Change::PutOperator(e) => {
-                self.operator.insert(operator_key(e), e.value.clone());
+                self.operator.insert(e.name(), e.value.clone());
             }
             Change::DeleteOperator(k) => {
                 self.operator.remove(k);
@@ -182,13 +182,6 @@ impl DurableImage {
             pools: self.pools.values().cloned().collect(),
             operator: self.operator_entries("").collect(),
         }
-    }
-}
-
-fn operator_key(e: &OperatorEntry) -> OperatorKey {
-    OperatorKey {
-        kind: e.kind.clone(),
-        key: e.key.clone(),
     }
 }
 

@@ -88,6 +88,14 @@ impl OperatorEntry {
             value: value.into(),
         }
     }
+
+    /// Its name: kind and key.
+    pub fn name(&self) -> OperatorKey {
+        OperatorKey {
+            kind: self.kind.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 /// An operator entry's name: its kind and its key.

@@ -216,14 +216,7 @@ impl IpamState {
             lease_ttl: config.lease_ttl,
             max_pods_per_node: config.max_pods_per_node,
             // Restored whatever the cap: lowering it refuses new entries, it loses none.
-            operator: persisted
-                .operator
-                .iter()
-                .map(|e| OperatorKey {
-                    kind: e.kind.clone(),
-                    key: e.key.clone(),
-                })
-                .collect(),
+            operator: persisted.operator.iter().map(OperatorEntry::name).collect(),
             max_operator_entries: config.max_operator_entries,
         };
         for node in persisted.nodes {

@@ -33,9 +33,9 @@ pub struct Lab {
     bgp_args: Vec<String>,
     /// How many times routeplane-bgp was started: its logs are bgp.log, bgp2.log…
     bgp_starts: usize,
-    /// Where routeplane-ipam's gRPC listens: loopback, or every address once
-    /// [`Lab::share_ipam`] lets replicas in other namespaces reach it.
-    ipam_listen: &'static str,
+    /// Whether routeplane-ipam's gRPC listens on every address (plaintext: `--insecure`) rather
+    /// than loopback, for replicas in other namespaces ([`Lab::share_ipam`]).
+    ipam_shared: bool,
 }
 
 pub const SPEAKER_IP: &str = "10.4.36.10";
@@ -73,7 +73,7 @@ impl Lab {
             services: Vec::new(),
             bgp_args: Vec::new(),
             bgp_starts: 0,
-            ipam_listen: "127.0.0.1:50051",
+            ipam_shared: false,
         };
         lab.add_router_with(ROUTER_IP, Some(ROUTER_IP6));
         lab
@@ -308,11 +308,15 @@ impl Lab {
             "--bgp-config",
             &cfg,
             "--grpc-listen",
-            self.ipam_listen,
+            if self.ipam_shared {
+                "0.0.0.0:50051"
+            } else {
+                "127.0.0.1:50051"
+            },
             "--metrics-listen",
             "127.0.0.1:9951",
         ];
-        if self.ipam_listen != "127.0.0.1:50051" {
+        if self.ipam_shared {
             args.push("--insecure");
         }
         args.extend(ipam_args);
@@ -349,7 +353,7 @@ impl Lab {
     /// routeplane-ipam, once started, answers on 10.4.36.10:50051 too (plaintext: `--insecure`),
     /// for routeplane-bgp replicas in other namespaces on the core segment.
     pub fn share_ipam(&mut self) {
-        self.ipam_listen = "0.0.0.0:50051";
+        self.ipam_shared = true;
     }
 
     /// A second routeplane-bgp replica in a namespace of its own on the core segment, at `ip`,

@@ -39,7 +39,7 @@ impl IpamState {
         let mut names = BTreeSet::new();
         for e in &entries {
             model::validate_operator_entry(e)?;
-            let name = key_of(e);
+            let name = e.name();
             if create_only && self.operator.contains(&name) {
                 return Err(IpamError::AlreadyExists(format!(
                     "operator entry {}/{} already exists; delete it first to replace it, or put without createOnly",
@@ -108,13 +108,6 @@ impl IpamState {
 
     pub fn operator_entry_count(&self) -> usize {
         self.operator.len()
-    }
-}
-
-fn key_of(e: &OperatorEntry) -> OperatorKey {
-    OperatorKey {
-        kind: e.kind.clone(),
-        key: e.key.clone(),
     }
 }
 
