@@ -83,10 +83,15 @@ impl DurableImage {
                     ips: ips.clone(),
                     agent: agent.clone(),
                 };
-                self.pods
-                    .entry(node.clone())
-                    .or_default()
-                    .insert(owner.clone(), held);
+                // No key copied for a node already present: this runs once per allocation.
+                match self.pods.get_mut(node) {
+                    Some(held_by_node) => held_by_node.insert(owner.clone(), held),
+                    None => self
+                        .pods
+                        .entry(node.clone())
+                        .or_default()
+                        .insert(owner.clone(), held),
+                };
             }
             Change::DeletePodIps { node, owner } => {
                 if let Some(held) = self.pods.get_mut(node) {

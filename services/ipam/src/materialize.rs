@@ -1,8 +1,9 @@
 //! The materializer: brings sled up to date behind the write-ahead log and checkpoints it.
 //!
-//! It takes each durable group from the committer in order, applies it to sled, and flushes sled
-//! (a checkpoint) every interval and every so many changes, whichever comes first, reporting the
-//! revision each checkpoint covers so that the committer can delete the log behind it. sled is the
+//! It takes the durable groups from the committer in order — everything queued at once, applied
+//! as one sled batch, since sled's cost is per batch more than per key (`Store::apply_all`) — and
+//! flushes sled (a checkpoint) every interval and every so many changes, whichever comes first,
+//! reporting the revision each checkpoint covers so that the committer can delete the log behind it. sled is the
 //! slower of the two under load; the channel between them is bounded (MATERIALIZE_BACKLOG), so
 //! the committer waits rather than letting the backlog grow. A step that fails ends the
 //! materializer with a [`Fault`]: a write sled could not make (disk full, read-only) puts the
@@ -54,14 +55,15 @@ impl Default for Checkpoints {
 
 /// Where the materializer writes: sled ([`Store`]); tests put a store that stalls in its place.
 pub trait Materialize: Send + Sync + 'static {
-    fn apply(&self, m: &Mutation) -> Result<()>;
+    /// Applies mutations in order, atomically as a whole.
+    fn apply(&self, mutations: &[Mutation]) -> Result<()>;
     /// Makes everything applied durable: a checkpoint.
     fn flush(&self) -> Result<()>;
 }
 
 impl Materialize for Store {
-    fn apply(&self, m: &Mutation) -> Result<()> {
-        Store::apply(self, m)
+    fn apply(&self, mutations: &[Mutation]) -> Result<()> {
+        Store::apply_all(self, mutations)
     }
 
     fn flush(&self) -> Result<()> {
@@ -73,6 +75,11 @@ impl Materialize for Store {
 /// slower than the log under some load, the backlog (memory, and log no checkpoint can delete yet)
 /// would otherwise grow for as long as the load lasts. Waiting slows acknowledgements instead.
 pub const MATERIALIZE_BACKLOG: usize = 256;
+
+/// The materializer takes a batch at most this often. Under load that makes batches of hundreds
+/// of changes instead of one group's; it is not on the request path, and MATERIALIZE_BACKLOG groups
+/// arrive in far longer than this.
+pub const MATERIALIZE_PACE: Duration = Duration::from_millis(20);
 
 /// The materializer: applies durable mutations to sled in order and checkpoints it every
 /// `checkpoints.every` (whatever the load: a tick is never put off by more work) and after
@@ -89,9 +96,15 @@ pub async fn run_materializer(
 ) -> Result<(), Fault> {
     let mut applied: Option<Revision> = None;
     let mut since_checkpoint = 0u64;
+    let mut next_step = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(checkpoints.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // At most one step per MATERIALIZE_PACE: what arrives meanwhile waits in the channel and
+        // goes into the next batch (sled's cost is per batch; acknowledgements do not wait here).
+        if let Some(wait) = next_step.checked_duration_since(tokio::time::Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
         // The tick first: with work always queued, a fair choice can put a checkpoint off for
         // many rounds.
         let (batch, ticked) = tokio::select! {
@@ -100,6 +113,7 @@ pub async fn run_materializer(
             b = rx.recv() => (b, false),
         };
         let closing = batch.is_none();
+        next_step = tokio::time::Instant::now() + MATERIALIZE_PACE;
         let mut batch = batch.unwrap_or_default();
         while let Ok(mut more) = rx.try_recv() {
             batch.append(&mut more);
@@ -114,9 +128,7 @@ pub async fn run_materializer(
         let checkpoint = if due { pending } else { None };
         let changes = batch.len();
         let step = tokio::task::spawn_blocking(move || -> Result<()> {
-            for m in &batch {
-                s.apply(m)?;
-            }
+            s.apply(&batch)?;
             if checkpoint.is_some() {
                 s.flush()?;
             }
@@ -255,7 +267,7 @@ mod tests {
     struct Stuck;
 
     impl Materialize for Stuck {
-        fn apply(&self, _: &Mutation) -> Result<()> {
+        fn apply(&self, _: &[Mutation]) -> Result<()> {
             std::thread::sleep(Duration::from_secs(2));
             Ok(())
         }
