@@ -5,7 +5,8 @@
 //! whose names are unique per test and that go away with their owner; [`lab`] builds the seed's
 //! node network from them, with real agents and pods attached through routeplane-cni;
 //! [`containerd`] runs a real container runtime that attaches containers through a node's CNI
-//! configuration; [`ipam`] runs routeplane-ipam on loopback; [`disk`] is a small ext4 disk to fill (ENOSPC) or fail read-only; [`wait`] waits
+//! configuration; [`ipam`] runs routeplane-ipam on loopback; [`etcd`] a real etcd cluster on
+//! loopback; [`disk`] is a small ext4 disk to fill (ENOSPC) or fail read-only; [`wait`] waits
 //! for an
 //! event instead of sleeping; [`bird`] asks BIRD through birdc, a refused command being an error;
 //! [`privileged`] makes a root-only test fail — never pass — where it cannot run, and names the
@@ -19,6 +20,7 @@ pub mod bird;
 pub mod certs;
 pub mod containerd;
 pub mod disk;
+pub mod etcd;
 pub mod hostile;
 pub mod ipam;
 pub mod lab;
