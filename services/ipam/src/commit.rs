@@ -1,31 +1,26 @@
-//! Group commit, the materializer, and the published feed.
+//! Group commit and the published feed.
 //!
 //! Writers compute their mutation under the state lock and queue a [`Commit`] in revision order;
-//! nothing on the request path touches the disk. One committer task takes every queued commit,
-//! appends them to the write-ahead log and syncs it once for all of them, then publishes their
-//! events to the [`Feed`] and acknowledges the writers. So an acknowledgement always follows
-//! durability, events are published in revision order, and watchers never see a change that a
-//! crash could take back. Under load the sync of one group overlaps the arrival of the next, so one
-//! sync is shared by every request that arrived meanwhile.
-//!
-//! Behind it, the materializer (`materialize.rs`) applies the logged mutations to sled and
-//! checkpoints sled now and then; each checkpoint lets the committer delete the log segments it
-//! covers. The committer waits when the materializer is MATERIALIZE_BACKLOG groups behind.
+//! nothing on the request path touches storage. One committer task takes every queued commit and
+//! makes them durable together through the store's [`Journal`] (`journal.rs`: the write-ahead
+//! log synced once for all of them, or an etcd transaction), then publishes their events to the
+//! [`Feed`] and acknowledges the writers. So an acknowledgement always follows durability, events
+//! are published in revision order, and watchers never see a change that a crash could take back.
+//! Under load the write of one group overlaps the arrival of the next, so one sync is shared by
+//! every request that arrived meanwhile.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use std::time::Instant;
-
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::{IpamError, Result};
 use crate::image::DurableImage;
+use crate::journal::Journal;
 use crate::model::{Revision, RevisionedEvent};
 use crate::snapshot::SnapshotState;
 use crate::state::{Mutation, Persisted};
-use crate::wal::{self, Wal, WalRecord};
 
 /// One writer's request for durability: its mutation, or none for a writer that changed nothing
 /// but must not answer before what it read is durable.
@@ -196,104 +191,30 @@ pub struct Fault {
     pub fatal: bool,
 }
 
-/// The committer: runs until every sender is gone. `durable: false` skips the sync (benchmarks
-/// only). Hands each durable group to the materializer. When the log fails, it reports a
-/// [`Fault`], refuses that group and everything still queued (all of it computed on top of the
-/// failed group), and ends once the senders are gone; nothing it refused is published.
-#[allow(clippy::too_many_arguments)]
+/// The committer: runs until every sender is gone. Hands each group to `journal` and, once it is
+/// durable, publishes it, acknowledges its writers and gives it back to the journal (`written`).
+/// When the journal fails, it reports a [`Fault`], refuses that group and everything still queued
+/// (all of it computed on top of the failed group), and ends once the senders are gone; nothing it
+/// refused is published.
 pub async fn run_committer(
     mut rx: mpsc::UnboundedReceiver<Commit>,
-    mut wal: Wal,
+    mut journal: impl Journal,
     feed: Arc<Feed>,
     stats: Arc<CommitStats>,
-    durable: bool,
-    materialize: mpsc::Sender<Vec<Mutation>>,
-    mut checkpointed: watch::Receiver<Revision>,
     faults: mpsc::UnboundedSender<Fault>,
 ) {
     let mut group = Vec::new();
-    let mut truncated = 0;
     while let Some(first) = rx.recv().await {
         group.push(first);
         while let Ok(c) = rx.try_recv() {
             group.push(c);
         }
-        let mut bytes = Vec::new();
-        let mut encoded = Ok(());
-        for m in group.iter().filter_map(|c| c.mutation.as_ref()) {
-            encoded = encoded.and_then(|()| wal::encode(&WalRecord::from(m), &mut bytes));
-        }
-        let through = *checkpointed.borrow_and_update();
-        let first_revision = group
-            .iter()
-            .filter(|c| c.mutation.is_some())
-            .map(|c| c.revision)
-            .min();
-        let result = match (encoded, first_revision) {
-            (Err(e), _) => Err(Fault {
-                error: e,
-                fatal: true,
-            }),
-            // Only writers waiting for earlier groups, which are durable already.
-            (Ok(()), None) => Ok(()),
-            (Ok(()), Some(first_revision)) => {
-                let started = Instant::now();
-                let truncate = (through > truncated).then_some(through);
-                let written = tokio::task::spawn_blocking(move || {
-                    let r = wal.append(&bytes, first_revision).and_then(|()| {
-                        if durable {
-                            wal.sync()
-                        } else {
-                            wal.keep_unsynced();
-                            Ok(())
-                        }
-                    });
-                    // Deleting covered segments is apart from the group's durability: the group
-                    // is durable once synced, whatever happens to old segments after.
-                    let removed = match r {
-                        Ok(()) => truncate.map(|t| wal.truncate_through(t)),
-                        Err(_) => None,
-                    };
-                    (wal, r, removed)
-                })
-                .await;
-                let (back, r, removed) = match written {
-                    Ok(done) => done,
-                    Err(e) => {
-                        let error =
-                            IpamError::Storage(format!("the log writer thread failed: {e}"));
-                        return refuse_from_now(rx, group, Fault { error, fatal: true }, &faults)
-                            .await;
-                    }
-                };
-                wal = back;
-                match removed {
-                    Some(Ok(n)) => {
-                        truncated = truncate.unwrap_or(truncated);
-                        stats
-                            .log_segments_removed
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    // Tried again with the next group; a disk in trouble shows in its append.
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot delete log segments a checkpoint covers")
-                    }
-                    None => {}
-                }
-                stats
-                    .log_segments
-                    .store(wal.segment_count() as u64, Ordering::Relaxed);
-                if durable {
-                    stats.flushes.fetch_add(1, Ordering::Relaxed);
-                    stats
-                        .flush_nanos
-                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                }
-                r.map_err(|error| Fault {
-                    error,
-                    fatal: false,
-                })
-            }
+        let changed: Vec<&Mutation> = group.iter().filter_map(|c| c.mutation.as_ref()).collect();
+        // None changed: only writers waiting for earlier groups, which are durable already.
+        let result = if changed.is_empty() {
+            Ok(())
+        } else {
+            journal.write(&changed).await
         };
         stats
             .commits
@@ -313,10 +234,7 @@ pub async fn run_committer(
             }
         }
         if !mutations.is_empty() {
-            // Waits while the materializer is MATERIALIZE_BACKLOG groups behind: the next group
-            // is not written (nor acknowledged) until sled catches up. The materializer only
-            // goes away at shutdown or on a storage error; the log holds these regardless.
-            let _ = materialize.send(mutations).await;
+            journal.written(mutations).await;
         }
     }
 }
@@ -348,9 +266,12 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::journal::LogJournal;
     use crate::materialize::{Checkpoints, MATERIALIZE_BACKLOG, run_materializer};
     use crate::model::{Event, Node};
     use crate::store::Store;
+    use crate::wal::Wal;
+    use tokio::sync::watch;
 
     fn node(name: &str, revision: Revision) -> RevisionedEvent {
         RevisionedEvent {
@@ -469,7 +390,8 @@ pub(crate) mod tests {
             Checkpoints::default(),
         ));
         let (faults, _) = mpsc::unbounded_channel();
-        run_committer(rx, wal, feed.clone(), stats.clone(), true, mtx, crx, faults).await;
+        let journal = LogJournal::new(wal, true, stats.clone(), mtx, crx);
+        run_committer(rx, journal, feed.clone(), stats.clone(), faults).await;
         for w in waits {
             w.await.unwrap().unwrap();
         }
@@ -512,16 +434,8 @@ pub(crate) mod tests {
         let (mtx, mut mrx) = mpsc::channel(2);
         let (_ctx, crx) = watch::channel(0);
         let (faults, _) = mpsc::unbounded_channel();
-        let committer = tokio::spawn(run_committer(
-            rx,
-            wal,
-            feed,
-            stats.clone(),
-            false,
-            mtx,
-            crx,
-            faults,
-        ));
+        let journal = LogJournal::new(wal, false, stats.clone(), mtx, crx);
+        let committer = tokio::spawn(run_committer(rx, journal, feed, stats.clone(), faults));
         let mut acks = Vec::new();
         for r in 1..=5 {
             let (done, ack) = oneshot::channel();

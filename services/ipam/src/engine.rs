@@ -11,7 +11,7 @@
 //! only a restart can repair (a stuck sled, a bug) fails the service: health NOT_SERVING, and the
 //! process exits for its supervisor to restart it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 
 use crate::commit::{Commit, CommitStats, Fault, Feed, run_committer};
 use crate::error::{IpamError, Result};
+use crate::etcd::{EtcdJournal, EtcdSettings};
 use crate::ipam::{Ipam, IpamOptions};
+use crate::journal::LogJournal;
 use crate::materialize::{MATERIALIZE_BACKLOG, run_materializer};
 use crate::state::{Mutation, Persisted};
 use crate::store::Store;
@@ -36,12 +38,46 @@ pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// the next groups too, rather than failing again at once.
 const PROBE_BYTES: usize = 1 << 20;
 
-/// Storage read back: sled brought up to date from the log, and everything it holds.
+/// Which store holds the state (`--store`).
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// sled in `DIR/state` and the write-ahead log in `DIR/wal`.
+    Sled(PathBuf),
+    /// etcd v3 (`etcd/`).
+    Etcd(EtcdSettings),
+}
+
+/// A store opened, ready for the committer.
+pub enum Opened {
+    Sled { store: Store, wal: Wal },
+    Etcd(Box<EtcdJournal>),
+}
+
+/// Storage read back: what it holds, and the store to write through.
 pub struct Loaded {
-    pub store: Store,
-    pub wal: Wal,
+    pub opened: Opened,
     pub persisted: Persisted,
     pub warnings: Vec<String>,
+}
+
+/// Opens the configured store and reads everything back (sled: [`load`]).
+pub async fn open(storage: &StorageConfig, options: &IpamOptions) -> Result<Loaded> {
+    match storage {
+        StorageConfig::Sled(dir) => {
+            let (dir, options) = (dir.clone(), options.clone());
+            tokio::task::spawn_blocking(move || load(&dir, &options))
+                .await
+                .map_err(|e| IpamError::Storage(format!("opening sled failed: {e}")))?
+        }
+        StorageConfig::Etcd(settings) => {
+            let (journal, persisted) = crate::etcd::open(settings).await?;
+            Ok(Loaded {
+                opened: Opened::Etcd(Box::new(journal)),
+                persisted,
+                warnings: Vec::new(),
+            })
+        }
+    }
 }
 
 /// Opens sled (`DIR/state`) and the log (`DIR/wal`), replays the log into sled, checkpoints sled,
@@ -60,8 +96,7 @@ pub fn load(data_dir: &Path, options: &IpamOptions) -> Result<Loaded> {
     }
     let persisted = store.load()?;
     Ok(Loaded {
-        store,
-        wal,
+        opened: Opened::Sled { store, wal },
         persisted,
         warnings,
     })
@@ -143,15 +178,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the committer and the materializer on loaded storage; returns the engine and the
-    /// sender of its commit queue (the queue closes when every sender is gone).
+    /// Starts the committer (and for sled the materializer) on opened storage; returns the
+    /// engine and the sender of its commit queue (the queue closes when every sender is gone).
     pub fn start(
-        loaded: (Store, Wal),
+        opened: Opened,
         feed: Arc<Feed>,
         stats: Arc<CommitStats>,
         options: &IpamOptions,
     ) -> (Engine, mpsc::UnboundedSender<Commit>) {
-        let (store, wal) = loaded;
         let revision = feed.revision();
         for gauge in [
             &stats.durable_revision,
@@ -160,33 +194,42 @@ impl Engine {
         ] {
             gauge.store(revision, Ordering::Relaxed);
         }
-        stats
-            .log_segments
-            .store(wal.segment_count() as u64, Ordering::Relaxed);
         let (commits, rx) = mpsc::unbounded_channel();
-        let (materialize, materialize_rx) = mpsc::channel(MATERIALIZE_BACKLOG);
-        let (checkpointed, checkpoints) = watch::channel(revision);
         let (faults_tx, faults) = mpsc::unbounded_channel();
-        let committer = tokio::spawn(run_committer(
-            rx,
-            wal,
-            feed,
-            stats.clone(),
-            options.durable,
-            materialize,
-            checkpoints,
-            faults_tx,
-        ));
-        let materializer = tokio::spawn(run_materializer(
-            materialize_rx,
-            Arc::new(store),
-            stats,
-            checkpointed,
-            options.checkpoints,
-        ));
+        let (committer, materializer) = match opened {
+            Opened::Sled { store, wal } => {
+                stats
+                    .log_segments
+                    .store(wal.segment_count() as u64, Ordering::Relaxed);
+                let (materialize, materialize_rx) = mpsc::channel(MATERIALIZE_BACKLOG);
+                let (checkpointed, checkpoints) = watch::channel(revision);
+                let journal = LogJournal::new(
+                    wal,
+                    options.durable,
+                    stats.clone(),
+                    materialize,
+                    checkpoints,
+                );
+                let committer =
+                    tokio::spawn(run_committer(rx, journal, feed, stats.clone(), faults_tx));
+                let materializer = tokio::spawn(run_materializer(
+                    materialize_rx,
+                    Arc::new(store),
+                    stats,
+                    checkpointed,
+                    options.checkpoints,
+                ));
+                (committer, Some(materializer))
+            }
+            Opened::Etcd(journal) => {
+                let journal = (*journal).with_stats(stats.clone());
+                let committer = tokio::spawn(run_committer(rx, journal, feed, stats, faults_tx));
+                (committer, None)
+            }
+        };
         let engine = Engine {
             committer: Some(committer),
-            materializer: Some(materializer),
+            materializer,
             faults,
         };
         (engine, commits)
@@ -254,11 +297,13 @@ fn panicked(task: &str, e: tokio::task::JoinError) -> Fault {
 /// Whether writes are taken, for health and metrics: open, or refused since when and why.
 #[derive(Debug, Default)]
 pub struct WriteGate {
-    refused: Mutex<Option<(Instant, String)>>,
+    refused: Mutex<Option<(Instant, IpamError)>>,
 }
 
 impl WriteGate {
-    pub fn refuse(&self, cause: String) {
+    /// Refuses writes from now on with `cause` (its kind decides the status: storage full is
+    /// RESOURCE_EXHAUSTED, anything else UNAVAILABLE).
+    pub fn refuse(&self, cause: IpamError) {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), cause));
     }
 
@@ -273,7 +318,7 @@ impl WriteGate {
     }
 
     /// Why writes are refused, if they are.
-    pub fn cause(&self) -> Option<String> {
+    pub fn cause(&self) -> Option<IpamError> {
         let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         refused.as_ref().map(|(_, cause)| cause.clone())
     }
@@ -292,11 +337,13 @@ fn probe(dir: &Path) -> std::io::Result<()> {
     written
 }
 
-/// Reopens storage after a fault: the probe, then the startup replay. The records read back must
-/// be exactly the durable image (`expected`): any more means the log kept changes nobody was told
-/// are durable and could not be cut off, which only a restart (replaying them) reconciles.
-pub fn reopen(
-    data_dir: &Path,
+/// Reopens storage after a fault — sled: the probe, then the startup replay; etcd: connecting
+/// and reading it all again. The records read back must be exactly the durable image
+/// (`expected`): any more means storage kept changes nobody was told are durable (the log could
+/// not cut them off; etcd applied a write whose answer was lost), which only a restart
+/// (reloading them) reconciles.
+pub async fn reopen(
+    storage: &StorageConfig,
     options: &IpamOptions,
     expected: crate::model::Revision,
 ) -> Result<Loaded, Fault> {
@@ -304,18 +351,27 @@ pub fn reopen(
         error,
         fatal: false,
     };
-    probe(data_dir).map_err(|e| {
-        refused(IpamError::Storage(format!(
-            "the data directory {} still refuses a {} KiB write: {e}",
-            data_dir.display(),
-            PROBE_BYTES / 1024
-        )))
-    })?;
-    let loaded = load(data_dir, options).map_err(refused)?;
+    if let StorageConfig::Sled(data_dir) = storage {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || probe(&dir))
+            .await
+            .map_err(|e| refused(IpamError::Storage(format!("the write probe failed: {e}"))))?
+            .map_err(|e| {
+                refused(IpamError::Storage(format!(
+                    "the data directory {} still refuses a {} KiB write: {e}",
+                    data_dir.display(),
+                    PROBE_BYTES / 1024
+                )))
+            })?;
+    }
+    if let StorageConfig::Etcd(settings) = storage {
+        crate::etcd::check_space(settings).await.map_err(refused)?;
+    }
+    let loaded = open(storage, options).await.map_err(refused)?;
     if loaded.persisted.revision != expected {
         return Err(Fault {
             error: IpamError::Storage(format!(
-                "storage reopened at revision {} where revision {expected} was the last made durable; restarting to reload from disk",
+                "storage reopened at revision {} where revision {expected} was the last made durable; restarting to reload it",
                 loaded.persisted.revision
             )),
             fatal: true,

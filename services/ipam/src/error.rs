@@ -26,6 +26,9 @@ pub enum IpamError {
     /// Storage failed; the server stops accepting writes until it is restarted.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// Storage is out of space (etcd's NOSPACE alarm): writes are refused, reads go on.
+    #[error("storage is full: {0}")]
+    StorageFull(String),
     /// Configuration refused at startup.
     #[error("{0}")]
     Config(String),

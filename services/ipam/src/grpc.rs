@@ -57,7 +57,7 @@ impl From<IpamError> for Status {
             IpamError::NotFound(_) => Status::not_found(msg),
             IpamError::AlreadyExists(_) => Status::already_exists(msg),
             IpamError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            IpamError::Exhausted(_) => Status::resource_exhausted(msg),
+            IpamError::Exhausted(_) | IpamError::StorageFull(_) => Status::resource_exhausted(msg),
             IpamError::Aborted(_) => Status::aborted(msg),
             IpamError::Unavailable(_) | IpamError::Storage(_) => Status::unavailable(msg),
         }

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use routeplane_runtime::shutdown::Shutdown;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::commit::{Commit, CommitStats, Fault, Feed, WatchStart};
-use crate::engine::{self, Engine, WriteGate};
+use crate::engine::{self, Engine, StorageConfig, WriteGate};
 use crate::error::{IpamError, Result};
 use crate::model::{Node, OperatorEntry, Revision, ServiceIp};
 use crate::state::{
@@ -70,7 +69,7 @@ pub struct Ipam {
     shutdown: Shutdown,
     options: IpamOptions,
     config: CoreConfig,
-    data_dir: PathBuf,
+    storage: StorageConfig,
 }
 
 /// What the state lock guards: the core, and the queue its mutations go to — swapped together
@@ -94,15 +93,15 @@ pub enum WatchItem {
 }
 
 impl Ipam {
-    /// Opens storage (`engine.rs`: sled in `DIR/state`, the log in `DIR/wal`, replayed), rebuilds
-    /// the core, and starts the engine, its supervisor and the lease clock.
-    pub fn start(
+    /// Opens storage (`engine.rs`: sled in `DIR/state` with the log in `DIR/wal`, replayed; or
+    /// etcd), rebuilds the core, and starts the engine, its supervisor and the lease clock.
+    pub async fn start(
         config: CoreConfig,
-        data_dir: &std::path::Path,
+        storage: StorageConfig,
         options: IpamOptions,
         shutdown: Shutdown,
     ) -> Result<(Arc<Ipam>, Vec<String>)> {
-        let loaded = engine::load(data_dir, &options)?;
+        let loaded = engine::open(&storage, &options).await?;
         let mut warnings = loaded.warnings;
         let feed = Arc::new(Feed::new(
             &loaded.persisted,
@@ -113,12 +112,7 @@ impl Ipam {
             IpamState::restore(config.clone(), loaded.persisted, Instant::now())?;
         warnings.extend(restored);
         let stats = Arc::new(CommitStats::default());
-        let (engine, commits) = Engine::start(
-            (loaded.store, loaded.wal),
-            feed.clone(),
-            stats.clone(),
-            &options,
-        );
+        let (engine, commits) = Engine::start(loaded.opened, feed.clone(), stats.clone(), &options);
         let ipam = Arc::new(Ipam {
             core: Mutex::new(Core {
                 state,
@@ -132,7 +126,7 @@ impl Ipam {
             shutdown: shutdown.clone(),
             options,
             config,
-            data_dir: data_dir.to_path_buf(),
+            storage,
         });
         tokio::spawn(run_lease_clock(Arc::downgrade(&ipam)));
         tokio::spawn(engine::supervise(Arc::downgrade(&ipam), engine, shutdown));
@@ -168,9 +162,9 @@ impl Ipam {
     pub(crate) fn fail(&self, e: &IpamError) {
         if !self.failed.swap(true, Ordering::Relaxed) {
             tracing::error!(error = %e, "storage failed: refusing writes and shutting down so that a restart reloads from disk");
-            self.gate.refuse(format!(
-                "{e}; routeplane-ipam is restarting to reload its state from disk"
-            ));
+            self.gate.refuse(IpamError::Unavailable(format!(
+                "{e}; routeplane-ipam is restarting to reload its state from storage"
+            )));
             self.lock().commits = None;
             self.writable.send_replace(false);
             self.shutdown.trigger();
@@ -181,9 +175,13 @@ impl Ipam {
     /// what it still holds and ends).
     pub(crate) fn refuse_writes(&self, e: &IpamError) {
         tracing::error!(error = %e, "storage refuses writes: degraded mode — reads and Watch are served, writes refused until it takes them again");
-        self.gate.refuse(format!(
+        let cause = format!(
             "{e}. routeplane-ipam serves reads and Watch meanwhile and takes writes again by itself once storage does"
-        ));
+        );
+        self.gate.refuse(match e {
+            IpamError::StorageFull(_) => IpamError::StorageFull(cause),
+            _ => IpamError::Unavailable(cause),
+        });
         self.stats.storage_faults.fetch_add(1, Ordering::Relaxed);
         self.lock().commits = None;
         self.writable.send_replace(false);
@@ -206,19 +204,9 @@ impl Ipam {
 
     /// One attempt to leave degraded mode: reopens storage and opens writes again.
     pub(crate) async fn reopen(self: &Arc<Self>) -> std::result::Result<Engine, Fault> {
-        let (dir, options, expected) = (
-            self.data_dir.clone(),
-            self.options.clone(),
-            self.feed.revision(),
-        );
-        let loaded = tokio::task::spawn_blocking(move || engine::reopen(&dir, &options, expected))
-            .await
-            .map_err(|e| Fault {
-                error: IpamError::Storage(format!("reopening storage failed: {e}")),
-                fatal: true,
-            })??;
+        let loaded = engine::reopen(&self.storage, &self.options, self.feed.revision()).await?;
         let (engine, commits) = Engine::start(
-            (loaded.store, loaded.wal),
+            loaded.opened,
             self.feed.clone(),
             self.stats.clone(),
             &self.options,
@@ -260,6 +248,9 @@ impl Ipam {
         match wait.1.await {
             Ok(Ok(())) => Ok(wait.0),
             // The supervisor puts the service in degraded mode (or fails it).
+            Ok(Err(IpamError::StorageFull(e))) => Err(IpamError::StorageFull(format!(
+                "this change was refused: {e}"
+            ))),
             Ok(Err(e)) => Err(IpamError::Unavailable(format!(
                 "this change was refused: {e}"
             ))),
@@ -268,11 +259,15 @@ impl Ipam {
     }
 
     fn refused(&self) -> IpamError {
-        let cause = self
-            .gate
-            .cause()
-            .unwrap_or_else(|| "routeplane-ipam is shutting down".into());
-        IpamError::Unavailable(format!("writes are refused: {cause}"))
+        match self.gate.cause() {
+            Some(IpamError::StorageFull(cause)) => {
+                IpamError::StorageFull(format!("writes are refused: {cause}"))
+            }
+            Some(cause) => IpamError::Unavailable(format!("writes are refused: {cause}")),
+            None => IpamError::Unavailable(
+                "writes are refused: routeplane-ipam is shutting down".into(),
+            ),
+        }
     }
 
     /// Expires leases; run by the lease clock. Queues without waiting: nobody is waiting for it.

@@ -1,12 +1,15 @@
 //! Startup and shutdown of routeplane-ipam: read the files, open sled, rebuild the state, then serve
 //! gRPC and /metrics until SIGTERM/SIGINT (or a storage failure) stops both.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use routeplane_runtime::grpc::GrpcServer;
 use routeplane_runtime::shutdown::Shutdown;
 use routeplane_runtime::{RuntimeError, bind, metrics};
 
+use crate::engine::StorageConfig;
 use crate::error::IpamError;
 use crate::grpc::IpamGrpc;
 use crate::ipam::Ipam;
@@ -27,6 +30,59 @@ pub enum ServeError {
     Kubernetes(String),
 }
 
+/// Creates sled's data directory and says what it sits on.
+fn prepare_data_dir(data_dir: &Path, cli: &Cli) -> Result<(), IpamError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        IpamError::Storage(format!(
+            "cannot create data directory {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let fs = filesystem_type(data_dir).unwrap_or_else(|| "unknown".into());
+    tracing::info!(data_dir = %data_dir.display(), filesystem = %fs, durability = ?cli.durability, "opening state");
+    if fs == "tmpfs" || fs == "ramfs" {
+        tracing::warn!(
+            "the data directory is on {fs}: flushes cost nothing and nothing survives a reboot"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the state and starts the core. etcd that does not answer yet (not started, no quorum)
+/// is waited for, saying so, with backoff up to ETCD_RETRY_MAX; what etcd holds that must be
+/// refused (another cluster's state, a newer layout, foreign keys) stops the start.
+async fn start_ipam(
+    core: &crate::state::CoreConfig,
+    storage: StorageConfig,
+    cli: &Cli,
+    shutdown: &Shutdown,
+) -> Result<(Arc<Ipam>, Vec<String>), IpamError> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match Ipam::start(
+            core.clone(),
+            storage.clone(),
+            cli.options(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Err(IpamError::Storage(why)) if matches!(storage, StorageConfig::Etcd(_)) => {
+                tracing::warn!(retry_in = ?wait, "{why}; waiting for etcd");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.wait() => return Err(IpamError::Storage(format!("stopped while waiting for etcd: {why}"))),
+                }
+                wait = (wait * 2).min(ETCD_RETRY_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The longest wait between attempts to reach etcd at startup.
+const ETCD_RETRY_MAX: Duration = Duration::from_secs(5);
+
 pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-ipam", &cli.telemetry)?;
     let loaded = cli.load()?;
@@ -39,21 +95,11 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     for note in &loaded.notes {
         tracing::info!("{note}");
     }
-    std::fs::create_dir_all(&cli.data_dir).map_err(|e| {
-        IpamError::Storage(format!(
-            "cannot create data directory {}: {e}",
-            cli.data_dir.display()
-        ))
-    })?;
-    let fs = filesystem_type(&cli.data_dir).unwrap_or_else(|| "unknown".into());
-    tracing::info!(data_dir = %cli.data_dir.display(), filesystem = %fs, durability = ?cli.durability, "opening state");
-    if fs == "tmpfs" || fs == "ramfs" {
-        tracing::warn!(
-            "the data directory is on {fs}: flushes cost nothing and nothing survives a reboot"
-        );
+    let storage = cli.storage()?;
+    if let StorageConfig::Sled(data_dir) = &storage {
+        prepare_data_dir(data_dir, &cli)?;
     }
-    let (ipam, warnings) =
-        Ipam::start(loaded.core, &cli.data_dir, cli.options(), shutdown.clone())?;
+    let (ipam, warnings) = start_ipam(&loaded.core, storage, &cli, &shutdown).await?;
     for w in warnings {
         tracing::warn!("{w}");
     }

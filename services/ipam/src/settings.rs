@@ -11,11 +11,14 @@ use routeplane_net::Family;
 use routeplane_runtime::flags;
 use routeplane_runtime::telemetry::TelemetryArgs;
 
+use crate::engine::StorageConfig;
+use crate::etcd::{EtcdSettings, EtcdTls};
 use crate::ipam::IpamOptions;
 use crate::state::CoreConfig;
 
 /// routeplane IPAM: cluster-pool pod CIDRs for nodes, pod IPs, and LoadBalancer IPs, kept in sled
-/// and published on a revisioned Watch feed (routeplane.ipam.v1 over gRPC).
+/// (embedded, the default) or etcd v3 (--store etcd) and published on a revisioned Watch feed
+/// (routeplane.ipam.v1 over gRPC).
 ///
 /// With no files it runs on its embedded defaults: the seed's values.yaml (pool 10.5.112.0/21,
 /// /24 per node) and the seed's bgp-config with its LoadBalancer pool moved to 10.5.120.0/21.
@@ -28,7 +31,40 @@ pub struct Cli {
     /// MetalLB bgp-config (the file, or the ConfigMap as `kubectl get cm bgp-config -oyaml` prints it): its address-pools are the LoadBalancer pools.
     #[arg(long, env = "ROUTEPLANE_BGP_CONFIG")]
     pub bgp_config: Option<PathBuf>,
-    /// Where sled keeps the allocation state.
+    /// Where the allocation state is kept: sled, embedded, in --data-dir; or etcd v3
+    /// (--etcd-endpoints), a replicated store outside the process.
+    #[arg(long, env = "ROUTEPLANE_STORE", value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
+    /// --store etcd: the members' client URLs, comma-separated (http://HOST:2379 or https://…).
+    #[arg(long, env = "ROUTEPLANE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// --store etcd: the key prefix holding this cluster's state (one prefix per routeplane
+    /// cluster; starts and ends with '/').
+    #[arg(
+        long,
+        env = "ROUTEPLANE_ETCD_PREFIX",
+        default_value = "/routeplane/ipam/"
+    )]
+    pub etcd_prefix: String,
+    /// --store etcd: this routeplane cluster's name, recorded under the prefix: a replica of
+    /// another cluster pointed at the same prefix is refused.
+    #[arg(long, env = "ROUTEPLANE_ETCD_CLUSTER_NAME", default_value = "default")]
+    pub etcd_cluster_name: String,
+    /// --store etcd over TLS: the CA that signed etcd's server certificate (PEM).
+    #[arg(long, env = "ROUTEPLANE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// --store etcd over TLS: a client certificate (PEM), for etcd's --client-cert-auth.
+    #[arg(
+        long,
+        env = "ROUTEPLANE_ETCD_CERT",
+        requires = "etcd_key",
+        requires = "etcd_ca"
+    )]
+    pub etcd_cert: Option<PathBuf>,
+    /// --store etcd over TLS: the client certificate's key (PEM).
+    #[arg(long, env = "ROUTEPLANE_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// Where sled keeps the allocation state (--store sled).
     #[arg(
         long,
         env = "ROUTEPLANE_DATA_DIR",
@@ -110,6 +146,12 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sled,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
     Flush,
     None,
@@ -141,6 +183,26 @@ pub struct Loaded {
 }
 
 impl Cli {
+    /// The store the flags name, checked (endpoints with a scheme, a usable prefix).
+    pub fn storage(&self) -> Result<StorageConfig, crate::error::IpamError> {
+        match self.store {
+            StoreKind::Sled => Ok(StorageConfig::Sled(self.data_dir.clone())),
+            StoreKind::Etcd => {
+                let settings = EtcdSettings {
+                    endpoints: self.etcd_endpoints.clone(),
+                    prefix: self.etcd_prefix.clone(),
+                    cluster: self.etcd_cluster_name.clone(),
+                    tls: self.etcd_ca.clone().map(|ca| EtcdTls {
+                        ca,
+                        identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+                    }),
+                };
+                settings.validate()?;
+                Ok(StorageConfig::Etcd(settings))
+            }
+        }
+    }
+
     pub fn options(&self) -> IpamOptions {
         IpamOptions {
             durable: self.durability == Durability::Flush,

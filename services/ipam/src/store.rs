@@ -3,43 +3,17 @@
 //! (`wal.rs`), which is what makes a change durable; `flush` here is the checkpoint after which the
 //! log segments it covers can go.
 //!
-//! Keys: `m/revision` → u64 BE; `n/NAME` → Node; `p/NODE\0OWNER` → [IpAddr] (AllocatePodIP's) or
-//! {ips, agent} (the node's route agent's); `g/NODE` → the generation of the agent's last applied
-//! report; `s/SERVICE` → ServiceIp; `c/CIDR` → PoolRecord; `o/KIND\0KEY` → OperatorEntry. Values
-//! are JSON so that a stored record can be read with sled's tools.
+//! The record layout is `records.rs`'s, shared with the etcd store.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use crate::error::{IpamError, Result};
-use crate::state::{AgentPod, Change, Mutation, Persisted, PodIps, PoolRecord};
-
-/// A pod-IP record as stored: a bare list for AllocatePodIP's owners (the format from before
-/// agents reported pods), an object for an agent's attachment.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-enum PodRecord {
-    Ips(Vec<IpAddr>),
-    Agent { ips: Vec<IpAddr>, agent: AgentPod },
-}
-
-const REVISION: &[u8] = b"m/revision";
+use crate::records::{self, REVISION, Write};
+use crate::state::{Mutation, Persisted};
 
 pub struct Store {
     db: sled::Db,
     path: std::path::PathBuf,
-}
-
-fn pod_key(node: &str, owner: &str) -> Vec<u8> {
-    [b"p/", node.as_bytes(), b"\0", owner.as_bytes()].concat()
-}
-
-fn operator_key(kind: &str, key: &str) -> Vec<u8> {
-    [b"o/", kind.as_bytes(), b"\0", key.as_bytes()].concat()
-}
-
-fn key(prefix: &str, name: &str) -> Vec<u8> {
-    [prefix.as_bytes(), name.as_bytes()].concat()
 }
 
 /// sled's segment size for new stores. sled 0.34's default, 512 KiB, deadlocks within a minute of
@@ -60,52 +34,16 @@ fn open_sled(path: &Path, segment: usize) -> sled::Result<sled::Db> {
         .open()
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| IpamError::Storage(format!("encoding a record: {e}")))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
-    serde_json::from_slice(value).map_err(|e| {
-        IpamError::Storage(format!(
-            "stored record {:?} is corrupt: {e}",
-            String::from_utf8_lossy(key)
-        ))
-    })
-}
-
 /// Adds a mutation's writes to `batch`.
 fn add_changes(batch: &mut sled::Batch, m: &Mutation) -> Result<()> {
+    let mut out = Vec::new();
     for change in &m.changes {
-        match change {
-            Change::PutNode(n) => batch.insert(key("n/", &n.name), json(n)?),
-            Change::DeleteNode(name) => {
-                batch.remove(key("n/", name));
-                batch.remove(key("g/", name));
-            }
-            Change::PutPodIps {
-                node,
-                owner,
-                ips,
-                agent,
-            } => {
-                let record = match agent {
-                    None => PodRecord::Ips(ips.clone()),
-                    Some(a) => PodRecord::Agent {
-                        ips: ips.clone(),
-                        agent: a.clone(),
-                    },
-                };
-                batch.insert(pod_key(node, owner), json(&record)?)
-            }
-            Change::PutPodSync { node, generation } => {
-                batch.insert(key("g/", node), json(generation)?)
-            }
-            Change::DeletePodIps { node, owner } => batch.remove(pod_key(node, owner)),
-            Change::PutServiceIp(s) => batch.insert(key("s/", &s.service), json(s)?),
-            Change::DeleteServiceIp(service) => batch.remove(key("s/", service)),
-            Change::PutPool(p) => batch.insert(key("c/", &p.cidr), json(p)?),
-            Change::PutOperator(e) => batch.insert(operator_key(&e.kind, &e.key), json(e)?),
-            Change::DeleteOperator(k) => batch.remove(operator_key(&k.kind, &k.key)),
+        records::writes(change, &mut out)?;
+    }
+    for w in out {
+        match w {
+            Write::Put(k, v) => batch.insert(k, v),
+            Write::Delete(k) => batch.remove(k),
         }
     }
     Ok(())
@@ -140,63 +78,20 @@ impl Store {
     /// The revision of the last mutation applied (0 for a new store).
     pub fn revision(&self) -> Result<u64> {
         match self.db.get(REVISION)? {
-            Some(v) => Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                IpamError::Storage("stored revision is corrupt".into())
-            })?)),
+            Some(v) => records::read_revision(&v),
             None => Ok(0),
         }
     }
 
-    /// Reads back everything: the core rebuilds its indexes from these records.
+    /// Reads back everything: the core rebuilds its indexes from these records. Keys outside the
+    /// layout are left alone, as they always were here.
     pub fn load(&self) -> Result<Persisted> {
-        let mut p = Persisted {
-            revision: match self.db.get(REVISION)? {
-                Some(v) => u64::from_be_bytes(
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| IpamError::Storage("stored revision is corrupt".into()))?,
-                ),
-                None => 0,
-            },
-            ..Persisted::default()
-        };
-        for item in self.db.scan_prefix(b"n/") {
+        let mut reader = records::Reader::default();
+        for item in self.db.iter() {
             let (k, v) = item?;
-            p.nodes.push(decode(&k, &v)?);
+            reader.add(&k, &v)?;
         }
-        for item in self.db.scan_prefix(b"p/") {
-            let (k, v) = item?;
-            let held = match decode::<PodRecord>(&k, &v)? {
-                PodRecord::Ips(ips) => PodIps { ips, agent: None },
-                PodRecord::Agent { ips, agent } => PodIps {
-                    ips,
-                    agent: Some(agent),
-                },
-            };
-            let rest = String::from_utf8_lossy(&k[2..]).into_owned();
-            let (node, owner) = rest
-                .split_once('\0')
-                .ok_or_else(|| IpamError::Storage(format!("stored pod key {rest:?} is corrupt")))?;
-            p.pod_ips.push((node.to_string(), owner.to_string(), held));
-        }
-        for item in self.db.scan_prefix(b"g/") {
-            let (k, v) = item?;
-            let node = String::from_utf8_lossy(&k[2..]).into_owned();
-            p.pod_syncs.push((node, decode(&k, &v)?));
-        }
-        for item in self.db.scan_prefix(b"s/") {
-            let (k, v) = item?;
-            p.service_ips.push(decode(&k, &v)?);
-        }
-        for item in self.db.scan_prefix(b"c/") {
-            let (k, v) = item?;
-            p.pools.push(decode::<PoolRecord>(&k, &v)?);
-        }
-        for item in self.db.scan_prefix(b"o/") {
-            let (k, v) = item?;
-            p.operator.push(decode(&k, &v)?);
-        }
-        Ok(p)
+        Ok(reader.finish())
     }
 
     /// Writes one mutation atomically (not yet durable).
@@ -218,7 +113,7 @@ impl Store {
         for m in mutations {
             add_changes(&mut batch, m)?;
         }
-        batch.insert(REVISION, &last.revision.to_be_bytes());
+        batch.insert(REVISION, &records::revision_value(last.revision));
         self.db.apply_batch(batch)?;
         Ok(())
     }
@@ -270,6 +165,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Node, ServiceIp};
+    use crate::state::{AgentPod, Change, PodIps};
 
     #[test]
     fn a_store_made_with_the_old_segment_size_still_opens() {

@@ -12,6 +12,7 @@ use routeplane_kubernetes::mock::{MockApi, Reply, answer_bytes};
 use serde_json::{Value, json};
 
 use super::Controller;
+use crate::engine::StorageConfig;
 use crate::ipam::{Ipam, IpamOptions};
 use crate::settings::Cli;
 
@@ -20,10 +21,11 @@ async fn setup(grace: Duration) -> (Controller, MockApi, Arc<Ipam>, tempfile::Te
     let loaded = Cli::parse_from(["routeplane-ipam"]).load().unwrap();
     let (ipam, _) = Ipam::start(
         loaded.core,
-        dir.path(),
+        StorageConfig::Sled(dir.path().to_path_buf()),
         IpamOptions::default(),
         routeplane_runtime::shutdown::Shutdown::new(),
     )
+    .await
     .unwrap();
     let (client, api) = MockApi::new();
     (Controller::new(client, ipam.clone(), grace), api, ipam, dir)

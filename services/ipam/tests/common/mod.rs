@@ -12,6 +12,8 @@ use routeplane_testkit::Service;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use tonic::transport::Channel;
 
+pub type Client = IpamClient<Channel>;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_routeplane-ipam");
 
 /// The seed's files, verbatim, and routeplane's default bgp-config.
