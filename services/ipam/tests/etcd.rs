@@ -339,3 +339,47 @@ async fn etcd_over_tls_with_a_client_certificate() {
         || ipam.log().contains("waiting for etcd"),
     );
 }
+
+/// etcd gone for longer than a write is retried: degraded mode — writes UNAVAILABLE, reads
+/// served — and writes resume by themselves once etcd is back, nothing acknowledged lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_gone_while_running_degrades_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = EtcdCluster::start(dir.path(), 1, &[]);
+    let server = start(dir.path(), &etcd_args(&cluster, "/gone/"));
+    let mut c = server.client().await;
+    register(&mut c, "n1").await;
+    let kept = allocate(&mut c, "n1", "default/kept").await.unwrap();
+    cluster.kill(0);
+    let started = Instant::now();
+    let e = allocate(&mut c, "n1", "default/lost").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("etcd"), "{}", e.message());
+    println!("the write was refused after {:?}", started.elapsed());
+    let listed = c
+        .list_pod_i_ps(pb::ListPodIPsRequest { node: "n1".into() })
+        .await
+        .expect("reads are served while etcd is gone")
+        .into_inner();
+    assert_eq!(listed.allocations.len(), 1);
+    assert_eq!(listed.allocations[0].ips, kept);
+    cluster.restart(0);
+    let back = Instant::now();
+    let ips = loop {
+        match allocate(&mut c, "n1", "default/after").await {
+            Ok(ips) => break ips,
+            Err(e) => assert!(
+                back.elapsed() < Duration::from_secs(30),
+                "writes did not resume: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(ips, kept);
+    let stored = stored_pods(&cluster, "/gone/");
+    assert_eq!(
+        stored.len(),
+        2,
+        "kept and after, not the refused one: {stored:?}"
+    );
+}
