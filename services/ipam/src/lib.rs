@@ -35,6 +35,7 @@ pub mod journal;
 pub mod kubernetes;
 pub mod materialize;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod pod_pools;
 pub mod records;

@@ -37,6 +37,24 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    if let Some(direction) = cli.copy_store {
+        let copied = match cli.etcd_settings() {
+            Ok(settings) => {
+                routeplane_ipam::migrate::copy(direction, &cli.data_dir, &settings).await
+            }
+            Err(e) => Err(e),
+        };
+        return match copied {
+            Ok(report) => {
+                print!("{report}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("routeplane-ipam --copy-store: {e}");
+                std::process::ExitCode::from(1)
+            }
+        };
+    }
     match server::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

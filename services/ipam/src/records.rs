@@ -112,6 +112,34 @@ pub fn writes(change: &Change, out: &mut Vec<Write>) -> Result<()> {
     Ok(())
 }
 
+/// The changes that write everything `p` holds into an empty store (a migration's copy).
+pub fn changes_of(p: &Persisted) -> Vec<Change> {
+    let mut out = Vec::new();
+    out.extend(p.nodes.iter().cloned().map(Change::PutNode));
+    out.extend(
+        p.pod_ips
+            .iter()
+            .map(|(node, owner, held)| Change::PutPodIps {
+                node: node.clone(),
+                owner: owner.clone(),
+                ips: held.ips.clone(),
+                agent: held.agent.clone(),
+            }),
+    );
+    out.extend(
+        p.pod_syncs
+            .iter()
+            .map(|(node, generation)| Change::PutPodSync {
+                node: node.clone(),
+                generation: *generation,
+            }),
+    );
+    out.extend(p.service_ips.iter().cloned().map(Change::PutServiceIp));
+    out.extend(p.pools.iter().cloned().map(Change::PutPool));
+    out.extend(p.operator.iter().cloned().map(Change::PutOperator));
+    out
+}
+
 /// Builds [`Persisted`] from stored records, in any order.
 #[derive(Default)]
 pub struct Reader {

@@ -89,6 +89,12 @@ pub struct Cli {
     /// or in use by a running routeplane-ipam).
     #[arg(long)]
     pub check_store: bool,
+    /// Copy the allocation state from one store into an empty other — sled in --data-dir, etcd
+    /// at --etcd-endpoints/--etcd-prefix — read the copy back, compare every record with the
+    /// source, and exit: 0 when equal, 1 otherwise. routeplane-ipam must be stopped; the source
+    /// is left as it was (copy the other way to go back).
+    #[arg(long, value_enum)]
+    pub copy_store: Option<crate::migrate::Direction>,
     /// Prometheus /metrics listen address.
     #[arg(
         long,
@@ -183,23 +189,26 @@ pub struct Loaded {
 }
 
 impl Cli {
+    /// The etcd settings the flags name, checked.
+    pub fn etcd_settings(&self) -> Result<EtcdSettings, crate::error::IpamError> {
+        let settings = EtcdSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cluster: self.etcd_cluster_name.clone(),
+            tls: self.etcd_ca.clone().map(|ca| EtcdTls {
+                ca,
+                identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+            }),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
     /// The store the flags name, checked (endpoints with a scheme, a usable prefix).
     pub fn storage(&self) -> Result<StorageConfig, crate::error::IpamError> {
         match self.store {
             StoreKind::Sled => Ok(StorageConfig::Sled(self.data_dir.clone())),
-            StoreKind::Etcd => {
-                let settings = EtcdSettings {
-                    endpoints: self.etcd_endpoints.clone(),
-                    prefix: self.etcd_prefix.clone(),
-                    cluster: self.etcd_cluster_name.clone(),
-                    tls: self.etcd_ca.clone().map(|ca| EtcdTls {
-                        ca,
-                        identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
-                    }),
-                };
-                settings.validate()?;
-                Ok(StorageConfig::Etcd(settings))
-            }
+            StoreKind::Etcd => Ok(StorageConfig::Etcd(self.etcd_settings()?)),
         }
     }
 

@@ -73,7 +73,7 @@ pub struct Mutation {
 }
 
 /// Everything read back from storage at startup.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Persisted {
     pub revision: Revision,
     pub nodes: Vec<Node>,

@@ -295,6 +295,30 @@ pub async fn open(settings: &EtcdSettings) -> Result<(EtcdJournal, Persisted)> {
     ))
 }
 
+/// A migration's copy (`migrate.rs`): writes every record of `source` under the prefix, which
+/// must hold no state (no revision key: empty, or the remains of a copy that did not finish,
+/// which are overwritten — the read-back comparison afterwards finds anything left over).
+pub async fn write_into_empty(settings: &EtcdSettings, source: &Persisted) -> Result<()> {
+    let client = connect(settings).await?;
+    let mut kv = client.kv_client();
+    check_schema(&mut kv, settings).await?;
+    let read = read_all(&mut kv, settings).await?;
+    if read.fence != 0 || read.pending.is_some() {
+        return Err(IpamError::Config(format!(
+            "etcd prefix {} already holds routeplane-ipam state at revision {}: copy into an empty prefix (--etcd-prefix), or delete it first (etcdctl del --prefix {})",
+            settings.prefix, read.persisted.revision, settings.prefix
+        )));
+    }
+    let mut writes = Vec::new();
+    for change in records::changes_of(source) {
+        records::writes(&change, &mut writes)?;
+    }
+    EtcdJournal::new(kv, settings.clone(), 0)
+        .roll_forward(source.revision, writes)
+        .await
+        .map_err(|f| f.error)
+}
+
 /// What [`read_all`] found.
 struct Read {
     persisted: Persisted,
