@@ -11,6 +11,8 @@ use routeplane_runtime::{RuntimeError, bind, metrics};
 
 use crate::engine::StorageConfig;
 use crate::error::IpamError;
+use crate::etcd::EtcdSettings;
+use crate::etcd::election::{self, Leadership};
 use crate::grpc::IpamGrpc;
 use crate::ipam::Ipam;
 use crate::settings::Cli;
@@ -48,25 +50,30 @@ fn prepare_data_dir(data_dir: &Path, cli: &Cli) -> Result<(), IpamError> {
     Ok(())
 }
 
-/// Opens the state and starts the core. etcd that does not answer yet (not started, no quorum)
-/// is waited for, saying so, with backoff up to ETCD_RETRY_MAX; what etcd holds that must be
-/// refused (another cluster's state, a newer layout, foreign keys) stops the start.
+/// Opens the state and starts the core — on etcd once this replica leads (`etcd/election.rs`:
+/// until then it stands by, not listening). etcd that does not answer yet (not started, no
+/// quorum) is waited for, saying so, with backoff up to ETCD_RETRY_MAX; what etcd holds that must
+/// be refused (another cluster's state, a newer layout, foreign keys) stops the start.
 async fn start_ipam(
     core: &crate::state::CoreConfig,
     storage: StorageConfig,
     cli: &Cli,
     shutdown: &Shutdown,
-) -> Result<(Arc<Ipam>, Vec<String>), IpamError> {
+) -> Result<(Arc<Ipam>, Vec<String>, Option<Leadership>), IpamError> {
     let mut wait = Duration::from_millis(250);
     loop {
-        match Ipam::start(
-            core.clone(),
-            storage.clone(),
-            cli.options(),
-            shutdown.clone(),
-        )
-        .await
-        {
+        let started = match &storage {
+            StorageConfig::Etcd(settings) => lead_and_start(core, settings, cli, shutdown).await,
+            StorageConfig::Sled(_) => Ipam::start(
+                core.clone(),
+                storage.clone(),
+                cli.options(),
+                shutdown.clone(),
+            )
+            .await
+            .map(|(ipam, warnings)| (ipam, warnings, None)),
+        };
+        match started {
             Err(IpamError::Storage(why)) if matches!(storage, StorageConfig::Etcd(_)) => {
                 tracing::warn!(retry_in = ?wait, "{why}; waiting for etcd");
                 tokio::select! {
@@ -78,6 +85,41 @@ async fn start_ipam(
             other => return other,
         }
     }
+}
+
+/// Campaigns, then opens etcd with the leadership it won fencing every write; a lost lease fails
+/// the service (it exits and, restarted, stands by).
+async fn lead_and_start(
+    core: &crate::state::CoreConfig,
+    settings: &EtcdSettings,
+    cli: &Cli,
+    shutdown: &Shutdown,
+) -> Result<(Arc<Ipam>, Vec<String>, Option<Leadership>), IpamError> {
+    let me = cli.grpc_listen.to_string();
+    let leadership = election::campaign(settings, &me, cli.etcd_lease_ttl, shutdown).await?;
+    let mut settings = settings.clone();
+    settings.leader = Some(leadership.create_revision);
+    let storage = StorageConfig::Etcd(settings);
+    let (ipam, warnings) =
+        match Ipam::start(core.clone(), storage, cli.options(), shutdown.clone()).await {
+            Ok(started) => started,
+            Err(e) => {
+                leadership.resign().await;
+                return Err(e);
+            }
+        };
+    let mut lost = leadership.lost.clone();
+    let watched = Arc::downgrade(&ipam);
+    tokio::spawn(async move {
+        if lost.wait_for(|lost| *lost).await.is_ok()
+            && let Some(ipam) = watched.upgrade()
+        {
+            ipam.fail(&IpamError::Storage(
+                "this replica lost its leadership lease (etcd unreachable or the process paused past the TTL)".into(),
+            ));
+        }
+    });
+    Ok((ipam, warnings, Some(leadership)))
 }
 
 /// The longest wait between attempts to reach etcd at startup.
@@ -99,7 +141,9 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     if let StorageConfig::Sled(data_dir) = &storage {
         prepare_data_dir(data_dir, &cli)?;
     }
-    let (ipam, warnings) = start_ipam(&loaded.core, storage, &cli, &shutdown).await?;
+    let storage_for_announce = storage.clone();
+    let (ipam, warnings, mut leadership) =
+        start_ipam(&loaded.core, storage, &cli, &shutdown).await?;
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -114,6 +158,13 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         }
     }
     let grpc_listener = bind(cli.grpc_listen).await?;
+    if let (Some(leadership), StorageConfig::Etcd(settings), Ok(addr)) = (
+        leadership.as_mut(),
+        &storage_for_announce,
+        grpc_listener.local_addr(),
+    ) {
+        leadership.announce(settings, &addr.to_string()).await;
+    }
     let metrics_listener = bind(cli.metrics_listen).await?;
     let mut registry = crate::metrics::registry(ipam.clone());
     let server = GrpcServer::new(
@@ -143,6 +194,10 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     shutdown.trigger();
     if let Ok(Err(e)) = metrics_task.await {
         tracing::warn!(error = %e, "metrics server stopped with an error");
+    }
+    if let Some(leadership) = leadership {
+        // A standby takes over now rather than when the lease runs out.
+        leadership.resign().await;
     }
     served?;
     if ipam.has_failed() {

@@ -50,6 +50,12 @@ pub struct Cli {
     /// another cluster pointed at the same prefix is refused.
     #[arg(long, env = "ROUTEPLANE_ETCD_CLUSTER_NAME", default_value = "default")]
     pub etcd_cluster_name: String,
+    /// --store etcd: one replica serves a prefix at a time, under an etcd lease of this TTL; the
+    /// others stand by (not listening) and take over when it ends — at once when the leader
+    /// stops, after the TTL when it dies (etcd rounds a TTL up to its minimum, about 1.5 s with
+    /// its default timings).
+    #[arg(long, env = "ROUTEPLANE_ETCD_LEASE_TTL", default_value = "2s", value_parser = flags::duration_within(Duration::from_secs(1), Duration::from_secs(60)))]
+    pub etcd_lease_ttl: Duration,
     /// --store etcd over TLS: the CA that signed etcd's server certificate (PEM).
     #[arg(long, env = "ROUTEPLANE_ETCD_CA")]
     pub etcd_ca: Option<PathBuf>,
@@ -199,6 +205,7 @@ impl Cli {
                 ca,
                 identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
             }),
+            leader: None,
         };
         settings.validate()?;
         Ok(settings)

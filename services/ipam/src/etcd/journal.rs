@@ -159,13 +159,19 @@ impl EtcdJournal {
             ));
             ops.push(TxnOp::put(self.key(WRITER), stamp.as_bytes(), None));
         }
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.key(REVISION),
+        let mut fences = vec![Compare::mod_revision(
+            self.key(REVISION),
+            CompareOp::Equal,
+            self.fence,
+        )];
+        if let Some(won) = self.settings.leader {
+            fences.push(Compare::create_revision(
+                self.key(super::LEADER),
                 CompareOp::Equal,
-                self.fence,
-            )])
-            .and_then(ops);
+                won,
+            ));
+        }
+        let txn = Txn::new().when(fences).and_then(ops);
         let started = Instant::now();
         let mut retried = false;
         let mut pause = Duration::from_millis(50);
@@ -209,7 +215,7 @@ impl EtcdJournal {
             }
             return Err(Fault {
                 error: IpamError::Storage(format!(
-                    "the state under etcd prefix {} was changed by another writer since this replica read it (revision key no longer at etcd revision {}); restarting to read it again",
+                    "this replica lost the leadership of etcd prefix {} or another writer changed its state since this replica read it (revision key no longer at etcd revision {}); restarting to read it again",
                     self.settings.prefix, self.fence
                 )),
                 fatal: true,

@@ -14,6 +14,7 @@
     deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)
 )]
 
+pub mod election;
 mod journal;
 
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ use crate::wal::WalRecord;
 /// The record layout this version writes (`records.rs`). A newer one is refused.
 pub const LAYOUT: u32 = 1;
 
+/// The key of the replica that serves the prefix (`election.rs`).
+pub(crate) const LEADER: &[u8] = b"leader";
+
 /// Records read per etcd range request when loading.
 const PAGE: i64 = 5_000;
 
@@ -51,6 +55,9 @@ pub struct EtcdSettings {
     /// The routeplane cluster's name, recorded under the prefix.
     pub cluster: String,
     pub tls: Option<EtcdTls>,
+    /// Set once this replica leads (`election.rs`): the create revision of the leader key it
+    /// won, which every write compares against.
+    pub leader: Option<i64>,
 }
 
 /// Client TLS toward etcd: the CA that signed etcd's certificate, and a client certificate when
@@ -186,13 +193,15 @@ async fn check_schema(kv: &mut KvClient, settings: &EtcdSettings) -> Result<()> 
                 Some(
                     GetOptions::new()
                         .with_prefix()
-                        .with_limit(1)
+                        .with_limit(2)
                         .with_keys_only(),
                 ),
             )
             .await
             .map_err(|e| etcd_error(settings, "did not answer", e))?;
-        if let Some(foreign) = any.kvs().first() {
+        // The leader key is written before the prefix is opened (`election.rs`).
+        let leader = settings.key(LEADER);
+        if let Some(foreign) = any.kvs().iter().find(|kv| kv.key() != leader.as_slice()) {
             return Err(IpamError::Config(format!(
                 "etcd prefix {} holds keys routeplane-ipam did not write (the first: {:?}) and no schema key: choose an empty prefix with --etcd-prefix",
                 settings.prefix,
@@ -353,7 +362,7 @@ async fn read_all(kv: &mut KvClient, settings: &EtcdSettings) -> Result<Read> {
             let Some(record) = pair.key().strip_prefix(settings.prefix.as_bytes()) else {
                 continue;
             };
-            if record == b"schema" {
+            if record == b"schema" || record == LEADER {
                 continue;
             }
             if record == journal::WRITER {
@@ -417,6 +426,7 @@ mod tests {
             prefix: prefix.into(),
             cluster: "default".into(),
             tls: None,
+            leader: None,
         }
     }
 

@@ -114,6 +114,11 @@ impl Server {
         self.process.kill9();
     }
 
+    /// The exit status once it has exited by itself; fails with its log after `limit`.
+    pub fn wait_exit(mut self, limit: Duration) -> ExitStatus {
+        self.process.wait_exit(limit)
+    }
+
     /// SIGTERM, then the exit status (bounded wait).
     pub fn terminate(mut self) -> ExitStatus {
         self.process.terminate()
