@@ -110,13 +110,18 @@ async fn lead_and_start(
         };
     let mut lost = leadership.lost.clone();
     let watched = Arc::downgrade(&ipam);
+    let stopping = shutdown.clone();
     tokio::spawn(async move {
-        if lost.wait_for(|lost| *lost).await.is_ok()
-            && let Some(ipam) = watched.upgrade()
-        {
-            ipam.fail(&IpamError::Storage(
-                "this replica lost its leadership lease (etcd unreachable or the process paused past the TTL)".into(),
-            ));
+        // Not once shutdown began: resigning at the end gives the lease up on purpose.
+        tokio::select! {
+            lost = lost.wait_for(|lost| *lost) => {
+                if lost.is_ok() && !stopping.is_triggered() && let Some(ipam) = watched.upgrade() {
+                    ipam.fail(&IpamError::Storage(
+                        "this replica lost its leadership lease (etcd unreachable or the process paused past the TTL)".into(),
+                    ));
+                }
+            }
+            () = stopping.wait() => {}
         }
     });
     Ok((ipam, warnings, Some(leadership)))
@@ -143,7 +148,14 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     }
     let storage_for_announce = storage.clone();
     let (ipam, warnings, mut leadership) =
-        start_ipam(&loaded.core, storage, &cli, &shutdown).await?;
+        match start_ipam(&loaded.core, storage, &cli, &shutdown).await {
+            // SIGTERM while standing by or waiting for etcd: a clean stop.
+            Err(_) if shutdown.is_triggered() => {
+                tracing::info!("stopped before serving");
+                return Ok(());
+            }
+            started => started?,
+        };
     for w in warnings {
         tracing::warn!("{w}");
     }

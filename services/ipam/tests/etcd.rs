@@ -396,3 +396,59 @@ async fn etcd_gone_while_running_refuses_writes_and_the_replica_steps_down() {
     assert_ne!(ips, kept);
     assert_eq!(stored_pods(&cluster, "/gone/").len(), 2);
 }
+
+/// SIGTERM to the leader: it gives its lease up on the way out (exit 0) and the standby leads at
+/// once rather than after the TTL; SIGTERM to a standby is a clean stop too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stops_hands_over_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), 1, &[]);
+    let mut args = etcd_args(&cluster, "/handover/");
+    args.extend(["--etcd-lease-ttl".into(), "10s".into()]);
+    let a = start(&dir.path().join("a"), &args);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut b = Service::start(
+        "routeplane-ipam standby",
+        common::command(&dir.path().join("b").join("data"), &refs),
+    );
+    let mut c = Service::start(
+        "routeplane-ipam second standby",
+        common::command(&dir.path().join("c").join("data"), &refs),
+    );
+    wait_for("both standing by", Duration::from_secs(20), || {
+        b.log().contains("standby") && c.log().contains("standby")
+    });
+    let stopped = Instant::now();
+    assert!(
+        a.terminate().success(),
+        "a leader's SIGTERM is a clean stop"
+    );
+    let taken = loop {
+        if b.log().contains("gRPC listening") {
+            break b.listen_addr("gRPC");
+        }
+        if c.log().contains("gRPC listening") {
+            break c.listen_addr("gRPC");
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "no standby took over well before the 10 s lease ran out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "a standby led {:?} after the leader's SIGTERM",
+        stopped.elapsed()
+    );
+    let mut client = Server::attach(&format!("http://{taken}")).client().await;
+    register(&mut client, "n1").await;
+    let standby = if b.log().contains("gRPC listening") {
+        &mut c
+    } else {
+        &mut b
+    };
+    assert!(
+        standby.terminate().success(),
+        "a standby's SIGTERM is a clean stop"
+    );
+}

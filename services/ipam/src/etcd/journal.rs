@@ -35,9 +35,9 @@ use crate::records::{self, REVISION, Write};
 use crate::state::Mutation;
 use crate::wal::WalRecord;
 
-/// Record writes per transaction: etcd's default `--max-txn-ops` (128), less the revision key and
-/// the intent's deletion.
-const TXN_OPS: usize = 126;
+/// Record writes per transaction: etcd's default `--max-txn-ops` (128), less the revision key,
+/// the writer stamp and an intent's deletion.
+const TXN_OPS: usize = 125;
 /// Bytes of keys and values per transaction, under etcd's default `--max-request-bytes` (1.5 MiB).
 const TXN_BYTES: usize = 1 << 20;
 /// The intent of a mutation too big for one transaction.
@@ -241,17 +241,24 @@ impl EtcdJournal {
                 error: etcd_error(&self.settings, "did not answer a read", e),
                 fatal: false,
             })?;
-        let mut found = read.op_responses().into_iter().filter_map(|r| match r {
-            TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
-            _ => None,
-        });
-        let (Some((fence, _)), Some((writer_revision, writer))) = (found.next(), found.next())
+        // One answer per get, in order; a key that is missing answers None.
+        let found: Vec<Option<(i64, Vec<u8>)>> = read
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.mod_revision(), kv.value().to_vec())),
+                _ => None,
+            })
+            .collect();
+        let (Some(Some((fence, _))), Some(Some((writer_revision, writer)))) =
+            (found.first(), found.get(1))
         else {
             return Ok(None);
         };
+        let (fence, writer_revision) = (*fence, *writer_revision);
         // Written together, in one transaction: same etcd revision.
         Ok((writer == stamp.as_bytes() && writer_revision == fence).then_some(fence))
     }
