@@ -1,15 +1,19 @@
-//! The storage engine under the core — the log (`wal.rs`), sled (`store.rs`), the committer and
-//! the materializer — and what happens when a disk refuses writes.
+//! The storage engine under the core — the store ([`StorageConfig`]: sled with its log, or etcd),
+//! the committer writing through its journal, for sled the materializer — and what happens when
+//! storage refuses writes.
 //!
-//! Opening it replays the log into sled and reads back every record. While it runs, a supervisor
-//! waits for a [`Fault`]. A disk that refuses writes (full, remounted read-only, failing) puts the
-//! service in **degraded mode** instead of stopping it: writes are refused with `Unavailable`
-//! naming the cause, the queue is closed and whatever it held refused, the core is rebuilt from
-//! the durable image (forgetting the changes that never reached the disk), and reads and Watch go
-//! on from that image. Every second the supervisor tries to reopen the engine — a probe write,
-//! then the same replay as at startup — and when that works, writes resume by themselves. A fault
-//! only a restart can repair (a stuck sled, a bug) fails the service: health NOT_SERVING, and the
-//! process exits for its supervisor to restart it.
+//! Opening sled replays the log into it and reads back every record; opening etcd checks the
+//! prefix and reads it at one revision. While it runs, a supervisor waits for a [`Fault`].
+//! Storage that refuses writes (a disk full, remounted read-only or failing; etcd without quorum
+//! or out of space) puts the service in **degraded mode** instead of stopping it: writes are
+//! refused with `Unavailable` naming the cause (`ResourceExhausted` when storage is full), the
+//! queue is closed and whatever it held refused, the core is rebuilt from the durable image
+//! (forgetting the changes that never became durable), and reads and Watch go on from that image.
+//! Every second the supervisor tries to reopen — sled: a probe write, then the same replay as at
+//! startup; etcd: no NOSPACE alarm, then reading it again — and when that works, writes resume by
+//! themselves. A fault only a restart can repair (a stuck sled, a bug, another writer on the etcd
+//! prefix) fails the service: health NOT_SERVING, and the process exits for its supervisor to
+//! restart it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
