@@ -70,14 +70,48 @@ pub async fn campaign(
     shutdown: &Shutdown,
 ) -> Result<Leadership> {
     let mut client = connect(settings).await?;
-    let key = settings.key(super::LEADER);
     let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     let lease = client
         .lease_grant(ttl_secs, None)
         .await
         .map_err(|e| etcd_error(settings, "did not grant a lease", e))?
         .id();
-    let lost = keep_alive(client.clone(), settings.clone(), lease, ttl).await?;
+    let lost = match keep_alive(client.clone(), settings.clone(), lease, ttl).await {
+        Ok(lost) => lost,
+        Err(e) => {
+            // Best effort: an orphan lease would otherwise live until its TTL.
+            let _ = client.lease_revoke(lease).await;
+            return Err(e);
+        }
+    };
+    let won = stand_by_until_leading(&mut client, settings, me, lease, &lost, shutdown).await;
+    match won {
+        Ok(create_revision) => Ok(Leadership {
+            create_revision,
+            lease,
+            client,
+            lost,
+        }),
+        Err(e) => {
+            // Not leading after all (etcd failed, or shutdown): give the lease up, which also
+            // ends its keep-alive task.
+            let _ = client.lease_revoke(lease).await;
+            Err(e)
+        }
+    }
+}
+
+/// The campaign proper: tries to create the leader key, and while another replica holds it,
+/// waits; returns the key's create revision once this replica holds it.
+async fn stand_by_until_leading(
+    client: &mut Client,
+    settings: &EtcdSettings,
+    me: &str,
+    lease: i64,
+    lost: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
+) -> Result<i64> {
+    let key = settings.key(super::LEADER);
     let mut last_seen: Option<Vec<u8>> = None;
     loop {
         if *lost.borrow() {
@@ -98,14 +132,8 @@ pub async fn campaign(
             .await
             .map_err(|e| etcd_error(settings, "did not answer a campaign", e))?;
         if answer.succeeded() {
-            let create_revision = answer.header().map_or(0, |h| h.revision());
             tracing::info!(prefix = %settings.prefix, "leading: this replica serves the prefix");
-            return Ok(Leadership {
-                create_revision,
-                lease,
-                client,
-                lost,
-            });
+            return Ok(answer.header().map_or(0, |h| h.revision()));
         }
         let leader = answer.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
