@@ -73,7 +73,7 @@ impl EtcdCluster {
     /// Starts `n` members under `dir` and waits until the cluster answers. `extra` goes to every
     /// member (e.g. `--quota-backend-bytes=...`).
     pub fn start(dir: &Path, n: usize, extra: &[&str]) -> EtcdCluster {
-        Self::start_with(dir, n, extra, None)
+        Self::start_on(dir, cluster_net(), n, extra, None)
     }
 
     /// The same, serving TLS only and requiring client certificates (`--client-cert-auth`):
@@ -89,10 +89,6 @@ impl EtcdCluster {
         Self::start_on(dir, net, n, &[], Some(tls))
     }
 
-    fn start_with(dir: &Path, n: usize, extra: &[&str], tls: Option<EtcdTls>) -> EtcdCluster {
-        Self::start_on(dir, cluster_net(), n, extra, tls)
-    }
-
     fn start_on(
         dir: &Path,
         net: String,
@@ -101,7 +97,7 @@ impl EtcdCluster {
         tls: Option<EtcdTls>,
     ) -> EtcdCluster {
         assert!(
-            Path::new("/usr/bin/etcd").exists() || which("etcd"),
+            which("etcd"),
             "etcd is not installed: scripts/test installs Debian's etcd-server"
         );
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -183,6 +179,19 @@ impl EtcdCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every key under `prefix` with its value, in key order (`etcdctl get --prefix`).
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.etcdctl(&["get", "--prefix", prefix]);
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .map(|kv| {
+                let value = kv.get(1).copied().unwrap_or_default();
+                (kv[0].to_string(), value.to_string())
+            })
+            .collect()
     }
 
     /// etcdctl, its status left to the caller.

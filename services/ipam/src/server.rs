@@ -146,7 +146,6 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     if let StorageConfig::Sled(data_dir) = &storage {
         prepare_data_dir(data_dir, &cli)?;
     }
-    let storage_for_announce = storage.clone();
     let (ipam, warnings, mut leadership) =
         match start_ipam(&loaded.core, storage, &cli, &shutdown).await {
             // SIGTERM while standing by or waiting for etcd: a clean stop.
@@ -170,12 +169,8 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         }
     }
     let grpc_listener = bind(cli.grpc_listen).await?;
-    if let (Some(leadership), StorageConfig::Etcd(settings), Ok(addr)) = (
-        leadership.as_mut(),
-        &storage_for_announce,
-        grpc_listener.local_addr(),
-    ) {
-        leadership.announce(settings, &addr.to_string()).await;
+    if let (Some(leadership), Ok(addr)) = (leadership.as_mut(), grpc_listener.local_addr()) {
+        leadership.announce(&addr.to_string()).await;
     }
     let metrics_listener = bind(cli.metrics_listen).await?;
     let mut registry = crate::metrics::registry(ipam.clone());

@@ -65,12 +65,7 @@ async fn allocate(
 
 /// Every pod IP record under `prefix` as etcd holds it: (key, value).
 fn stored_pods(cluster: &EtcdCluster, prefix: &str) -> Vec<(String, String)> {
-    let out = cluster.etcdctl(&["get", "--prefix", &format!("{prefix}p/")]);
-    let lines: Vec<&str> = out.lines().collect();
-    lines
-        .chunks(2)
-        .map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string()))
-        .collect()
+    cluster.get_prefix(&format!("{prefix}p/"))
 }
 
 #[test]

@@ -227,13 +227,14 @@ async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
     );
 
     // Every acknowledged allocation is in etcd, once, with the address acknowledged.
-    let out = cluster.etcdctl(&["get", "--prefix", &format!("{PREFIX}p/")]);
-    let lines: Vec<&str> = out.lines().collect();
     let mut stored = BTreeMap::new();
-    for kv in lines.chunks(2) {
-        let key = kv[0].strip_prefix(&format!("{PREFIX}p/")).unwrap();
-        let ips: Vec<String> = serde_json::from_str(kv[1]).unwrap();
-        assert!(stored.insert(key.to_string(), ips).is_none(), "{key} twice");
+    for (key, value) in cluster.get_prefix(&format!("{PREFIX}p/")) {
+        let key = key
+            .strip_prefix(&format!("{PREFIX}p/"))
+            .unwrap()
+            .to_string();
+        let ips: Vec<String> = serde_json::from_str(&value).unwrap();
+        assert!(stored.insert(key.clone(), ips).is_none(), "{key} twice");
     }
     for (key, ips) in &seen.acknowledged {
         assert_eq!(stored.get(key), Some(ips), "acknowledged {key} {ips:?}");

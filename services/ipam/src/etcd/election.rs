@@ -22,6 +22,8 @@ use crate::error::{IpamError, Result};
 /// the lease is still held.
 pub struct Leadership {
     pub create_revision: i64,
+    /// The leader key under the prefix.
+    key: Vec<u8>,
     lease: i64,
     client: Client,
     /// Turns true when the lease is lost (expired, revoked, or not renewed in time).
@@ -34,8 +36,8 @@ const STANDBY_POLL: Duration = Duration::from_millis(200);
 impl Leadership {
     /// Writes the address this replica answers on into the leader key (the standbys log it):
     /// known only once the listener is bound, after the campaign.
-    pub async fn announce(&mut self, settings: &EtcdSettings, addr: &str) {
-        let key = settings.key(super::LEADER);
+    pub async fn announce(&mut self, addr: &str) {
+        let key = self.key.clone();
         let txn = Txn::new()
             .when([Compare::create_revision(
                 key.clone(),
@@ -88,6 +90,7 @@ pub async fn campaign(
     match won {
         Ok(create_revision) => Ok(Leadership {
             create_revision,
+            key: settings.key(super::LEADER),
             lease,
             client,
             lost,
