@@ -19,6 +19,7 @@ use crate::error::{IpamError, Result};
 use crate::image::DurableImage;
 use crate::journal::Journal;
 use crate::model::{Revision, RevisionedEvent};
+use crate::records::History;
 use crate::snapshot::SnapshotState;
 use crate::state::{Mutation, Persisted};
 
@@ -80,14 +81,31 @@ pub enum WatchStart {
 }
 
 impl Feed {
-    /// A feed starting at the durable state read at startup.
-    pub fn new(persisted: &Persisted, history: usize, live_buffer: usize) -> Feed {
+    /// A feed starting at the durable state read at startup, with the Watch history the store
+    /// kept (etcd: what lets a watcher resume at a new replica), of which it keeps the last
+    /// `capacity` events.
+    pub fn new(
+        persisted: &Persisted,
+        stored: Option<History>,
+        capacity: usize,
+        live_buffer: usize,
+    ) -> Feed {
+        let capacity = capacity.max(1);
+        let (mut horizon, mut history) = match stored {
+            Some(h) => (h.horizon, h.events.into_iter().map(Arc::new).collect()),
+            None => (persisted.revision, VecDeque::new()),
+        };
+        while history.len() > capacity {
+            if let Some(old) = history.pop_front() {
+                horizon = old.revision;
+            }
+        }
         Feed {
             inner: Mutex::new(FeedInner {
                 revision: persisted.revision,
-                horizon: persisted.revision,
-                history: VecDeque::new(),
-                capacity: history.max(1),
+                horizon,
+                history,
+                capacity,
                 image: DurableImage::new(persisted),
                 snapshot: None,
             }),
@@ -289,7 +307,7 @@ pub(crate) mod tests {
 
     #[test]
     fn replay_within_history_snapshot_outside_it() {
-        let feed = Feed::new(&at(10), 2, 16);
+        let feed = Feed::new(&at(10), None, 2, 16);
         feed.publish(11, &mut [named("a", 11)]);
         feed.publish(13, &mut [named("b", 13)]); // 12 was a pod IP: no event
         assert!(matches!(feed.subscribe(10).0, WatchStart::Replay(v) if v.len() == 2));
@@ -313,8 +331,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_feed_started_from_stored_history_replays_it_to_watchers_resuming_from_before_the_start() {
+        let stored = History {
+            horizon: 4,
+            events: vec![node("a", 5), node("b", 7), node("c", 9), node("d", 10)],
+        };
+        // Capacity 3: the oldest stored event falls out, and the horizon with it.
+        let feed = Feed::new(&at(10), Some(stored), 3, 16);
+        let replayed = |from| match feed.subscribe(from).0 {
+            WatchStart::Replay(v) => Some(v.iter().map(|e| e.revision).collect::<Vec<_>>()),
+            WatchStart::Snapshot { .. } => None,
+        };
+        assert_eq!(replayed(5), Some(vec![7, 9, 10]));
+        assert_eq!(replayed(8), Some(vec![9, 10]));
+        assert_eq!(replayed(4), None, "revision 5's event was not kept");
+        let fresh = Feed::new(&at(10), None, 3, 16);
+        assert!(
+            matches!(fresh.subscribe(8).0, WatchStart::Snapshot { .. }),
+            "no stored history: nothing before the start can be replayed"
+        );
+    }
+
+    #[test]
     fn watchers_starting_at_one_revision_share_one_snapshot_state() {
-        let feed = Feed::new(&at(10), 2, 16);
+        let feed = Feed::new(&at(10), None, 2, 16);
         feed.publish(11, &mut [named("a", 11)]);
         let state = |start: WatchStart| match start {
             WatchStart::Snapshot { state, .. } => state,
@@ -364,7 +404,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(&dir.path().join("state")).unwrap());
         let (wal, _, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();
-        let feed = Arc::new(Feed::new(&at(0), 100, 100));
+        let feed = Arc::new(Feed::new(&at(0), None, 100, 100));
         let stats = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let (mtx, mrx) = mpsc::channel(MATERIALIZE_BACKLOG);
@@ -427,7 +467,7 @@ pub(crate) mod tests {
     async fn the_committer_waits_for_a_materializer_that_is_behind() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _, _) = Wal::open(&dir.path().join("wal"), 1).unwrap();
-        let feed = Arc::new(Feed::new(&at(0), 100, 100));
+        let feed = Arc::new(Feed::new(&at(0), None, 100, 100));
         let stats = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         // Room for two groups, and nobody applying them.

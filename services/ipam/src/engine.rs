@@ -31,6 +31,7 @@ use crate::etcd::{EtcdJournal, EtcdSettings};
 use crate::ipam::{Ipam, IpamOptions};
 use crate::journal::LogJournal;
 use crate::materialize::{MATERIALIZE_BACKLOG, run_materializer};
+use crate::records::History;
 use crate::state::{Mutation, Persisted};
 use crate::store::Store;
 use crate::wal::Wal;
@@ -61,6 +62,8 @@ pub enum Opened {
 pub struct Loaded {
     pub opened: Opened,
     pub persisted: Persisted,
+    /// The Watch history the store keeps (etcd), for watchers resuming from before the start.
+    pub history: Option<History>,
     pub warnings: Vec<String>,
 }
 
@@ -74,10 +77,11 @@ pub async fn open(storage: &StorageConfig, options: &IpamOptions) -> Result<Load
                 .map_err(|e| IpamError::Storage(format!("opening sled failed: {e}")))?
         }
         StorageConfig::Etcd(settings) => {
-            let (journal, persisted) = crate::etcd::open(settings).await?;
+            let opened = crate::etcd::open(settings).await?;
             Ok(Loaded {
-                opened: Opened::Etcd(Box::new(journal)),
-                persisted,
+                opened: Opened::Etcd(Box::new(opened.journal)),
+                persisted: opened.persisted,
+                history: opened.history,
                 warnings: Vec::new(),
             })
         }
@@ -102,6 +106,7 @@ pub fn load(data_dir: &Path, options: &IpamOptions) -> Result<Loaded> {
     Ok(Loaded {
         opened: Opened::Sled { store, wal },
         persisted,
+        history: None,
         warnings,
     })
 }
@@ -226,7 +231,9 @@ impl Engine {
                 (committer, Some(materializer))
             }
             Opened::Etcd(journal) => {
-                let journal = (*journal).with_stats(stats.clone());
+                let journal = (*journal)
+                    .with_stats(stats.clone())
+                    .with_history(options.watch_history);
                 let committer = tokio::spawn(run_committer(rx, journal, feed, stats, faults_tx));
                 (committer, None)
             }

@@ -105,6 +105,7 @@ impl Ipam {
         let mut warnings = loaded.warnings;
         let feed = Arc::new(Feed::new(
             &loaded.persisted,
+            loaded.history,
             options.watch_history,
             options.watch_buffer,
         ));

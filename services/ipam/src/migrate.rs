@@ -48,13 +48,13 @@ pub async fn copy(
     let mut report = String::new();
     let source = match direction {
         Direction::SledToEtcd => read_sled(data_dir).await?,
-        Direction::EtcdToSled => etcd::open(settings).await?.1,
+        Direction::EtcdToSled => etcd::open(settings).await?.persisted,
     };
     let _ = writeln!(report, "read {}", summary(&source));
     let copied = match direction {
         Direction::SledToEtcd => {
             etcd::write_into_empty(settings, &source).await?;
-            etcd::open(settings).await?.1
+            etcd::open(settings).await?.persisted
         }
         Direction::EtcdToSled => write_sled(data_dir, &source).await?,
     };

@@ -6,6 +6,11 @@
 //! {ips, agent} (the node's route agent's); `g/NODE` → the generation of the agent's last applied
 //! report; `s/SERVICE` → ServiceIp; `c/CIDR` → PoolRecord; `o/KIND\0KEY` → OperatorEntry. Values
 //! are JSON so that a stored record can be read with the store's own tools (sled's, etcdctl).
+//!
+//! The Watch history (etcd only: it is what lets a watcher resume at another replica): `h/REV`
+//! (20 digits) → the Event published at that revision, written in the transaction of its change;
+//! `m/horizon` → u64 BE: every event after this revision is under `h/`. A store without
+//! `m/horizon` holds no history to trust (watchers resuming get a snapshot).
 
 // Records read back may be damaged or foreign: no indexing, unwrap or expect that could panic.
 #![cfg_attr(
@@ -16,11 +21,31 @@
 use std::net::IpAddr;
 
 use crate::error::{IpamError, Result};
-use crate::model::Revision;
+use crate::model::{Event, Revision, RevisionedEvent};
 use crate::state::{AgentPod, Change, Persisted, PodIps, PoolRecord};
 
 /// The key holding the revision of the last change stored.
 pub const REVISION: &[u8] = b"m/revision";
+
+/// The key below which every Watch event is stored (see the module).
+pub const HORIZON: &[u8] = b"m/horizon";
+
+/// The key of the Watch event of `revision`: fixed width, so key order is revision order.
+pub fn history_key(revision: Revision) -> Vec<u8> {
+    format!("h/{revision:020}").into_bytes()
+}
+
+/// The write storing the Watch event published at `revision`.
+pub fn history_write(revision: Revision, event: &Event) -> Result<Write> {
+    Ok(Write::Put(history_key(revision), json(event)?))
+}
+
+/// The Watch history a store holds: every event after `horizon`, in revision order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    pub horizon: Revision,
+    pub events: Vec<RevisionedEvent>,
+}
 
 /// One write of a change: a key set to a value, or deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +169,8 @@ pub fn changes_of(p: &Persisted) -> Vec<Change> {
 #[derive(Default)]
 pub struct Reader {
     persisted: Persisted,
+    horizon: Option<Revision>,
+    history: Vec<RevisionedEvent>,
 }
 
 impl Reader {
@@ -179,14 +206,40 @@ impl Reader {
             p.pools.push(decode::<PoolRecord>(k, v)?);
         } else if rest(b"o/").is_some() {
             p.operator.push(decode(k, v)?);
+        } else if k == HORIZON {
+            self.horizon = Some(read_revision(v)?);
+        } else if let Some(digits) = rest(b"h/") {
+            let revision = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| {
+                    IpamError::Storage(format!(
+                        "stored history key {:?} is corrupt",
+                        String::from_utf8_lossy(k)
+                    ))
+                })?;
+            self.history.push(RevisionedEvent {
+                revision,
+                event: decode(k, v)?,
+            });
         } else {
             return Ok(false);
         }
         Ok(true)
     }
 
-    /// Everything read, each kind in key order (as sled's scans gave it).
-    pub fn finish(self) -> Persisted {
+    /// Whether a Watch event is stored for a revision after the state's: a big mutation's event
+    /// written ahead of its intent by a writer that stopped in between (`etcd/journal.rs`).
+    pub fn history_beyond_revision(&self) -> bool {
+        self.history
+            .iter()
+            .any(|e| e.revision > self.persisted.revision)
+    }
+
+    /// Everything read, each kind in key order (as sled's scans gave it), and the Watch history
+    /// when the store keeps one (`m/horizon` found): the events after the horizon, up to the
+    /// state's revision.
+    pub fn finish(self) -> (Persisted, Option<History>) {
         let mut p = self.persisted;
         p.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         p.pod_ips.sort_by(|a, b| {
@@ -197,7 +250,13 @@ impl Reader {
         p.pools.sort_by(|a, b| a.cidr.cmp(&b.cidr));
         p.operator
             .sort_by(|a, b| (&a.kind, &a.key).cmp(&(&b.kind, &b.key)));
-        p
+        let history = self.horizon.map(|horizon| {
+            let mut events = self.history;
+            events.retain(|e| e.revision > horizon && e.revision <= p.revision);
+            events.sort_by_key(|e| e.revision);
+            History { horizon, events }
+        });
+        (p, history)
     }
 }
 
@@ -235,7 +294,8 @@ mod tests {
         }
         assert!(reader.add(REVISION, &revision_value(9)).unwrap());
         assert!(!reader.add(b"x/other", b"{}").unwrap(), "foreign key");
-        let p = reader.finish();
+        let (p, history) = reader.finish();
+        assert_eq!(history, None, "no horizon: no history to trust");
         assert_eq!(p.revision, 9);
         assert_eq!(p.nodes, vec![node]);
         assert_eq!(p.pod_ips.len(), 1);
@@ -244,6 +304,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("n/broken"), "{e}");
+        let e = Reader::default()
+            .add(b"h/12x", b"{}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("h/12x"), "{e}");
         let mut deletes = Vec::new();
         writes(&Change::DeleteNode("a".into()), &mut deletes).unwrap();
         assert_eq!(
@@ -253,5 +318,34 @@ mod tests {
                 Write::Delete(b"g/a".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn history_reads_back_in_revision_order_after_its_horizon() {
+        let event = |name: &str| Event::NodeDeleted {
+            name: name.into(),
+            pod_cidrs: vec![],
+        };
+        let mut reader = Reader::default();
+        // Out of order, one at the horizon (left over) and one past the state (never trusted).
+        for (r, name) in [(12, "b"), (5, "old"), (9, "a"), (20, "future")] {
+            let Write::Put(k, v) = history_write(r, &event(name)).unwrap() else {
+                panic!()
+            };
+            assert!(reader.add(&k, &v).unwrap());
+        }
+        assert_eq!(history_key(9), b"h/00000000000000000009".to_vec());
+        assert!(reader.add(HORIZON, &revision_value(5)).unwrap());
+        assert!(reader.add(REVISION, &revision_value(15)).unwrap());
+        assert!(reader.history_beyond_revision());
+        let (_, history) = reader.finish();
+        let history = history.unwrap();
+        assert_eq!(history.horizon, 5);
+        let got: Vec<(Revision, Event)> = history
+            .events
+            .into_iter()
+            .map(|e| (e.revision, e.event))
+            .collect();
+        assert_eq!(got, vec![(9, event("a")), (12, event("b"))]);
     }
 }

@@ -133,7 +133,9 @@ pub struct Cli {
     /// deletes whole segments.
     #[arg(long, env = "ROUTEPLANE_LOG_SEGMENT_SIZE", default_value = "16MiB", value_parser = parse_size)]
     pub log_segment_size: u64,
-    /// Events kept in memory so that a watcher can resume without a new snapshot.
+    /// Events kept so that a watcher can resume without a new snapshot: in memory, and on --store
+    /// etcd also in etcd (the events of this many revisions), so that a resume at another replica
+    /// or after a restart replays them.
     #[arg(long, env = "ROUTEPLANE_WATCH_HISTORY", default_value_t = 10_000)]
     pub watch_history: usize,
     /// Events a watcher may fall behind before it is cut off (and told where to resume).

@@ -84,14 +84,15 @@ impl Store {
     }
 
     /// Reads back everything: the core rebuilds its indexes from these records. Keys outside the
-    /// layout are left alone, as they always were here.
+    /// layout are left alone, as they always were here. sled keeps no Watch history: after a
+    /// restart watchers resume with a snapshot.
     pub fn load(&self) -> Result<Persisted> {
         let mut reader = records::Reader::default();
         for item in self.db.iter() {
             let (k, v) = item?;
             reader.add(&k, &v)?;
         }
-        Ok(reader.finish())
+        Ok(reader.finish().0)
     }
 
     /// Writes one mutation atomically (not yet durable).

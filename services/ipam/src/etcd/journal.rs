@@ -17,27 +17,35 @@
 //! several. A single mutation bigger than one transaction (a node deleted with its pods, a
 //! thousand operator entries) is first written whole as an intent under `m/pending`, then its
 //! records, then the revision with the intent deleted: a crash in between leaves the intent, and
-//! opening rolls it forward before reading — so a mutation is never seen half applied.
+//! opening rolls it forward before reading — so a mutation is never seen half applied. Its Watch
+//! event goes first, in a transaction of its own (an event as big as the mutation would not fit
+//! beside the intent in etcd's 1.5 MiB request): one left without an intent after it is deleted
+//! on opening (`mod.rs`).
+//!
+//! Each mutation's Watch event goes into the same transaction (`h/REV`, `records.rs`), so the
+//! history is exactly as durable as the state: a replica that takes over replays it to watchers
+//! resuming from a revision it never served. The history is cut to the last `--watch-history`
+//! revisions by one range delete that moves `m/horizon`, in the transaction that passes the mark
+//! by an eighth (not every transaction: a range delete costs etcd a scan).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, KvClient, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, DeleteOptions, KvClient, Txn, TxnOp, TxnOpResponse};
 
 use super::{EtcdSettings, etcd_error};
 use crate::commit::{CommitStats, Fault};
 use crate::error::IpamError;
 use crate::journal::Journal;
 use crate::model::Revision;
-use crate::records::{self, REVISION, Write};
-use crate::state::Mutation;
-use crate::wal::WalRecord;
+use crate::records::{self, HORIZON, REVISION, Write};
+use crate::state::{Change, Mutation};
 
 /// Record writes per transaction: etcd's default `--max-txn-ops` (128), less the revision key,
-/// the writer stamp and an intent's deletion.
-const TXN_OPS: usize = 125;
+/// the writer stamp, an intent's deletion, the history's range delete and its horizon.
+const TXN_OPS: usize = 123;
 /// Bytes of keys and values per transaction, under etcd's default `--max-request-bytes` (1.5 MiB).
 const TXN_BYTES: usize = 1 << 20;
 /// The intent of a mutation too big for one transaction.
@@ -49,6 +57,27 @@ const ATTEMPT: Duration = Duration::from_millis(1500);
 /// How long a write is retried before the service goes into degraded mode: longer than etcd
 /// takes to elect a new leader.
 const WRITE_RETRY: Duration = Duration::from_secs(10);
+/// Revisions of Watch history kept unless told (`--watch-history`'s default).
+const HISTORY_KEPT: u64 = 10_000;
+
+/// A mutation too big for one transaction, as its intent holds it (`m/pending`); its Watch
+/// event is stored before it, under its history key.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Intent {
+    pub revision: Revision,
+    pub changes: Vec<Change>,
+}
+
+impl Intent {
+    /// Its record writes.
+    pub fn writes(&self) -> crate::error::Result<Vec<Write>> {
+        let mut out = Vec::new();
+        for change in &self.changes {
+            records::writes(change, &mut out)?;
+        }
+        Ok(out)
+    }
+}
 
 pub struct EtcdJournal {
     kv: KvClient,
@@ -58,6 +87,11 @@ pub struct EtcdJournal {
     /// This journal's identity in `m/writer`: unique per process start.
     token: String,
     stats: Option<Arc<CommitStats>>,
+    /// Revisions of Watch history to keep.
+    history_kept: u64,
+    /// `m/horizon` as stored; None while there is none (a new prefix, or one from before history
+    /// was kept): the first transaction writes it.
+    horizon: Option<Revision>,
 }
 
 /// The writes of one transaction, each key once (its last value).
@@ -65,6 +99,8 @@ pub struct EtcdJournal {
 struct Batch {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     bytes: usize,
+    /// The revisions of its first and last mutation.
+    first: Option<Revision>,
     top: Option<Revision>,
 }
 
@@ -104,23 +140,59 @@ fn write_bytes(w: &Write) -> usize {
     }
 }
 
+/// A mutation's record writes and its Watch event's.
 fn mutation_writes(m: &Mutation) -> Result<Vec<Write>, Fault> {
+    let fatal = |error| Fault { error, fatal: true };
     let mut out = Vec::new();
     for change in &m.changes {
-        records::writes(change, &mut out).map_err(|error| Fault { error, fatal: true })?;
+        records::writes(change, &mut out).map_err(fatal)?;
+    }
+    if let Some(event) = &m.event {
+        out.push(records::history_write(m.revision, event).map_err(fatal)?);
     }
     Ok(out)
 }
 
+/// Where the history's horizon moves in a transaction of mutations `first..=top`, if it does:
+/// when there is none yet (to just before `first`: every event from then on is stored), or once
+/// the oldest kept revision is an eighth of `kept` past the mark — never past `first`, whose
+/// events this same transaction writes.
+fn next_horizon(
+    horizon: Option<Revision>,
+    kept: u64,
+    first: Revision,
+    top: Revision,
+) -> Option<Revision> {
+    let floor = first.saturating_sub(1);
+    let Some(horizon) = horizon else {
+        return Some(floor);
+    };
+    let mark = top.saturating_sub(kept).min(floor);
+    (mark > horizon.saturating_add(kept / 8)).then_some(mark)
+}
+
 impl EtcdJournal {
-    pub(super) fn new(kv: KvClient, settings: EtcdSettings, fence: i64) -> EtcdJournal {
+    pub(super) fn new(
+        kv: KvClient,
+        settings: EtcdSettings,
+        fence: i64,
+        horizon: Option<Revision>,
+    ) -> EtcdJournal {
         EtcdJournal {
             kv,
             settings,
             fence,
             token: writer_token(),
             stats: None,
+            history_kept: HISTORY_KEPT,
+            horizon,
         }
+    }
+
+    /// Keeps the Watch events of the last `revisions` revisions (`--watch-history`).
+    pub fn with_history(mut self, revisions: usize) -> EtcdJournal {
+        self.history_kept = (revisions as u64).max(1);
+        self
     }
 
     /// Counts transactions as the log's syncs (`routeplane_ipam_flushes_total`).
@@ -134,7 +206,8 @@ impl EtcdJournal {
     }
 
     /// One transaction, fenced: `writes`, then the revision key at `revision` (when given) with
-    /// this replica's stamp. A transaction that fails on the way (its member killed, the quorum
+    /// this replica's stamp, and the history before `horizon` deleted (when given; the caller
+    /// puts the horizon key among `writes`). A transaction that fails on the way (its member killed, the quorum
     /// electing a new leader) is sent again until WRITE_RETRY is up: if an earlier attempt was
     /// applied after all, the retry fails its comparison, and the stamp tells whether the write
     /// that moved the revision key was this one.
@@ -142,6 +215,7 @@ impl EtcdJournal {
         &mut self,
         writes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
         revision: Option<Revision>,
+        horizon: Option<Revision>,
     ) -> Result<(), Fault> {
         let mut ops: Vec<TxnOp> = writes
             .into_iter()
@@ -150,6 +224,14 @@ impl EtcdJournal {
                 None => TxnOp::delete(self.key(&k), None),
             })
             .collect();
+        if let Some(h) = horizon {
+            // Every history key up to and including the horizon: `h/0…0` to `h/(h+1)`.
+            let range = DeleteOptions::new().with_range(self.key(&records::history_key(h + 1)));
+            ops.push(TxnOp::delete(
+                self.key(&records::history_key(0)),
+                Some(range),
+            ));
+        }
         let stamp = revision.map(|r| format!("{} {r}", self.token));
         if let (Some(r), Some(stamp)) = (revision, &stamp) {
             ops.push(TxnOp::put(
@@ -159,19 +241,7 @@ impl EtcdJournal {
             ));
             ops.push(TxnOp::put(self.key(WRITER), stamp.as_bytes(), None));
         }
-        let mut fences = vec![Compare::mod_revision(
-            self.key(REVISION),
-            CompareOp::Equal,
-            self.fence,
-        )];
-        if let Some(won) = self.settings.leader {
-            fences.push(Compare::create_revision(
-                self.key(super::LEADER),
-                CompareOp::Equal,
-                won,
-            ));
-        }
-        let txn = Txn::new().when(fences).and_then(ops);
+        let txn = Txn::new().when(self.fences()).and_then(ops);
         let started = Instant::now();
         let mut retried = false;
         let mut pause = Duration::from_millis(50);
@@ -227,6 +297,50 @@ impl EtcdJournal {
         Ok(())
     }
 
+    /// What every transaction compares: the revision key as this replica last saw it, and the
+    /// leader key it won.
+    fn fences(&self) -> Vec<Compare> {
+        let mut fences = vec![Compare::mod_revision(
+            self.key(REVISION),
+            CompareOp::Equal,
+            self.fence,
+        )];
+        if let Some(won) = self.settings.leader {
+            fences.push(Compare::create_revision(
+                self.key(super::LEADER),
+                CompareOp::Equal,
+                won,
+            ));
+        }
+        fences
+    }
+
+    /// Deletes the Watch events stored after `revision`: a big mutation's event whose writer
+    /// stopped before its intent (the mutation never happened; the next one takes its revision).
+    pub(super) async fn delete_history_after(&mut self, revision: Revision) -> Result<(), Fault> {
+        let end = super::prefix_end(&self.key(b"h/"));
+        let range = DeleteOptions::new().with_range(end);
+        let op = TxnOp::delete(self.key(&records::history_key(revision + 1)), Some(range));
+        let answer = self
+            .kv
+            .txn(Txn::new().when(self.fences()).and_then([op]))
+            .await
+            .map_err(|e| Fault {
+                error: super::etcd_error(&self.settings, "did not take a write", e),
+                fatal: false,
+            })?;
+        if !answer.succeeded() {
+            return Err(Fault {
+                error: IpamError::Storage(format!(
+                    "etcd prefix {} changed while a left-over Watch event was deleted; try again",
+                    self.settings.prefix
+                )),
+                fatal: false,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether the last write to the revision key carried `stamp` (was ours): its mod_revision
     /// then, the new fence.
     async fn applied_with(&mut self, stamp: &str) -> Result<Option<i64>, Fault> {
@@ -263,20 +377,46 @@ impl EtcdJournal {
         Ok((writer == stamp.as_bytes() && writer_revision == fence).then_some(fence))
     }
 
-    async fn commit_batch(&mut self, batch: Batch) -> Result<(), Fault> {
-        match batch.top {
-            Some(top) => self.commit(batch.writes, Some(top)).await,
-            None => Ok(()),
+    /// A batch of whole mutations, moving the history's horizon when it is due.
+    async fn commit_batch(&mut self, mut batch: Batch) -> Result<(), Fault> {
+        let (Some(first), Some(top)) = (batch.first, batch.top) else {
+            return Ok(());
+        };
+        let horizon = next_horizon(self.horizon, self.history_kept, first, top);
+        if let Some(h) = horizon {
+            batch
+                .writes
+                .insert(HORIZON.to_vec(), Some(records::revision_value(h).to_vec()));
         }
+        // A new horizon has nothing below it to delete.
+        let delete_below = horizon.filter(|_| self.horizon.is_some());
+        self.commit(batch.writes, Some(top), delete_below).await?;
+        if horizon.is_some() {
+            self.horizon = horizon;
+        }
+        Ok(())
     }
 
-    /// A mutation too big for one transaction: intent, records, revision (see the module).
-    async fn commit_big(&mut self, m: &Mutation, writes: Vec<Write>) -> Result<(), Fault> {
-        let intent = serde_json::to_vec(&WalRecord::from(m)).map_err(|e| Fault {
-            error: IpamError::Storage(format!("encoding a mutation's intent: {e}")),
-            fatal: true,
+    /// A mutation too big for one transaction: its event, intent, records, revision (see the
+    /// module).
+    async fn commit_big(&mut self, m: &Mutation) -> Result<(), Fault> {
+        let fatal = |error| Fault { error, fatal: true };
+        if let Some(event) = &m.event
+            && let Write::Put(k, v) = records::history_write(m.revision, event).map_err(fatal)?
+        {
+            self.commit([(k, Some(v))], None, None).await?;
+        }
+        let intent = Intent {
+            revision: m.revision,
+            changes: m.changes.clone(),
+        };
+        let writes = intent.writes().map_err(fatal)?;
+        let intent = serde_json::to_vec(&intent).map_err(|e| {
+            fatal(IpamError::Storage(format!(
+                "encoding a mutation's intent: {e}"
+            )))
         })?;
-        self.commit([(PENDING.to_vec(), Some(intent))], None)
+        self.commit([(PENDING.to_vec(), Some(intent))], None, None)
             .await?;
         self.roll_forward(m.revision, writes).await
     }
@@ -292,12 +432,21 @@ impl EtcdJournal {
             let one = [w];
             if !batch.fits(&one) {
                 let full = std::mem::take(&mut batch);
-                self.commit(full.writes, None).await?;
+                self.commit(full.writes, None, None).await?;
             }
             batch.add(one.into());
         }
         batch.writes.insert(PENDING.to_vec(), None);
-        self.commit(batch.writes, Some(revision)).await
+        // A history not started yet starts after this revision (its event, if any, is there).
+        let start = self.horizon.is_none().then_some(revision);
+        if let Some(h) = start {
+            batch
+                .writes
+                .insert(HORIZON.to_vec(), Some(records::revision_value(h).to_vec()));
+        }
+        self.commit(batch.writes, Some(revision), None).await?;
+        self.horizon = self.horizon.or(start);
+        Ok(())
     }
 }
 
@@ -309,7 +458,7 @@ impl Journal for EtcdJournal {
             if !Batch::default().fits(&writes) {
                 let full = std::mem::take(&mut batch);
                 self.commit_batch(full).await?;
-                self.commit_big(m, writes).await?;
+                self.commit_big(m).await?;
                 continue;
             }
             if !batch.fits(&writes) {
@@ -317,6 +466,7 @@ impl Journal for EtcdJournal {
                 self.commit_batch(full).await?;
             }
             batch.add(writes);
+            batch.first.get_or_insert(m.revision);
             batch.top = Some(m.revision);
         }
         self.commit_batch(batch).await
@@ -330,6 +480,20 @@ impl Journal for EtcdJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_horizon_starts_then_moves_in_steps_never_past_the_batch() {
+        // None yet: it starts just before the transaction's first mutation.
+        assert_eq!(next_horizon(None, 100, 51, 60), Some(50));
+        // Within the window, or not an eighth (12) past the mark: not moved.
+        assert_eq!(next_horizon(Some(50), 100, 61, 140), None);
+        assert_eq!(next_horizon(Some(50), 100, 161, 162), None);
+        assert_eq!(next_horizon(Some(50), 100, 163, 163), Some(63));
+        // A batch longer than the window: not past its first mutation, whose event it writes.
+        assert_eq!(next_horizon(Some(50), 10, 100, 400), Some(99));
+        assert_eq!(next_horizon(Some(0), 1, 1, 1), None);
+        assert_eq!(next_horizon(Some(0), 1, 3, 3), Some(2));
+    }
 
     #[test]
     fn a_batch_keeps_each_key_once_with_its_last_write() {

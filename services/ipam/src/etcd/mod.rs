@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 pub use journal::EtcdJournal;
 
 use crate::error::{IpamError, Result};
-use crate::records::{self, REVISION};
+use crate::records::{self, History, REVISION};
 use crate::state::Persisted;
-use crate::wal::WalRecord;
+use journal::Intent;
 
 /// The record layout this version writes (`records.rs`). A newer one is refused.
 pub const LAYOUT: u32 = 1;
@@ -263,18 +263,44 @@ fn check_found_schema(settings: &EtcdSettings, value: &[u8], ours: &Schema) -> R
     Ok(())
 }
 
+/// What [`open`] read: the state, its Watch history, and the journal that writes after it.
+pub struct Opened {
+    pub journal: EtcdJournal,
+    pub persisted: Persisted,
+    pub history: Option<History>,
+}
+
+impl Opened {
+    fn of(kv: KvClient, settings: &EtcdSettings, read: Read) -> Opened {
+        let horizon = read.history.as_ref().map(|h| h.horizon);
+        Opened {
+            journal: EtcdJournal::new(kv, settings.clone(), read.fence, horizon),
+            persisted: read.persisted,
+            history: read.history,
+        }
+    }
+}
+
 /// Opens the state on etcd: checks (or claims) the prefix, reads every record at one etcd
 /// revision, and returns the journal that writes after it.
-pub async fn open(settings: &EtcdSettings) -> Result<(EtcdJournal, Persisted)> {
+pub async fn open(settings: &EtcdSettings) -> Result<Opened> {
     let client = connect(settings).await?;
     let mut kv = client.kv_client();
     check_schema(&mut kv, settings).await?;
-    let read = read_all(&mut kv, settings).await?;
-    let Some(intent) = read.pending else {
-        return Ok((
-            EtcdJournal::new(kv, settings.clone(), read.fence),
-            read.persisted,
-        ));
+    let mut read = read_all(&mut kv, settings).await?;
+    let Some(intent) = read.pending.take() else {
+        if read.history_beyond {
+            let horizon = read.history.as_ref().map(|h| h.horizon);
+            EtcdJournal::new(kv.clone(), settings.clone(), read.fence, horizon)
+                .delete_history_after(read.persisted.revision)
+                .await
+                .map_err(|f| f.error)?;
+            tracing::warn!(
+                revision = read.persisted.revision,
+                "deleted the Watch event of a change a stopped writer left before writing it"
+            );
+        }
+        return Ok(Opened::of(kv, settings, read));
     };
     // A mutation too big for one transaction was being written when its writer stopped: it was
     // never acknowledged, but its records may be half there. Rolled forward, it is whole.
@@ -284,13 +310,10 @@ pub async fn open(settings: &EtcdSettings) -> Result<(EtcdJournal, Persisted)> {
             settings.prefix, intent.revision, read.persisted.revision
         )));
     }
-    let mut journal = EtcdJournal::new(kv.clone(), settings.clone(), read.fence);
-    let mut writes = Vec::new();
-    for change in &intent.changes {
-        records::writes(change, &mut writes)?;
-    }
+    let horizon = read.history.as_ref().map(|h| h.horizon);
+    let mut journal = EtcdJournal::new(kv.clone(), settings.clone(), read.fence, horizon);
     journal
-        .roll_forward(intent.revision, writes)
+        .roll_forward(intent.revision, intent.writes()?)
         .await
         .map_err(|f| f.error)?;
     tracing::warn!(
@@ -298,15 +321,13 @@ pub async fn open(settings: &EtcdSettings) -> Result<(EtcdJournal, Persisted)> {
         "rolled forward a mutation a stopped writer left half written in etcd"
     );
     let read = read_all(&mut kv, settings).await?;
-    Ok((
-        EtcdJournal::new(kv, settings.clone(), read.fence),
-        read.persisted,
-    ))
+    Ok(Opened::of(kv, settings, read))
 }
 
 /// A migration's copy (`migrate.rs`): writes every record of `source` under the prefix, which
 /// must hold no state (no revision key: empty, or the remains of a copy that did not finish,
-/// which are overwritten — the read-back comparison afterwards finds anything left over).
+/// which are overwritten — the read-back comparison afterwards finds anything left over). No
+/// Watch history is copied: it starts after the source's revision.
 pub async fn write_into_empty(settings: &EtcdSettings, source: &Persisted) -> Result<()> {
     let client = connect(settings).await?;
     let mut kv = client.kv_client();
@@ -322,7 +343,7 @@ pub async fn write_into_empty(settings: &EtcdSettings, source: &Persisted) -> Re
     for change in records::changes_of(source) {
         records::writes(&change, &mut writes)?;
     }
-    EtcdJournal::new(kv, settings.clone(), 0)
+    EtcdJournal::new(kv, settings.clone(), 0, None)
         .roll_forward(source.revision, writes)
         .await
         .map_err(|f| f.error)
@@ -331,11 +352,14 @@ pub async fn write_into_empty(settings: &EtcdSettings, source: &Persisted) -> Re
 /// What [`read_all`] found.
 struct Read {
     persisted: Persisted,
+    history: Option<History>,
     /// The revision key's mod_revision: the fence the next write compares against (0 when there
     /// is none yet).
     fence: i64,
     /// The intent of a mutation left half written (`journal.rs`).
-    pending: Option<WalRecord>,
+    pending: Option<Intent>,
+    /// A Watch event stored after the state's revision (`journal.rs`'s big mutations).
+    history_beyond: bool,
 }
 
 /// Every record under the prefix, at one etcd revision.
@@ -395,8 +419,12 @@ async fn read_all(kv: &mut KvClient, settings: &EtcdSettings) -> Result<Read> {
             _ => break,
         }
     }
+    let history_beyond = reader.history_beyond_revision();
+    let (persisted, history) = reader.finish();
     Ok(Read {
-        persisted: reader.finish(),
+        history_beyond,
+        persisted,
+        history,
         fence,
         pending,
     })
@@ -404,7 +432,7 @@ async fn read_all(kv: &mut KvClient, settings: &EtcdSettings) -> Result<Read> {
 
 /// The end of the range holding every key that starts with `prefix` (etcd's convention: the
 /// prefix with its last byte incremented).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
