@@ -1,8 +1,14 @@
 //! Dialling another routeplane service (the agents and routeplane-bgp dial IPAM) as the process's
 //! [`Security`] says: `https://` with mutual TLS, the certificate re-read on every new connection;
 //! `http://` only to loopback or with `--insecure`.
+//!
+//! A service with several replicas is named by its URLs separated by commas
+//! (`https://ipam-0:50051,https://ipam-1:50051`): a connection goes to the first that accepts
+//! one, starting from the one that accepted the last (IPAM's standbys do not listen, so that is
+//! its leader). The callers retry with their own backoff, each retry a new round.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -25,12 +31,24 @@ pub enum DialError {
         url: String,
         source: tonic::transport::Error,
     },
+    #[error("cannot connect to any of {urls}: {failures}")]
+    NoneAnswered { urls: String, failures: String },
 }
 
-/// Makes channels to other services; cheap to clone.
+/// Makes channels to other services; cheap to clone (clones share which replica answered last).
 #[derive(Clone)]
 pub struct Dialer {
     security: Security,
+    /// Per list of URLs, the index of the one that accepted the last connection.
+    answered: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The URLs of a list: one, or several separated by commas.
+fn urls(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 impl std::fmt::Debug for Dialer {
@@ -50,7 +68,10 @@ struct Target {
 
 impl Dialer {
     pub fn new(security: Security) -> Dialer {
-        Dialer { security }
+        Dialer {
+            security,
+            answered: Arc::default(),
+        }
     }
 
     /// Plaintext to loopback only: for tests and local tools.
@@ -107,14 +128,57 @@ impl Dialer {
         }
     }
 
-    /// Checks `url` without dialling: for start-up, so a wrong flag stops the process at once.
-    pub fn check(&self, url: &str) -> Result<(), TlsError> {
-        self.target(url).map(|_| ())
+    /// Checks a URL, or each of a comma-separated list, without dialling: for start-up, so a
+    /// wrong flag stops the process at once.
+    pub fn check(&self, list: &str) -> Result<(), TlsError> {
+        let urls = urls(list);
+        if urls.is_empty() {
+            return Err(TlsError::Url {
+                url: list.to_string(),
+                reason: "it names no URL (e.g. https://ipam:50051, or several separated by commas)"
+                    .into(),
+            });
+        }
+        urls.into_iter()
+            .try_for_each(|u| self.target(u).map(|_| ()))
     }
 
-    /// A channel to `url`, connected before it returns (as tonic's `connect`); it reconnects by
-    /// itself, each time with the TLS files as they are then.
-    pub async fn connect(&self, url: &str) -> Result<Channel, DialError> {
+    /// A channel to `list` — one URL, or the first of several (comma-separated) that accepts a
+    /// connection, starting from the one that accepted the last — connected before it returns
+    /// (as tonic's `connect`). It reconnects by itself to the same URL, each time with the TLS
+    /// files as they are then; a caller whose calls fail UNAVAILABLE connects again to move on.
+    pub async fn connect(&self, list: &str) -> Result<Channel, DialError> {
+        let urls = urls(list);
+        let first = match urls.as_slice() {
+            [] | [_] => return self.connect_one(list.trim()).await,
+            _ => self.lock_answered().get(list).copied().unwrap_or(0),
+        };
+        let mut failures = Vec::new();
+        for i in 0..urls.len() {
+            let at = (first + i) % urls.len();
+            let Some(url) = urls.get(at) else { continue };
+            match self.connect_one(url).await {
+                Ok(channel) => {
+                    self.lock_answered().insert(list.to_string(), at);
+                    return Ok(channel);
+                }
+                // A URL this process may not dial is a configuration error, not a replica down.
+                Err(DialError::Refused(e)) => return Err(DialError::Refused(e)),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(DialError::NoneAnswered {
+            urls: list.to_string(),
+            failures: failures.join("; "),
+        })
+    }
+
+    fn lock_answered(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // A map of hints: whatever a panicked holder left is still a usable hint.
+        self.answered.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn connect_one(&self, url: &str) -> Result<Channel, DialError> {
         let target = self.target(url)?;
         let endpoint = Endpoint::from_shared(target.endpoint.clone())
             .map_err(|e| TlsError::Url {
@@ -194,8 +258,53 @@ mod tests {
         assert!(https.contains("--tls-ca"), "{https}");
         let insecure = Dialer::new(Security::Plaintext { insecure: true });
         assert!(insecure.check("http://10.4.36.5:50051").is_ok());
-        for bad in ["ipam:50051", "ftp://ipam:50051", "http://", "http://a b"] {
+        for bad in [
+            "ipam:50051",
+            "ftp://ipam:50051",
+            "http://",
+            "http://a b",
+            " , ",
+        ] {
             assert!(local.check(bad).is_err(), "{bad}");
         }
+        assert!(
+            local
+                .check("http://127.0.0.1:50051, http://127.0.0.2:50051")
+                .is_ok()
+        );
+        let one_bad = local
+            .check("http://127.0.0.1:50051,http://10.4.36.5:50051")
+            .unwrap_err()
+            .to_string();
+        assert!(one_bad.contains("http://10.4.36.5:50051"), "{one_bad}");
+    }
+
+    /// Several URLs: the first that accepts is used and tried first next time; none accepting
+    /// names every URL with its failure.
+    #[tokio::test]
+    async fn a_list_connects_to_the_replica_that_listens_and_remembers_it() {
+        let closed = |l: std::net::TcpListener| l.local_addr().unwrap().port();
+        let down = closed(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap().port();
+        // Accepts and keeps connections open: enough for tonic's connect.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let dialer = Dialer::loopback_only();
+        let list = format!("http://127.0.0.1:{down},http://127.0.0.1:{up}");
+        dialer.connect(&list).await.unwrap();
+        assert_eq!(dialer.lock_answered().get(&list), Some(&1));
+        let shared = dialer.clone();
+        shared.connect(&list).await.unwrap();
+        let none = format!("http://127.0.0.1:{down},http://127.0.0.1:{down}");
+        let e = dialer.connect(&none).await.unwrap_err().to_string();
+        assert!(
+            e.contains("any of") && e.matches(&format!(":{down}")).count() >= 3,
+            "{e}"
+        );
     }
 }

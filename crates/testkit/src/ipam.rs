@@ -13,6 +13,12 @@ pub const VALUES: &str = "ipam:\n  mode: cluster-pool\n  operator:\n    clusterP
 /// started again on the same `dir`), its gRPC server on `listen` (`127.0.0.1:0` for any port);
 /// returns it with the address it answers on.
 pub fn start_ipam(dir: &Path, values: &str, listen: &str, extra: &[&str]) -> (Service, SocketAddr) {
+    let mut ipam = spawn("routeplane-ipam", dir, values, listen, extra);
+    let addr = ipam.listen_addr("gRPC");
+    (ipam, addr)
+}
+
+fn spawn(name: &str, dir: &Path, values: &str, listen: &str, extra: &[&str]) -> Service {
     let values_path = dir.join("values.yaml");
     std::fs::write(&values_path, values).expect("values.yaml");
     let data = dir.join("data");
@@ -27,7 +33,41 @@ pub fn start_ipam(dir: &Path, values: &str, listen: &str, extra: &[&str]) -> (Se
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let mut ipam = Service::spawn("routeplane-ipam", None, &bin("routeplane-ipam"), &args);
-    let addr = ipam.listen_addr("gRPC");
-    (ipam, addr)
+    Service::spawn(name, None, &bin("routeplane-ipam"), &args)
+}
+
+/// A port on 127.0.0.1 free a moment ago: for a server whose address must be known before it
+/// listens (an IPAM standby listens only once it leads).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A routeplane-ipam replica on etcd (`endpoints`, `prefix`) with `values`, its data in
+/// `dir/data`, serving on 127.0.0.1:`port` once it leads (a 1 s lease: a dead leader is replaced
+/// within about a second); not waited for, since a standby logs no address.
+pub fn spawn_etcd_replica(
+    dir: &Path,
+    values: &str,
+    port: u16,
+    endpoints: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> Service {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        endpoints,
+        "--etcd-prefix",
+        prefix,
+        "--etcd-lease-ttl",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let name = format!("routeplane-ipam replica {port}");
+    spawn(&name, dir, values, &listen, &args)
 }

@@ -1,6 +1,7 @@
 //! crates/watch against a real routeplane-ipam: a snapshot IPAM sends in chunks arrives whole, a
 //! follower that falls behind is cut off (ABORTED) and resumes by revision without a gap or a new
-//! snapshot, and IPAM killed or stopped under a running follower is followed again once back.
+//! snapshot, IPAM killed or stopped under a running follower is followed again once back, and a
+//! follower of two IPAM replicas on etcd moves to the one that took over with a replay.
 //!
 //! The follower runs on a runtime of its own thread, as in the speaker and the agent, so that a
 //! test can freeze it (a busy process) while IPAM keeps committing.
@@ -337,4 +338,44 @@ async fn ipam_killed_or_stopped_under_a_follower_is_followed_again_once_back() {
         .await;
     }
     assert_eq!(f.stats.skipped(), 0);
+}
+
+/// Two IPAM replicas on etcd, the follower given both addresses: the leader killed, the follower
+/// connects to the standby that took over and resumes by revision — a replay from the history in
+/// etcd, not a second snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_of_two_replicas_moves_to_the_one_that_took_over_without_a_snapshot() {
+    use routeplane_testkit::etcd::EtcdCluster;
+    use routeplane_testkit::ipam::{VALUES, free_port, spawn_etcd_replica};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = EtcdCluster::start(dir.path(), 1, &[]);
+    let (pa, pb) = (free_port(), free_port());
+    let replica = |name: &str, port| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("replica dir");
+        spawn_etcd_replica(&d, VALUES, port, &cluster.endpoints(), "/feed/", &[])
+    };
+    let mut a = replica("a", pa);
+    let a_addr = a.listen_addr("gRPC");
+    let b = replica("b", pb);
+    routeplane_testkit::wait_for("b standing by", Duration::from_secs(20), || {
+        b.log().contains("standby")
+    });
+    let mut f = Follower::start(format!("http://127.0.0.1:{pa},http://127.0.0.1:{pb}"));
+    register(a_addr, 0..3, |_| BTreeMap::new()).await;
+    f.until("three nodes from a", |f| f.nodes.len() == 3).await;
+    assert_eq!(f.snapshots, 1);
+
+    a.kill9();
+    let mut b = b;
+    let b_addr = b.listen_addr("gRPC");
+    register(b_addr, 3..6, |_| BTreeMap::new()).await;
+    f.until("the nodes b added", |f| f.nodes.len() == 6).await;
+    assert_eq!(
+        f.snapshots, 1,
+        "resumed at b by revision: a replay, no second snapshot"
+    );
+    assert_eq!(f.stats.connects(), 2, "a, then b");
+    assert_eq!(f.nodes.keys().cloned().collect::<Vec<_>>(), names(0..6));
+    assert!(b.log().contains("leading:"), "{}", b.log());
 }

@@ -27,7 +27,9 @@ pub struct Cli {
     #[arg(long, env = "ROUTEPLANE_BGP_CONFIG")]
     pub bgp_config: Option<PathBuf>,
     /// The IPAM service to follow: https://host:port with --tls-ca/--tls-cert/--tls-key (mutual
-    /// TLS), or http:// to a loopback address (or anywhere with --insecure).
+    /// TLS), or http:// to a loopback address (or anywhere with --insecure). Several replicas:
+    /// their URLs separated by commas; the one that accepts a connection (the leader) is used,
+    /// and the Watch resumes by revision on the next when it goes.
     #[arg(
         long,
         env = "ROUTEPLANE_IPAM",

@@ -571,3 +571,61 @@ fn operator_state_is_shared_by_replicas_and_survives_restarts() {
     // The file's peer stays on every replica.
     assert_eq!(source_of(&a, "127.0.0.2").as_deref(), Some("file"));
 }
+
+/// Issue #14: routeplane-bgp given two IPAM replicas on etcd (`--ipam A,B`). The leading replica
+/// killed, AddPeer reaches the one that took over, and the peer added before is still applied
+/// (the feed resumed there by revision, from the history in etcd).
+#[test]
+fn operator_calls_and_the_feed_move_to_the_ipam_replica_that_took_over() {
+    use routeplane_testkit::etcd::EtcdCluster;
+    use routeplane_testkit::ipam::{VALUES, free_port, spawn_etcd_replica};
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(dir.path(), 1, &[]);
+    let (pa, pb) = (free_port(), free_port());
+    let replica = |name: &str, port| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        spawn_etcd_replica(&d, VALUES, port, &cluster.endpoints(), "/bgp/", &[])
+    };
+    let mut a = replica("ipam-a", pa);
+    a.listen_addr("gRPC");
+    let mut b = replica("ipam-b", pb);
+    routeplane_testkit::wait_for("b standing by", Duration::from_secs(20), || {
+        b.log().contains("standby")
+    });
+    let bgp_dir = dir.path().join("bgp");
+    std::fs::create_dir_all(&bgp_dir).unwrap();
+    let ipam = format!("http://127.0.0.1:{pa},http://127.0.0.1:{pb}");
+    let server = start_on(&bgp_dir, &ipam, &ARGS);
+    let add = |peer: &str| {
+        let body = format!(
+            r#"{{"peerAddress": "{peer}", "peerPort": 1791, "peerAsn": 64600, "myAsn": 64513}}"#
+        );
+        grpcurl(&server, "routeplane.bgp.v1.Bgp/AddPeer", &body)
+    };
+    let (ok, out) = add("127.0.0.5");
+    assert!(ok, "{out}");
+
+    a.kill9();
+    b.listen_addr("gRPC");
+    // The first call after the kill may meet the broken connection: it is retried once on a new
+    // one; a caller that still sees UNAVAILABLE tries again.
+    let (_, took) = routeplane_testkit::wait_until(
+        "AddPeer stored through the replica that took over",
+        Duration::from_secs(15),
+        || match add("127.0.0.6") {
+            (true, _) => Ok(()),
+            (false, out) if out.contains("Unavailable") => Err(out),
+            (false, out) => panic!("refused for another reason: {out}"),
+        },
+    );
+    println!("AddPeer stored through the new IPAM leader {took:?} after it led");
+    let (ok, out) = grpcurl(&server, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
+    assert!(ok, "{out}");
+    for peer in ["127.0.0.5", "127.0.0.6"] {
+        assert!(out.contains(peer), "{peer} missing: {out}");
+    }
+    let stored = cluster.get_prefix("/bgp/o/");
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(b.log().contains("leading:"), "{}", b.log());
+}

@@ -9,13 +9,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use routeplane_api::ipam::v1 as pb;
 use routeplane_testkit::Service;
 use routeplane_testkit::etcd::EtcdCluster;
+use routeplane_testkit::ipam::free_port;
 use tonic::transport::Endpoint;
 
 const CALLERS: usize = 32;
@@ -27,14 +27,6 @@ struct Seen {
     acknowledged: BTreeMap<String, Vec<String>>,
     successes: Vec<Instant>,
     errors: usize,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A replica in `dir/NAME` answering on `port` once it leads (a standby does not listen).

@@ -17,7 +17,9 @@ use routeplane_runtime::telemetry::TelemetryArgs;
 #[command(name = "routeplane-agent", version)]
 pub struct Cli {
     /// The IPAM service: https://host:port with --tls-ca/--tls-cert/--tls-key (mutual TLS), or
-    /// http:// to a loopback address (or anywhere with --insecure).
+    /// http:// to a loopback address (or anywhere with --insecure). Several replicas: their URLs
+    /// separated by commas; the one that accepts a connection (the leader) is used, and every
+    /// call and the Watch move on to the next when it goes.
     #[arg(
         long,
         env = "ROUTEPLANE_IPAM",
