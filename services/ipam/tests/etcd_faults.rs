@@ -2,9 +2,11 @@
 //! (real etcd 3.4 on loopback) under allocation load from callers that know both addresses and
 //! switch on a failure, through faults: the etcd leader SIGKILLed and brought back; the leading
 //! replica SIGKILLed (the standby takes over) and restarted as the new standby; the new leader
-//! paused past its lease (the other takes over) and resumed (it stops). Afterwards every
-//! acknowledged allocation is in etcd exactly once, no address has two owners, and the longest
-//! time without a successful allocation after each fault is printed.
+//! paused past its lease (the other takes over) and resumed (it stops); and everything — the three
+//! etcd members and both replicas — SIGKILLed at once and started again. The callers allocate pod
+//! IPs, pod CIDRs (nodes registering) and LoadBalancer IPs. Afterwards every acknowledged
+//! allocation is in etcd exactly once, no address has two owners, and the longest time without a
+//! successful allocation after each fault is printed.
 
 mod common;
 
@@ -21,20 +23,47 @@ use tonic::transport::Endpoint;
 const CALLERS: usize = 32;
 const PREFIX: &str = "/faults/";
 
+/// One scenario at a time: on two cores, two at once would halve the load each offers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What the callers saw: acknowledged allocations, and when each succeeded.
 #[derive(Default)]
 struct Seen {
+    /// Pod IPs: `NODE\0OWNER` → addresses.
     acknowledged: BTreeMap<String, Vec<String>>,
+    /// Pod CIDRs of the nodes the callers registered.
+    nodes: BTreeMap<String, Vec<String>>,
+    /// LoadBalancer IPs: Service → address.
+    services: BTreeMap<String, String>,
     successes: Vec<Instant>,
     errors: usize,
+}
+
+/// What a caller allocates: most pod IPs, one registers nodes and one allocates LoadBalancer IPs,
+/// each of those at a pace (the pools are finite).
+#[derive(Clone, Copy)]
+enum Kind {
+    PodIp,
+    Node,
+    Service,
+}
+
+impl Kind {
+    fn of(caller: usize) -> Kind {
+        match caller {
+            0 => Kind::Node,
+            1 => Kind::Service,
+            _ => Kind::PodIp,
+        }
+    }
 }
 
 /// A replica in `dir/NAME` answering on `port` once it leads (a standby does not listen).
 fn replica(dir: &std::path::Path, name: &str, cluster: &EtcdCluster, port: u16) -> Service {
     let listen = format!("127.0.0.1:{port}");
     let endpoints = cluster.endpoints();
-    // Room for the whole run: a /16 per node.
-    let values = common::values_file(dir, "172.16.0.0/12", 16);
+    // Room for the whole run: 256 nodes of 16,382 pod IPs.
+    let values = common::values_file(dir, "100.64.0.0/10", 18);
     let args = [
         "--values",
         values.to_str().unwrap(),
@@ -79,41 +108,145 @@ fn load(
                         pb::ipam_client::IpamClient::new(channel)
                     })
                     .collect();
-                let (mut current, mut i) = (0, 0);
+                let (mut current, mut i) = (0, 0usize);
                 while Instant::now() < stop {
-                    let owner = format!("default/c{t}-{i}");
                     i += 1;
-                    let node = format!("node-{}", t % 4);
-                    let r = clients[current]
-                        .allocate_pod_ip(pb::AllocatePodIpRequest {
-                            node: node.clone(),
-                            owner: owner.clone(),
-                            family: 0,
-                        })
-                        .await;
-                    let ok = {
-                        let mut seen = seen.lock().unwrap();
-                        match r {
-                            Ok(r) => {
-                                seen.acknowledged
-                                    .insert(format!("{node}\0{owner}"), r.into_inner().ips);
-                                seen.successes.push(Instant::now());
-                                true
-                            }
-                            Err(_) => {
-                                seen.errors += 1;
-                                false
-                            }
+                    let client = &mut clients[current];
+                    let ok = match Kind::of(t) {
+                        Kind::PodIp => {
+                            let owner = format!("default/c{t}-{i}");
+                            let node = format!("node-{}", t % 4);
+                            let r = client
+                                .allocate_pod_ip(pb::AllocatePodIpRequest {
+                                    node: node.clone(),
+                                    owner: owner.clone(),
+                                    family: 0,
+                                })
+                                .await;
+                            record(&seen, r, |seen, r| {
+                                seen.acknowledged.insert(format!("{node}\0{owner}"), r.ips);
+                            })
+                        }
+                        Kind::Node => {
+                            let name = format!("load-{i}");
+                            let r = client
+                                .register_node(pb::RegisterNodeRequest {
+                                    name: name.clone(),
+                                    addresses: vec![format!("10.6.{}.{}", i / 250, i % 250 + 1)],
+                                    ..Default::default()
+                                })
+                                .await;
+                            record(&seen, r, |seen, r| {
+                                seen.nodes.insert(name, r.pod_cidrs);
+                            })
+                        }
+                        Kind::Service => {
+                            let service = format!("default/svc-{i}");
+                            let r = client
+                                .allocate_service_ip(pb::AllocateServiceIpRequest {
+                                    service: service.clone(),
+                                    ..Default::default()
+                                })
+                                .await;
+                            record(&seen, r, |seen, r| {
+                                seen.services.insert(service, r.ip);
+                            })
                         }
                     };
                     if !ok {
                         current = 1 - current;
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                    } else if !matches!(Kind::of(t), Kind::PodIp) {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                 }
             })
         })
         .collect()
+}
+
+/// Records an answer: on success what `keep` takes of it and when; on failure a count. Whether it
+/// succeeded.
+fn record<T>(
+    seen: &Mutex<Seen>,
+    answer: Result<tonic::Response<T>, tonic::Status>,
+    keep: impl FnOnce(&mut Seen, T),
+) -> bool {
+    let mut seen = seen.lock().unwrap();
+    match answer {
+        Ok(r) => {
+            keep(&mut seen, r.into_inner());
+            seen.successes.push(Instant::now());
+            true
+        }
+        Err(_) => {
+            seen.errors += 1;
+            false
+        }
+    }
+}
+
+/// Every acknowledged allocation is in etcd, once, as acknowledged, and no address (pod IP, pod
+/// CIDR, LoadBalancer IP) has two owners. Returns the pod IPs stored.
+fn check_stored(cluster: &EtcdCluster, seen: &Seen) -> BTreeMap<String, Vec<String>> {
+    let records = |kind: &str| {
+        let prefix = format!("{PREFIX}{kind}/");
+        let mut found = BTreeMap::new();
+        for (key, value) in cluster.get_prefix(&prefix) {
+            let key = key.strip_prefix(&prefix).unwrap().to_string();
+            found.insert(
+                key,
+                serde_json::from_str::<serde_json::Value>(&value).unwrap(),
+            );
+        }
+        found
+    };
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    let stored: BTreeMap<String, Vec<String>> = records("p")
+        .iter()
+        .map(|(k, v)| (k.clone(), strings(v)))
+        .collect();
+    for (key, ips) in &seen.acknowledged {
+        assert_eq!(stored.get(key), Some(ips), "acknowledged {key} {ips:?}");
+    }
+    let nodes = records("n");
+    for (name, cidrs) in &seen.nodes {
+        let node = nodes
+            .get(name)
+            .unwrap_or_else(|| panic!("node {name} lost"));
+        assert_eq!(&strings(&node["pod_cidrs"]), cidrs, "node {name}");
+    }
+    let services = records("s");
+    for (service, ip) in &seen.services {
+        let held = services.get(service).map(|s| s["ip"].as_str().unwrap());
+        assert_eq!(held, Some(ip.as_str()), "Service {service}");
+    }
+    let mut owners = BTreeMap::new();
+    let held = stored
+        .iter()
+        .flat_map(|(key, ips)| ips.iter().map(move |ip| (ip.clone(), key.clone())))
+        .chain(nodes.iter().flat_map(|(name, n)| {
+            strings(&n["pod_cidrs"])
+                .into_iter()
+                .map(move |c| (c, name.clone()))
+        }))
+        .chain(
+            services
+                .iter()
+                .map(|(name, s)| (s["ip"].as_str().unwrap().to_string(), name.clone())),
+        );
+    for (address, owner) in held {
+        if let Some(other) = owners.insert(address.clone(), owner.clone()) {
+            panic!("{address} held by {other:?} and {owner:?}");
+        }
+    }
+    stored
 }
 
 /// The longest time between successes within [from, to].
@@ -136,6 +269,7 @@ fn longest_gap(successes: &[Instant], from: Instant, to: Instant) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
+    let _one_at_a_time = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = EtcdCluster::start(dir.path(), 3, &[]);
     let ports = [free_port(), free_port()];
@@ -218,27 +352,7 @@ async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
         seen.acknowledged.len()
     );
 
-    // Every acknowledged allocation is in etcd, once, with the address acknowledged.
-    let mut stored = BTreeMap::new();
-    for (key, value) in cluster.get_prefix(&format!("{PREFIX}p/")) {
-        let key = key
-            .strip_prefix(&format!("{PREFIX}p/"))
-            .unwrap()
-            .to_string();
-        let ips: Vec<String> = serde_json::from_str(&value).unwrap();
-        assert!(stored.insert(key.clone(), ips).is_none(), "{key} twice");
-    }
-    for (key, ips) in &seen.acknowledged {
-        assert_eq!(stored.get(key), Some(ips), "acknowledged {key} {ips:?}");
-    }
-    let mut owners = BTreeMap::new();
-    for (key, ips) in &stored {
-        for ip in ips {
-            if let Some(other) = owners.insert(ip.clone(), key.clone()) {
-                panic!("{ip} held by {other:?} and {key:?}");
-            }
-        }
-    }
+    let stored = check_stored(&cluster, &seen);
     // The replica leading now serves exactly that.
     let grpc = a.listen_addr("gRPC");
     let mut c = common::Server::attach(&format!("http://{grpc}"))
@@ -263,4 +377,88 @@ async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
         }
     }
     assert_eq!(listed, stored.len());
+}
+
+/// Everything SIGKILLed at once under load — the three etcd members and both replicas — and
+/// started again: the callers' allocations resume, and every one acknowledged before or after is
+/// in etcd once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_restarted_under_load_keeps_every_acknowledged_allocation() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = EtcdCluster::start(dir.path(), 3, &[]);
+    let ports = [free_port(), free_port()];
+    let mut a = replica(dir.path(), "a", &cluster, ports[0]);
+    let grpc = a.listen_addr("gRPC");
+    let mut c = common::Server::attach(&format!("http://{grpc}"))
+        .client()
+        .await;
+    for n in 0..4 {
+        c.register_node(pb::RegisterNodeRequest {
+            name: format!("node-{n}"),
+            addresses: vec![format!("10.4.94.{}", 10 + n)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut b = replica(dir.path(), "b", &cluster, ports[1]);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(16);
+    let callers = load(ports, stop, seen.clone());
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let killed = Instant::now();
+    a.kill9();
+    b.kill9();
+    for member in 0..3 {
+        cluster.kill(member);
+    }
+    let acknowledged_before = seen.lock().unwrap().successes.len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for member in 0..3 {
+        cluster.restart(member);
+    }
+    let a = replica(dir.path(), "a", &cluster, ports[0]);
+    let b = replica(dir.path(), "b", &cluster, ports[1]);
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    let ended = Instant::now();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let secs = killed.duration_since(started).as_secs_f64();
+    let gap = longest_gap(&seen.successes, killed, ended);
+    println!(
+        "offered by {CALLERS} callers: {:.0} allocations/s before; everything SIGKILLed and started again 1 s later: {gap:?} without a successful allocation; {} pod IPs, {} nodes, {} LoadBalancer IPs acknowledged",
+        acknowledged_before as f64 / secs,
+        seen.acknowledged.len(),
+        seen.nodes.len(),
+        seen.services.len()
+    );
+    assert!(
+        seen.successes.len() > acknowledged_before,
+        "allocations resumed after the restart"
+    );
+    assert!(gap < Duration::from_secs(10), "{gap:?}");
+    assert!(!seen.nodes.is_empty() && !seen.services.is_empty());
+    check_stored(&cluster, &seen);
+    // The replica leading now serves what etcd holds.
+    let leading = if a.log().contains("gRPC listening") {
+        ports[0]
+    } else {
+        assert!(b.log().contains("gRPC listening"), "neither replica leads");
+        ports[1]
+    };
+    let mut c = common::Server::attach(&format!("http://127.0.0.1:{leading}"))
+        .client()
+        .await;
+    let listed = c
+        .list_service_i_ps(pb::ListServiceIPsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .service_ips
+        .len();
+    assert_eq!(listed, seen.services.len());
 }
