@@ -13,6 +13,12 @@
 //! revision): when a retry finds the fence moved, that stamp says whether an earlier attempt of
 //! the same write was applied (go on) or another writer's was (stop).
 //!
+//! Each mutation's Watch event goes into the same transaction (`h/REV`, `records.rs`), so the
+//! history is exactly as durable as the state: a replica that takes over replays it to watchers
+//! resuming from a revision it never served. The history is cut to the last `--watch-history`
+//! revisions by one range delete that moves `m/horizon`, in the transaction that passes the mark
+//! by an eighth (not every transaction: a range delete costs etcd a scan).
+//!
 //! etcd bounds a transaction (128 operations and 1.5 MiB by default), so a group is cut into
 //! several. A single mutation bigger than one transaction (a node deleted with its pods, a
 //! thousand operator entries) is first written whole as an intent under `m/pending`, then its
@@ -21,12 +27,6 @@
 //! event goes first, in a transaction of its own (an event as big as the mutation would not fit
 //! beside the intent in etcd's 1.5 MiB request): one left without an intent after it is deleted
 //! on opening (`mod.rs`).
-//!
-//! Each mutation's Watch event goes into the same transaction (`h/REV`, `records.rs`), so the
-//! history is exactly as durable as the state: a replica that takes over replays it to watchers
-//! resuming from a revision it never served. The history is cut to the last `--watch-history`
-//! revisions by one range delete that moves `m/horizon`, in the transaction that passes the mark
-//! by an eighth (not every transaction: a range delete costs etcd a scan).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
