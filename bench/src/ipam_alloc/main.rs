@@ -16,6 +16,7 @@
 
 mod cells;
 mod etcd;
+mod failover;
 mod host_local;
 mod server;
 mod soak;
@@ -71,6 +72,10 @@ struct Args {
     /// the longest time without a checkpoint and the server's RSS (the log must stay bounded).
     #[arg(long)]
     soak: Option<u64>,
+    /// Instead of the table: the failover figures on etcd — two replicas on three members, 128
+    /// callers, the leading replica, the etcd leader, then everything SIGKILLed (about 30 s).
+    #[arg(long)]
+    failover: bool,
 }
 
 #[tokio::main]
@@ -121,6 +126,10 @@ async fn main() {
     )
     .unwrap();
 
+    if args.failover {
+        // The replicas are the routeplane-ipam built beside this benchmark.
+        return failover::run(base.path(), 128).await;
+    }
     if let Some(seconds) = args.soak {
         let data = base.path().join("soak");
         let server = start_server(&bin, &data, &config, "flush", None, &[]);

@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use routeplane_api::ipam::v1 as pb;
@@ -20,7 +19,7 @@ use routeplane_testkit::etcd::EtcdCluster;
 use routeplane_testkit::ipam::free_port;
 use tonic::transport::Endpoint;
 
-const CALLERS: usize = 32;
+const CALLERS: usize = 128;
 const PREFIX: &str = "/faults/";
 
 /// One scenario at a time: on two cores, two at once would halve the load each offers.
@@ -88,15 +87,12 @@ fn replica(dir: &std::path::Path, name: &str, cluster: &EtcdCluster, port: u16) 
 
 /// Callers allocating pod IPs until `stop`, each with a client per replica, moving to the other
 /// one on a failure.
-fn load(
-    ports: [u16; 2],
-    stop: Instant,
-    seen: Arc<Mutex<Seen>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn load(ports: [u16; 2], stop: Instant) -> Vec<tokio::task::JoinHandle<Seen>> {
     (0..CALLERS)
         .map(|t| {
-            let seen = seen.clone();
             tokio::spawn(async move {
+                // Each caller's own: no lock shared by 128 callers on two cores.
+                let mut seen = Seen::default();
                 let mut clients: Vec<_> = ports
                     .iter()
                     .map(|port| {
@@ -123,7 +119,7 @@ fn load(
                                     family: 0,
                                 })
                                 .await;
-                            record(&seen, r, |seen, r| {
+                            record(&mut seen, r, |seen, r| {
                                 seen.acknowledged.insert(format!("{node}\0{owner}"), r.ips);
                             })
                         }
@@ -136,7 +132,7 @@ fn load(
                                     ..Default::default()
                                 })
                                 .await;
-                            record(&seen, r, |seen, r| {
+                            record(&mut seen, r, |seen, r| {
                                 seen.nodes.insert(name, r.pod_cidrs);
                             })
                         }
@@ -148,7 +144,7 @@ fn load(
                                     ..Default::default()
                                 })
                                 .await;
-                            record(&seen, r, |seen, r| {
+                            record(&mut seen, r, |seen, r| {
                                 seen.services.insert(service, r.ip);
                             })
                         }
@@ -160,22 +156,36 @@ fn load(
                         tokio::time::sleep(Duration::from_millis(250)).await;
                     }
                 }
+                seen
             })
         })
         .collect()
 }
 
+/// What every caller saw, together.
+async fn gather(callers: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
+    let mut all = Seen::default();
+    for caller in callers {
+        let seen = caller.await.unwrap();
+        all.acknowledged.extend(seen.acknowledged);
+        all.nodes.extend(seen.nodes);
+        all.services.extend(seen.services);
+        all.successes.extend(seen.successes);
+        all.errors += seen.errors;
+    }
+    all
+}
+
 /// Records an answer: on success what `keep` takes of it and when; on failure a count. Whether it
 /// succeeded.
 fn record<T>(
-    seen: &Mutex<Seen>,
+    seen: &mut Seen,
     answer: Result<tonic::Response<T>, tonic::Status>,
     keep: impl FnOnce(&mut Seen, T),
 ) -> bool {
-    let mut seen = seen.lock().unwrap();
     match answer {
         Ok(r) => {
-            keep(&mut seen, r.into_inner());
+            keep(seen, r.into_inner());
             seen.successes.push(Instant::now());
             true
         }
@@ -288,10 +298,9 @@ async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
         .unwrap();
     }
     let mut b = replica(dir.path(), "b", &cluster, ports[1]);
-    let seen = Arc::new(Mutex::new(Seen::default()));
     let started = Instant::now();
     let stop = started + Duration::from_secs(20);
-    let callers = load(ports, stop, seen.clone());
+    let callers = load(ports, stop);
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let leader = cluster.leader();
@@ -319,11 +328,8 @@ async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
     let status = b.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "the deposed leader stops: {status:?}");
 
-    for caller in callers {
-        caller.await.unwrap();
-    }
+    let seen = gather(callers).await;
     let ended = Instant::now();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let before = seen
         .successes
         .iter()
@@ -403,10 +409,9 @@ async fn everything_restarted_under_load_keeps_every_acknowledged_allocation() {
         .unwrap();
     }
     let mut b = replica(dir.path(), "b", &cluster, ports[1]);
-    let seen = Arc::new(Mutex::new(Seen::default()));
     let started = Instant::now();
     let stop = started + Duration::from_secs(16);
-    let callers = load(ports, stop, seen.clone());
+    let callers = load(ports, stop);
 
     tokio::time::sleep(Duration::from_secs(4)).await;
     let killed = Instant::now();
@@ -415,19 +420,16 @@ async fn everything_restarted_under_load_keeps_every_acknowledged_allocation() {
     for member in 0..3 {
         cluster.kill(member);
     }
-    let acknowledged_before = seen.lock().unwrap().successes.len();
     tokio::time::sleep(Duration::from_secs(1)).await;
     for member in 0..3 {
         cluster.restart(member);
     }
     let a = replica(dir.path(), "a", &cluster, ports[0]);
     let b = replica(dir.path(), "b", &cluster, ports[1]);
-    for caller in callers {
-        caller.await.unwrap();
-    }
+    let seen = gather(callers).await;
     let ended = Instant::now();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let secs = killed.duration_since(started).as_secs_f64();
+    let acknowledged_before = seen.successes.iter().filter(|t| **t < killed).count();
     let gap = longest_gap(&seen.successes, killed, ended);
     println!(
         "offered by {CALLERS} callers: {:.0} allocations/s before; everything SIGKILLed and started again 1 s later: {gap:?} without a successful allocation; {} pod IPs, {} nodes, {} LoadBalancer IPs acknowledged",
