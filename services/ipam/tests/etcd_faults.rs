@@ -277,13 +277,12 @@ fn longest_gap(successes: &[Instant], from: Instant, to: Instant) -> Duration {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
-    let _one_at_a_time = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = EtcdCluster::start(dir.path(), 3, &[]);
+/// Three etcd members, replica a leading with the four nodes the pod-IP callers use, b standing
+/// by.
+async fn two_replicas(dir: &std::path::Path) -> (EtcdCluster, [u16; 2], Service, Service) {
+    let cluster = EtcdCluster::start(dir, 3, &[]);
     let ports = [free_port(), free_port()];
-    let mut a = replica(dir.path(), "a", &cluster, ports[0]);
+    let mut a = replica(dir, "a", &cluster, ports[0]);
     let grpc = a.listen_addr("gRPC");
     let mut c = common::Server::attach(&format!("http://{grpc}"))
         .client()
@@ -297,7 +296,15 @@ async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
         .await
         .unwrap();
     }
-    let mut b = replica(dir.path(), "b", &cluster, ports[1]);
+    let b = replica(dir, "b", &cluster, ports[1]);
+    (cluster, ports, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cluster, ports, mut a, mut b) = two_replicas(dir.path()).await;
     let started = Instant::now();
     let stop = started + Duration::from_secs(20);
     let callers = load(ports, stop);
@@ -392,23 +399,7 @@ async fn allocations_through_etcd_and_replica_faults_are_kept_exactly_once() {
 async fn everything_restarted_under_load_keeps_every_acknowledged_allocation() {
     let _one_at_a_time = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = EtcdCluster::start(dir.path(), 3, &[]);
-    let ports = [free_port(), free_port()];
-    let mut a = replica(dir.path(), "a", &cluster, ports[0]);
-    let grpc = a.listen_addr("gRPC");
-    let mut c = common::Server::attach(&format!("http://{grpc}"))
-        .client()
-        .await;
-    for n in 0..4 {
-        c.register_node(pb::RegisterNodeRequest {
-            name: format!("node-{n}"),
-            addresses: vec![format!("10.4.94.{}", 10 + n)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    let mut b = replica(dir.path(), "b", &cluster, ports[1]);
+    let (mut cluster, ports, mut a, mut b) = two_replicas(dir.path()).await;
     let started = Instant::now();
     let stop = started + Duration::from_secs(16);
     let callers = load(ports, stop);
