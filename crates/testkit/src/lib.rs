@@ -178,11 +178,17 @@ pub fn assert_readme_metrics(prefix: &str, exposition: &str) {
 
 /// GET /metrics over plain HTTP/1.0 from `addr`, inside network namespace `netns` when given.
 pub fn scrape(netns: Option<&str>, addr: &str) -> Result<String, String> {
+    http_get(netns, addr, "/metrics")
+}
+
+/// GET `path` over plain HTTP/1.0 from `addr` (inside `netns` when given): the whole answer,
+/// headers included, if its status is 200.
+pub fn http_get(netns: Option<&str>, addr: &str, path: &str) -> Result<String, String> {
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("{addr} is not HOST:PORT"))?;
     let script = format!(
-        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 10 cat <&3"
+        "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 10 cat <&3"
     );
     let out = command_in(netns, "bash")
         .args(["-c", &script])
@@ -193,7 +199,7 @@ pub fn scrape(netns: Option<&str>, addr: &str) -> Result<String, String> {
         Ok(text)
     } else {
         Err(format!(
-            "GET http://{addr}/metrics: {text}{}",
+            "GET http://{addr}{path}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         ))
     }

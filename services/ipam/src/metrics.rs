@@ -198,6 +198,7 @@ impl Collector for IpamCollector {
             "Segments of the write-ahead log on disk",
             &[(&[], stats.log_segments.load(Ordering::Relaxed) as i64)],
         )?;
+        leader(&mut e, true)?;
         gauges(
             &mut e,
             "routeplane_ipam_writes_refused",
@@ -226,6 +227,32 @@ impl Collector for IpamCollector {
         )?)?;
         Ok(())
     }
+}
+
+fn leader(e: &mut DescriptorEncoder, serving: bool) -> std::fmt::Result {
+    gauges(
+        e,
+        "routeplane_ipam_leader",
+        "1 while this process serves (it leads its etcd prefix, or runs on sled), 0 while it stands by for another replica",
+        &[(&[], i64::from(serving))],
+    )
+}
+
+/// What a standby exposes: that it stands by.
+#[derive(Debug)]
+struct StandbyCollector;
+
+impl Collector for StandbyCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        leader(&mut e, false)
+    }
+}
+
+/// The registry of a replica standing by (or still opening its state).
+pub fn standby_registry() -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StandbyCollector));
+    registry
 }
 
 /// A registry holding the IPAM collector.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use routeplane_runtime::grpc::GrpcServer;
 use routeplane_runtime::shutdown::Shutdown;
 use routeplane_runtime::{RuntimeError, bind, metrics};
+use tokio::sync::watch;
 
 use crate::engine::StorageConfig;
 use crate::error::IpamError;
@@ -146,6 +147,16 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     if let StorageConfig::Sled(data_dir) = &storage {
         prepare_data_dir(data_dir, &cli)?;
     }
+    // Metrics and /healthz answer from the start, a standby's too (`routeplane_ipam_leader` 0):
+    // what Kubernetes probes, so that standbys count as running (rollouts, disruption budgets)
+    // while gRPC, where clients and the Service look, is the leader's alone.
+    let metrics_listener = bind(cli.metrics_listen).await?;
+    let (registries, registry) = watch::channel(Arc::new(crate::metrics::standby_registry()));
+    let metrics_task = tokio::spawn(metrics::serve_switching(
+        metrics_listener,
+        registry,
+        shutdown.clone(),
+    ));
     let (ipam, warnings, mut leadership) =
         match start_ipam(&loaded.core, storage, &cli, &shutdown).await {
             // SIGTERM while standing by or waiting for etcd: a clean stop.
@@ -172,7 +183,6 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     if let (Some(leadership), Ok(addr)) = (leadership.as_mut(), grpc_listener.local_addr()) {
         leadership.announce(&addr.to_string()).await;
     }
-    let metrics_listener = bind(cli.metrics_listen).await?;
     let mut registry = crate::metrics::registry(ipam.clone());
     let server = GrpcServer::new(
         crate::GRPC_SERVICE,
@@ -182,7 +192,8 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         &mut registry,
     )
     .report_health(crate::WRITES_HEALTH, ipam.writable());
-    let registry = Arc::new(registry);
+    // Fails only once the metrics server has stopped: nothing left to show it to.
+    let _ = registries.send(Arc::new(registry));
     if cli.kubernetes {
         let client = routeplane_kubernetes::client()
             .await
@@ -196,7 +207,6 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         ));
     }
     let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone()));
-    let metrics_task = tokio::spawn(metrics::serve(metrics_listener, registry, shutdown.clone()));
     let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     if let Ok(Err(e)) = metrics_task.await {

@@ -393,7 +393,9 @@ async fn etcd_gone_while_running_refuses_writes_and_the_replica_steps_down() {
 }
 
 /// SIGTERM to the leader: it gives its lease up on the way out (exit 0) and the standby leads at
-/// once rather than after the TTL; SIGTERM to a standby is a clean stop too.
+/// once rather than after the TTL; SIGTERM to a standby is a clean stop too. Standbys answer on
+/// their metrics port (`routeplane_ipam_leader` 0, `/healthz`) and swap in the leader's metrics
+/// when they take over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_stops_hands_over_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -413,6 +415,20 @@ async fn a_leader_that_stops_hands_over_at_once() {
     wait_for("both standing by", Duration::from_secs(20), || {
         b.log().contains("standby") && c.log().contains("standby")
     });
+    // A standby answers probes on its metrics port (Kubernetes counts it as running) and says it
+    // stands by; the leader says it leads.
+    let leader_says = |addr: std::net::SocketAddr| {
+        let m = routeplane_testkit::scrape(None, &addr.to_string()).unwrap();
+        routeplane_testkit::metric_sample(&m, "routeplane_ipam_leader").unwrap()
+    };
+    let b_metrics = b.listen_addr("metrics");
+    assert_eq!(leader_says(b_metrics), 0.0);
+    assert!(
+        routeplane_testkit::http_get(None, &b_metrics.to_string(), "/healthz")
+            .unwrap()
+            .ends_with("ok\n")
+    );
+    assert_eq!(leader_says(a.metrics), 1.0);
     let stopped = Instant::now();
     assert!(
         a.terminate().success(),
@@ -437,6 +453,16 @@ async fn a_leader_that_stops_hands_over_at_once() {
     );
     let mut client = Server::attach(&format!("http://{taken}")).client().await;
     register(&mut client, "n1").await;
+    let new_leader = if b.log().contains("gRPC listening") {
+        &mut b
+    } else {
+        &mut c
+    };
+    assert_eq!(
+        leader_says(new_leader.listen_addr("metrics")),
+        1.0,
+        "the same metrics port, now showing the leader's registry"
+    );
     let standby = if b.log().contains("gRPC listening") {
         &mut c
     } else {
