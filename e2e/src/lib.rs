@@ -7,6 +7,8 @@
 //! A [`Stack`] dropped while its thread panics prints every container's log and tears it all down.
 #![forbid(unsafe_code)]
 
+pub mod seed;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -25,14 +27,26 @@ fn repo_root() -> PathBuf {
 /// The running stack. Dropping it during a panic collects the logs and tears the stack down.
 pub struct Stack {
     up: bool,
+    /// The compose files, in the repository's root: docker-compose.yml, and overrides on it.
+    files: &'static [&'static str],
 }
+
+/// The seed's stack: docker-compose.yml alone.
+pub const SEED: &[&str] = &["docker-compose.yml"];
+/// The stack with IPAM on etcd: three etcd members and two IPAM replicas.
+pub const ON_ETCD: &[&str] = &["docker-compose.yml", "docker-compose.etcd.yml"];
 
 impl Stack {
     /// Removes what an earlier run left, then `docker compose up -d` with the built images.
     pub fn up() -> Stack {
-        let stack = Stack { up: true };
+        Stack::up_with(SEED)
+    }
+
+    /// As [`Stack::up`], from `files` (docker-compose.yml and overrides).
+    pub fn up_with(files: &'static [&'static str]) -> Stack {
+        let stack = Stack { up: true, files };
         stack.down();
-        let out = compose(&["up", "-d", "--no-build", "--quiet-pull"]);
+        let out = stack.compose(&["up", "-d", "--no-build", "--quiet-pull"]);
         assert!(
             out.status.success(),
             "docker compose up: {}",
@@ -43,7 +57,7 @@ impl Stack {
 
     /// `docker compose down -v`: containers, networks and the IPAM volume.
     pub fn down(&self) {
-        let out = compose(&["down", "--volumes", "--remove-orphans", "--timeout", "10"]);
+        let out = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "10"]);
         assert!(
             out.status.success(),
             "docker compose down: {}",
@@ -60,7 +74,7 @@ impl Stack {
 
     /// `docker compose <args>`, which must succeed.
     pub fn run(&self, args: &[&str]) -> String {
-        let out = compose(args);
+        let out = self.compose(args);
         assert!(
             out.status.success(),
             "docker compose {args:?}: {}{}",
@@ -74,7 +88,7 @@ impl Stack {
     pub fn exec(&self, service: &str, command: &[&str]) -> Result<String, String> {
         let mut args = vec!["exec", "-T", service];
         args.extend_from_slice(command);
-        let out = compose(&args);
+        let out = self.compose(&args);
         if out.status.success() {
             Ok(text(&out.stdout))
         } else {
@@ -90,7 +104,7 @@ impl Stack {
     pub fn spawn_exec(&self, service: &str, command: &[&str]) -> std::process::Child {
         let mut args = vec!["exec", "-T", service];
         args.extend_from_slice(command);
-        compose_command(&args)
+        self.compose_command(&args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -114,7 +128,7 @@ impl Stack {
     pub fn logs(&self, service: Option<&str>) -> String {
         let mut args = vec!["logs", "--no-color", "--timestamps"];
         args.extend(service);
-        let out = compose(&args);
+        let out = self.compose(&args);
         format!("{}{}", text(&out.stdout), text(&out.stderr))
     }
 }
@@ -131,28 +145,28 @@ impl Drop for Stack {
                     );
                 }
             }
-            let _ = compose(&["down", "--volumes", "--remove-orphans", "--timeout", "10"]);
+            let _ = self.compose(&["down", "--volumes", "--remove-orphans", "--timeout", "10"]);
         }
     }
 }
 
-fn compose(args: &[&str]) -> Output {
-    compose_command(args)
-        .output()
-        .unwrap_or_else(|e| panic!("docker compose {args:?}: {e}"))
-}
+impl Stack {
+    fn compose(&self, args: &[&str]) -> Output {
+        self.compose_command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("docker compose {args:?}: {e}"))
+    }
 
-fn compose_command(args: &[&str]) -> Command {
-    let root = repo_root();
-    let mut command = Command::new("docker");
-    command
-        .arg("compose")
-        .arg("--project-directory")
-        .arg(&root)
-        .arg("--file")
-        .arg(root.join("docker-compose.yml"))
-        .args(args);
-    command
+    fn compose_command(&self, args: &[&str]) -> Command {
+        let root = repo_root();
+        let mut command = Command::new("docker");
+        command.arg("compose").arg("--project-directory").arg(&root);
+        for file in self.files {
+            command.arg("--file").arg(root.join(file));
+        }
+        command.args(args);
+        command
+    }
 }
 
 fn text(bytes: &[u8]) -> String {

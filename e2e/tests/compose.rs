@@ -5,115 +5,21 @@
 //! of docker/build-images; scripts/test provides all of them.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use routeplane_e2e::{BirdRoute, Stack, grpcurl, parse_ping, parse_traceroute, wait_for};
-use serde_json::Value;
+use routeplane_e2e::seed::{
+    Allocations, NODES, TOR_83, TOR_94, Tor, ipam_nodes_at, require_stack,
+    routers_learn_every_node, routers_route_every_node,
+};
+use routeplane_e2e::{Stack, grpcurl, parse_ping, parse_traceroute, wait_for};
 
 const IPAM: &str = "10.4.36.5:50051";
 const BGP: &str = "10.4.36.10:50052";
 /// The IPAM lease TTL and routeplane-bgp's withdraw grace, both left at their defaults by the stack.
 const LEASE_TTL_PLUS_GRACE: Duration = Duration::from_secs(20 + 10);
 
-/// A ToR: its compose service, its core address and the BIRD protocol towards the other ToR.
-struct Tor {
-    service: &'static str,
-    core: &'static str,
-    gateway: &'static str,
-    to_other: &'static str,
-}
-const TOR_94: Tor = Tor {
-    service: "tor-94",
-    core: "10.4.36.239",
-    gateway: "10.4.94.1",
-    to_other: "tor83",
-};
-const TOR_83: Tor = Tor {
-    service: "tor-83",
-    core: "10.4.36.250",
-    gateway: "10.4.83.1",
-    to_other: "tor94",
-};
-
-/// The four nodes: service (= node name), address, and its ToR (the seed's peer groups: labelled
-/// kubernetes/route=bgp-peer-83 to 10.4.36.250, the others to 10.4.36.239).
-const NODES: [(&str, &str, &Tor); 4] = [
-    ("node-94-1", "10.4.94.11", &TOR_94),
-    ("node-94-2", "10.4.94.12", &TOR_94),
-    ("node-83-1", "10.4.83.11", &TOR_83),
-    ("node-83-2", "10.4.83.12", &TOR_83),
-];
-
-fn other(tor: &Tor) -> &'static Tor {
-    if tor.service == TOR_94.service {
-        &TOR_83
-    } else {
-        &TOR_94
-    }
-}
-
-/// node name -> (pod CIDRs, router IPs), as IPAM has them.
-type Allocations = BTreeMap<String, (Vec<String>, Vec<String>)>;
-
-/// The allocations, once IPAM has all four nodes Ready with a pod CIDR each.
 fn ipam_nodes() -> Result<Allocations, String> {
-    let reply = grpcurl(IPAM, "routeplane.ipam.v1.Ipam/ListNodes", "{}")?;
-    let strings = |node: &Value, key: &str| -> Vec<String> {
-        node[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect()
-    };
-    let nodes: Allocations = reply["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["ready"].as_bool() == Some(true))
-        .map(|n| {
-            (
-                n["name"].as_str().unwrap_or_default().to_string(),
-                (strings(n, "podCidrs"), strings(n, "routerIps")),
-            )
-        })
-        .collect();
-    if nodes.len() == NODES.len() && nodes.values().all(|(cidrs, _)| cidrs.len() == 1) {
-        Ok(nodes)
-    } else {
-        Err(format!("IPAM's ready nodes: {reply}"))
-    }
-}
-
-/// Whether each ToR holds every node's pod CIDR the way the seed's peer groups say: its own nodes'
-/// from routeplane with the node as next hop, the other segment's from the other ToR.
-fn routers_route_every_node(stack: &Stack, nodes: &Allocations) -> Result<(), String> {
-    for tor in [&TOR_94, &TOR_83] {
-        let routes = stack.bird_routes(tor.service)?;
-        for (name, address, home) in NODES {
-            let cidr = &nodes[name].0[0];
-            let want = if home.service == tor.service {
-                BirdRoute {
-                    protocol: "routeplane".into(),
-                    via: address.into(),
-                }
-            } else {
-                BirdRoute {
-                    protocol: tor.to_other.into(),
-                    via: other(tor).core.into(),
-                }
-            };
-            if routes.get(cidr) != Some(&want) {
-                return Err(format!(
-                    "{}: {cidr} of {name} is {:?}, want {want:?}; all: {routes:?}",
-                    tor.service,
-                    routes.get(cidr)
-                ));
-            }
-        }
-    }
-    Ok(())
+    ipam_nodes_at(IPAM)
 }
 
 fn peer_states() -> Result<BTreeMap<String, String>, String> {
@@ -166,53 +72,6 @@ fn bird_session_established(stack: &Stack, tor: &Tor) -> bool {
         .unwrap_or_else(|e| panic!("{e}"))
         .lines()
         .any(|l| l.starts_with("routeplane") && l.contains("Established"))
-}
-
-/// Root, a running dockerd with Compose v2, and the images of docker/build-images; a test that
-/// lacks one fails, naming it (scripts/test provides them all).
-fn require_stack() {
-    routeplane_testkit::privileged::require(&["docker", "grpcurl", "iptables"]);
-    let works = |args: &[&str]| {
-        Command::new("docker")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    assert!(
-        works(&["compose", "version"]) && works(&["info"]),
-        "no running dockerd with Docker Compose v2 (scripts/test installs and starts them)"
-    );
-    for image in [
-        "routeplane-ipam",
-        "routeplane-bgp",
-        "routeplane-agent",
-        "routeplane-bird",
-    ] {
-        assert!(
-            works(&["image", "inspect", &format!("{image}:latest")]),
-            "image {image}:latest is missing: run docker/build-images first"
-        );
-    }
-}
-
-/// IPAM gives every node a pod CIDR; both ToRs learn all four, per the seed's peer groups.
-fn routers_learn_every_node(stack: &Stack) -> Allocations {
-    let (nodes, took) = wait_for(
-        "four Ready nodes in IPAM",
-        Duration::from_secs(60),
-        ipam_nodes,
-    );
-    println!("IPAM: {nodes:?} after {took:?}");
-    let ((), took) = wait_for(
-        "every pod CIDR at both ToRs",
-        Duration::from_secs(60),
-        || routers_route_every_node(stack, &nodes),
-    );
-    println!("both ToRs route every node's pod CIDR {took:?} after the nodes were Ready");
-
-    nodes
 }
 
 /// The seed's absent peers (.238, .251) are sessions that cannot connect; the ToRs' are up.
@@ -641,10 +500,10 @@ mod privileged {
 
     #[test]
     fn the_compose_stack_routes_the_seeds_network_and_survives_restarts() {
-        require_stack();
+        require_stack(&[]);
         let stack = Stack::up();
         let started = Instant::now();
-        let nodes = routers_learn_every_node(&stack);
+        let nodes = routers_learn_every_node(&stack, IPAM);
         absent_peers_are_not_established();
         services_answer_grpcurl_from_the_host(&nodes);
         node_traceroutes_follow_the_hop_rule(&stack, &nodes);
