@@ -6,41 +6,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-use common::Server;
+use common::Store;
 use routeplane_api::ipam::v1 as pb;
-use routeplane_testkit::etcd::EtcdCluster;
-
-/// A store to run the suite on: the flags that select it.
-enum Store {
-    Sled,
-    Etcd(EtcdCluster),
-}
-
-impl Store {
-    fn etcd(dir: &Path) -> Store {
-        Store::Etcd(EtcdCluster::start(dir, 1, &[]))
-    }
-
-    fn args(&self) -> Vec<String> {
-        match self {
-            Store::Sled => vec![],
-            Store::Etcd(cluster) => vec![
-                "--store".into(),
-                "etcd".into(),
-                "--etcd-endpoints".into(),
-                cluster.endpoints(),
-            ],
-        }
-    }
-
-    fn start(&self, dir: &Path) -> Server {
-        let args = self.args();
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start(&dir.join("data"), &refs)
-    }
-}
 
 async fn register(c: &mut common::Client, name: &str, ip: &str) -> pb::Node {
     c.register_node(pb::RegisterNodeRequest {
@@ -83,7 +51,7 @@ async fn holdings(c: &mut common::Client, nodes: &[&str]) -> BTreeMap<String, Ve
 /// acknowledged is there, nothing released is, and what comes after collides with nothing.
 async fn acknowledged_allocations_survive_a_kill_and_none_is_given_twice(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let server = store.start(dir.path());
+    let server = store.start(&dir.path().join("data"), &[]);
     let mut c = server.client().await;
     let nodes = ["node-83-1", "node-83-2", "node-94-1"];
     for (i, n) in nodes.iter().enumerate() {
@@ -145,7 +113,7 @@ async fn acknowledged_allocations_survive_a_kill_and_none_is_given_twice(store: 
     assert_eq!(holdings(&mut c, &nodes).await, acknowledged);
     server.kill9();
 
-    let server = store.start(dir.path());
+    let server = store.start(&dir.path().join("data"), &[]);
     let mut c = server.client().await;
     let after = holdings(&mut c, &nodes).await;
     assert_eq!(after, acknowledged, "what was acknowledged, exactly");
@@ -189,7 +157,7 @@ async fn etcd_keeps_acknowledged_allocations_and_gives_none_twice() {
 /// after a restart the same on each store.
 async fn every_kind_of_record_reads_back(store: Store) {
     let dir = tempfile::tempdir().unwrap();
-    let server = store.start(dir.path());
+    let server = store.start(&dir.path().join("data"), &[]);
     let mut c = server.client().await;
     register(&mut c, "node-a", "10.4.94.10").await;
     register(&mut c, "node-b", "10.4.94.11").await;
@@ -228,7 +196,7 @@ async fn every_kind_of_record_reads_back(store: Store) {
         .into_inner();
     server.terminate();
 
-    let server = store.start(dir.path());
+    let server = store.start(&dir.path().join("data"), &[]);
     let mut c = server.client().await;
     let after = c
         .list_nodes(pb::ListNodesRequest {})

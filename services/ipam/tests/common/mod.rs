@@ -212,3 +212,37 @@ pub fn values_file(dir: &Path, pool: &str, mask: u8) -> PathBuf {
     .unwrap();
     path
 }
+
+/// A store to run a behaviour test on, with the flags that select it: sled (embedded), or a real
+/// one-member etcd on loopback (`routeplane_testkit::etcd`) that lives as long as this value.
+pub enum Store {
+    Sled,
+    Etcd(routeplane_testkit::etcd::EtcdCluster),
+}
+
+impl Store {
+    /// A one-member etcd cluster with its data in `dir`.
+    pub fn etcd(dir: &Path) -> Store {
+        Store::Etcd(routeplane_testkit::etcd::EtcdCluster::start(dir, 1, &[]))
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Store::Sled => vec![],
+            Store::Etcd(cluster) => vec![
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                cluster.endpoints(),
+            ],
+        }
+    }
+
+    /// The server on this store, its sled data (unused on etcd) in `data_dir`, with `extra` flags.
+    pub fn start(&self, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut args = self.args();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start(data_dir, &refs)
+    }
+}
