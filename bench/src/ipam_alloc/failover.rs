@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use routeplane_runtime::dial::Dialer;
-use routeplane_testkit::Service;
 use routeplane_testkit::etcd::EtcdCluster;
 use routeplane_testkit::ipam::{free_port, spawn_etcd_replica};
+use routeplane_testkit::{Service, longest_gap};
 
 const PREFIX: &str = "/bench-failover/";
 const NODES: usize = 64;
@@ -119,17 +119,6 @@ async fn caller(t: usize, urls: String, dialer: Dialer, stop: Instant) -> (Ackno
         }
     }
     (acknowledged, failed)
-}
-
-fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
-    let mut points = vec![from];
-    points.extend(times.iter().copied().filter(|t| *t >= from && *t <= to));
-    points.push(to);
-    points
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default()
 }
 
 pub(crate) async fn run(dir: &Path, callers: usize) {

@@ -170,6 +170,20 @@ impl EtcdCluster {
             .join(",")
     }
 
+    /// The flags that put routeplane-ipam's state on this cluster under `prefix`.
+    pub fn ipam_flags(&self, prefix: &str) -> Vec<String> {
+        [
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &self.endpoints(),
+            "--etcd-prefix",
+            prefix,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// etcdctl against every running member; the output, or a panic with its stderr.
     pub fn etcdctl(&self, args: &[&str]) -> String {
         let out = self.etcdctl_raw(args);

@@ -33,7 +33,7 @@ use std::process::Command;
 
 pub use netns::{Netns, unique_id};
 pub use process::{Service, bin};
-pub use wait::{wait_for, wait_until};
+pub use wait::{longest_gap, wait_for, wait_until};
 
 /// Runs a set-up command (ip, mount, sysctl…); a failure panics with its stderr.
 pub fn sh(args: &[&str]) {

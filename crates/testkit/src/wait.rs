@@ -26,6 +26,24 @@ pub fn wait_until<T>(
     }
 }
 
+/// The longest time within [from, to] without an event of `times` (in any order): how long a
+/// service under faults went without a success, counting the edges of the window.
+pub fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut points: Vec<Instant> = times
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
+    points.sort();
+    points.insert(0, from);
+    points.push(to);
+    points
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default()
+}
+
 /// [`wait_until`] for a yes/no condition.
 pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
     wait_until(what, limit, || {

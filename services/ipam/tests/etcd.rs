@@ -15,16 +15,7 @@ use routeplane_testkit::{Service, wait_for};
 use tonic::Code;
 
 fn etcd_args(cluster: &EtcdCluster, prefix: &str) -> Vec<String> {
-    [
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &cluster.endpoints(),
-        "--etcd-prefix",
-        prefix,
-    ]
-    .map(String::from)
-    .to_vec()
+    cluster.ipam_flags(prefix)
 }
 
 fn start(dir: &std::path::Path, args: &[String]) -> Server {

@@ -14,9 +14,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use routeplane_api::ipam::v1 as pb;
-use routeplane_testkit::Service;
 use routeplane_testkit::etcd::EtcdCluster;
 use routeplane_testkit::ipam::free_port;
+use routeplane_testkit::{Service, longest_gap};
 use tonic::transport::Endpoint;
 
 const CALLERS: usize = 128;
@@ -257,24 +257,6 @@ fn check_stored(cluster: &EtcdCluster, seen: &Seen) -> BTreeMap<String, Vec<Stri
         }
     }
     stored
-}
-
-/// The longest time between successes within [from, to].
-fn longest_gap(successes: &[Instant], from: Instant, to: Instant) -> Duration {
-    let mut times: Vec<Instant> = successes
-        .iter()
-        .copied()
-        .filter(|t| *t >= from && *t <= to)
-        .collect();
-    times.sort();
-    let mut points = vec![from];
-    points.extend(times);
-    points.push(to);
-    points
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default()
 }
 
 /// Three etcd members, replica a leading with the four nodes the pod-IP callers use, b standing

@@ -15,19 +15,13 @@ use routeplane_testkit::etcd::EtcdCluster;
 use routeplane_testkit::{Service, wait_for};
 
 fn args(cluster: &EtcdCluster, prefix: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &cluster.endpoints(),
-        "--etcd-prefix",
-        prefix,
-        "--etcd-lease-ttl",
-        "1s",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut args = cluster.ipam_flags(prefix);
+    args.extend(
+        ["--etcd-lease-ttl", "1s"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(String::from),
+    );
     args
 }
 
