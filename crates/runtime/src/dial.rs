@@ -150,7 +150,8 @@ impl Dialer {
     pub async fn connect(&self, list: &str) -> Result<Channel, DialError> {
         let urls = urls(list);
         let first = match urls.as_slice() {
-            [] | [_] => return self.connect_one(list.trim()).await,
+            [] => return self.connect_one(list).await,
+            [one] => return self.connect_one(one).await,
             _ => self.lock_answered().get(list).copied().unwrap_or(0),
         };
         let mut failures = Vec::new();
@@ -300,6 +301,11 @@ mod tests {
         assert_eq!(dialer.lock_answered().get(&list), Some(&1));
         let shared = dialer.clone();
         shared.connect(&list).await.unwrap();
+        // One URL with a stray comma is still that URL.
+        dialer
+            .connect(&format!("http://127.0.0.1:{up},"))
+            .await
+            .unwrap();
         let none = format!("http://127.0.0.1:{down},http://127.0.0.1:{down}");
         let e = dialer.connect(&none).await.unwrap_err().to_string();
         assert!(
