@@ -18,7 +18,7 @@ use crate::commit::{CommitStats, Fault};
 use crate::error::IpamError;
 use crate::model::Revision;
 use crate::state::Mutation;
-use crate::wal::{self, Wal, WalRecord};
+use crate::wal::{self, Wal};
 
 /// Where the committer makes groups durable.
 pub trait Journal: Send + 'static {
@@ -69,7 +69,7 @@ impl Journal for LogJournal {
         let fatal = |error| Fault { error, fatal: true };
         let mut bytes = Vec::new();
         for m in group {
-            wal::encode(&WalRecord::from(*m), &mut bytes).map_err(fatal)?;
+            wal::encode_mutation(m, &mut bytes).map_err(fatal)?;
         }
         let first_revision = group.first().map(|m| m.revision).unwrap_or_default();
         let through = *self.checkpointed.borrow_and_update();
