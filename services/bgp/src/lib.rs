@@ -22,6 +22,7 @@ pub mod policy;
 pub mod reload;
 pub mod rib;
 pub mod rib_in;
+pub mod router_id;
 pub mod server;
 pub mod session;
 pub mod settings;

@@ -36,7 +36,8 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     pub ipam: String,
-    /// BGP identifier for peers without a router-id in bgp-config.
+    /// BGP identifier for peers without a router-id in bgp-config. Default: the IPv4 address this
+    /// host uses toward the first configured peer it has one toward (logged at start).
     #[arg(long, env = "ROUTEPLANE_ROUTER_ID")]
     pub router_id: Option<Ipv4Addr>,
     /// Where to accept BGP connections from peers (repeat for several).
@@ -100,8 +101,15 @@ impl Cli {
                     .into(),
             );
         }
+        let router_id = self.router_id.or_else(|| {
+            let (id, peer) = crate::router_id::toward_peers(&bgp.peers)?;
+            notes.push(format!(
+                "router ID {id}: no --router-id given, so the IPv4 address this host uses toward peer {peer} (as BIRD and MetalLB do); set --router-id, or router-id per peer in bgp-config, to choose another"
+            ));
+            Some(id)
+        });
         let settings = SpeakerSettings {
-            router_id: self.router_id,
+            router_id,
             grace: self.withdraw_grace,
             announce: Announce {
                 pod_cidr: values.bgp_announce.pod_cidr,

@@ -199,9 +199,10 @@ fn startup_refuses_what_cannot_work() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let err = run(CONFIG, &[]);
+    // No router ID and no IPv4 address toward any peer to take one from.
+    let err = run(&CONFIG.replace("127.0.0.2", "::1"), &[]);
     assert!(
-        err.contains("peer 127.0.0.2: no BGP identifier") && err.contains("--router-id"),
+        err.contains("peer ::1: no BGP identifier") && err.contains("--router-id"),
         "{err}"
     );
     let err = run(
@@ -223,6 +224,27 @@ fn startup_refuses_what_cannot_work() {
     assert!(
         err.contains("bgp.announce.podCIDR: maybe is not valid: true or false"),
         "{err}"
+    );
+}
+
+/// Issue #15 part 5: the seed's bgp-config has no router ID; without --router-id routeplane-bgp
+/// takes the IPv4 address it uses toward its peers, as BIRD and MetalLB do, and says so.
+#[test]
+fn without_a_router_id_the_address_toward_the_peers_is_taken_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), &ARGS[2..]);
+    let (ok, out) = grpcurl(&server, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["peers"][0]["routerId"].as_str(),
+        Some("127.0.0.1"),
+        "{out}"
+    );
+    let log = server.process.log();
+    assert!(
+        log.contains("router ID 127.0.0.1") && log.contains("toward peer 127.0.0.2"),
+        "{log}"
     );
 }
 
