@@ -34,7 +34,14 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
-pub async fn run(cli: Arc<Cli>, tx: mpsc::UnboundedSender<SpeakerSettings>, shutdown: Shutdown) {
+/// `router_id`: the one in use since the start. A router ID taken from the host's addresses stays
+/// through reloads: it is this speaker's identity, not something an edited peer list should move.
+pub async fn run(
+    cli: Arc<Cli>,
+    router_id: Option<std::net::Ipv4Addr>,
+    tx: mpsc::UnboundedSender<SpeakerSettings>,
+    shutdown: Shutdown,
+) {
     let files: Vec<PathBuf> = cli
         .values
         .iter()
@@ -72,7 +79,8 @@ pub async fn run(cli: Arc<Cli>, tx: mpsc::UnboundedSender<SpeakerSettings>, shut
         // not load them again.
         seen = stamps(&files);
         match cli.load() {
-            Ok((settings, _)) => {
+            Ok((mut settings, _)) => {
+                settings.router_id = router_id.or(settings.router_id);
                 tracing::info!(trigger = why, "reloading the configuration");
                 if tx.send(settings).is_err() {
                     return;

@@ -48,7 +48,12 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     }
     let (feed_tx, feed_rx) = tokio::sync::mpsc::unbounded_channel();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(crate::reload::run(cli.clone(), reload_tx, shutdown.clone()));
+    tokio::spawn(crate::reload::run(
+        cli.clone(),
+        settings.router_id,
+        reload_tx,
+        shutdown.clone(),
+    ));
     let feed_stats = Arc::new(routeplane_watch::FeedStats::default());
     tokio::spawn(routeplane_watch::run(
         cli.ipam.clone(),

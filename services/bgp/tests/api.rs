@@ -246,6 +246,27 @@ fn without_a_router_id_the_address_toward_the_peers_is_taken_and_logged() {
         log.contains("router ID 127.0.0.1") && log.contains("toward peer 127.0.0.2"),
         "{log}"
     );
+    // A reload whose first peer would give another address keeps the identity it started with.
+    let first = "peers:\n  - peer-address: 127.0.0.3\n    peer-port: 1790\n    peer-asn: 64524\n    my-asn: 64513\n    source-address: 127.0.0.9\n";
+    let config = format!("{first}{}", CONFIG.trim_start_matches("peers:\n"));
+    std::fs::write(dir.path().join("bgp-config.yaml"), config).unwrap();
+    server.process.signal("-HUP");
+    let (ids, _) =
+        routeplane_testkit::wait_until("the reloaded peer listed", Duration::from_secs(15), || {
+            let (ok, out) = grpcurl(&server, "routeplane.bgp.v1.Bgp/ListPeers", "{}");
+            let v: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+            let peers = v["peers"].as_array().cloned().unwrap_or_default();
+            if ok && peers.len() == 2 {
+                Ok(peers
+                    .iter()
+                    .map(|p| p["routerId"].as_str().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>())
+            } else {
+                Err(out)
+            }
+        });
+    assert_eq!(ids, ["127.0.0.1", "127.0.0.1"]);
 }
 
 #[test]
