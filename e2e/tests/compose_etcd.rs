@@ -107,7 +107,9 @@ mod privileged {
             Duration::from_secs(30),
             || {
                 let log = stack.logs(Some(leader));
-                if log.matches("standby: another replica leads").count() > 0 {
+                // Naming the new leader by the address it advertises (--etcd-advertise).
+                let names = format!("leader={standby_addr}");
+                if log.contains("standby: another replica leads") && log.contains(&names) {
                     Ok(())
                 } else {
                     Err(log)

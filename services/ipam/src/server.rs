@@ -96,7 +96,10 @@ async fn lead_and_start(
     cli: &Cli,
     shutdown: &Shutdown,
 ) -> Result<(Arc<Ipam>, Vec<String>, Option<Leadership>), IpamError> {
-    let me = cli.grpc_listen.to_string();
+    let me = cli
+        .etcd_advertise
+        .clone()
+        .unwrap_or_else(|| cli.grpc_listen.to_string());
     let leadership = election::campaign(settings, &me, cli.etcd_lease_ttl, shutdown).await?;
     let mut settings = settings.clone();
     settings.leader = Some(leadership.create_revision);
@@ -180,7 +183,12 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
         }
     }
     let grpc_listener = bind(cli.grpc_listen).await?;
-    if let (Some(leadership), Ok(addr)) = (leadership.as_mut(), grpc_listener.local_addr()) {
+    // Without --etcd-advertise, the address bound (a port 0 becomes the kernel's choice).
+    if let (Some(leadership), Ok(addr), None) = (
+        leadership.as_mut(),
+        grpc_listener.local_addr(),
+        &cli.etcd_advertise,
+    ) {
         leadership.announce(&addr.to_string()).await;
     }
     let mut registry = crate::metrics::registry(ipam.clone());

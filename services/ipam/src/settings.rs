@@ -56,6 +56,11 @@ pub struct Cli {
     /// its default timings).
     #[arg(long, env = "ROUTEPLANE_ETCD_LEASE_TTL", default_value = "2s", value_parser = flags::duration_within(Duration::from_secs(1), Duration::from_secs(60)))]
     pub etcd_lease_ttl: Duration,
+    /// --store etcd: how this replica is shown to the others while it leads (standbys log it):
+    /// HOST:PORT reaching its gRPC, e.g. `$(POD_IP):50051` in Kubernetes. Default: the address
+    /// gRPC listens on, which says little when that is 0.0.0.0.
+    #[arg(long, env = "ROUTEPLANE_ETCD_ADVERTISE", value_parser = host_port)]
+    pub etcd_advertise: Option<String>,
     /// --store etcd over TLS: the CA that signed etcd's server certificate (PEM).
     #[arg(long, env = "ROUTEPLANE_ETCD_CA")]
     pub etcd_ca: Option<PathBuf>,
@@ -274,9 +279,39 @@ impl Cli {
     }
 }
 
+/// HOST:PORT, as --etcd-advertise takes it.
+fn host_port(value: &str) -> Result<String, String> {
+    let valid = value.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && port.parse::<u16>().is_ok_and(|p| p != 0)
+            && !host.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    if valid && value.len() <= 255 {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not HOST:PORT (e.g. 10.4.36.5:50051 or ipam-0.ipam:50051)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_advertised_address_is_host_and_port() {
+        assert_eq!(
+            host_port("10.4.36.5:50051").as_deref(),
+            Ok("10.4.36.5:50051")
+        );
+        assert!(host_port("ipam-0.ipam:50051").is_ok());
+        assert!(host_port("[fd00::5]:50051").is_ok());
+        for bad in ["10.4.36.5", ":50051", "ipam:0", "ipam:http", "ip am:50051"] {
+            let e = host_port(bad).unwrap_err();
+            assert!(e.contains(bad) && e.contains("HOST:PORT"), "{e}");
+        }
+    }
 
     #[test]
     fn sizes_and_intervals_parse_or_say_what_would_be_valid() {

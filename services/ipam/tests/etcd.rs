@@ -393,7 +393,9 @@ async fn a_leader_that_stops_hands_over_at_once() {
     let cluster = EtcdCluster::start(dir.path(), 1, &[]);
     let mut args = etcd_args(&cluster, "/handover/");
     args.extend(["--etcd-lease-ttl".into(), "10s".into()]);
-    let a = start(&dir.path().join("a"), &args);
+    let mut a_args = args.clone();
+    a_args.extend(["--etcd-advertise".into(), "ipam-a.example:50051".into()]);
+    let a = start(&dir.path().join("a"), &a_args);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut b = Service::start(
         "routeplane-ipam standby",
@@ -406,6 +408,12 @@ async fn a_leader_that_stops_hands_over_at_once() {
     wait_for("both standing by", Duration::from_secs(20), || {
         b.log().contains("standby") && c.log().contains("standby")
     });
+    // They name the leader by what it advertises, not its 127.0.0.1:0 listen address.
+    assert!(
+        b.log().contains("leader=ipam-a.example:50051"),
+        "{}",
+        b.log()
+    );
     // A standby answers probes on its metrics port (Kubernetes counts it as running) and says it
     // stands by; the leader says it leads.
     let leader_says = |addr: std::net::SocketAddr| {
