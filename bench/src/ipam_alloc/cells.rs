@@ -37,6 +37,25 @@ pub(crate) struct Cell {
 }
 
 impl Cell {
+    /// A cell of a tool that has no flushes or materializer to report: its latencies over
+    /// `seconds`.
+    pub(crate) fn timed(
+        tool: &str,
+        concurrency: usize,
+        seconds: f64,
+        latencies: Vec<Duration>,
+    ) -> Cell {
+        Cell {
+            tool: tool.to_string(),
+            concurrency,
+            ops: latencies.len() as u64,
+            seconds,
+            latencies,
+            flushes: None,
+            catch_up: None,
+        }
+    }
+
     pub(crate) fn rate(&self) -> f64 {
         self.ops as f64 / self.seconds
     }

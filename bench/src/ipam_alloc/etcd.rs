@@ -68,13 +68,10 @@ pub(crate) async fn run_put_cell(
     run(Duration::from_millis(300), "warm").await;
     let started = Instant::now();
     let latencies = run(Duration::from_secs_f64(seconds), "m").await;
-    Cell {
-        tool: ETCD_PUT.to_string(),
+    Cell::timed(
+        ETCD_PUT,
         concurrency,
-        ops: latencies.len() as u64,
-        seconds: started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         latencies,
-        flushes: None,
-        catch_up: None,
-    }
+    )
 }

@@ -71,13 +71,10 @@ pub(crate) fn run_host_local(plugin: &Path, dir: &Path, concurrency: usize, seco
         .into_iter()
         .flat_map(|t| t.join().unwrap())
         .collect();
-    Cell {
-        tool: "CNI host-local".into(),
+    Cell::timed(
+        "CNI host-local",
         concurrency,
-        ops: latencies.len() as u64,
-        seconds: started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         latencies,
-        flushes: None,
-        catch_up: None,
-    }
+    )
 }

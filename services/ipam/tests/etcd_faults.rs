@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use routeplane_api::ipam::v1 as pb;
 use routeplane_testkit::etcd::EtcdCluster;
-use routeplane_testkit::ipam::free_port;
+use routeplane_testkit::ipam::{free_port, spawn_etcd_replica};
 use routeplane_testkit::{Service, longest_gap};
 use tonic::transport::Endpoint;
 
@@ -57,32 +57,15 @@ impl Kind {
     }
 }
 
+/// Room for the whole run: 256 nodes of 16,382 pod IPs.
+const VALUES: &str = "ipam:\n  mode: cluster-pool\n  operator:\n    clusterPoolIPv4PodCIDR: 100.64.0.0/10\n    clusterPoolIPv4MaskSize: 18\nipv4:\n  enabled: true\n";
+
 /// A replica in `dir/NAME` answering on `port` once it leads (a standby does not listen).
 fn replica(dir: &std::path::Path, name: &str, cluster: &EtcdCluster, port: u16) -> Service {
-    let listen = format!("127.0.0.1:{port}");
-    let endpoints = cluster.endpoints();
-    // Room for the whole run: 256 nodes of 16,382 pod IPs.
-    let values = common::values_file(dir, "100.64.0.0/10", 18);
-    let args = [
-        "--values",
-        values.to_str().unwrap(),
-        "--max-pods-per-node",
-        "1000000",
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &endpoints,
-        "--etcd-prefix",
-        PREFIX,
-        "--etcd-lease-ttl",
-        "1s",
-        "--grpc-listen",
-        &listen,
-    ];
-    Service::start(
-        &format!("routeplane-ipam {name}"),
-        common::command(&dir.join(name), &args),
-    )
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = ["--max-pods-per-node", "1000000"];
+    spawn_etcd_replica(&dir, VALUES, port, &cluster.endpoints(), PREFIX, &extra)
 }
 
 /// Callers allocating pod IPs until `stop`, each with a client per replica, moving to the other

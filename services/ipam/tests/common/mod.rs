@@ -229,12 +229,7 @@ impl Store {
     fn args(&self) -> Vec<String> {
         match self {
             Store::Sled => vec![],
-            Store::Etcd(cluster) => vec![
-                "--store".into(),
-                "etcd".into(),
-                "--etcd-endpoints".into(),
-                cluster.endpoints(),
-            ],
+            Store::Etcd(cluster) => cluster.ipam_flags("/routeplane/ipam/"),
         }
     }
 
