@@ -6,7 +6,7 @@
 //! what Watch snapshots are cut from, and what the core is rebuilt from when storage fails and the
 //! changes it was making must be forgotten (`engine.rs`): no disk needs to answer for that.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{IpamError, Result};
 use crate::model::{Node, OperatorEntry, OperatorKey, Revision, ServiceIp};
@@ -18,8 +18,9 @@ pub struct DurableImage {
     revision: Revision,
     nodes: BTreeMap<String, Node>,
     /// Per node, per owner. Kept apart from `nodes` as storage keeps them: a node's record may go
-    /// while its pods' records are still being deleted in the same mutation.
-    pods: BTreeMap<String, BTreeMap<String, PodIps>>,
+    /// while its pods' records are still being deleted in the same mutation. Owners are hashed
+    /// (every allocation inserts one; readers sort).
+    pods: BTreeMap<String, HashMap<String, PodIps>>,
     syncs: BTreeMap<String, u64>,
     services: BTreeMap<String, ServiceIp>,
     pools: BTreeMap<String, PoolRecord>,
@@ -30,7 +31,7 @@ pub struct DurableImage {
 impl DurableImage {
     /// The image of what storage held at startup.
     pub fn new(persisted: &Persisted) -> DurableImage {
-        let mut pods: BTreeMap<String, BTreeMap<String, PodIps>> = BTreeMap::new();
+        let mut pods: BTreeMap<String, HashMap<String, PodIps>> = BTreeMap::new();
         for (node, owner, held) in &persisted.pod_ips {
             pods.entry(node.clone())
                 .or_default()
@@ -145,7 +146,11 @@ impl DurableImage {
     /// The pod IPs held on `node`, by owner.
     pub fn pod_ips(&self, node: &str) -> Result<BTreeMap<String, PodIps>> {
         self.node(node)?;
-        Ok(self.pods.get(node).cloned().unwrap_or_default())
+        Ok(self
+            .pods
+            .get(node)
+            .map(|held| held.iter().map(|(o, p)| (o.clone(), p.clone())).collect())
+            .unwrap_or_default())
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceIp> {
@@ -178,7 +183,10 @@ impl DurableImage {
                 .pods
                 .iter()
                 .flat_map(|(node, held)| {
-                    held.iter()
+                    let mut owners: Vec<_> = held.iter().collect();
+                    owners.sort_unstable_by_key(|(owner, _)| *owner);
+                    owners
+                        .into_iter()
                         .map(move |(owner, ips)| (node.clone(), owner.clone(), ips.clone()))
                 })
                 .collect(),

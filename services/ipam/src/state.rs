@@ -122,7 +122,9 @@ pub struct PodPoolView {
 struct NodeEntry {
     node: Node,
     lease_deadline: Instant,
-    pods: BTreeMap<String, PodIps>,
+    /// By owner. Hashed rather than ordered: a node can hold hundreds of thousands, and
+    /// AllocatePodIP looks its owner up on every call (readers that need an order sort).
+    pods: HashMap<String, PodIps>,
     taken: BTreeMap<Family, AddressSet>,
     /// Set once the node's route agent reported its pod IPs: from then on it hands them out.
     agent_generation: Option<u64>,
@@ -231,7 +233,7 @@ impl IpamState {
             // Every node starts with a full lease: its agent has one TTL to reach the restarted server.
             let entry = NodeEntry {
                 lease_deadline: now + state.lease_ttl,
-                pods: BTreeMap::new(),
+                pods: HashMap::new(),
                 agent_generation: None,
                 taken: node
                     .pod_cidrs
@@ -417,7 +419,7 @@ impl IpamState {
             .or_insert_with(|| NodeEntry {
                 node: node.clone(),
                 lease_deadline,
-                pods: BTreeMap::new(),
+                pods: HashMap::new(),
                 taken: BTreeMap::new(),
                 agent_generation: None,
             });
@@ -465,7 +467,7 @@ impl IpamState {
                 entry
                     .pods
                     .keys()
-                    .next()
+                    .min()
                     .map(String::as_str)
                     .unwrap_or_default()
             )));
@@ -477,9 +479,10 @@ impl IpamState {
         for c in &entry.node.pod_cidrs {
             self.pod_pools.release(c);
         }
-        let mut changes: Vec<Change> = entry
-            .pods
-            .keys()
+        let mut owners: Vec<&String> = entry.pods.keys().collect();
+        owners.sort();
+        let mut changes: Vec<Change> = owners
+            .into_iter()
             .map(|owner| Change::DeletePodIps {
                 node: name.to_string(),
                 owner: owner.clone(),

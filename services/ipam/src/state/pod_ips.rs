@@ -97,17 +97,17 @@ impl IpamState {
                 IpamError::FailedPrecondition(format!("node {node} has no {f} pod CIDR: {f} is not enabled in values.yaml (ipv4.enabled / ipv6.enabled)"))
             })?],
         };
-        if !entry.pods.contains_key(owner) && entry.pods.len() >= max {
-            return Err(IpamError::Exhausted(format!(
-                "node {node} holds pod IPs for {} owners, the most one node may have ({max}, --max-pods-per-node); release the IPs of pods that are gone",
-                entry.pods.len()
-            )));
-        }
-        let held = entry
-            .pods
-            .get(owner)
-            .map(|p| p.ips.clone())
-            .unwrap_or_default();
+        // One lookup of the owner here and one insert at the end: this runs on every call.
+        let held = match entry.pods.get(owner) {
+            Some(p) => p.ips.clone(),
+            None if entry.pods.len() >= max => {
+                return Err(IpamError::Exhausted(format!(
+                    "node {node} holds pod IPs for {} owners, the most one node may have ({max}, --max-pods-per-node); release the IPs of pods that are gone",
+                    entry.pods.len()
+                )));
+            }
+            None => Vec::new(),
+        };
         let mut fresh = Vec::new();
         for cidr in &wanted {
             if held.iter().any(|ip| cidr.contains_addr(*ip)) {
@@ -189,8 +189,10 @@ impl IpamState {
         Ok((held.ips, Some(self.mutation(vec![change], None))))
     }
 
-    pub fn pod_ips(&self, node: &str) -> Result<&BTreeMap<String, PodIps>> {
-        Ok(&self.entry(node)?.pods)
+    /// The pod IPs held on `node`, by owner, in owner order.
+    pub fn pod_ips(&self, node: &str) -> Result<BTreeMap<String, PodIps>> {
+        let pods = &self.entry(node)?.pods;
+        Ok(pods.iter().map(|(o, p)| (o.clone(), p.clone())).collect())
     }
 
     /// Applies the route agent's report of every pod IP it holds on `node`: validated whole, then
