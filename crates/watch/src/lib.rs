@@ -30,6 +30,8 @@ pub struct FeedNode {
     pub labels: BTreeMap<String, String>,
     pub pod_cidrs: Vec<Cidr>,
     pub ready: bool,
+    /// Drained: announced with GRACEFUL_SHUTDOWN, then withdrawn (IPAM's DrainNode).
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +122,7 @@ fn node(n: &pb::Node, stats: &FeedStats) -> FeedNode {
             .collect(),
         pod_cidrs,
         ready: n.ready,
+        draining: n.draining,
     }
 }
 

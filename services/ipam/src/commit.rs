@@ -300,6 +300,7 @@ pub(crate) mod tests {
                 labels: Default::default(),
                 pod_cidrs: vec![],
                 ready: true,
+                draining: false,
                 revision,
             }),
         }

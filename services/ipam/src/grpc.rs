@@ -38,9 +38,8 @@ pub fn policy(method: &str) -> Access {
         "GetNode" | "ListNodes" | "ListPodIPs" | "ListServiceIPs" | "ListPools" | "Watch" => {
             Access::Read
         }
-        "RegisterNode" | "KeepAlive" | "AllocatePodIP" | "ReleasePodIP" | "SyncPodIPs" => {
-            Access::Node
-        }
+        "RegisterNode" | "KeepAlive" | "DrainNode" | "AllocatePodIP" | "ReleasePodIP"
+        | "SyncPodIPs" => Access::Node,
         // A bgp-peer entry may hold a TCP-MD5 password.
         "PutOperatorEntries" | "DeleteOperatorEntries" | "ListOperatorEntries" => {
             Access::ControlPlane
@@ -124,6 +123,7 @@ impl From<&Node> for pb::Node {
             router_ips: strings(&n.router_ips()),
             ready: n.ready,
             revision: n.revision,
+            draining: n.draining,
         }
     }
 }
@@ -324,6 +324,19 @@ impl pb::ipam_server::Ipam for IpamGrpc {
             lease_ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX).max(1),
             became_ready,
         }))
+    }
+
+    async fn drain_node(
+        &self,
+        req: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        Caller::of(&req).for_node(&req.get_ref().name)?;
+        let r = req.get_ref();
+        let node = self
+            .ipam
+            .drain_node(required("name", &r.name)?, !r.cancel)
+            .await?;
+        Ok(Response::new((&node).into()))
     }
 
     async fn allocate_pod_ip(

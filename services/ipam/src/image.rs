@@ -219,6 +219,7 @@ mod tests {
             labels: Default::default(),
             pod_cidrs: vec!["10.0.1.0/24".parse().unwrap()],
             ready: true,
+            draining: false,
             revision: 1,
         };
         let pod = |node: &str, owner: &str, ip: &str| Change::PutPodIps {

@@ -340,6 +340,11 @@ impl Ipam {
         .await
     }
 
+    /// Starts or ends a node's drain (see [`IpamState::drain_node`]).
+    pub async fn drain_node(&self, name: &str, draining: bool) -> Result<Node> {
+        self.commit(|s| s.drain_node(name, draining)).await
+    }
+
     pub async fn allocate_pod_ip(
         &self,
         node: &str,

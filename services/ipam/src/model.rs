@@ -22,6 +22,11 @@ pub struct Node {
     #[serde(with = "cidr_list")]
     pub pod_cidrs: Vec<Cidr>,
     pub ready: bool,
+    /// Drained (DrainNode, or cordoned in Kubernetes): routeplane-bgp announces its prefixes with
+    /// RFC 8326's GRACEFUL_SHUTDOWN community, then withdraws them after its drain delay.
+    /// Left out of the record when false, so records of nodes never drained read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
     /// Revision of the last change to this node.
     pub revision: Revision,
 }
@@ -320,6 +325,7 @@ mod tests {
                 "fd00::100/120".parse().unwrap(),
             ],
             ready: true,
+            draining: false,
             revision: 1,
         };
         assert_eq!(

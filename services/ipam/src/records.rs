@@ -273,6 +273,7 @@ mod tests {
             labels: Default::default(),
             pod_cidrs: vec!["10.5.112.0/24".parse().unwrap()],
             ready: true,
+            draining: false,
             revision: 3,
         };
         let mut out = Vec::new();

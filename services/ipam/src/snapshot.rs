@@ -156,6 +156,7 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             pod_cidrs: vec!["10.5.112.0/24".parse().unwrap()],
             ready: true,
+            draining: false,
             revision: 1,
         }
     }

@@ -404,6 +404,7 @@ impl IpamState {
             labels: BTreeMap::new(),
             pod_cidrs: Vec::new(),
             ready: false,
+            draining: false,
             revision: 0,
         });
         node.addresses = addresses;
@@ -526,6 +527,27 @@ impl IpamState {
             vec![Change::PutNode(node.clone())],
             Some(Event::NodeUpdated(node)),
         )
+    }
+
+    /// Starts (`draining` true) or ends a node's drain. Idempotent: a node already in that state
+    /// changes nothing (no revision, no event).
+    pub fn drain_node(&mut self, name: &str, draining: bool) -> Result<(Node, Option<Mutation>)> {
+        let entry = self.entry(name)?;
+        if entry.node.draining == draining {
+            return Ok((entry.node.clone(), None));
+        }
+        let revision = self.bump();
+        let Some(entry) = self.nodes.get_mut(name) else {
+            return Err(not_registered(name));
+        };
+        entry.node.draining = draining;
+        entry.node.revision = revision;
+        let node = entry.node.clone();
+        let m = self.mutation(
+            vec![Change::PutNode(node.clone())],
+            Some(Event::NodeUpdated(node.clone())),
+        );
+        Ok((node, Some(m)))
     }
 
     /// Marks every Ready node whose lease ran out NotReady, one mutation each.

@@ -200,6 +200,7 @@ mod tests {
             labels: BTreeMap::from([("kubernetes/route".into(), "bgp-peer-83".into())]),
             pod_cidrs: vec!["10.5.112.0/24".parse().unwrap()],
             ready: true,
+            draining: false,
             revision: 1,
         };
         let svc = ServiceIp {

@@ -62,6 +62,13 @@ impl From<&Node> for KubeNode {
                 .and_then(|s| s.pod_cidrs.clone())
                 .unwrap_or_default(),
             annotated: node.annotations().get(POD_CIDRS_ANNOTATION).cloned(),
+            cordoned: node.spec.as_ref().is_some_and(|s| {
+                s.unschedulable == Some(true)
+                    || s.taints
+                        .iter()
+                        .flatten()
+                        .any(|t| t.key == nodes::UNSCHEDULABLE_TAINT)
+            }),
         }
     }
 }
@@ -131,6 +138,13 @@ impl Controller {
             held
         } else {
             return Ok(()); // no address yet
+        };
+        let ipam_node = match nodes::drain_change(&kube, &ipam_node) {
+            Some(draining) => {
+                tracing::info!(node = %kube.name, draining, "node cordon changed in the Kubernetes API: drain follows");
+                self.ipam.drain_node(&kube.name, draining).await?
+            }
+            None => ipam_node,
         };
         let api: Api<Node> = Api::all(self.client.clone());
         let mut version = node.resource_version();

@@ -29,6 +29,19 @@ pub struct KubeNode {
     pub spec_pod_cidrs: Vec<String>,
     /// The value of [`POD_CIDRS_ANNOTATION`], if any.
     pub annotated: Option<String>,
+    /// Cordoned (`spec.unschedulable`, as `kubectl cordon` and `kubectl drain` set it, or the
+    /// `node.kubernetes.io/unschedulable` taint): the IPAM node is drained while it is.
+    pub cordoned: bool,
+}
+
+/// The taint the node lifecycle controller puts on a cordoned Node.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// The drain to apply to the IPAM node so that it follows the Node's cordon; None when it does.
+/// With the Kubernetes API as the source of nodes, the cordon decides: a DrainNode call on such a
+/// node holds until the Node next changes.
+pub fn drain_change(node: &KubeNode, held: &Node) -> Option<bool> {
+    (held.draining != node.cordoned).then_some(node.cordoned)
 }
 
 /// A change to make to a Node object so that it shows IPAM's allocation.
@@ -152,6 +165,7 @@ mod tests {
                 .collect(),
             spec_pod_cidrs: vec![],
             annotated: None,
+            cordoned: false,
         }
     }
 
@@ -162,8 +176,22 @@ mod tests {
             labels: k.labels.clone(),
             pod_cidrs: vec![cidr.parse().unwrap()],
             ready: true,
+            draining: false,
             revision: 1,
         }
+    }
+
+    #[test]
+    fn the_drain_follows_the_cordon_both_ways() {
+        let mut n = kube("worker-1", "10.4.94.11", &[]);
+        let mut h = held(&n, "10.5.112.0/24");
+        assert_eq!(drain_change(&n, &h), None, "neither cordoned nor drained");
+        n.cordoned = true;
+        assert_eq!(drain_change(&n, &h), Some(true), "cordoned: drain");
+        h.draining = true;
+        assert_eq!(drain_change(&n, &h), None, "already drained");
+        n.cordoned = false;
+        assert_eq!(drain_change(&n, &h), Some(false), "uncordoned: drain ends");
     }
 
     #[test]

@@ -176,6 +176,46 @@ async fn a_label_change_follows_the_node_without_moving_its_cidr() {
 }
 
 #[tokio::test]
+async fn a_cordoned_node_is_drained_and_an_uncordoned_one_is_not() {
+    let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
+    let n1 = node("worker-1", "10.4.83.11", &[], "5");
+    let object: Node = typed(&n1);
+    let (result, _) = tokio::join!(
+        controller.node_applied(&object),
+        api.expect("PATCH", "/api/v1/nodes/worker-1", 200, n1.clone())
+    );
+    result.unwrap();
+    assert!(!ipam.node("worker-1").unwrap().draining);
+    let cidr = ipam.node("worker-1").unwrap().pod_cidrs[0].to_string();
+    let mut shown = n1.clone();
+    shown["metadata"]["annotations"] = json!({"routeplane.io/pod-cidrs": cidr});
+    shown["spec"]["podCIDRs"] = json!([cidr]);
+
+    // `kubectl cordon`: spec.unschedulable.
+    let mut cordoned = shown.clone();
+    cordoned["spec"]["unschedulable"] = json!(true);
+    without_api_calls(controller.node_applied(&typed::<Node>(&cordoned)))
+        .await
+        .unwrap();
+    assert!(ipam.node("worker-1").unwrap().draining, "cordoned: drained");
+
+    // Uncordoned: the drain ends.
+    without_api_calls(controller.node_applied(&typed::<Node>(&shown)))
+        .await
+        .unwrap();
+    assert!(!ipam.node("worker-1").unwrap().draining, "uncordoned");
+
+    // The lifecycle controller's taint alone counts as a cordon too.
+    let mut tainted = shown.clone();
+    tainted["spec"]["taints"] =
+        json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]);
+    without_api_calls(controller.node_applied(&typed::<Node>(&tainted)))
+        .await
+        .unwrap();
+    assert!(ipam.node("worker-1").unwrap().draining, "tainted: drained");
+}
+
+#[tokio::test]
 async fn a_deleted_node_is_released_after_the_grace_and_a_returning_one_is_not() {
     let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
     for (name, ip) in [("gone", "10.4.94.11"), ("back", "10.4.94.12")] {

@@ -146,6 +146,26 @@ fn register_is_idempotent_and_updates_keep_the_cidr() {
 }
 
 #[test]
+fn a_drain_is_a_stored_node_change_kept_through_registration_and_idempotent() {
+    let mut s = seed();
+    register(&mut s, "n1", "10.4.94.11");
+    let (node, m) = s.drain_node("n1", true).unwrap();
+    assert!(node.draining);
+    let m = m.expect("a change");
+    assert!(
+        matches!(&m.changes[..], [Change::PutNode(n)] if n.draining && n.revision == m.revision),
+        "{m:?}"
+    );
+    assert!(s.drain_node("n1", true).unwrap().1.is_none(), "idempotent");
+    // The agent re-registering (a restart) does not end the drain.
+    assert!(register(&mut s, "n1", "10.4.94.11").draining);
+    let (node, m) = s.drain_node("n1", false).unwrap();
+    assert!(!node.draining && m.is_some());
+    let e = s.drain_node("nope", true).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+}
+
+#[test]
 fn two_nodes_cannot_share_an_address() {
     let mut s = seed();
     register(&mut s, "a", "10.4.94.10");
