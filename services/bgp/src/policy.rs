@@ -27,6 +27,11 @@ use crate::rib::Routes;
 /// LOCAL_PREF sent to iBGP peers when the pool says nothing (RFC 4271 leaves it local; 100 is usual).
 pub const DEFAULT_LOCAL_PREF: u32 = 100;
 
+/// RFC 8326 §3: the well-known GRACEFUL_SHUTDOWN community, 65535:0. Paths of a drained node carry
+/// it until they are withdrawn, so that routers that honour it (BIRD, FRR, Junos, IOS XR) move
+/// traffic to other paths first.
+pub const GRACEFUL_SHUTDOWN: (u16, u16) = (65535, 0);
+
 /// A node as the policy needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
@@ -35,8 +40,11 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     pub pod_cidrs: Vec<Cidr>,
     pub ready: bool,
-    /// Ready, or NotReady for less than the withdrawal grace period.
+    /// Ready, or NotReady for less than the withdrawal grace period; and not drained for longer
+    /// than the drain delay.
     pub announce: bool,
+    /// Drained (IPAM's DrainNode): while still announced, its paths carry GRACEFUL_SHUTDOWN.
+    pub draining: bool,
     /// Stable ADD-PATH identifier of this node's paths.
     pub path_id: u32,
 }
@@ -130,6 +138,17 @@ fn show_labels(labels: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// Marks a path of a drained node (RFC 8326 §4): the GRACEFUL_SHUTDOWN community, and to iBGP
+/// peers LOCAL_PREF 0 as well, since an iBGP receiver may not act on the community itself (§5).
+fn graceful_shutdown(peer: &PeerView, attributes: &mut PathAttributes) {
+    if !attributes.communities.contains(&GRACEFUL_SHUTDOWN) {
+        attributes.communities.push(GRACEFUL_SHUTDOWN);
+    }
+    if peer.ibgp() {
+        attributes.local_pref = Some(0);
+    }
+}
+
 impl Inputs<'_> {
     /// Whether `peer` selects `node` (see the module comment for the selector-less rule).
     fn selects(&self, peer: &PeerView, node: &NodeView) -> bool {
@@ -200,10 +219,14 @@ impl Inputs<'_> {
             });
         }
         if !node.announce {
-            return Err(format!(
-                "node {} is NotReady and its grace period is over",
-                node.name
-            ));
+            return Err(if node.draining {
+                format!("node {} is drained and its drain delay is over", node.name)
+            } else {
+                format!(
+                    "node {} is NotReady and its grace period is over",
+                    node.name
+                )
+            });
         }
         self.session_ready(peer, cidr.family())?;
         let next_hop = node
@@ -227,7 +250,11 @@ impl Inputs<'_> {
             prefix: *cidr,
             path_id,
         };
-        Ok(vec![(nlri, self.attributes(peer, next_hop, None, vec![]))])
+        let mut attributes = self.attributes(peer, next_hop, None, vec![]);
+        if node.draining {
+            graceful_shutdown(peer, &mut attributes);
+        }
+        Ok(vec![(nlri, attributes)])
     }
 
     fn service_ip(
@@ -282,24 +309,28 @@ impl Inputs<'_> {
                 family_name(family)
             ));
         }
-        let route = |nh: IpAddr, path_id: Option<u32>| {
-            (
-                Nlri { prefix, path_id },
-                self.attributes(peer, nh, local_pref, communities.clone()),
-            )
+        let route = |n: &NodeView, nh: IpAddr, path_id: Option<u32>| {
+            let mut attributes = self.attributes(peer, nh, local_pref, communities.clone());
+            if n.draining {
+                graceful_shutdown(peer, &mut attributes);
+            }
+            (Nlri { prefix, path_id }, attributes)
         };
         if peer.add_path_send.contains(&family) {
             return Ok(eligible
                 .iter()
-                .map(|(n, nh)| route(*nh, Some(n.path_id)))
+                .map(|(n, nh)| route(n, *nh, Some(n.path_id)))
                 .collect());
         }
-        let (_, nh) = eligible
+        // One path: a drained node's only while no other node can take the address.
+        let undrained = eligible.iter().any(|(n, _)| !n.draining);
+        let (n, nh) = eligible
             .iter()
+            .filter(|(n, _)| !undrained || !n.draining)
             .max_by_key(|(n, _)| rendezvous(&svc.ip, &n.name))
             .copied()
             .ok_or("no eligible node")?;
-        Ok(vec![route(nh, None)])
+        Ok(vec![route(n, nh, None)])
     }
 
     fn operator_path(

@@ -70,6 +70,11 @@ pub struct Cli {
     /// How long a NotReady node's prefixes stay announced before they are withdrawn.
     #[arg(long, env = "ROUTEPLANE_WITHDRAW_GRACE", default_value = "10s", value_parser = flags::duration)]
     pub withdraw_grace: Duration,
+    /// How long a drained node's prefixes (IPAM's DrainNode, a cordoned Kubernetes node) stay
+    /// announced with RFC 8326's GRACEFUL_SHUTDOWN community before they are withdrawn: the time
+    /// routers get to move traffic to other paths.
+    #[arg(long, env = "ROUTEPLANE_DRAIN_DELAY", default_value = "30s", value_parser = flags::duration)]
+    pub drain_delay: Duration,
     /// First connect retry after a failed attempt; doubles up to 60s.
     #[arg(long, env = "ROUTEPLANE_CONNECT_RETRY", default_value = "5s", value_parser = flags::duration)]
     pub connect_retry: Duration,
@@ -111,6 +116,7 @@ impl Cli {
         let settings = SpeakerSettings {
             router_id,
             grace: self.withdraw_grace,
+            drain_delay: self.drain_delay,
             announce: Announce {
                 pod_cidr: values.bgp_announce.pod_cidr,
                 loadbalancer_ip: values.bgp_announce.loadbalancer_ip,

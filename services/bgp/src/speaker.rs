@@ -1,6 +1,7 @@
 //! The speaker: one session per configured peer, the listener that hands accepted connections to
 //! them, and the loop that keeps every peer's desired routes in step with the IPAM feed — on every
-//! feed event, when a session comes up, and when a NotReady node's grace period ends.
+//! feed event, when a session comes up, when a NotReady node's grace period ends and when a
+//! drained node's drain delay ends (RFC 8326: announced with GRACEFUL_SHUTDOWN until then).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,6 +33,9 @@ pub struct SpeakerSettings {
     pub router_id: Option<Ipv4Addr>,
     /// How long a NotReady node's prefixes stay announced.
     pub grace: Duration,
+    /// How long a drained node's prefixes stay announced with GRACEFUL_SHUTDOWN before they are
+    /// withdrawn.
+    pub drain_delay: Duration,
     pub announce: Announce,
     pub pools: Vec<AddressPool>,
     pub peers: Vec<Peer>,
@@ -46,6 +50,9 @@ pub struct SpeakerSettings {
 struct NodeState {
     node: FeedNode,
     not_ready_since: Option<Instant>,
+    /// When this replica saw the drain start (a restarted replica starts the delay again: it
+    /// cannot know how much of it had passed, and a longer drain is the safe side).
+    draining_since: Option<Instant>,
     path_id: u32,
 }
 
@@ -255,7 +262,7 @@ impl State {
     }
 
     fn views_without_paths(&self, now: Instant) -> Views {
-        let grace = self.settings.grace;
+        let (grace, drain_delay) = (self.settings.grace, self.settings.drain_delay);
         let nodes = self
             .nodes
             .values()
@@ -265,7 +272,9 @@ impl State {
                 labels: s.node.labels.clone(),
                 pod_cidrs: s.node.pod_cidrs.clone(),
                 ready: s.node.ready,
-                announce: s.node.ready || s.not_ready_since.is_some_and(|t| now < t + grace),
+                announce: (s.node.ready || s.not_ready_since.is_some_and(|t| now < t + grace))
+                    && s.draining_since.is_none_or(|t| now < t + drain_delay),
+                draining: s.node.draining,
                 path_id: s.path_id,
             })
             .collect();
@@ -322,11 +331,17 @@ impl State {
             // Newly NotReady (or first seen NotReady): the grace period starts now.
             (_, false) => Some(now),
         };
+        let draining_since = match (self.nodes.get(&node.name), node.draining) {
+            (_, false) => None,
+            (Some(s), true) if s.node.draining => s.draining_since,
+            (_, true) => Some(now),
+        };
         self.nodes.insert(
             node.name.clone(),
             NodeState {
                 node,
                 not_ready_since: since,
+                draining_since,
                 path_id,
             },
         );
@@ -375,11 +390,18 @@ impl State {
         }
     }
 
-    /// When the next NotReady node's grace period ends.
+    /// When the next NotReady node's grace period or drained node's drain delay ends.
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let (grace, drain_delay) = (self.settings.grace, self.settings.drain_delay);
         self.nodes
             .values()
-            .filter_map(|s| s.not_ready_since.map(|t| t + self.settings.grace))
+            .flat_map(|s| {
+                [
+                    s.not_ready_since.map(|t| t + grace),
+                    s.draining_since.map(|t| t + drain_delay),
+                ]
+            })
+            .flatten()
             .filter(|d| *d > now)
             .min()
     }

@@ -88,6 +88,82 @@ mod privileged {
         assert!(reason.contains("node n2 is NotReady"), "{why}");
     }
 
+    /// RFC 8326: a drained node's pod CIDR reaches BIRD with GRACEFUL_SHUTDOWN (65535,0) first,
+    /// and is withdrawn only after the drain delay; ending the drain announces it plainly again.
+    #[test]
+    fn a_drained_node_goes_with_graceful_shutdown_first_then_is_withdrawn() {
+        lab::require();
+        let mut lab = Lab::new();
+        lab.start_bird(64524, "");
+        lab.start_routeplane(&[], &["--drain-delay", "3s"]);
+        lab.wait_for(
+            "BIRD establishes the session",
+            Duration::from_secs(20),
+            || established(&lab),
+        );
+        register(&lab, "n1", "10.4.36.11");
+        register(&lab, "n2", "10.4.36.12");
+        let has = |p: &str| lab.bird_routes().iter().any(|r| r.0 == p);
+        lab.wait_for("BIRD has both pod CIDRs", Duration::from_secs(10), || {
+            has("10.5.112.0/24") && has("10.5.113.0/24")
+        });
+        let gshut = |p: &str| {
+            lab.birdc(&format!("show route {p} all"))
+                .contains("(65535,0)")
+        };
+        assert!(!gshut("10.5.112.0/24"), "no community before the drain");
+
+        let drained = lab.grpc(
+            50051,
+            "routeplane.ipam.v1.Ipam/DrainNode",
+            r#"{"name": "n1"}"#,
+        );
+        assert_eq!(drained["draining"], true, "{drained}");
+        let asked = std::time::Instant::now();
+        lab.wait_for(
+            "BIRD sees n1's pod CIDR with GRACEFUL_SHUTDOWN",
+            Duration::from_secs(10),
+            || gshut("10.5.112.0/24"),
+        );
+        let marked = asked.elapsed();
+        assert!(has("10.5.112.0/24"), "still announced while marked");
+        assert!(!gshut("10.5.113.0/24"), "n2 is not drained");
+        lab.wait_for(
+            "n1's pod CIDR is withdrawn after the drain delay",
+            Duration::from_secs(15),
+            || !has("10.5.112.0/24"),
+        );
+        let withdrawn = asked.elapsed();
+        assert!(
+            withdrawn >= Duration::from_millis(2_500) && withdrawn > marked,
+            "marked after {marked:?}, withdrawn after {withdrawn:?}: the delay is 3 s"
+        );
+        assert!(has("10.5.113.0/24"), "n2 stays");
+        let why = lab.grpc(
+            50052,
+            "routeplane.bgp.v1.Bgp/ExplainPrefix",
+            r#"{"prefix": "10.5.112.0/24"}"#,
+        );
+        assert!(why.to_string().contains("drained"), "{why}");
+
+        lab.grpc(
+            50051,
+            "routeplane.ipam.v1.Ipam/DrainNode",
+            r#"{"name": "n1", "cancel": true}"#,
+        );
+        lab.wait_for(
+            "the drain ended: n1's pod CIDR is back, unmarked",
+            Duration::from_secs(10),
+            || has("10.5.112.0/24") && !gshut("10.5.112.0/24"),
+        );
+        let bad = lab.grpc_err(
+            50051,
+            "routeplane.ipam.v1.Ipam/DrainNode",
+            r#"{"name": "n9"}"#,
+        );
+        assert!(bad.contains("NotFound") && bad.contains("n9"), "{bad}");
+    }
+
     #[test]
     fn a_silent_peer_is_dropped_when_the_hold_timer_expires() {
         lab::require();

@@ -33,6 +33,7 @@ fn node(name: &str, addr: &str, cidr: &str, label: Option<&str>, path_id: u32) -
         pod_cidrs: vec![cidr.parse().unwrap()],
         ready: true,
         announce: true,
+        draining: false,
         path_id,
     }
 }
@@ -420,5 +421,131 @@ fn operator_paths_go_to_the_peers_named_and_explain_why_not_to_others() {
             .clone()
             .unwrap_err()
             .contains("announced to 10.4.36.239 only")
+    );
+}
+
+#[test]
+fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
+    let (mut peers, mut nodes) = (seed_peers(true), seed_nodes());
+    let pools = lb_pools();
+    let services = [ServiceView {
+        service: "default/web".into(),
+        ip: "10.5.120.7".parse().unwrap(),
+        pool: "default".into(),
+    }];
+    // Drain whichever node carries the LoadBalancer IP to the iBGP peer 10.4.36.250.
+    let lb = |nodes: &[NodeView], peers: &[PeerView]| {
+        let inputs = Inputs {
+            nodes,
+            services: &services,
+            operator: &BTreeMap::new(),
+            pools: &pools,
+            peers,
+            announce: ON,
+        };
+        inputs.desired(&peers[2])
+    };
+    let before = lb(&nodes, &peers);
+    let lb_path = |r: &Routes| {
+        r.iter()
+            .filter(|(n, _)| n.prefix.to_string() == "10.5.120.7/32")
+            .map(|(_, a)| a.clone())
+            .collect::<Vec<_>>()
+    };
+    let chosen = lb_path(&before)[0].next_hop;
+    let drained = nodes.iter().position(|n| n.addresses[0] == chosen).unwrap();
+    nodes[drained].draining = true;
+
+    let during = lb(&nodes, &peers);
+    let cidr = nodes[drained].pod_cidrs[0];
+    let own = during
+        .iter()
+        .find(|(n, _)| n.prefix == cidr)
+        .map(|(_, a)| a.clone())
+        .expect("still announced during the delay");
+    assert_eq!(
+        (own.communities.clone(), own.local_pref),
+        (vec![GRACEFUL_SHUTDOWN], Some(0)),
+        "RFC 8326: GRACEFUL_SHUTDOWN, and LOCAL_PREF 0 to an iBGP peer"
+    );
+    let moved = lb_path(&during);
+    assert_eq!(moved.len(), 1);
+    assert_ne!(moved[0].next_hop, chosen, "the LoadBalancer IP moves off");
+    assert!(!moved[0].communities.contains(&GRACEFUL_SHUTDOWN));
+    let undrained: Vec<_> = during
+        .iter()
+        .filter(|(n, _)| n.prefix != cidr && n.prefix.to_string() != "10.5.120.7/32")
+        .collect();
+    assert!(
+        undrained
+            .iter()
+            .all(|(_, a)| a.communities.is_empty() && a.local_pref == Some(100)),
+        "other nodes unchanged"
+    );
+
+    // With ADD-PATH the drained node's path stays beside the others, marked.
+    peers[2].add_path_send = vec![Family::V4];
+    let paths = lb_path(&lb(&nodes, &peers));
+    assert_eq!(paths.len(), 2);
+    let marked: Vec<_> = paths
+        .iter()
+        .filter(|a| a.communities.contains(&GRACEFUL_SHUTDOWN))
+        .map(|a| a.next_hop)
+        .collect();
+    assert_eq!(marked, vec![chosen]);
+    peers[2].add_path_send = vec![];
+
+    // Every node of the LoadBalancer IP drained: it stays, marked, rather than go.
+    for n in nodes
+        .iter_mut()
+        .filter(|n| n.labels.contains_key("kubernetes/route"))
+    {
+        n.draining = true;
+    }
+    let all = lb_path(&lb(&nodes, &peers));
+    assert_eq!(all.len(), 1);
+    assert!(all[0].communities.contains(&GRACEFUL_SHUTDOWN));
+
+    // The delay over: withdrawn, and explain says why.
+    nodes[drained].announce = false;
+    let after = lb(&nodes, &peers);
+    assert!(after.keys().all(|n| n.prefix != cidr));
+    let inputs = Inputs {
+        nodes: &nodes,
+        services: &services,
+        operator: &BTreeMap::new(),
+        pools: &pools,
+        peers: &peers,
+        announce: ON,
+    };
+    let why = inputs.explain(&cidr);
+    assert!(
+        why.iter().any(|v| v
+            .outcome
+            .as_ref()
+            .is_err_and(|e| e.contains("drained and its drain delay is over"))),
+        "{why:?}"
+    );
+
+    // eBGP peers get the community and no LOCAL_PREF.
+    let ebgp_node = nodes.iter().position(|n| n.name == "n94a").unwrap();
+    nodes[ebgp_node].draining = true;
+    let inputs = Inputs {
+        nodes: &nodes,
+        services: &[],
+        operator: &BTreeMap::new(),
+        pools: &pools,
+        peers: &peers,
+        announce: ON,
+    };
+    let a = inputs
+        .desired(&peers[0])
+        .into_iter()
+        .find(|(n, _)| n.prefix.to_string() == "10.5.112.0/24")
+        .map(|(_, a)| a)
+        .unwrap();
+    assert_eq!(
+        (a.communities.clone(), a.local_pref),
+        (vec![GRACEFUL_SHUTDOWN], None)
     );
 }

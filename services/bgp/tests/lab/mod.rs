@@ -472,6 +472,15 @@ impl Lab {
             .unwrap_or_else(|e| panic!("{e}\nbgp.log:\n{}", self.log(&self.bgp_name())))
     }
 
+    /// grpcurl inside the speaker namespace for a call that must fail: its error text.
+    pub fn grpc_err(&self, port: u16, method: &str, body: &str) -> String {
+        let addr = format!("127.0.0.1:{port}");
+        match routeplane_testkit::grpcurl(Some(self.speaker.name()), &addr, method, body) {
+            Ok(v) => panic!("{method} {body} succeeded: {v}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     /// routeplane-bgp's resident memory now, in KiB.
     pub fn bgp_rss_kib(&self) -> u64 {
         self.service(&self.bgp_name())
