@@ -102,6 +102,9 @@ pub struct Inputs<'a> {
     pub pools: &'a [AddressPool],
     pub peers: &'a [PeerView],
     pub announce: Announce,
+    /// This speaker is shutting down (SIGTERM with --shutdown-drain): every path it sends carries
+    /// GRACEFUL_SHUTDOWN, as a drained node's do.
+    pub graceful_shutdown: bool,
 }
 
 /// Where a prefix comes from.
@@ -251,7 +254,7 @@ impl Inputs<'_> {
             path_id,
         };
         let mut attributes = self.attributes(peer, next_hop, None, vec![]);
-        if node.draining {
+        if node.draining || self.graceful_shutdown {
             graceful_shutdown(peer, &mut attributes);
         }
         Ok(vec![(nlri, attributes)])
@@ -311,7 +314,7 @@ impl Inputs<'_> {
         }
         let route = |n: &NodeView, nh: IpAddr, path_id: Option<u32>| {
             let mut attributes = self.attributes(peer, nh, local_pref, communities.clone());
-            if n.draining {
+            if n.draining || self.graceful_shutdown {
                 graceful_shutdown(peer, &mut attributes);
             }
             (Nlri { prefix, path_id }, attributes)
@@ -357,6 +360,9 @@ impl Inputs<'_> {
             path.communities.clone(),
         );
         attrs.med = path.med;
+        if self.graceful_shutdown {
+            graceful_shutdown(peer, &mut attrs);
+        }
         let path_id = peer.add_path_send.contains(&prefix.family()).then_some(0);
         Ok(vec![(
             Nlri {

@@ -86,10 +86,14 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     let _ = metrics_task.await;
-    // Every session sends its Cease (or closes for graceful restart) before the runtime goes.
-    if tokio::time::timeout(std::time::Duration::from_secs(5), speaker_task)
-        .await
-        .is_err()
+    // Every session sends its Cease (or closes for graceful restart) before the runtime goes,
+    // after the --shutdown-drain announced GRACEFUL_SHUTDOWN.
+    if tokio::time::timeout(
+        cli.shutdown_drain + std::time::Duration::from_secs(5),
+        speaker_task,
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("sessions did not all stop within 5 s");
     }

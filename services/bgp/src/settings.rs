@@ -75,6 +75,12 @@ pub struct Cli {
     /// routers get to move traffic to other paths.
     #[arg(long, env = "ROUTEPLANE_DRAIN_DELAY", default_value = "30s", value_parser = flags::duration)]
     pub drain_delay: Duration,
+    /// On SIGTERM, re-announce every path with RFC 8326's GRACEFUL_SHUTDOWN community and wait
+    /// this long before ending the sessions, so that routers move traffic to other paths first
+    /// (another replica's, another node's). 0s ends them at once. Kubernetes'
+    /// terminationGracePeriodSeconds must leave room for it.
+    #[arg(long, env = "ROUTEPLANE_SHUTDOWN_DRAIN", default_value = "0s", value_parser = flags::duration)]
+    pub shutdown_drain: Duration,
     /// First connect retry after a failed attempt; doubles up to 60s.
     #[arg(long, env = "ROUTEPLANE_CONNECT_RETRY", default_value = "5s", value_parser = flags::duration)]
     pub connect_retry: Duration,
@@ -117,6 +123,7 @@ impl Cli {
             router_id,
             grace: self.withdraw_grace,
             drain_delay: self.drain_delay,
+            shutdown_drain: self.shutdown_drain,
             announce: Announce {
                 pod_cidr: values.bgp_announce.pod_cidr,
                 loadbalancer_ip: values.bgp_announce.loadbalancer_ip,

@@ -43,6 +43,9 @@ pub struct SpeakerSettings {
     pub connect_retry_max: Duration,
     /// RFC 4724 restart time offered to peers; zero turns graceful restart off.
     pub graceful_restart: Duration,
+    /// On shutdown, how long every path is announced with GRACEFUL_SHUTDOWN before the sessions
+    /// end (RFC 8326); zero ends them at once.
+    pub shutdown_drain: Duration,
     /// Where operator paths may lie (`--announce-allow`); empty: AnnouncePath is off.
     pub announce_allow: Vec<Cidr>,
 }
@@ -91,6 +94,8 @@ pub struct State {
     /// session is still Established there, which a graceful-restart peer takes for our restart
     /// (RFC 4724 §4.2) instead of the reset it is.
     stopping: BTreeMap<IpAddr, oneshot::Receiver<()>>,
+    /// Shutting down with --shutdown-drain: every path goes with GRACEFUL_SHUTDOWN.
+    shutting_down: bool,
 }
 
 /// What WatchEvents streams.
@@ -152,6 +157,7 @@ pub struct Views {
     pub peers: Vec<PeerView>,
     pub pools: Vec<AddressPool>,
     pub announce: Announce,
+    pub graceful_shutdown: bool,
 }
 
 impl Views {
@@ -163,6 +169,7 @@ impl Views {
             pools: &self.pools,
             peers: &self.peers,
             announce: self.announce,
+            graceful_shutdown: self.graceful_shutdown,
         }
     }
 }
@@ -314,6 +321,7 @@ impl State {
             peers,
             pools: self.settings.pools.clone(),
             announce: self.settings.announce,
+            graceful_shutdown: self.shutting_down,
         }
     }
 
@@ -425,6 +433,7 @@ impl State {
             pools: &self.settings.pools,
             peers: &peers,
             announce: self.settings.announce,
+            graceful_shutdown: self.shutting_down,
         };
         let desired: Vec<Arc<Routes>> = peers
             .iter()
@@ -693,6 +702,7 @@ pub fn start(
             applied_revision: 0,
             operator_refused: 0,
             stopping: BTreeMap::new(),
+            shutting_down: false,
         }),
         spawner,
         applied: watch::channel(0).0,
@@ -711,6 +721,7 @@ pub fn start(
                 // stopped deliberately (gracefully where agreed), not left to notice a dropped channel.
                 biased;
                 () = shutdown.wait() => {
+                    drain_before_stopping(&s).await;
                     stop_all(&s).await;
                     return;
                 }
@@ -756,6 +767,31 @@ pub fn start(
         }
     });
     Ok((speaker, task))
+}
+
+/// RFC 8326 on our own shutdown: every path re-sent with GRACEFUL_SHUTDOWN, then
+/// `--shutdown-drain` for routers to move traffic to other paths (another replica's, another
+/// node's) before the sessions end. Skipped when no session is up: nobody would hear it.
+async fn drain_before_stopping(speaker: &Speaker) {
+    let delay = {
+        let mut state = speaker.lock();
+        let delay = state.settings.shutdown_drain;
+        let up = state
+            .peers
+            .values()
+            .any(|p| lock(&p.status).negotiated.is_some());
+        if delay.is_zero() || !up || !state.synced {
+            return;
+        }
+        state.shutting_down = true;
+        state.push(Instant::now());
+        delay
+    };
+    tracing::info!(
+        ?delay,
+        "shutting down: every path re-announced with GRACEFUL_SHUTDOWN (RFC 8326); the sessions end after --shutdown-drain"
+    );
+    tokio::time::sleep(delay).await;
 }
 
 /// Ends every session (waiting, bounded, for the last message to go out). A peer that agreed to

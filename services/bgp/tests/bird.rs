@@ -164,6 +164,58 @@ mod privileged {
         assert!(bad.contains("NotFound") && bad.contains("n9"), "{bad}");
     }
 
+    /// RFC 8326 on routeplane-bgp's own SIGTERM with --shutdown-drain: every path re-sent with
+    /// GRACEFUL_SHUTDOWN, the session ended only after the delay.
+    #[test]
+    fn sigterm_with_shutdown_drain_marks_every_path_before_the_session_ends() {
+        lab::require();
+        let mut lab = Lab::new();
+        lab.start_bird(64524, "");
+        lab.start_routeplane(&[], &["--shutdown-drain", "3s"]);
+        lab.wait_for(
+            "BIRD establishes the session",
+            Duration::from_secs(20),
+            || established(&lab),
+        );
+        register(&lab, "n1", "10.4.36.11");
+        lab.grpc(
+            50051,
+            "routeplane.ipam.v1.Ipam/AllocateServiceIP",
+            r#"{"service": "default/web", "ip": "10.5.120.7"}"#,
+        );
+        let has = |p: &str| lab.bird_routes().iter().any(|r| r.0 == p);
+        lab.wait_for("BIRD has the routes", Duration::from_secs(10), || {
+            has("10.5.112.0/24") && has("10.5.120.7/32")
+        });
+        let gshut = |p: &str| {
+            lab.birdc(&format!("show route {p} all"))
+                .contains("(65535,0)")
+        };
+        lab.signal_bgp("-TERM");
+        let asked = std::time::Instant::now();
+        lab.wait_for(
+            "BIRD sees every path with GRACEFUL_SHUTDOWN",
+            Duration::from_secs(5),
+            || gshut("10.5.112.0/24") && gshut("10.5.120.7/32"),
+        );
+        assert!(established(&lab), "the session is still up while marked");
+        lab.wait_for(
+            "the session ends after the drain",
+            Duration::from_secs(15),
+            || !established(&lab),
+        );
+        let ended = asked.elapsed();
+        assert!(
+            ended >= Duration::from_millis(2_500),
+            "the session ended {ended:?} after SIGTERM: the drain is 3 s"
+        );
+        assert!(
+            lab.log("bgp").contains("GRACEFUL_SHUTDOWN"),
+            "{}",
+            lab.log("bgp")
+        );
+    }
+
     #[test]
     fn a_silent_peer_is_dropped_when_the_hold_timer_expires() {
         lab::require();

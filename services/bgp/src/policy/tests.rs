@@ -80,6 +80,7 @@ fn the_seed_config_splits_nodes_between_its_peer_groups() {
         pools: &[],
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     let ebgp = inputs.desired(&peers[0]);
     assert_eq!(peers[0].address.to_string(), "10.4.36.239");
@@ -131,6 +132,7 @@ fn without_selectors_anywhere_every_peer_gets_every_node() {
         pools: &[],
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     assert_eq!(inputs.desired(&peers[0]).len(), 4);
 }
@@ -147,6 +149,7 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
         pools: &[],
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     assert_eq!(
         inputs.desired(&peers[0]).len(),
@@ -161,6 +164,7 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
         pools: &[],
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     assert_eq!(
         prefixes(&inputs.desired(&peers[0])),
@@ -193,6 +197,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
         pools: &pools,
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     let r = inputs.desired(&peers[2]);
     let lb: Vec<_> = r
@@ -220,6 +225,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
         pools: &pools,
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     }
     .desired(&peers[2]);
     assert_ne!(
@@ -241,6 +247,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
         pools: &pools,
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     let paths: Vec<(Option<u32>, String)> = inputs
         .desired(&peers[2])
@@ -284,6 +291,7 @@ fn explain_says_why_each_peer_does_or_does_not_get_a_prefix() {
         pools: &pools,
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     let v = inputs.explain(&"10.5.114.0/24".parse().unwrap());
     assert_eq!(v.len(), 4, "one source, four peers");
@@ -356,6 +364,7 @@ fn families_not_negotiated_are_not_sent() {
         pools: &[],
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     assert!(
         inputs
@@ -395,6 +404,7 @@ fn operator_paths_go_to_the_peers_named_and_explain_why_not_to_others() {
         pools: &[],
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     let sent = inputs.desired(&peers[0]);
     let a = &sent[&Nlri {
@@ -442,6 +452,7 @@ fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
             pools: &pools,
             peers,
             announce: ON,
+            graceful_shutdown: false,
         };
         inputs.desired(&peers[2])
     };
@@ -517,6 +528,7 @@ fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
         pools: &pools,
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     let why = inputs.explain(&cidr);
     assert!(
@@ -537,6 +549,7 @@ fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
         pools: &pools,
         peers: &peers,
         announce: ON,
+        graceful_shutdown: false,
     };
     let a = inputs
         .desired(&peers[0])
@@ -547,5 +560,51 @@ fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
     assert_eq!(
         (a.communities.clone(), a.local_pref),
         (vec![GRACEFUL_SHUTDOWN], None)
+    );
+}
+
+#[test]
+fn shutting_down_marks_every_path_operator_paths_included() {
+    let (peers, nodes) = (seed_peers(true), seed_nodes());
+    let operator: BTreeMap<Cidr, Arc<OperatorPath>> = [(
+        "192.0.2.0/24".parse().unwrap(),
+        Arc::new(OperatorPath {
+            next_hop: "10.4.36.1".parse().unwrap(),
+            peers: vec![],
+            local_pref: None,
+            med: None,
+            communities: vec![(64512, 1)],
+        }),
+    )]
+    .into();
+    let inputs = Inputs {
+        nodes: &nodes,
+        services: &[],
+        operator: &operator,
+        pools: &[],
+        peers: &peers,
+        announce: ON,
+        graceful_shutdown: true,
+    };
+    for peer in [&peers[0], &peers[2]] {
+        let routes = inputs.desired(peer);
+        assert!(routes.len() >= 3, "{routes:?}");
+        assert!(
+            routes
+                .values()
+                .all(|a| a.communities.contains(&GRACEFUL_SHUTDOWN)),
+            "{routes:?}"
+        );
+    }
+    let op = inputs
+        .desired(&peers[2])
+        .into_iter()
+        .find(|(n, _)| n.prefix.to_string() == "192.0.2.0/24")
+        .map(|(_, a)| a)
+        .unwrap();
+    assert_eq!(
+        (op.communities.clone(), op.local_pref),
+        (vec![(64512, 1), GRACEFUL_SHUTDOWN], Some(0)),
+        "kept its own community, LOCAL_PREF 0 to iBGP"
     );
 }
