@@ -301,6 +301,7 @@ pub(crate) mod tests {
                 pod_cidrs: vec![],
                 ready: true,
                 draining: false,
+                drain_ends_on_register: false,
                 revision,
             }),
         }

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::IpamError;
 use crate::ipam::{Ipam, WatchItem};
-use crate::model::{Event, Node, OperatorEntry, ServiceIp};
+use crate::model::{Drain, Event, Node, OperatorEntry, ServiceIp};
 use crate::state::{PodIps, ReportedPod};
 
 pub struct IpamGrpc {
@@ -124,6 +124,7 @@ impl From<&Node> for pb::Node {
             ready: n.ready,
             revision: n.revision,
             draining: n.draining,
+            drain_ends_on_register: n.drain_ends_on_register,
         }
     }
 }
@@ -332,9 +333,19 @@ impl pb::ipam_server::Ipam for IpamGrpc {
     ) -> Result<Response<pb::Node>, Status> {
         Caller::of(&req).for_node(&req.get_ref().name)?;
         let r = req.get_ref();
+        let drain = match (r.cancel, r.until_registered) {
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "cancel and until_registered together: cancel ends a drain, until_registered starts one",
+                ));
+            }
+            (true, false) => Drain::End,
+            (false, true) => Drain::UntilRegistered,
+            (false, false) => Drain::Hold,
+        };
         let node = self
             .ipam
-            .drain_node(required("name", &r.name)?, !r.cancel)
+            .drain_node(required("name", &r.name)?, drain)
             .await?;
         Ok(Response::new((&node).into()))
     }

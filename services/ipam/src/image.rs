@@ -220,6 +220,7 @@ mod tests {
             pod_cidrs: vec!["10.0.1.0/24".parse().unwrap()],
             ready: true,
             draining: false,
+            drain_ends_on_register: false,
             revision: 1,
         };
         let pod = |node: &str, owner: &str, ip: &str| Change::PutPodIps {

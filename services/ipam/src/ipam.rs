@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::commit::{Commit, CommitStats, Fault, Feed, WatchStart};
 use crate::engine::{self, Engine, StorageConfig, WriteGate};
 use crate::error::{IpamError, Result};
-use crate::model::{Node, OperatorEntry, Revision, ServiceIp};
+use crate::model::{Drain, Node, OperatorEntry, Revision, ServiceIp};
 use crate::state::{
     CoreConfig, IpamState, Mutation, PodIps, PodPoolView, ReportedPod, SyncOutcome,
 };
@@ -341,8 +341,8 @@ impl Ipam {
     }
 
     /// Starts or ends a node's drain (see [`IpamState::drain_node`]).
-    pub async fn drain_node(&self, name: &str, draining: bool) -> Result<Node> {
-        self.commit(|s| s.drain_node(name, draining)).await
+    pub async fn drain_node(&self, name: &str, drain: Drain) -> Result<Node> {
+        self.commit(|s| s.drain_node(name, drain)).await
     }
 
     pub async fn allocate_pod_ip(

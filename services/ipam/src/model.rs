@@ -27,8 +27,23 @@ pub struct Node {
     /// Left out of the record when false, so records of nodes never drained read as before.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// The drain is the node's agent's own shutdown: it ends when the agent registers again.
+    /// An operator's drain or a cordon holds until undone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain_ends_on_register: bool,
     /// Revision of the last change to this node.
     pub revision: Revision,
+}
+
+/// What DrainNode asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Ends the drain, whoever started it.
+    End,
+    /// Until undone (an operator, a cordon). Turns an agent's drain into one that holds.
+    Hold,
+    /// The node's agent is shutting down: until it registers again. A drain that holds stays so.
+    UntilRegistered,
 }
 
 impl Node {
@@ -326,6 +341,7 @@ mod tests {
             ],
             ready: true,
             draining: false,
+            drain_ends_on_register: false,
             revision: 1,
         };
         assert_eq!(

@@ -274,6 +274,7 @@ mod tests {
             pod_cidrs: vec!["10.5.112.0/24".parse().unwrap()],
             ready: true,
             draining: false,
+            drain_ends_on_register: false,
             revision: 3,
         };
         let mut out = Vec::new();

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::address_set::AddressSet;
 use crate::error::{IpamError, Result};
 use crate::model::{
-    self, Event, Node, OperatorEntry, OperatorKey, ROUTER_OFFSET, Revision, ServiceIp,
+    self, Drain, Event, Node, OperatorEntry, OperatorKey, ROUTER_OFFSET, Revision, ServiceIp,
 };
 use crate::pod_pools::PodPools;
 use crate::service_pools::{ServicePool, ServicePools};
@@ -405,12 +405,18 @@ impl IpamState {
             pod_cidrs: Vec::new(),
             ready: false,
             draining: false,
+            drain_ends_on_register: false,
             revision: 0,
         });
         node.addresses = addresses;
         node.labels = labels;
         if lease == LeaseUpdate::Renew {
             node.ready = true;
+            // The agent is back from the shutdown that drained the node.
+            if node.drain_ends_on_register {
+                node.draining = false;
+                node.drain_ends_on_register = false;
+            }
         }
         node.pod_cidrs.extend(new_cidrs.iter().copied());
         node.pod_cidrs.sort_by_key(|c| c.family());
@@ -529,18 +535,25 @@ impl IpamState {
         )
     }
 
-    /// Starts (`draining` true) or ends a node's drain. Idempotent: a node already in that state
-    /// changes nothing (no revision, no event).
-    pub fn drain_node(&mut self, name: &str, draining: bool) -> Result<(Node, Option<Mutation>)> {
-        let entry = self.entry(name)?;
-        if entry.node.draining == draining {
-            return Ok((entry.node.clone(), None));
+    /// Starts or ends a node's drain (see [`Drain`]). Idempotent: a node already in the state
+    /// asked for changes nothing (no revision, no event).
+    pub fn drain_node(&mut self, name: &str, drain: Drain) -> Result<(Node, Option<Mutation>)> {
+        let node = &self.entry(name)?.node;
+        let (draining, ends_on_register) = match drain {
+            Drain::End => (false, false),
+            Drain::Hold => (true, false),
+            Drain::UntilRegistered if node.draining => (true, node.drain_ends_on_register),
+            Drain::UntilRegistered => (true, true),
+        };
+        if (node.draining, node.drain_ends_on_register) == (draining, ends_on_register) {
+            return Ok((node.clone(), None));
         }
         let revision = self.bump();
         let Some(entry) = self.nodes.get_mut(name) else {
             return Err(not_registered(name));
         };
         entry.node.draining = draining;
+        entry.node.drain_ends_on_register = ends_on_register;
         entry.node.revision = revision;
         let node = entry.node.clone();
         let m = self.mutation(

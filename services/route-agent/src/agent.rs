@@ -431,6 +431,14 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         dialer,
     };
     follow(&cli, &machinery, &shared, registration, &shutdown).await;
+    if cli.drain_on_shutdown {
+        match crate::registration::drain_for_shutdown(&cli.ipam, &machinery.dialer, &name).await {
+            Ok(()) => tracing::info!(
+                "node drained until this agent registers again: its prefixes go with GRACEFUL_SHUTDOWN"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not drain the node on shutdown"),
+        }
+    }
     servers.stop(&cli).await;
     Ok(())
 }

@@ -190,6 +190,34 @@ pub fn start(id: Identity, kernel: Arc<Kernel>, shutdown: Shutdown) -> Registrat
     }
 }
 
+/// How long SIGTERM waits for IPAM to take the drain: an unreachable IPAM does not hold the exit.
+const SHUTDOWN_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// On SIGTERM: drains the node until this agent registers again (RFC 8326 at the ToRs, see
+/// `--drain-on-shutdown`). Bounded by SHUTDOWN_DRAIN_TIMEOUT.
+pub async fn drain_for_shutdown(
+    ipam: &str,
+    dialer: &routeplane_runtime::dial::Dialer,
+    name: &str,
+) -> Result<(), String> {
+    let call = async {
+        let mut c = pb::ipam_client::IpamClient::new(
+            dialer.connect(ipam).await.map_err(|e| e.to_string())?,
+        );
+        c.drain_node(pb::DrainNodeRequest {
+            name: name.to_string(),
+            cancel: false,
+            until_registered: true,
+        })
+        .await
+        .map_err(|s| s.message().to_string())?;
+        Ok(())
+    };
+    tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("IPAM did not answer within {SHUTDOWN_DRAIN_TIMEOUT:?}"))?
+}
+
 async fn register_once(id: &Identity, kernel: &Kernel) -> Result<NodeAllocation, String> {
     let mut c = pb::ipam_client::IpamClient::new(
         id.dialer

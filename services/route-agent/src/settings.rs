@@ -93,6 +93,12 @@ pub struct Cli {
         default_value = "/sys/fs/bpf/routeplane"
     )]
     pub bpf_pin_dir: PathBuf,
+    /// On SIGTERM, drain this node in IPAM until the agent registers again (DrainNode with
+    /// until_registered): routeplane-bgp re-announces its prefixes with RFC 8326's
+    /// GRACEFUL_SHUTDOWN and moves its LoadBalancer IPs to other nodes, and withdraws them only if
+    /// the agent stays away past --drain-delay. Routes stay in the kernel either way.
+    #[arg(long, env = "ROUTEPLANE_DRAIN_ON_SHUTDOWN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drain_on_shutdown: bool,
     /// Remove the eBPF datapath (links and maps under --bpf-pin-dir), then exit.
     #[arg(long)]
     pub uninstall_ebpf: bool,

@@ -140,9 +140,9 @@ impl Controller {
             return Ok(()); // no address yet
         };
         let ipam_node = match nodes::drain_change(&kube, &ipam_node) {
-            Some(draining) => {
-                tracing::info!(node = %kube.name, draining, "node cordon changed in the Kubernetes API: drain follows");
-                self.ipam.drain_node(&kube.name, draining).await?
+            Some(drain) => {
+                tracing::info!(node = %kube.name, cordoned = kube.cordoned, "node cordon changed in the Kubernetes API: the drain follows");
+                self.ipam.drain_node(&kube.name, drain).await?
             }
             None => ipam_node,
         };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use routeplane_net::Cidr;
 
-use crate::model::Node;
+use crate::model::{Drain, Node};
 
 /// The annotation that carries a node's routeplane pod CIDRs, comma-separated, IPv4 first.
 pub const POD_CIDRS_ANNOTATION: &str = "routeplane.io/pod-cidrs";
@@ -38,10 +38,15 @@ pub struct KubeNode {
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
 /// The drain to apply to the IPAM node so that it follows the Node's cordon; None when it does.
-/// With the Kubernetes API as the source of nodes, the cordon decides: a DrainNode call on such a
-/// node holds until the Node next changes.
-pub fn drain_change(node: &KubeNode, held: &Node) -> Option<bool> {
-    (held.draining != node.cordoned).then_some(node.cordoned)
+/// With the Kubernetes API as the source of nodes, the cordon decides: an operator's DrainNode on
+/// such a node holds until the Node next changes. An agent's drain for its own shutdown is left
+/// to end when the agent is back (unless the Node is cordoned: then it holds).
+pub fn drain_change(node: &KubeNode, held: &Node) -> Option<Drain> {
+    match (node.cordoned, held.draining, held.drain_ends_on_register) {
+        (true, true, false) | (false, false, _) | (false, true, true) => None,
+        (true, _, _) => Some(Drain::Hold),
+        (false, true, false) => Some(Drain::End),
+    }
 }
 
 /// A change to make to a Node object so that it shows IPAM's allocation.
@@ -177,6 +182,7 @@ mod tests {
             pod_cidrs: vec![cidr.parse().unwrap()],
             ready: true,
             draining: false,
+            drain_ends_on_register: false,
             revision: 1,
         }
     }
@@ -187,11 +193,24 @@ mod tests {
         let mut h = held(&n, "10.5.112.0/24");
         assert_eq!(drain_change(&n, &h), None, "neither cordoned nor drained");
         n.cordoned = true;
-        assert_eq!(drain_change(&n, &h), Some(true), "cordoned: drain");
+        assert_eq!(drain_change(&n, &h), Some(Drain::Hold), "cordoned: drain");
         h.draining = true;
         assert_eq!(drain_change(&n, &h), None, "already drained");
         n.cordoned = false;
-        assert_eq!(drain_change(&n, &h), Some(false), "uncordoned: drain ends");
+        assert_eq!(
+            drain_change(&n, &h),
+            Some(Drain::End),
+            "uncordoned: drain ends"
+        );
+        // The agent's shutdown drained it: left to end when the agent is back, unless cordoned.
+        h.drain_ends_on_register = true;
+        assert_eq!(drain_change(&n, &h), None, "the agent's own drain");
+        n.cordoned = true;
+        assert_eq!(
+            drain_change(&n, &h),
+            Some(Drain::Hold),
+            "cordoned: it holds"
+        );
     }
 
     #[test]

@@ -149,20 +149,50 @@ fn register_is_idempotent_and_updates_keep_the_cidr() {
 fn a_drain_is_a_stored_node_change_kept_through_registration_and_idempotent() {
     let mut s = seed();
     register(&mut s, "n1", "10.4.94.11");
-    let (node, m) = s.drain_node("n1", true).unwrap();
+    let (node, m) = s.drain_node("n1", Drain::Hold).unwrap();
     assert!(node.draining);
     let m = m.expect("a change");
     assert!(
         matches!(&m.changes[..], [Change::PutNode(n)] if n.draining && n.revision == m.revision),
         "{m:?}"
     );
-    assert!(s.drain_node("n1", true).unwrap().1.is_none(), "idempotent");
-    // The agent re-registering (a restart) does not end the drain.
+    assert!(
+        s.drain_node("n1", Drain::Hold).unwrap().1.is_none(),
+        "idempotent"
+    );
+    // The agent re-registering (a restart) does not end an operator's drain, nor does an
+    // agent's shutdown drain make it one that ends.
     assert!(register(&mut s, "n1", "10.4.94.11").draining);
-    let (node, m) = s.drain_node("n1", false).unwrap();
+    let (node, m) = s.drain_node("n1", Drain::UntilRegistered).unwrap();
+    assert!(node.draining && !node.drain_ends_on_register && m.is_none());
+    let (node, m) = s.drain_node("n1", Drain::End).unwrap();
     assert!(!node.draining && m.is_some());
-    let e = s.drain_node("nope", true).unwrap_err();
+    let e = s.drain_node("nope", Drain::Hold).unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
+}
+
+#[test]
+fn an_agents_shutdown_drain_ends_when_it_registers_again_unless_an_operator_holds_it() {
+    let mut s = seed();
+    register(&mut s, "n1", "10.4.94.11");
+    let (node, m) = s.drain_node("n1", Drain::UntilRegistered).unwrap();
+    assert!(node.draining && node.drain_ends_on_register && m.is_some());
+    // The agent is back: the drain ends, as a stored change.
+    let (node, m) = s
+        .register_node(
+            "n1",
+            vec![ip("10.4.94.11")],
+            BTreeMap::new(),
+            Instant::now(),
+        )
+        .unwrap();
+    assert!(!node.draining && !node.drain_ends_on_register);
+    assert!(m.is_some(), "a published change");
+    // An operator's drain over the agent's holds through the registration.
+    s.drain_node("n1", Drain::UntilRegistered).unwrap();
+    let (node, _) = s.drain_node("n1", Drain::Hold).unwrap();
+    assert!(node.draining && !node.drain_ends_on_register);
+    assert!(register(&mut s, "n1", "10.4.94.11").draining);
 }
 
 #[test]
