@@ -24,6 +24,22 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// routeplanectl (the workspace's build) with docker/routeplanectl.yaml — the stack's addresses
+/// and the operator certificate — and `args`; its stdout, or its one-line error.
+pub fn routeplanectl(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(routeplane_testkit::bin("routeplanectl"))
+        .arg("--config")
+        .arg(repo_root().join("docker/routeplanectl.yaml"))
+        .args(args)
+        .output()
+        .map_err(|e| format!("routeplanectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// The running stack. Dropping it during a panic collects the logs and tears the stack down.
 pub struct Stack {
     up: bool,

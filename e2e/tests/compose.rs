@@ -11,7 +11,7 @@ use routeplane_e2e::seed::{
     Allocations, NODES, TOR_83, TOR_94, Tor, ipam_nodes_at, require_stack,
     routers_learn_every_node, routers_route_every_node,
 };
-use routeplane_e2e::{Stack, grpcurl, parse_ping, parse_traceroute, wait_for};
+use routeplane_e2e::{Stack, grpcurl, parse_ping, parse_traceroute, routeplanectl, wait_for};
 
 const IPAM: &str = "10.4.36.5:50051";
 const BGP: &str = "10.4.36.10:50052";
@@ -101,6 +101,57 @@ fn services_answer_grpcurl_from_the_host(nodes: &Allocations) {
         status["podCidrs"][0].as_str(),
         Some(nodes["node-94-1"].0[0].as_str()),
         "{status}"
+    );
+}
+
+/// routeplanectl from the host, as the README shows it: the nodes IPAM has, the sessions, and what
+/// an established peer was sent — the node CIDRs of its peer group.
+fn routeplanectl_shows_the_stack(nodes: &Allocations) {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = routeplanectl(&all).unwrap_or_else(|e| panic!("routeplanectl {args:?}: {e}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let listed = json(&["nodes"]);
+    let names: Vec<&str> = listed["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        nodes.keys().map(String::as_str).collect::<Vec<_>>(),
+        "{listed}"
+    );
+    let peers = json(&["peers"]);
+    let up: Vec<&str> = peers["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["state"] == "established")
+        .filter_map(|p| p["peer"].as_str())
+        .collect();
+    assert!(!up.is_empty(), "{peers}");
+    let sent = json(&["routes", "advertised", "--peer", up[0]]);
+    let prefixes: Vec<&str> = sent["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["prefix"].as_str())
+        .collect();
+    assert!(
+        nodes
+            .values()
+            .any(|(cidrs, _)| cidrs.iter().any(|c| prefixes.contains(&c.as_str()))),
+        "{} was sent {prefixes:?}",
+        up[0]
+    );
+    let table = routeplanectl(&["ipam", "show"]).expect("ipam show");
+    assert!(
+        table.contains("pod CIDR pools") && table.contains("node-94-1"),
+        "{table}"
     );
 }
 
@@ -506,6 +557,7 @@ mod privileged {
         let nodes = routers_learn_every_node(&stack, IPAM);
         absent_peers_are_not_established();
         services_answer_grpcurl_from_the_host(&nodes);
+        routeplanectl_shows_the_stack(&nodes);
         node_traceroutes_follow_the_hop_rule(&stack, &nodes);
         pods_are_attached_and_reported();
         pods_follow_the_seed(&stack, &nodes);

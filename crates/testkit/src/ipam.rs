@@ -71,3 +71,33 @@ pub fn spawn_etcd_replica(
     let name = format!("routeplane-ipam replica {port}");
     spawn(&name, dir, values, &listen, &args)
 }
+
+/// routeplane-bgp on loopback following the IPAM at `ipam_url`, with `config` as its bgp-config
+/// (written to `dir/bgp-config.yaml`) and `extra` flags; returns it with its gRPC and metrics
+/// addresses. BGP listens on an ephemeral loopback port, so nothing leaves the machine.
+pub fn start_bgp(
+    dir: &Path,
+    config: &str,
+    ipam_url: &str,
+    extra: &[&str],
+) -> (Service, SocketAddr, SocketAddr) {
+    let path = dir.join("bgp-config.yaml");
+    std::fs::write(&path, config).expect("bgp-config.yaml");
+    let mut args = vec![
+        "--bgp-config",
+        path.to_str().unwrap_or_default(),
+        "--bgp-listen",
+        "127.0.0.1:0",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--ipam",
+        ipam_url,
+    ];
+    args.extend_from_slice(extra);
+    let mut bgp = Service::spawn("routeplane-bgp", None, &bin("routeplane-bgp"), &args);
+    let grpc = bgp.listen_addr("gRPC");
+    let metrics = bgp.listen_addr("metrics");
+    (bgp, grpc, metrics)
+}
