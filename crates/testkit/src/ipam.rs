@@ -72,9 +72,27 @@ pub fn spawn_etcd_replica(
     spawn(&name, dir, values, &listen, &args)
 }
 
-/// routeplane-bgp on loopback following the IPAM at `ipam_url`, with `config` as its bgp-config
-/// (written to `dir/bgp-config.yaml`) and `extra` flags; returns it with its gRPC and metrics
-/// addresses. BGP listens on an ephemeral loopback port, so nothing leaves the machine.
+/// The command that starts routeplane-bgp on loopback with the bgp-config at `config`, following
+/// the IPAM at `ipam_url`, with `extra` flags: BGP, gRPC and metrics on ephemeral loopback ports,
+/// so nothing leaves the machine.
+pub fn bgp_command(config: &Path, ipam_url: &str, extra: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(bin("routeplane-bgp"));
+    command
+        .args(["--bgp-config", config.to_str().unwrap_or_default()])
+        .args([
+            "--bgp-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0", "--ipam", ipam_url])
+        .args(extra)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    command
+}
+
+/// routeplane-bgp (see [`bgp_command`]) with `config` as its bgp-config, written to
+/// `dir/bgp-config.yaml`; returns it with its gRPC and metrics addresses.
 pub fn start_bgp(
     dir: &Path,
     config: &str,
@@ -83,20 +101,7 @@ pub fn start_bgp(
 ) -> (Service, SocketAddr, SocketAddr) {
     let path = dir.join("bgp-config.yaml");
     std::fs::write(&path, config).expect("bgp-config.yaml");
-    let mut args = vec![
-        "--bgp-config",
-        path.to_str().unwrap_or_default(),
-        "--bgp-listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--ipam",
-        ipam_url,
-    ];
-    args.extend_from_slice(extra);
-    let mut bgp = Service::spawn("routeplane-bgp", None, &bin("routeplane-bgp"), &args);
+    let mut bgp = Service::start("routeplane-bgp", bgp_command(&path, ipam_url, extra));
     let grpc = bgp.listen_addr("gRPC");
     let metrics = bgp.listen_addr("metrics");
     (bgp, grpc, metrics)

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use routeplane_testkit::Service;
 
-const BIN: &str = env!("CARGO_BIN_EXE_routeplane-bgp");
 const CONFIG: &str = "peers:\n  - peer-address: 127.0.0.2\n    peer-port: 1790\n    peer-asn: 64524\n    my-asn: 64513\n";
 
 struct Server {
@@ -22,21 +21,7 @@ struct Server {
 fn command(dir: &std::path::Path, config: &str, ipam: &str, extra: &[&str]) -> Command {
     let path = dir.join("bgp-config.yaml");
     std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "--bgp-config",
-        path.to_str().unwrap(),
-        "--bgp-listen",
-        "127.0.0.1:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--ipam", ipam])
-    .args(extra)
-    .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
-    cmd
+    routeplane_testkit::ipam::bgp_command(&path, ipam, extra)
 }
 
 const ARGS: [&str; 6] = [

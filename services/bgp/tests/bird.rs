@@ -21,6 +21,20 @@ mod privileged {
         lab.established_on(0)
     }
 
+    /// BIRD (AS 64524) and routeplane with `bgp_args`, the session established.
+    fn with_bird(bgp_args: &[&str]) -> Lab {
+        lab::require();
+        let mut lab = Lab::new();
+        lab.start_bird(64524, "");
+        lab.start_routeplane(&[], bgp_args);
+        lab.wait_for(
+            "BIRD establishes the session",
+            Duration::from_secs(20),
+            || established(&lab),
+        );
+        lab
+    }
+
     #[test]
     fn bird_learns_pod_cidrs_and_loadbalancer_ips_then_loses_a_not_ready_node() {
         lab::require();
@@ -92,25 +106,14 @@ mod privileged {
     /// and is withdrawn only after the drain delay; ending the drain announces it plainly again.
     #[test]
     fn a_drained_node_goes_with_graceful_shutdown_first_then_is_withdrawn() {
-        lab::require();
-        let mut lab = Lab::new();
-        lab.start_bird(64524, "");
-        lab.start_routeplane(&[], &["--drain-delay", "3s"]);
-        lab.wait_for(
-            "BIRD establishes the session",
-            Duration::from_secs(20),
-            || established(&lab),
-        );
+        let lab = with_bird(&["--drain-delay", "3s"]);
         register(&lab, "n1", "10.4.36.11");
         register(&lab, "n2", "10.4.36.12");
-        let has = |p: &str| lab.bird_routes().iter().any(|r| r.0 == p);
+        let has = |p: &str| lab.bird_has(p);
         lab.wait_for("BIRD has both pod CIDRs", Duration::from_secs(10), || {
             has("10.5.112.0/24") && has("10.5.113.0/24")
         });
-        let gshut = |p: &str| {
-            lab.birdc(&format!("show route {p} all"))
-                .contains("(65535,0)")
-        };
+        let gshut = |p: &str| lab.bird_graceful_shutdown(p);
         assert!(!gshut("10.5.112.0/24"), "no community before the drain");
 
         let drained = lab.grpc(
@@ -168,29 +171,18 @@ mod privileged {
     /// GRACEFUL_SHUTDOWN, the session ended only after the delay.
     #[test]
     fn sigterm_with_shutdown_drain_marks_every_path_before_the_session_ends() {
-        lab::require();
-        let mut lab = Lab::new();
-        lab.start_bird(64524, "");
-        lab.start_routeplane(&[], &["--shutdown-drain", "3s"]);
-        lab.wait_for(
-            "BIRD establishes the session",
-            Duration::from_secs(20),
-            || established(&lab),
-        );
+        let lab = with_bird(&["--shutdown-drain", "3s"]);
         register(&lab, "n1", "10.4.36.11");
         lab.grpc(
             50051,
             "routeplane.ipam.v1.Ipam/AllocateServiceIP",
             r#"{"service": "default/web", "ip": "10.5.120.7"}"#,
         );
-        let has = |p: &str| lab.bird_routes().iter().any(|r| r.0 == p);
+        let has = |p: &str| lab.bird_has(p);
         lab.wait_for("BIRD has the routes", Duration::from_secs(10), || {
             has("10.5.112.0/24") && has("10.5.120.7/32")
         });
-        let gshut = |p: &str| {
-            lab.birdc(&format!("show route {p} all"))
-                .contains("(65535,0)")
-        };
+        let gshut = |p: &str| lab.bird_graceful_shutdown(p);
         lab.signal_bgp("-TERM");
         let asked = std::time::Instant::now();
         lab.wait_for(

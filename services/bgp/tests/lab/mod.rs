@@ -534,6 +534,18 @@ impl Lab {
             .collect()
     }
 
+    /// Whether the first router has a route to `prefix`.
+    pub fn bird_has(&self, prefix: &str) -> bool {
+        self.bird_routes().iter().any(|r| r.0 == prefix)
+    }
+
+    /// Whether the first router's route to `prefix` carries RFC 8326's GRACEFUL_SHUTDOWN, as
+    /// `birdc show route all` writes it: `BGP.community: (65535,0)`.
+    pub fn bird_graceful_shutdown(&self, prefix: &str) -> bool {
+        self.birdc(&format!("show route {prefix} all"))
+            .contains("(65535,0)")
+    }
+
     pub fn kill(&self, pid: u32, signal: &str) {
         routeplane_testkit::sh(&["kill", signal, &pid.to_string()]);
     }

@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -123,24 +122,11 @@ pub fn state(addr: &str, peer: &str) -> String {
 
 /// routeplane-bgp with this bgp-config, no IPAM (none is needed to hold sessions).
 pub fn start(config: &std::path::Path) -> routeplane_testkit::Service {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_routeplane-bgp"));
-    command
-        .args([
-            "--bgp-config",
-            config.to_str().unwrap(),
-            "--router-id",
-            "10.0.0.1",
-            "--ipam",
-            "http://127.0.0.1:9",
-        ])
-        .args([
-            "--bgp-listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ]);
+    let command = routeplane_testkit::ipam::bgp_command(
+        config,
+        "http://127.0.0.1:9",
+        &["--router-id", "10.0.0.1"],
+    );
     routeplane_testkit::Service::start("routeplane-bgp", command)
 }
 
