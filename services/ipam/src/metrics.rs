@@ -65,6 +65,12 @@ impl Collector for IpamCollector {
             "Registered nodes by readiness",
             &[(&t, ready), (&f, nodes.len() as i64 - ready)],
         )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_nodes_draining",
+            "Nodes drained (DrainNode, a cordon, their agent's shutdown): their prefixes leave the routers gracefully",
+            &[(&[], nodes.iter().filter(|n| n.draining).count() as i64)],
+        )?;
 
         let (pods, services) = ipam.pools();
         let pod_labels: Vec<[(&str, String); 1]> = pods

@@ -579,6 +579,17 @@ async fn health_reflection_v1_and_metrics(store: &Store) {
     );
     assert!(server.metric("routeplane_ipam_flushes_total") >= 1.0);
     routeplane_testkit::assert_readme_metrics("routeplane_ipam_", &body);
+    assert_eq!(server.metric("routeplane_ipam_nodes_draining"), 0.0);
+    let drained = c
+        .drain_node(pb::DrainNodeRequest {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(drained.draining && !drained.drain_ends_on_register);
+    assert_eq!(server.metric("routeplane_ipam_nodes_draining"), 1.0);
     // The log's figures as a fresh server has them: on sled one segment, nothing checkpointed
     // yet; on etcd no log at all.
     let segments = if matches!(store, Store::Sled) {
