@@ -34,6 +34,10 @@ pub(crate) struct Cell {
     pub(crate) flushes: Option<f64>,
     /// Seconds after the cell until sled had applied everything the cell acknowledged.
     pub(crate) catch_up: Option<f64>,
+    /// CPU time per call of the server (through sled's catch-up and checkpoint after the cell)
+    /// and of this client, in microseconds: steadier than calls/s on a machine whose speed
+    /// varies from run to run, and what the calls/s ratio comes from.
+    pub(crate) cpu_us: Option<(f64, f64)>,
 }
 
 impl Cell {
@@ -53,6 +57,7 @@ impl Cell {
             latencies,
             flushes: None,
             catch_up: None,
+            cpu_us: None,
         }
     }
 
@@ -99,6 +104,12 @@ pub(crate) fn medians(runs: &[Cell]) -> Vec<Summary> {
             p99: of(&|c| c.percentile(0.99)),
             flushes: r.flushes.map(|_| of(&|c| c.flushes.unwrap_or(0.0))),
             catch_up: r.catch_up.map(|_| of(&|c| c.catch_up.unwrap_or(0.0))),
+            cpu_us: r.cpu_us.map(|_| {
+                (
+                    of(&|c| c.cpu_us.map_or(0.0, |u| u.0)),
+                    of(&|c| c.cpu_us.map_or(0.0, |u| u.1)),
+                )
+            }),
             rounds: same.len(),
         });
     }
@@ -114,6 +125,8 @@ pub(crate) struct Summary {
     pub(crate) p99: f64,
     pub(crate) flushes: Option<f64>,
     pub(crate) catch_up: Option<f64>,
+    /// Server and client CPU microseconds per call.
+    pub(crate) cpu_us: Option<(f64, f64)>,
     pub(crate) rounds: usize,
 }
 
@@ -179,9 +192,14 @@ pub(crate) async fn run_ipam_cell(
         metric(server.metrics, "routeplane_ipam_flushes_total"),
         metric(server.metrics, "routeplane_ipam_commits_total"),
     );
+    let cpu0 = (
+        cpu_seconds(server.process.pid()),
+        cpu_seconds(std::process::id()),
+    );
     let started = Instant::now();
     let latencies = run(Duration::from_secs_f64(seconds), "m").await;
     let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu = cpu_seconds(std::process::id());
     let (f1, c1) = (
         metric(server.metrics, "routeplane_ipam_flushes_total"),
         metric(server.metrics, "routeplane_ipam_commits_total"),
@@ -190,6 +208,13 @@ pub(crate) async fn run_ipam_cell(
         Some(quiesce(server).await)
     } else {
         None
+    };
+    let ops = latencies.len().max(1) as f64;
+    let cpu_us = match (cpu0, cpu_seconds(server.process.pid()), client_cpu) {
+        ((Some(s0), Some(c0)), Some(s1), Some(c1)) => {
+            Some(((s1 - s0) * 1e6 / ops, (c1 - c0) * 1e6 / ops))
+        }
+        _ => None,
     };
     Cell {
         tool: String::new(),
@@ -203,5 +228,18 @@ pub(crate) async fn run_ipam_cell(
             0.0
         }),
         catch_up: catch_up.filter(|_| call == Call::Allocate),
+        cpu_us,
     }
+}
+
+/// User and system CPU seconds a process has used, all its threads (/proc/PID/stat utime and
+/// stime, in USER_HZ ticks, 100 a second on Linux whatever the kernel's HZ).
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ") state".
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }

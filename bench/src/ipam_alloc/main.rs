@@ -277,6 +277,12 @@ async fn main() {
                 n.p99,
                 d.p99 / n.p99
             );
+            if let (Some((ds, dc)), Some((ns, nc))) = (d.cpu_us, n.cpu_us) {
+                println!(
+                    "                     CPU per call: server {ds:.1} vs {ns:.1} us, client {dc:.1} vs {nc:.1} us; (server+client) {:.2}x",
+                    (ns + nc) / (ds + dc)
+                );
+            }
         }
     }
     println!(
