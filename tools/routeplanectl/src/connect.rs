@@ -125,6 +125,17 @@ pub fn request<T>(message: T) -> tonic::Request<T> {
 }
 
 impl Conn {
+    /// A call's message, or the line saying why there is none (see [`Conn::error`]).
+    pub async fn answer<T>(
+        &self,
+        called: Result<tonic::Response<T>, Status>,
+    ) -> Result<T, CtlError> {
+        match called {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.error(s).await),
+        }
+    }
+
     /// Turns a failed call into the line to print: a server of another kind is named (asked
     /// through grpc.health.v1, which all three serve), a transport failure said as such.
     pub async fn error(&self, status: Status) -> CtlError {
@@ -155,7 +166,11 @@ impl Conn {
                     detail,
                 }
             }
-            Code::Unavailable | Code::Unknown | Code::Internal if is_transport(&status) => {
+            // tonic's own errors (the connection, HTTP/2) carry their cause; a server's answer
+            // does not, whatever its code says.
+            Code::Unavailable | Code::Unknown | Code::Internal
+                if std::error::Error::source(&status).is_some() =>
+            {
                 CtlError::Unreachable {
                     service,
                     url,
@@ -226,19 +241,4 @@ pub fn causes(e: &dyn std::error::Error) -> String {
         next = cause.source();
     }
     parts.join(": ")
-}
-
-/// Whether a status is tonic's own (the connection, HTTP/2) rather than the server's answer.
-fn is_transport(status: &Status) -> bool {
-    let m = status.message().to_ascii_lowercase();
-    status.metadata().is_empty()
-        || [
-            "transport",
-            "h2 protocol",
-            "connection",
-            "broken pipe",
-            "http2",
-        ]
-        .iter()
-        .any(|w| m.contains(w))
 }

@@ -74,10 +74,9 @@ impl Render for Peers {
 }
 
 pub async fn peers(c: &Conn) -> Result<Peers, CtlError> {
-    let listed = match client(c).list_peers(request(pb::ListPeersRequest {})).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err(c.error(s).await),
-    };
+    let listed = c
+        .answer(client(c).list_peers(request(pb::ListPeersRequest {})).await)
+        .await?;
     let peers = listed
         .peers
         .into_iter()
@@ -265,15 +264,10 @@ impl Render for Explanation {
 }
 
 pub async fn explain(c: &Conn, prefix: &str) -> Result<Explanation, CtlError> {
-    let answer = match client(c)
-        .explain_prefix(request(pb::ExplainPrefixRequest {
-            prefix: prefix.to_string(),
-        }))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err(c.error(s).await),
-    };
+    let req = request(pb::ExplainPrefixRequest {
+        prefix: prefix.to_string(),
+    });
+    let answer = c.answer(client(c).explain_prefix(req).await).await?;
     let mut verdicts = Vec::new();
     for s in answer.sources {
         let source = match (s.node.is_empty(), s.service.is_empty()) {

@@ -84,10 +84,10 @@ fn node_row(n: &Node) -> Vec<String> {
 }
 
 async fn list_nodes(c: &Conn) -> Result<Vec<Node>, CtlError> {
-    match client(c).list_nodes(request(pb::ListNodesRequest {})).await {
-        Ok(r) => Ok(r.into_inner().nodes.into_iter().map(Node::from).collect()),
-        Err(s) => Err(c.error(s).await),
-    }
+    let listed = c
+        .answer(client(c).list_nodes(request(pb::ListNodesRequest {})).await)
+        .await?;
+    Ok(listed.nodes.into_iter().map(Node::from).collect())
 }
 
 pub async fn nodes(c: &Conn) -> Result<Nodes, CtlError> {
@@ -190,26 +190,23 @@ fn usable(cidr: &str) -> u128 {
 }
 
 pub async fn show(c: &Conn) -> Result<Usage, CtlError> {
-    let pools = match client(c).list_pools(request(pb::ListPoolsRequest {})).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err(c.error(s).await),
-    };
+    let pools = c
+        .answer(client(c).list_pools(request(pb::ListPoolsRequest {})).await)
+        .await?;
     let all = list_nodes(c).await?;
     // One call per node: on a large cluster that takes a while, so it says how far it got.
     let progress = Progress::new();
     let mut nodes = Vec::new();
     for (i, n) in all.iter().enumerate() {
         progress.step("reading pod IPs per node", i, all.len());
-        let held = match client(c)
-            .list_pod_i_ps(request(pb::ListPodIPsRequest {
-                node: n.name.clone(),
-            }))
-            .await
-        {
-            Ok(r) => r.into_inner().allocations,
-            Err(s) => {
+        let req = request(pb::ListPodIPsRequest {
+            node: n.name.clone(),
+        });
+        let held = match c.answer(client(c).list_pod_i_ps(req).await).await {
+            Ok(r) => r.allocations,
+            Err(e) => {
                 progress.done();
-                return Err(c.error(s).await);
+                return Err(e);
             }
         };
         nodes.push(NodeUsage {
@@ -268,12 +265,8 @@ pub async fn drain(c: &Conn, node: &str, cancel: bool) -> Result<Drained, CtlErr
         cancel,
         until_registered: false,
     });
-    match client(c).drain_node(req).await {
-        Ok(r) => Ok(Drained {
-            node: r.into_inner().into(),
-        }),
-        Err(s) => Err(c.error(s).await),
-    }
+    let node = c.answer(client(c).drain_node(req).await).await?;
+    Ok(Drained { node: node.into() })
 }
 
 pub fn drain_note(d: &Drained, cancel: bool) -> String {
@@ -366,10 +359,7 @@ pub async fn watch(
         from_revision,
         operator_entries: false,
     });
-    let mut stream = match client(c).watch(req).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err(c.error(s).await),
-    };
+    let mut stream = c.answer(client(c).watch(req).await).await?;
     if format == Format::Table {
         println!("{:<10} {:<20} WHAT", "REVISION", "EVENT");
     }
