@@ -66,6 +66,31 @@ async fn without_api_calls<T>(call: impl std::future::Future<Output = T>) -> T {
         .expect("the controller made an API request it had no reason for")
 }
 
+/// Applies a Node IPAM does not know yet, expecting the write of its allocation (answered 200);
+/// returns the pod CIDR IPAM gave it.
+async fn registered(controller: &Controller, api: &mut MockApi, ipam: &Ipam, n: &Value) -> String {
+    let name = n["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let object: Node = typed(n);
+    let path = format!("/api/v1/nodes/{name}");
+    let (result, _) = tokio::join!(
+        controller.node_applied(&object),
+        api.expect("PATCH", &path, 200, n.clone())
+    );
+    result.unwrap();
+    ipam.node(&name).unwrap().pod_cidrs[0].to_string()
+}
+
+/// `n` as the API shows it once the allocation `cidr` was written back: nothing left to write.
+fn showing(n: &Value, cidr: &str) -> Value {
+    let mut shown = n.clone();
+    shown["metadata"]["annotations"] = json!({"routeplane.io/pod-cidrs": cidr});
+    shown["spec"]["podCIDRs"] = json!([cidr]);
+    shown
+}
+
 /// Applies the Service, expecting one status write (answered 200); returns what was written.
 async fn applied_with_status_write(
     controller: &Controller,
@@ -146,24 +171,19 @@ async fn a_node_added_gets_a_pod_cidr_written_to_its_spec_and_annotation() {
 async fn a_label_change_follows_the_node_without_moving_its_cidr() {
     let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
     let n1 = node("worker-1", "10.4.83.11", &[], "5");
-    let object: Node = typed(&n1);
-    let (result, _) = tokio::join!(
-        controller.node_applied(&object),
-        api.expect("PATCH", "/api/v1/nodes/worker-1", 200, n1.clone())
-    );
-    result.unwrap();
-    let cidr = ipam.node("worker-1").unwrap().pod_cidrs[0].to_string();
+    let cidr = registered(&controller, &mut api, &ipam, &n1).await;
 
     // The Node now shows the allocation and carries the seed's label: IPAM takes the label, and no
     // write is needed (the mock would fail an unexpected request at the next expect).
-    let mut labelled = node(
-        "worker-1",
-        "10.4.83.11",
-        &[("kubernetes/route", "bgp-peer-83")],
-        "6",
+    let labelled = showing(
+        &node(
+            "worker-1",
+            "10.4.83.11",
+            &[("kubernetes/route", "bgp-peer-83")],
+            "6",
+        ),
+        &cidr,
     );
-    labelled["metadata"]["annotations"] = json!({"routeplane.io/pod-cidrs": cidr});
-    labelled["spec"]["podCIDRs"] = json!([cidr]);
     without_api_calls(controller.node_applied(&typed::<Node>(&labelled)))
         .await
         .unwrap();
@@ -179,17 +199,9 @@ async fn a_label_change_follows_the_node_without_moving_its_cidr() {
 async fn a_cordoned_node_is_drained_and_an_uncordoned_one_is_not() {
     let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
     let n1 = node("worker-1", "10.4.83.11", &[], "5");
-    let object: Node = typed(&n1);
-    let (result, _) = tokio::join!(
-        controller.node_applied(&object),
-        api.expect("PATCH", "/api/v1/nodes/worker-1", 200, n1.clone())
-    );
-    result.unwrap();
+    let cidr = registered(&controller, &mut api, &ipam, &n1).await;
     assert!(!ipam.node("worker-1").unwrap().draining);
-    let cidr = ipam.node("worker-1").unwrap().pod_cidrs[0].to_string();
-    let mut shown = n1.clone();
-    shown["metadata"]["annotations"] = json!({"routeplane.io/pod-cidrs": cidr});
-    shown["spec"]["podCIDRs"] = json!([cidr]);
+    let shown = showing(&n1, &cidr);
 
     // `kubectl cordon`: spec.unschedulable.
     let mut cordoned = shown.clone();
@@ -219,14 +231,7 @@ async fn a_cordoned_node_is_drained_and_an_uncordoned_one_is_not() {
 async fn a_deleted_node_is_released_after_the_grace_and_a_returning_one_is_not() {
     let (controller, mut api, ipam, _dir) = setup(Duration::from_secs(60)).await;
     for (name, ip) in [("gone", "10.4.94.11"), ("back", "10.4.94.12")] {
-        let n = node(name, ip, &[], "1");
-        let path = format!("/api/v1/nodes/{name}");
-        let object: Node = typed(&n);
-        let (result, _) = tokio::join!(
-            controller.node_applied(&object),
-            api.expect("PATCH", &path, 200, n.clone())
-        );
-        result.unwrap();
+        registered(&controller, &mut api, &ipam, &node(name, ip, &[], "1")).await;
     }
     let back_cidr = ipam.node("back").unwrap().pod_cidrs.clone();
     controller.node_deleted("gone");
