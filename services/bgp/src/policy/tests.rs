@@ -64,6 +64,25 @@ const ON: Announce = Announce {
     loadbalancer_ip: true,
 };
 
+/// The policy's inputs with no operator paths, announcement on, not shutting down.
+fn inputs_of<'a>(
+    nodes: &'a [NodeView],
+    services: &'a [ServiceView],
+    pools: &'a [AddressPool],
+    peers: &'a [PeerView],
+) -> Inputs<'a> {
+    static NO_PATHS: BTreeMap<Cidr, Arc<OperatorPath>> = BTreeMap::new();
+    Inputs {
+        nodes,
+        services,
+        operator: &NO_PATHS,
+        pools,
+        peers,
+        announce: ON,
+        graceful_shutdown: false,
+    }
+}
+
 fn prefixes(r: &Routes) -> Vec<(String, String)> {
     r.iter()
         .map(|(n, a)| (n.prefix.to_string(), a.next_hop.to_string()))
@@ -73,15 +92,7 @@ fn prefixes(r: &Routes) -> Vec<(String, String)> {
 #[test]
 fn the_seed_config_splits_nodes_between_its_peer_groups() {
     let (peers, nodes) = (seed_peers(true), seed_nodes());
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
-        operator: &BTreeMap::new(),
-        pools: &[],
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &[], &[], &peers);
     let ebgp = inputs.desired(&peers[0]);
     assert_eq!(peers[0].address.to_string(), "10.4.36.239");
     assert_eq!(
@@ -125,15 +136,7 @@ fn without_selectors_anywhere_every_peer_gets_every_node() {
     let mut peers = seed_peers(true);
     peers.iter_mut().for_each(|p| p.node_selectors.clear());
     let nodes = seed_nodes();
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
-        operator: &BTreeMap::new(),
-        pools: &[],
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &[], &[], &peers);
     assert_eq!(inputs.desired(&peers[0]).len(), 4);
 }
 
@@ -142,30 +145,14 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
     let peers = seed_peers(true);
     let mut nodes = seed_nodes();
     nodes[0].ready = false;
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
-        operator: &BTreeMap::new(),
-        pools: &[],
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &[], &[], &peers);
     assert_eq!(
         inputs.desired(&peers[0]).len(),
         2,
         "still within the grace period"
     );
     nodes[0].announce = false;
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
-        operator: &BTreeMap::new(),
-        pools: &[],
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &[], &[], &peers);
     assert_eq!(
         prefixes(&inputs.desired(&peers[0])),
         [("10.5.113.0/24".into(), "10.4.94.12".into())]
@@ -190,15 +177,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
         ip: "10.5.120.7".parse().unwrap(),
         pool: "default".into(),
     }];
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &services,
-        operator: &BTreeMap::new(),
-        pools: &pools,
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &services, &pools, &peers);
     let r = inputs.desired(&peers[2]);
     let lb: Vec<_> = r
         .iter()
@@ -218,16 +197,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     // The chosen node goes: the path moves to the other; it comes back: it returns.
     let gone = nodes.iter().position(|n| n.addresses[0] == chosen).unwrap();
     nodes[gone].announce = false;
-    let moved = Inputs {
-        nodes: &nodes,
-        services: &services,
-        operator: &BTreeMap::new(),
-        pools: &pools,
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    }
-    .desired(&peers[2]);
+    let moved = inputs_of(&nodes, &services, &pools, &peers).desired(&peers[2]);
     assert_ne!(
         moved
             .iter()
@@ -240,15 +210,7 @@ fn a_loadbalancer_ip_goes_to_every_peer_via_one_stable_node_or_all_with_add_path
     nodes[gone].announce = true;
 
     peers[2].add_path_send = vec![Family::V4];
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &services,
-        operator: &BTreeMap::new(),
-        pools: &pools,
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &services, &pools, &peers);
     let paths: Vec<(Option<u32>, String)> = inputs
         .desired(&peers[2])
         .iter()
@@ -284,15 +246,7 @@ fn explain_says_why_each_peer_does_or_does_not_get_a_prefix() {
         ip: "10.6.0.9".parse().unwrap(),
         pool: "l2".into(),
     }];
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &services,
-        operator: &BTreeMap::new(),
-        pools: &pools,
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &services, &pools, &peers);
     let v = inputs.explain(&"10.5.114.0/24".parse().unwrap());
     assert_eq!(v.len(), 4, "one source, four peers");
     let reason = |peer: &str| {
@@ -357,15 +311,7 @@ fn families_not_negotiated_are_not_sent() {
     let mut nodes = seed_nodes();
     nodes[0].addresses.push("fd04:94::11".parse().unwrap());
     nodes[0].pod_cidrs.push("fd00::/120".parse().unwrap());
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
-        operator: &BTreeMap::new(),
-        pools: &[],
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &[], &[], &peers);
     assert!(
         inputs
             .desired(&peers[0])
@@ -398,13 +344,8 @@ fn operator_paths_go_to_the_peers_named_and_explain_why_not_to_others() {
     let op: BTreeMap<Cidr, Arc<OperatorPath>> =
         [("192.0.2.0/24".parse().unwrap(), Arc::new(path))].into();
     let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
         operator: &op,
-        pools: &[],
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
+        ..inputs_of(&nodes, &[], &[], &peers)
     };
     let sent = inputs.desired(&peers[0]);
     let a = &sent[&Nlri {
@@ -445,16 +386,7 @@ fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
     }];
     // Drain whichever node carries the LoadBalancer IP to the iBGP peer 10.4.36.250.
     let lb = |nodes: &[NodeView], peers: &[PeerView]| {
-        let inputs = Inputs {
-            nodes,
-            services: &services,
-            operator: &BTreeMap::new(),
-            pools: &pools,
-            peers,
-            announce: ON,
-            graceful_shutdown: false,
-        };
-        inputs.desired(&peers[2])
+        inputs_of(nodes, &services, &pools, peers).desired(&peers[2])
     };
     let before = lb(&nodes, &peers);
     let lb_path = |r: &Routes| {
@@ -521,15 +453,7 @@ fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
     nodes[drained].announce = false;
     let after = lb(&nodes, &peers);
     assert!(after.keys().all(|n| n.prefix != cidr));
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &services,
-        operator: &BTreeMap::new(),
-        pools: &pools,
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &services, &pools, &peers);
     let why = inputs.explain(&cidr);
     assert!(
         why.iter().any(|v| v
@@ -542,15 +466,7 @@ fn a_drained_node_is_announced_with_graceful_shutdown_then_withdrawn() {
     // eBGP peers get the community and no LOCAL_PREF.
     let ebgp_node = nodes.iter().position(|n| n.name == "n94a").unwrap();
     nodes[ebgp_node].draining = true;
-    let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
-        operator: &BTreeMap::new(),
-        pools: &pools,
-        peers: &peers,
-        announce: ON,
-        graceful_shutdown: false,
-    };
+    let inputs = inputs_of(&nodes, &[], &pools, &peers);
     let a = inputs
         .desired(&peers[0])
         .into_iter()
@@ -578,13 +494,9 @@ fn shutting_down_marks_every_path_operator_paths_included() {
     )]
     .into();
     let inputs = Inputs {
-        nodes: &nodes,
-        services: &[],
         operator: &operator,
-        pools: &[],
-        peers: &peers,
-        announce: ON,
         graceful_shutdown: true,
+        ..inputs_of(&nodes, &[], &[], &peers)
     };
     for peer in [&peers[0], &peers[2]] {
         let routes = inputs.desired(peer);
