@@ -302,6 +302,7 @@ pub(crate) mod tests {
                 ready: true,
                 draining: false,
                 drain_ends_on_register: false,
+                held_down: false,
                 revision,
             }),
         }

@@ -38,8 +38,8 @@ pub fn policy(method: &str) -> Access {
         "GetNode" | "ListNodes" | "ListPodIPs" | "ListServiceIPs" | "ListPools" | "Watch" => {
             Access::Read
         }
-        "RegisterNode" | "KeepAlive" | "DrainNode" | "AllocatePodIP" | "ReleasePodIP"
-        | "SyncPodIPs" => Access::Node,
+        "RegisterNode" | "KeepAlive" | "Heartbeat" | "DrainNode" | "AllocatePodIP"
+        | "ReleasePodIP" | "SyncPodIPs" => Access::Node,
         // A bgp-peer entry may hold a TCP-MD5 password.
         "PutOperatorEntries" | "DeleteOperatorEntries" | "ListOperatorEntries" => {
             Access::ControlPlane
@@ -125,6 +125,7 @@ impl From<&Node> for pb::Node {
             revision: n.revision,
             draining: n.draining,
             drain_ends_on_register: n.drain_ends_on_register,
+            held_down: n.held_down,
         }
     }
 }
@@ -533,6 +534,15 @@ impl pb::ipam_server::Ipam for IpamGrpc {
     }
 
     type WatchStream = WatchStream;
+
+    async fn heartbeat(
+        &self,
+        req: Request<tonic::Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatStream>, Status> {
+        crate::heartbeat::serve(self.ipam.clone(), req).await
+    }
+
+    type HeartbeatStream = crate::heartbeat::HeartbeatStream;
 
     async fn put_operator_entries(
         &self,

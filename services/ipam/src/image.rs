@@ -221,6 +221,7 @@ mod tests {
             ready: true,
             draining: false,
             drain_ends_on_register: false,
+            held_down: false,
             revision: 1,
         };
         let pod = |node: &str, owner: &str, ip: &str| Change::PutPodIps {

@@ -18,9 +18,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::commit::{Commit, CommitStats, Fault, Feed, WatchStart};
 use crate::engine::{self, Engine, StorageConfig, WriteGate};
 use crate::error::{IpamError, Result};
+use crate::lease_clock::LivenessStats;
 use crate::model::{Drain, Node, OperatorEntry, Revision, ServiceIp};
 use crate::state::{
-    CoreConfig, IpamState, Mutation, PodIps, PodPoolView, ReportedPod, SyncOutcome,
+    Beat, CoreConfig, IpamState, LivenessConfig, Mutation, PodIps, PodPoolView, ReportedPod,
+    SyncOutcome,
 };
 
 /// Tuning that is not part of the allocation model.
@@ -66,6 +68,7 @@ pub struct Ipam {
     gate: WriteGate,
     writable: watch::Sender<bool>,
     failed: AtomicBool,
+    liveness: LivenessStats,
     shutdown: Shutdown,
     options: IpamOptions,
     config: CoreConfig,
@@ -124,12 +127,13 @@ impl Ipam {
             gate: WriteGate::default(),
             writable: watch::Sender::new(true),
             failed: AtomicBool::new(false),
+            liveness: LivenessStats::default(),
             shutdown: shutdown.clone(),
             options,
             config,
             storage,
         });
-        tokio::spawn(run_lease_clock(Arc::downgrade(&ipam)));
+        tokio::spawn(crate::lease_clock::run(Arc::downgrade(&ipam)));
         tokio::spawn(engine::supervise(Arc::downgrade(&ipam), engine, shutdown));
         Ok((ipam, warnings))
     }
@@ -271,17 +275,22 @@ impl Ipam {
         }
     }
 
-    /// Expires leases; run by the lease clock. Queues without waiting: nobody is waiting for it.
-    /// Not while writes are refused: an expiry could not be recorded, and agents whose keepalives
-    /// are refused too must not be declared dead for it.
-    fn expire_leases(&self, now: Instant) {
+    /// Declares nodes whose lease ran out dead; run by the lease clock. Queues without waiting:
+    /// nobody is waiting for it. Not while writes are refused: a death could not be recorded, and
+    /// agents whose beats are refused too must not be declared dead for it.
+    pub(crate) fn expire_leases(&self, now: Instant) {
         let mut core = self.lock();
         let Some(commits) = core.commits.clone() else {
             return;
         };
         for m in core.state.expire_leases(now) {
             if let Some(crate::model::Event::NodeUpdated(n)) = &m.event {
-                tracing::warn!(node = %n.name, "lease expired: node is NotReady");
+                self.liveness.deaths.fetch_add(1, Ordering::Relaxed);
+                if n.held_down {
+                    tracing::warn!(node = %n.name, "node declared dead (no heartbeat or KeepAlive in time): NotReady, and held down for flapping");
+                } else {
+                    tracing::warn!(node = %n.name, "node declared dead (no heartbeat or KeepAlive in time): NotReady");
+                }
             }
             // A closed queue means shutdown or a failed disk: the committer refuses it either way.
             let _ = commits.send(Commit {
@@ -340,9 +349,32 @@ impl Ipam {
         .await
     }
 
+    /// A heartbeat from the node's agent (see [`IpamState::beat`]).
+    pub async fn heartbeat(&self, name: &str) -> Result<Beat> {
+        self.commit(|s| s.beat(name, Instant::now())).await
+    }
+
+    /// IPAM did not run for `lost`: every lease gets it back (`lease_clock.rs`).
+    pub(crate) fn give_back(&self, lost: Duration) {
+        self.lock().state.give_back(lost);
+    }
+
+    pub fn liveness(&self) -> LivenessConfig {
+        self.config.liveness
+    }
+
+    pub fn liveness_stats(&self) -> &LivenessStats {
+        &self.liveness
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+
     /// Starts or ends a node's drain (see [`IpamState::drain_node`]).
     pub async fn drain_node(&self, name: &str, drain: Drain) -> Result<Node> {
-        self.commit(|s| s.drain_node(name, drain)).await
+        self.commit(|s| s.drain_node(name, drain, Instant::now()))
+            .await
     }
 
     pub async fn allocate_pod_ip(
@@ -625,24 +657,5 @@ async fn forward_live(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
-    }
-}
-
-/// Expires leases a few times per TTL, until the service is dropped.
-async fn run_lease_clock(ipam: std::sync::Weak<Ipam>) {
-    let period = match ipam.upgrade() {
-        Some(i) => (i.lock().state.lease_ttl() / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1)),
-        None => return,
-    };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(ipam) = ipam.upgrade() else { return };
-        if ipam.shutdown.is_triggered() {
-            return;
-        }
-        ipam.expire_leases(Instant::now());
     }
 }

@@ -71,6 +71,38 @@ impl Collector for IpamCollector {
             "Nodes drained (DrainNode, a cordon, their agent's shutdown): their prefixes leave the routers gracefully",
             &[(&[], nodes.iter().filter(|n| n.draining).count() as i64)],
         )?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_nodes_held_down",
+            "Nodes held down for flapping (they died and came back too often): NotReady until their penalty decays",
+            &[(&[], nodes.iter().filter(|n| n.held_down).count() as i64)],
+        )?;
+        let live = ipam.liveness_stats();
+        counter(
+            &mut e,
+            "routeplane_ipam_node_deaths",
+            "Nodes declared dead: no heartbeat (or KeepAlive) before their deadline",
+            live.deaths.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "routeplane_ipam_stalls",
+            "Times routeplane-ipam found it had not run for longer than a lease-clock tick (paused, starved of CPU) and gave every lease the time back",
+            live.stalls.load(Ordering::Relaxed),
+        )?;
+        let stalled = ConstCounter::new(live.stalled_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+        stalled.encode(e.encode_descriptor(
+            "routeplane_ipam_stalled_seconds",
+            "Time routeplane-ipam did not run, given back to the leases",
+            None,
+            stalled.metric_type(),
+        )?)?;
+        gauges(
+            &mut e,
+            "routeplane_ipam_heartbeat_streams",
+            "Heartbeat streams open (one per route agent)",
+            &[(&[], live.heartbeat_streams.load(Ordering::Relaxed))],
+        )?;
 
         let (pods, services) = ipam.pools();
         let pod_labels: Vec<[(&str, String); 1]> = pods

@@ -31,6 +31,10 @@ pub struct Node {
     /// An operator's drain or a cordon holds until undone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drain_ends_on_register: bool,
+    /// Damped for dying and returning too often (`state/liveness.rs`): NotReady however steady
+    /// its heartbeat, until the penalty decays. Left out of the record when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_down: bool,
     /// Revision of the last change to this node.
     pub revision: Revision,
 }
@@ -342,6 +346,7 @@ mod tests {
             ready: true,
             draining: false,
             drain_ends_on_register: false,
+            held_down: false,
             revision: 1,
         };
         assert_eq!(

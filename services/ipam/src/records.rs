@@ -275,6 +275,7 @@ mod tests {
             ready: true,
             draining: false,
             drain_ends_on_register: false,
+            held_down: false,
             revision: 3,
         };
         let mut out = Vec::new();

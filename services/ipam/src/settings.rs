@@ -14,7 +14,7 @@ use routeplane_runtime::telemetry::TelemetryArgs;
 use crate::engine::StorageConfig;
 use crate::etcd::{EtcdSettings, EtcdTls};
 use crate::ipam::IpamOptions;
-use crate::state::CoreConfig;
+use crate::state::{CoreConfig, LivenessConfig};
 
 /// routeplane IPAM: cluster-pool pod CIDRs for nodes, pod IPs, and LoadBalancer IPs, kept in sled
 /// (embedded, the default) or etcd v3 (--store etcd) and published on a revisioned Watch feed
@@ -122,6 +122,17 @@ pub struct Cli {
     /// How long a node stays Ready without a KeepAlive from its agent (e.g. 20s, 1m).
     #[arg(long, env = "ROUTEPLANE_LEASE_TTL", default_value = "20s", value_parser = flags::duration_at_least(Duration::from_secs(1)))]
     pub lease_ttl: Duration,
+    /// How often each route agent's Heartbeat stream beats (fast failure detection).
+    #[arg(long, env = "ROUTEPLANE_HEARTBEAT_INTERVAL", default_value = "500ms", value_parser = flags::duration_within(Duration::from_millis(50), Duration::from_secs(10)))]
+    pub heartbeat_interval: Duration,
+    /// Beats a node may miss in a row before it is declared dead (NotReady at once; its prefixes
+    /// withdrawn): with the interval, 4 × 500ms = 2s by default.
+    #[arg(long, env = "ROUTEPLANE_HEARTBEAT_DETECT_MULTIPLIER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub heartbeat_detect_multiplier: u32,
+    /// Flap damping: a node's penalty (1,000 per death) halves every this long; above 2,000 the
+    /// node is held down until it is below 750. 0s turns damping off.
+    #[arg(long, env = "ROUTEPLANE_FLAP_HALF_LIFE", default_value = "60s", value_parser = flags::duration)]
+    pub flap_half_life: Duration,
     /// flush: acknowledge a change only once it is on disk (concurrent changes share flushes).
     /// none: acknowledge before the flush — for benchmarks only; a crash may lose acknowledged changes.
     #[arg(long, env = "ROUTEPLANE_DURABILITY", value_enum, default_value_t = Durability::Flush)]
@@ -270,6 +281,11 @@ impl Cli {
                 default_masks,
                 service_pools: bgp.address_pools,
                 lease_ttl: self.lease_ttl,
+                liveness: LivenessConfig {
+                    heartbeat_interval: self.heartbeat_interval,
+                    detect_multiplier: self.heartbeat_detect_multiplier,
+                    flap_half_life: Some(self.flap_half_life).filter(|h| !h.is_zero()),
+                },
                 max_pods_per_node: usize::try_from(self.max_pods_per_node).unwrap_or(usize::MAX),
                 max_operator_entries: usize::try_from(self.max_operator_entries)
                     .unwrap_or(usize::MAX),

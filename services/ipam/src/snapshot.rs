@@ -158,6 +158,7 @@ mod tests {
             ready: true,
             draining: false,
             drain_ends_on_register: false,
+            held_down: false,
             revision: 1,
         }
     }

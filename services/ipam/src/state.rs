@@ -19,8 +19,10 @@ use crate::model::{
 use crate::pod_pools::PodPools;
 use crate::service_pools::{ServicePool, ServicePools};
 
+mod liveness;
 mod operator;
 mod pod_ips;
+pub use liveness::{Beat, LivenessConfig, MAX_HOLD_DOWN_HALF_LIVES};
 pub use operator::{DEFAULT_MAX_OPERATOR_ENTRIES, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 pub use pod_ips::{AgentPod, PodIps, ReportedPod, SyncOutcome};
 
@@ -99,6 +101,7 @@ pub struct CoreConfig {
     pub default_masks: BTreeMap<Family, u8>,
     pub service_pools: Vec<AddressPool>,
     pub lease_ttl: Duration,
+    pub liveness: LivenessConfig,
     /// The most pod owners one node may hold addresses for (`--max-pods-per-node`).
     pub max_pods_per_node: usize,
     /// The most operator entries held (`--max-operator-entries`).
@@ -122,6 +125,7 @@ pub struct PodPoolView {
 struct NodeEntry {
     node: Node,
     lease_deadline: Instant,
+    damping: liveness::Damping,
     /// By owner. Hashed rather than ordered: a node can hold hundreds of thousands, and
     /// AllocatePodIP looks its owner up on every call (readers that need an order sort).
     pods: HashMap<String, PodIps>,
@@ -154,6 +158,7 @@ pub struct IpamState {
     address_owners: HashMap<IpAddr, String>,
     revision: Revision,
     lease_ttl: Duration,
+    liveness: LivenessConfig,
     max_pods_per_node: usize,
     /// Which operator entries exist (their values are in the durable image).
     operator: BTreeSet<OperatorKey>,
@@ -216,6 +221,7 @@ impl IpamState {
             address_owners: HashMap::new(),
             revision: persisted.revision,
             lease_ttl: config.lease_ttl,
+            liveness: config.liveness,
             max_pods_per_node: config.max_pods_per_node,
             // Restored whatever the cap: lowering it refuses new entries, it loses none.
             operator: persisted.operator.iter().map(OperatorEntry::name).collect(),
@@ -233,6 +239,7 @@ impl IpamState {
             // Every node starts with a full lease: its agent has one TTL to reach the restarted server.
             let entry = NodeEntry {
                 lease_deadline: now + state.lease_ttl,
+                damping: liveness::Damping::default(),
                 pods: HashMap::new(),
                 agent_generation: None,
                 taken: node
@@ -310,6 +317,10 @@ impl IpamState {
 
     fn entry(&self, name: &str) -> Result<&NodeEntry> {
         self.nodes.get(name).ok_or_else(|| not_registered(name))
+    }
+
+    fn entry_mut(&mut self, name: &str) -> Result<&mut NodeEntry> {
+        self.nodes.get_mut(name).ok_or_else(|| not_registered(name))
     }
 
     // ---- nodes -------------------------------------------------------------------------------
@@ -406,12 +417,14 @@ impl IpamState {
             ready: false,
             draining: false,
             drain_ends_on_register: false,
+            held_down: false,
             revision: 0,
         });
         node.addresses = addresses;
         node.labels = labels;
         if lease == LeaseUpdate::Renew {
-            node.ready = true;
+            // Ready, unless damped (`state/liveness.rs`); a new node is never held down.
+            (node.ready, node.held_down) = self.revival(name, now).unwrap_or((true, false));
             // The agent is back from the shutdown that drained the node.
             if node.drain_ends_on_register {
                 node.draining = false;
@@ -426,6 +439,7 @@ impl IpamState {
             .or_insert_with(|| NodeEntry {
                 node: node.clone(),
                 lease_deadline,
+                damping: liveness::Damping::default(),
                 pods: HashMap::new(),
                 taken: BTreeMap::new(),
                 agent_generation: None,
@@ -505,39 +519,23 @@ impl IpamState {
         Ok((entry.node, count, m))
     }
 
-    /// Renews a node's lease; a NotReady node becomes Ready (a published change).
-    pub fn keep_alive(&mut self, name: &str, now: Instant) -> Result<(bool, Option<Mutation>)> {
-        let deadline = now + self.lease_ttl;
-        let entry = self
-            .nodes
-            .get_mut(name)
-            .ok_or_else(|| not_registered(name))?;
-        entry.lease_deadline = deadline;
-        if entry.node.ready {
-            return Ok((false, None));
-        }
-        Ok((true, Some(self.set_ready(name, true))))
-    }
-
-    fn set_ready(&mut self, name: &str, ready: bool) -> Mutation {
-        let revision = self.bump();
-        let node = match self.nodes.get_mut(name) {
-            Some(e) => {
-                e.node.ready = ready;
-                e.node.revision = revision;
-                e.node.clone()
-            }
-            None => return self.mutation(Vec::new(), None),
-        };
-        self.mutation(
-            vec![Change::PutNode(node.clone())],
-            Some(Event::NodeUpdated(node)),
-        )
-    }
-
     /// Starts or ends a node's drain (see [`Drain`]). Idempotent: a node already in the state
     /// asked for changes nothing (no revision, no event).
-    pub fn drain_node(&mut self, name: &str, drain: Drain) -> Result<(Node, Option<Mutation>)> {
+    ///
+    /// The agent's own shutdown ([`Drain::UntilRegistered`]) also renews the lease for the lease
+    /// TTL: a planned restart is not a death, and its heartbeat stopping must not withdraw the
+    /// node before the drain delay is over.
+    pub fn drain_node(
+        &mut self,
+        name: &str,
+        drain: Drain,
+        now: Instant,
+    ) -> Result<(Node, Option<Mutation>)> {
+        if drain == Drain::UntilRegistered {
+            let ttl = self.lease_ttl;
+            let entry = self.entry_mut(name)?;
+            entry.lease_deadline = entry.lease_deadline.max(now + ttl);
+        }
         let node = &self.entry(name)?.node;
         let (draining, ends_on_register) = match drain {
             Drain::End => (false, false),
@@ -561,20 +559,6 @@ impl IpamState {
             Some(Event::NodeUpdated(node.clone())),
         );
         Ok((node, Some(m)))
-    }
-
-    /// Marks every Ready node whose lease ran out NotReady, one mutation each.
-    pub fn expire_leases(&mut self, now: Instant) -> Vec<Mutation> {
-        let expired: Vec<String> = self
-            .nodes
-            .values()
-            .filter(|e| e.node.ready && e.lease_deadline <= now)
-            .map(|e| e.node.name.clone())
-            .collect();
-        expired
-            .iter()
-            .map(|name| self.set_ready(name, false))
-            .collect()
     }
 
     // ---- pod IPs: state/pod_ips.rs ----------------------------------------------------------

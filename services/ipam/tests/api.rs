@@ -494,6 +494,103 @@ async fn lease_expiry_marks_not_ready_and_keepalive_revives(store: &Store) {
     assert_eq!(server.metric("routeplane_ipam_nodes{ready=\"true\"}"), 1.0);
 }
 
+async fn heartbeats_keep_a_node_alive_and_refuse_what_is_not_theirs(store: &Store) {
+    let dir = tempfile::tempdir().unwrap();
+    // Beats every 100 ms, dead after 400 ms; the KeepAlive lease (20 s) would keep it far longer.
+    let server = store.start(dir.path(), &["--heartbeat-interval", "100ms"]);
+    let mut c = server.client().await;
+    let beats = |names: Vec<&str>| {
+        let items: Vec<pb::HeartbeatRequest> = names
+            .into_iter()
+            .map(|n| pb::HeartbeatRequest { name: n.into() })
+            .collect();
+        tokio_stream::iter(items)
+    };
+
+    // A node IPAM does not know: refused before any beat counts.
+    let ghost = c.heartbeat(beats(vec!["ghost"])).await.unwrap_err();
+    assert_eq!(ghost.code(), Code::NotFound);
+    assert!(
+        ghost.message().contains("\"ghost\"") && ghost.message().contains("RegisterNode"),
+        "{}",
+        ghost.message()
+    );
+    let nameless = c.heartbeat(beats(vec![""])).await.unwrap_err();
+    assert_eq!(nameless.code(), Code::InvalidArgument, "{nameless:?}");
+    let empty = c.heartbeat(beats(vec![])).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument, "{empty:?}");
+    assert!(
+        empty.message().contains("first beat"),
+        "{}",
+        empty.message()
+    );
+
+    c.register_node(register("a", "10.4.94.10")).await.unwrap();
+    // A beat for another node on a's stream ends it.
+    let mut mixed = c
+        .heartbeat(beats(vec!["a", "b"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = mixed.message().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            first.interval_ms,
+            first.dead_after_ms,
+            first.ready,
+            first.held_down
+        ),
+        (100, 400, true, false)
+    );
+    let wrong = mixed.message().await.unwrap_err();
+    assert_eq!(wrong.code(), Code::InvalidArgument);
+    assert!(wrong.message().contains("\"b\""), "{}", wrong.message());
+
+    // Beating keeps a Ready for 1.5 s; silent, it is dead within a second.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::HeartbeatRequest { name: "a".into() })
+        .await
+        .unwrap();
+    let mut answers = c
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().unwrap().ready);
+    assert_eq!(server.metric("routeplane_ipam_heartbeat_streams"), 1.0);
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(pb::HeartbeatRequest { name: "a".into() })
+            .await
+            .unwrap();
+    }
+    let ready = |c: &mut pb::ipam_client::IpamClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.get_node(pb::GetNodeRequest { name: "a".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        }
+    };
+    assert!(ready(&mut c).await, "beating: alive");
+    assert_eq!(server.metric("routeplane_ipam_node_deaths_total"), 0.0);
+    drop(tx);
+    let silent = std::time::Instant::now();
+    while ready(&mut c).await {
+        assert!(silent.elapsed() < Duration::from_secs(3), "still Ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        silent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        silent.elapsed()
+    );
+    assert_eq!(server.metric("routeplane_ipam_node_deaths_total"), 1.0);
+    assert_eq!(server.metric("routeplane_ipam_heartbeat_streams"), 0.0);
+}
+
 async fn health_reflection_v1_and_metrics(store: &Store) {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -691,6 +788,13 @@ fn refused_configs_say_what_is_wrong() {
     assert!(!status.success());
     assert!(err.contains("unknown field `peer-asm`"), "{err}");
 
+    let (status, err) = run_to_exit(dir.path(), &["--heartbeat-detect-multiplier", "1"]);
+    assert!(!status.success());
+    assert!(
+        err.contains("--heartbeat-detect-multiplier") && err.contains("2..=100"),
+        "{err}"
+    );
+
     let values = values_file(dir.path(), "10.5.112.0/21", 20);
     let (status, err) = run_to_exit(dir.path(), &["--values", values.to_str().unwrap()]);
     assert!(!status.success());
@@ -786,6 +890,7 @@ on_both_stores!(
     watch_snapshot_then_live_then_resume_replays_what_was_missed,
     a_watcher_that_falls_behind_is_cut_off_and_resumes_without_a_gap,
     lease_expiry_marks_not_ready_and_keepalive_revives,
+    heartbeats_keep_a_node_alive_and_refuse_what_is_not_theirs,
     health_reflection_v1_and_metrics,
     sigterm_with_an_open_watch_stops_cleanly_and_state_survives,
     the_seed_values_load_verbatim_and_ignored_keys_are_listed,

@@ -103,6 +103,28 @@ fn each_identity_may_do_what_its_role_allows_and_a_refusal_names_it_and_the_meth
             && other.contains("\"node-2\""),
         "{other}"
     );
+    // Its heartbeat beats for its own node only.
+    let beat = call(
+        &certs,
+        Some("agent/node-1"),
+        addr,
+        &ipam("Heartbeat"),
+        r#"{"name": "node-1"}"#,
+    )
+    .unwrap();
+    assert_eq!(beat["ready"], true, "{beat}");
+    let other_beat = call(
+        &certs,
+        Some("agent/node-1"),
+        addr,
+        &ipam("Heartbeat"),
+        r#"{"name": "node-2"}"#,
+    )
+    .unwrap_err();
+    assert!(
+        other_beat.contains("PermissionDenied") && other_beat.contains("\"node-2\""),
+        "{other_beat}"
+    );
     let pool = r#"{"cidr": "10.6.0.0/16", "maskSize": 24}"#;
     let admin_only = call(
         &certs,

@@ -22,6 +22,8 @@ pub struct Node {
     pub draining: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub drain_ends_on_register: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held_down: bool,
     pub addresses: Vec<String>,
     pub pod_cidrs: Vec<String>,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -35,6 +37,7 @@ impl From<pb::Node> for Node {
             ready: n.ready,
             draining: n.draining,
             drain_ends_on_register: n.drain_ends_on_register,
+            held_down: n.held_down,
             addresses: n.addresses,
             pod_cidrs: n.pod_cidrs,
             labels: n.labels.into_iter().collect(),
@@ -45,7 +48,11 @@ impl From<pb::Node> for Node {
 
 impl Node {
     fn state(&self) -> String {
-        let ready = if self.ready { "Ready" } else { "NotReady" };
+        let ready = match (self.ready, self.held_down) {
+            (true, _) => "Ready",
+            (false, false) => "NotReady",
+            (false, true) => "NotReady,HeldDown",
+        };
         match (self.draining, self.drain_ends_on_register) {
             (false, _) => ready.into(),
             (true, false) => format!("{ready},Draining"),

@@ -15,6 +15,7 @@ fn config(values: &str, lb: &str) -> CoreConfig {
             .unwrap()
             .address_pools,
         lease_ttl: Duration::from_secs(10),
+        liveness: LivenessConfig::default(),
         max_pods_per_node: DEFAULT_MAX_PODS_PER_NODE as usize,
         max_operator_entries: DEFAULT_MAX_OPERATOR_ENTRIES,
     }
@@ -149,7 +150,7 @@ fn register_is_idempotent_and_updates_keep_the_cidr() {
 fn a_drain_is_a_stored_node_change_kept_through_registration_and_idempotent() {
     let mut s = seed();
     register(&mut s, "n1", "10.4.94.11");
-    let (node, m) = s.drain_node("n1", Drain::Hold).unwrap();
+    let (node, m) = s.drain_node("n1", Drain::Hold, Instant::now()).unwrap();
     assert!(node.draining);
     let m = m.expect("a change");
     assert!(
@@ -157,17 +158,24 @@ fn a_drain_is_a_stored_node_change_kept_through_registration_and_idempotent() {
         "{m:?}"
     );
     assert!(
-        s.drain_node("n1", Drain::Hold).unwrap().1.is_none(),
+        s.drain_node("n1", Drain::Hold, Instant::now())
+            .unwrap()
+            .1
+            .is_none(),
         "idempotent"
     );
     // The agent re-registering (a restart) does not end an operator's drain, nor does an
     // agent's shutdown drain make it one that ends.
     assert!(register(&mut s, "n1", "10.4.94.11").draining);
-    let (node, m) = s.drain_node("n1", Drain::UntilRegistered).unwrap();
+    let (node, m) = s
+        .drain_node("n1", Drain::UntilRegistered, Instant::now())
+        .unwrap();
     assert!(node.draining && !node.drain_ends_on_register && m.is_none());
-    let (node, m) = s.drain_node("n1", Drain::End).unwrap();
+    let (node, m) = s.drain_node("n1", Drain::End, Instant::now()).unwrap();
     assert!(!node.draining && m.is_some());
-    let e = s.drain_node("nope", Drain::Hold).unwrap_err();
+    let e = s
+        .drain_node("nope", Drain::Hold, Instant::now())
+        .unwrap_err();
     assert!(e.to_string().contains("nope"), "{e}");
 }
 
@@ -175,7 +183,9 @@ fn a_drain_is_a_stored_node_change_kept_through_registration_and_idempotent() {
 fn an_agents_shutdown_drain_ends_when_it_registers_again_unless_an_operator_holds_it() {
     let mut s = seed();
     register(&mut s, "n1", "10.4.94.11");
-    let (node, m) = s.drain_node("n1", Drain::UntilRegistered).unwrap();
+    let (node, m) = s
+        .drain_node("n1", Drain::UntilRegistered, Instant::now())
+        .unwrap();
     assert!(node.draining && node.drain_ends_on_register && m.is_some());
     // The agent is back: the drain ends, as a stored change.
     let (node, m) = s
@@ -189,8 +199,9 @@ fn an_agents_shutdown_drain_ends_when_it_registers_again_unless_an_operator_hold
     assert!(!node.draining && !node.drain_ends_on_register);
     assert!(m.is_some(), "a published change");
     // An operator's drain over the agent's holds through the registration.
-    s.drain_node("n1", Drain::UntilRegistered).unwrap();
-    let (node, _) = s.drain_node("n1", Drain::Hold).unwrap();
+    s.drain_node("n1", Drain::UntilRegistered, Instant::now())
+        .unwrap();
+    let (node, _) = s.drain_node("n1", Drain::Hold, Instant::now()).unwrap();
     assert!(node.draining && !node.drain_ends_on_register);
     assert!(register(&mut s, "n1", "10.4.94.11").draining);
 }
@@ -666,4 +677,126 @@ fn pod_ips_per_node_are_capped() {
         s.allocate_pod_ip("a", "filler/7", None).is_ok(),
         "an owner it holds still gets its IPs"
     );
+}
+
+#[test]
+fn a_beat_renews_for_the_dead_interval_and_a_silent_node_dies() {
+    let mut s = seed();
+    let t0 = Instant::now();
+    let dead = s.liveness().dead_after();
+    s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    let (beat, m) = s.beat("a", t0).unwrap();
+    assert_eq!(
+        (beat.ready, beat.held_down, m.is_none()),
+        (true, false, true)
+    );
+    assert!(
+        s.expire_leases(t0 + dead - Duration::from_millis(1))
+            .is_empty()
+    );
+    let died = s.expire_leases(t0 + dead);
+    assert!(
+        matches!(&died[..], [m] if matches!(&m.event, Some(Event::NodeUpdated(n)) if !n.ready && !n.held_down))
+    );
+    let (beat, m) = s.beat("a", t0 + dead).unwrap();
+    assert!(beat.ready && m.is_some(), "a beat brings it back");
+    assert!(matches!(
+        s.beat("ghost", t0),
+        Err(IpamError::NotFound(e)) if e.contains("ghost")
+    ));
+}
+
+#[test]
+fn a_node_that_flaps_is_held_down_until_its_penalty_decays() {
+    let mut s = seed();
+    let t0 = Instant::now();
+    let dead = s.liveness().dead_after();
+    let half_life = s.liveness().flap_half_life.unwrap();
+    s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    let mut t = t0;
+    for death in 1..=3 {
+        s.beat("a", t).unwrap();
+        t += dead;
+        let died = s.expire_leases(t);
+        let Some(Event::NodeUpdated(n)) = &died[0].event else {
+            panic!("death {death}: {died:?}")
+        };
+        assert_eq!(n.held_down, death == 3, "death {death}");
+    }
+    // Beating steadily, or registering again, does not bring it back while held down.
+    let (beat, m) = s.beat("a", t).unwrap();
+    assert_eq!(
+        (beat.ready, beat.held_down, m.is_none()),
+        (false, true, true)
+    );
+    let (node, _) = s
+        .register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t)
+        .unwrap();
+    assert!(!node.ready && node.held_down);
+    assert!(s.expire_leases(t + dead).is_empty(), "no death while down");
+    // Two half-lives later the penalty (about 2,990) is below 750: the next beat revives it.
+    let later = t + 2 * half_life + Duration::from_secs(1);
+    assert!(s.penalty("a", later) < 750.0);
+    let (beat, m) = s.beat("a", later).unwrap();
+    assert_eq!((beat.ready, beat.held_down), (true, false));
+    assert!(matches!(m.unwrap().event, Some(Event::NodeUpdated(n)) if n.ready && !n.held_down));
+}
+
+#[test]
+fn without_damping_a_flapping_node_always_comes_back() {
+    let config = CoreConfig {
+        liveness: LivenessConfig {
+            flap_half_life: None,
+            ..LivenessConfig::default()
+        },
+        ..config(SEED_VALUES, LB)
+    };
+    let mut s = IpamState::restore(config, Persisted::default(), Instant::now())
+        .unwrap()
+        .0;
+    let t0 = Instant::now();
+    let dead = s.liveness().dead_after();
+    s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    let mut t = t0;
+    for _ in 0..5 {
+        s.beat("a", t).unwrap();
+        t += dead;
+        assert_eq!(s.expire_leases(t).len(), 1);
+    }
+    assert!(s.beat("a", t).unwrap().0.ready);
+}
+
+#[test]
+fn time_given_back_after_a_stall_of_ipam_is_no_death() {
+    let mut s = seed();
+    let t0 = Instant::now();
+    let dead = s.liveness().dead_after();
+    s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    s.beat("a", t0).unwrap();
+    // IPAM did not run for 5 s: the beats sent meanwhile are still unread.
+    let stalled = Duration::from_secs(5);
+    s.give_back(stalled);
+    assert!(s.expire_leases(t0 + stalled + dead / 2).is_empty());
+    assert_eq!(s.expire_leases(t0 + stalled + dead).len(), 1);
+}
+
+#[test]
+fn the_agents_shutdown_drain_is_not_a_death() {
+    let mut s = seed();
+    let t0 = Instant::now();
+    s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
+        .unwrap();
+    s.beat("a", t0).unwrap();
+    s.drain_node("a", Drain::UntilRegistered, t0).unwrap();
+    let ttl = s.lease_ttl();
+    assert!(
+        s.expire_leases(t0 + ttl - Duration::from_millis(1))
+            .is_empty(),
+        "the heartbeat stopped, but the agent said it was leaving: the lease TTL holds"
+    );
+    assert_eq!(s.expire_leases(t0 + ttl).len(), 1);
 }
