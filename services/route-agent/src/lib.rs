@@ -20,6 +20,7 @@ pub mod cni_install;
 pub mod desired;
 pub mod ebpf;
 pub mod grpc;
+pub mod heartbeat;
 pub mod kernel;
 pub mod lpm;
 pub mod metrics;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::desired::Connected;
+use crate::heartbeat::Ended;
 use crate::kernel::Kernel;
 use crate::pods::allocator::router_ip;
 
@@ -291,48 +292,98 @@ async fn run(
                 }
             }
         }
-        // Keep the lease: a few renewals per TTL.
-        let mut period = Duration::from_secs(5);
-        loop {
+        match keep_lease(&mut id, &again, &shutdown).await {
+            Next::Register => continue 'register,
+            Next::Shutdown => return,
+        }
+    }
+}
+
+/// What ends keeping the lease.
+enum Next {
+    Register,
+    Shutdown,
+}
+
+/// How soon a heartbeat stream that failed is opened again: within IPAM's dead interval.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(500);
+
+/// Keeps this node alive in IPAM: beats on the Heartbeat stream (`heartbeat.rs`), or — with an
+/// IPAM that has none — renews with KeepAlive a few times per lease TTL. Returns when the node must
+/// register again (IPAM forgot it, the labels changed, asked to) or on shutdown.
+async fn keep_lease(id: &mut Identity, again: &Notify, shutdown: &Shutdown) -> Next {
+    let mut heartbeats = true;
+    let mut period = Duration::from_secs(5);
+    let mut warned = false;
+    loop {
+        let mut labels = id.labels.clone();
+        let interrupted = async {
             tokio::select! {
-                () = tokio::time::sleep(period) => {}
-                () = again.notified() => continue 'register,
-                Ok(()) = id.labels.changed() => {
-                    // IPAM keeps the node's CIDR; only its labels (and so its BGP peers) change.
-                    id.labels.borrow_and_update();
-                    continue 'register;
+                () = again.notified() => Next::Register,
+                // IPAM keeps the node's CIDR; only its labels (and so its BGP peers) change.
+                Ok(()) = labels.changed() => Next::Register,
+                () = shutdown.wait() => Next::Shutdown,
+            }
+        };
+        let step = async {
+            if heartbeats {
+                match crate::heartbeat::run(id).await {
+                    Ended::NotRegistered => return Some(Next::Register),
+                    Ended::Unsupported => {
+                        tracing::warn!(
+                            "IPAM has no Heartbeat stream (an older routeplane-ipam): renewing the lease with KeepAlive instead, so a failure of this node is seen only when the lease runs out"
+                        );
+                        heartbeats = false;
+                    }
+                    Ended::Failed(e) => {
+                        if !warned {
+                            tracing::warn!(error = %e, "the heartbeat stream to IPAM failed; opening it again");
+                            warned = true;
+                        }
+                        tokio::time::sleep(HEARTBEAT_RETRY).await;
+                    }
                 }
-                () = shutdown.wait() => return,
+                return None;
             }
-            let answer = async {
-                let mut c = pb::ipam_client::IpamClient::new(
-                    id.dialer
-                        .connect(&id.ipam)
-                        .await
-                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
-                )
-                .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
-                c.keep_alive(pb::KeepAliveRequest {
-                    name: id.name.clone(),
-                })
-                .await
-                .map(tonic::Response::into_inner)
-            }
-            .await;
-            match answer {
+            tokio::time::sleep(period).await;
+            match keep_alive(id).await {
                 Ok(r) => {
                     period = Duration::from_secs(u64::from(r.lease_ttl_seconds))
                         .div_f64(3.0)
                         .max(Duration::from_millis(300));
                 }
-                Err(s) if s.code() == tonic::Code::NotFound => {
-                    tracing::warn!("IPAM does not know this node any more: registering again");
-                    continue 'register;
-                }
+                Err(s) if s.code() == tonic::Code::NotFound => return Some(Next::Register),
                 Err(s) => tracing::warn!(error = %s.message(), "lease renewal failed; retrying"),
             }
+            None
+        };
+        let next = tokio::select! {
+            next = interrupted => Some(next),
+            next = step => next,
+        };
+        if let Some(next) = next {
+            if matches!(next, Next::Register) {
+                id.labels.borrow_and_update();
+                tracing::warn!("registering with IPAM again");
+            }
+            return next;
         }
     }
+}
+
+async fn keep_alive(id: &Identity) -> Result<pb::KeepAliveResponse, tonic::Status> {
+    let mut c = pb::ipam_client::IpamClient::new(
+        id.dialer
+            .connect(&id.ipam)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
+    )
+    .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
+    c.keep_alive(pb::KeepAliveRequest {
+        name: id.name.clone(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
 }
 
 #[cfg(test)]

@@ -1,0 +1,126 @@
+//! This node's heartbeat: a stream to routeplane-ipam carrying a beat every interval IPAM asks
+//! for (500 ms by default), so that IPAM declares the node dead within its dead interval (2 s) of
+//! the last beat — when this agent is killed, the node freezes or its link is cut — rather than
+//! after the KeepAlive lease (20 s). See ipam.proto's Heartbeat.
+//!
+//! Contract: [`run`] returns only when the stream ends, saying why: the node is not registered
+//! (register again), IPAM has no Heartbeat (fall back to KeepAlive), or a failure to retry. A beat
+//! that cannot be queued because the last one is still unsent is dropped, not queued: a beat says
+//! "alive now", and a backlog of old ones would say nothing true.
+
+use std::time::Duration;
+
+use routeplane_api::ipam::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::registration::Identity;
+
+/// Why a heartbeat stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// IPAM does not know this node (NOT_FOUND): register again.
+    NotRegistered,
+    /// IPAM predates Heartbeat (UNIMPLEMENTED): renew with KeepAlive instead.
+    Unsupported,
+    /// Anything else (IPAM unreachable, restarting, refusing): try again shortly.
+    Failed(String),
+}
+
+fn ended(status: &tonic::Status) -> Ended {
+    match status.code() {
+        tonic::Code::NotFound => Ended::NotRegistered,
+        tonic::Code::Unimplemented => Ended::Unsupported,
+        _ => Ended::Failed(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// The interval IPAM asked for, within bounds a hostile or broken answer cannot push past.
+pub fn interval(answer: &pb::HeartbeatResponse) -> Duration {
+    Duration::from_millis(u64::from(answer.interval_ms))
+        .clamp(Duration::from_millis(50), Duration::from_secs(10))
+}
+
+/// Opens the stream and beats until it ends.
+pub async fn run(id: &Identity) -> Ended {
+    let channel = match id.dialer.connect(&id.ipam).await {
+        Ok(c) => c,
+        Err(e) => return Ended::Failed(e.to_string()),
+    };
+    let mut client = pb::ipam_client::IpamClient::new(channel);
+    let beat = pb::HeartbeatRequest {
+        name: id.name.clone(),
+    };
+    let (tx, rx) = mpsc::channel(1);
+    // The first beat names the node; IPAM answers once it has taken it.
+    if tx.try_send(beat.clone()).is_err() {
+        return Ended::Failed("the first beat could not be queued".into());
+    }
+    let mut answers = match client.heartbeat(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return ended(&s),
+    };
+    let first = match answers.message().await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Ended::Failed("IPAM ended the Heartbeat stream at once".into()),
+        Err(s) => return ended(&s),
+    };
+    let every = interval(&first);
+    tracing::info!(interval = ?every, dead_after_ms = first.dead_after_ms, "beating on IPAM's Heartbeat stream");
+    report(&first);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // Full: the last beat is still unsent (a stalled connection); this one is dropped.
+                let _ = tx.try_send(beat.clone());
+            }
+            answer = answers.message() => match answer {
+                Ok(Some(a)) => report(&a),
+                Ok(None) => return Ended::Failed("IPAM ended the Heartbeat stream".into()),
+                Err(s) => return ended(&s),
+            },
+        }
+    }
+}
+
+fn report(answer: &pb::HeartbeatResponse) {
+    match (answer.ready, answer.held_down) {
+        (true, _) => tracing::info!("IPAM counts this node Ready"),
+        (false, true) => tracing::warn!(
+            "IPAM holds this node down for flapping (it died and came back too often): its prefixes stay withdrawn until that decays"
+        ),
+        (false, false) => tracing::warn!("IPAM counts this node NotReady"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_ipam_asks_for_is_bounded() {
+        let ask = |ms| pb::HeartbeatResponse {
+            interval_ms: ms,
+            ..Default::default()
+        };
+        assert_eq!(interval(&ask(500)), Duration::from_millis(500));
+        assert_eq!(interval(&ask(0)), Duration::from_millis(50), "no busy loop");
+        assert_eq!(interval(&ask(u32::MAX)), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn refusals_say_what_to_do_next() {
+        assert_eq!(
+            ended(&tonic::Status::not_found("node n1 is not registered")),
+            Ended::NotRegistered
+        );
+        assert_eq!(ended(&tonic::Status::unimplemented("")), Ended::Unsupported);
+        assert!(matches!(
+            ended(&tonic::Status::unavailable("down")),
+            Ended::Failed(m) if m.contains("down")
+        ));
+    }
+}
