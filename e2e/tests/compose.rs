@@ -15,8 +15,9 @@ use routeplane_e2e::{Stack, grpcurl, parse_ping, parse_traceroute, routeplanectl
 
 const IPAM: &str = "10.4.36.5:50051";
 const BGP: &str = "10.4.36.10:50052";
-/// The IPAM lease TTL and routeplane-bgp's withdraw grace, both left at their defaults by the stack.
-const LEASE_TTL_PLUS_GRACE: Duration = Duration::from_secs(20 + 10);
+/// The IPAM lease TTL (20 s) and routeplane-bgp's withdraw grace (0 s), both left at their defaults
+/// by the stack: a stopped agent drains its node and leaves it a lease TTL to come back.
+const LEASE_TTL_PLUS_GRACE: Duration = Duration::from_secs(20);
 
 fn ipam_nodes() -> Result<Allocations, String> {
     ipam_nodes_at(IPAM)

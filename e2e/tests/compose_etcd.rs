@@ -13,8 +13,8 @@ use routeplane_e2e::{ON_ETCD, Stack, grpcurl, wait_for};
 
 /// The replicas: compose service and gRPC address on the core segment.
 const REPLICAS: [(&str, &str); 2] = [("ipam", "10.4.36.5:50051"), ("ipam-2", "10.4.36.6:50051")];
-/// The IPAM lease TTL and routeplane-bgp's withdraw grace, both left at their defaults.
-const LEASE_TTL_PLUS_GRACE: Duration = Duration::from_secs(20 + 10);
+/// The IPAM lease TTL (20 s) and routeplane-bgp's withdraw grace (0 s), both left at their defaults.
+const LEASE_TTL_PLUS_GRACE: Duration = Duration::from_secs(20);
 
 /// The replica that serves: the one that answers (a standby does not listen).
 fn serving() -> Result<(&'static str, &'static str), String> {

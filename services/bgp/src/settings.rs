@@ -67,8 +67,12 @@ pub struct Cli {
         default_value = "0.0.0.0:9952"
     )]
     pub metrics_listen: SocketAddr,
-    /// How long a NotReady node's prefixes stay announced before they are withdrawn.
-    #[arg(long, env = "ROUTEPLANE_WITHDRAW_GRACE", default_value = "10s", value_parser = flags::duration)]
+    /// How long a NotReady node's prefixes stay announced before they are withdrawn. 0s: at once —
+    /// IPAM declares a node dead only after its heartbeats stopped for the dead interval (2 s), never
+    /// for a stall of its own, and holds down a node that flaps, so its NotReady is already the
+    /// considered verdict. A longer grace trades failover time for tolerance of what IPAM cannot
+    /// see (an agent restart slower than the lease, say).
+    #[arg(long, env = "ROUTEPLANE_WITHDRAW_GRACE", default_value = "0s", value_parser = flags::duration)]
     pub withdraw_grace: Duration,
     /// How long a drained node's prefixes (IPAM's DrainNode, a cordoned Kubernetes node) stay
     /// announced with RFC 8326's GRACEFUL_SHUTDOWN community before they are withdrawn: the time
