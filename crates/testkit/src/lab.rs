@@ -30,6 +30,8 @@ pub struct LabNode {
     pub address: String,
     pub address6: String,
     pub segment: u8,
+    /// The bridge side of the node's cable (its veth peer on the segment's bridge).
+    pub cable: String,
     pub socket: PathBuf,
     pub cache: PathBuf,
     pub pins: PathBuf,
@@ -79,7 +81,7 @@ pub struct NodeLab {
     /// The lab's CA and certificates: IPAM, each node's agent, an operator (the tests' grpcurl).
     pub certs: Certs,
     _dir: tempfile::TempDir,
-    services: Vec<Service>,
+    pub(crate) services: Vec<Service>,
     bpffs: Vec<PathBuf>,
 }
 
@@ -222,6 +224,7 @@ impl NodeLab {
             address,
             address6,
             segment,
+            cable: outside,
             socket: files.join("agent.sock"),
             cache: files.join("cache"),
             pins: bpffs.join("routeplane"),
@@ -236,6 +239,11 @@ impl NodeLab {
 
     /// routeplane-ipam in `ctl` on the values given (the same data directory each time).
     pub fn start_ipam_with(&mut self, values: &str) {
+        self.start_ipam_args(values, &[]);
+    }
+
+    /// As [`NodeLab::start_ipam_with`], with `extra` flags after the lab's own.
+    pub fn start_ipam_args(&mut self, values: &str, extra: &[&str]) {
         let values_file = self.dir.join("values.yaml");
         std::fs::write(&values_file, values).expect("values.yaml");
         let data = self.dir.join("ipam");
@@ -253,6 +261,7 @@ impl NodeLab {
         .map(|s| s.to_string())
         .collect();
         args.extend(self.certs.service_flags("ipam/ipam"));
+        args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut ipam = Service::spawn(
             "ipam",
@@ -358,6 +367,18 @@ impl NodeLab {
                 self.logs()
             );
         }
+    }
+
+    /// Pulls node `node`'s cable (`cut`) or plugs it back: its veth peer on the segment's bridge
+    /// goes down or up. The node sees its carrier go and keeps its addresses and routes, as with a
+    /// real cable; nothing it sends arrives anywhere.
+    pub fn cut(&self, node: usize, cut: bool) {
+        let n = &self.nodes[node];
+        let bridge_ns = match n.segment {
+            83 => &self.routers[1],
+            _ => &self.ctl,
+        };
+        bridge_ns.ip(&["link", "set", &n.cable, if cut { "down" } else { "up" }]);
     }
 
     /// SIGTERM to a process started by the lab (an agent by its node's name, "ipam"), waited for.

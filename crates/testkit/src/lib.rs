@@ -27,6 +27,7 @@ pub mod lab;
 pub mod netns;
 pub mod privileged;
 pub mod process;
+pub mod tors;
 pub mod wait;
 
 use std::process::Command;
