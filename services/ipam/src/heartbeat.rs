@@ -20,6 +20,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::ipam::Ipam;
 use crate::state::Beat;
 
+/// How long a stream may stay open without its first beat: an agent sends it at once, and a
+/// caller that does not holds one of its connection's stream slots for nothing.
+const FIRST_BEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub type HeartbeatStream = ReceiverStream<Result<pb::HeartbeatResponse, Status>>;
 
 /// Keeps the open-streams gauge honest however the stream ends.
@@ -60,11 +64,18 @@ pub async fn serve(
 ) -> Result<Response<HeartbeatStream>, Status> {
     let caller = Caller::of(&req);
     let mut beats = req.into_inner();
-    let first = beats.message().await?.ok_or_else(|| {
-        Status::invalid_argument(
-            "the Heartbeat stream ended before its first beat: send HeartbeatRequest{name} first",
-        )
-    })?;
+    let first = tokio::time::timeout(FIRST_BEAT, beats.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no first beat within {FIRST_BEAT:?} of opening the Heartbeat stream: send HeartbeatRequest{{name}} at once"
+            ))
+        })??
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "the Heartbeat stream ended before its first beat: send HeartbeatRequest{name} first",
+            )
+        })?;
     let name = first.name;
     if name.is_empty() {
         return Err(Status::invalid_argument(
@@ -81,7 +92,20 @@ pub async fn serve(
         let ipam = open.0.clone();
         // Ends when the agent ends the stream or its connection dies: the lease runs on and the
         // lease clock judges. Each message read is a beat; a slow reader only delays reading.
-        while let Ok(Some(beat)) = beats.message().await {
+        // On shutdown it ends at once, UNAVAILABLE: the agent beats on at the next IPAM.
+        loop {
+            let beat = tokio::select! {
+                beat = beats.message() => beat,
+                () = ipam.shutting_down() => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "routeplane-ipam is shutting down: beat on at the next one",
+                        )))
+                        .await;
+                    return;
+                }
+            };
+            let Ok(Some(beat)) = beat else { break };
             if beat.name != name {
                 let _ = tx
                     .send(Err(Status::invalid_argument(format!(

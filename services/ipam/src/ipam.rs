@@ -371,6 +371,12 @@ impl Ipam {
         self.shutdown.is_triggered()
     }
 
+    /// Resolves once the service begins shutting down: long-lived streams end then, so that the
+    /// server's graceful shutdown does not wait out their clients.
+    pub(crate) async fn shutting_down(&self) {
+        self.shutdown.wait().await;
+    }
+
     /// Starts or ends a node's drain (see [`IpamState::drain_node`]).
     pub async fn drain_node(&self, name: &str, drain: Drain) -> Result<Node> {
         self.commit(|s| s.drain_node(name, drain, Instant::now()))

@@ -28,6 +28,28 @@ async fn next(stream: &mut tonic::Streaming<pb::WatchEvent>) -> pb::WatchEvent {
         .expect("watch stream open")
 }
 
+/// A heartbeat stream for `name`, its first beat sent and answered Ready: the sender for more
+/// beats (dropping it ends the stream) and the answers.
+async fn beating(
+    c: &mut pb::ipam_client::IpamClient<tonic::transport::Channel>,
+    name: &str,
+) -> (
+    tokio::sync::mpsc::Sender<pb::HeartbeatRequest>,
+    tonic::Streaming<pb::HeartbeatResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::HeartbeatRequest { name: name.into() })
+        .await
+        .unwrap();
+    let mut answers = c
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().unwrap().ready);
+    (tx, answers)
+}
+
 async fn seed_pool_takes_eight_nodes_refuses_the_ninth_and_grows(store: &Store) {
     let dir = tempfile::tempdir().unwrap();
     let server = store.start(dir.path(), &[]);
@@ -496,7 +518,7 @@ async fn lease_expiry_marks_not_ready_and_keepalive_revives(store: &Store) {
 
 async fn heartbeats_keep_a_node_alive_and_refuse_what_is_not_theirs(store: &Store) {
     let dir = tempfile::tempdir().unwrap();
-    // Beats every 100 ms, dead after 400 ms; the KeepAlive lease (20 s) would keep it far longer.
+    // Beats every 100 ms, dead after 300 ms; the KeepAlive lease (20 s) would keep it far longer.
     let server = store.start(dir.path(), &["--heartbeat-interval", "100ms"]);
     let mut c = server.client().await;
     let beats = |names: Vec<&str>| {
@@ -525,6 +547,16 @@ async fn heartbeats_keep_a_node_alive_and_refuse_what_is_not_theirs(store: &Stor
         empty.message()
     );
 
+    // A stream that never beats is closed, not kept.
+    let (_silent, rx) = tokio::sync::mpsc::channel::<pb::HeartbeatRequest>(1);
+    let opened = std::time::Instant::now();
+    let mute = c
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(mute.code(), Code::DeadlineExceeded, "{mute:?}");
+    assert!(opened.elapsed() < Duration::from_secs(8));
+
     c.register_node(register("a", "10.4.94.10")).await.unwrap();
     // A beat for another node on a's stream ends it.
     let mut mixed = c
@@ -540,23 +572,14 @@ async fn heartbeats_keep_a_node_alive_and_refuse_what_is_not_theirs(store: &Stor
             first.ready,
             first.held_down
         ),
-        (100, 400, true, false)
+        (100, 300, true, false)
     );
     let wrong = mixed.message().await.unwrap_err();
     assert_eq!(wrong.code(), Code::InvalidArgument);
     assert!(wrong.message().contains("\"b\""), "{}", wrong.message());
 
     // Beating keeps a Ready for 1.5 s; silent, it is dead within a second.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::HeartbeatRequest { name: "a".into() })
-        .await
-        .unwrap();
-    let mut answers = c
-        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answers.message().await.unwrap().unwrap().ready);
+    let (tx, _answers) = beating(&mut c, "a").await;
     assert_eq!(server.metric("routeplane_ipam_heartbeat_streams"), 1.0);
     for _ in 0..15 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -729,11 +752,24 @@ async fn sigterm_with_an_open_watch_stops_cleanly_and_state_survives(store: &Sto
         .unwrap()
         .into_inner();
     next(&mut w).await;
+    // An agent's heartbeat stream, open and never closed by its client, must not hold the exit
+    // up either (it did, for the server's 10 s grace, before the stream ended on shutdown).
+    let (beats, mut answers) = beating(&mut c, "a").await;
     // Wait on another thread so that this runtime keeps serving the client's side of the close.
+    let stopping = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .unwrap();
     assert!(status.success(), "exit status {status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "SIGTERM took {:?} with a heartbeat stream open",
+        stopping.elapsed()
+    );
+    // Ended: UNAVAILABLE "shutting down", or the connection's close if that came first.
+    let told = answers.message().await;
+    assert!(told.is_err(), "{told:?}");
+    drop(beats);
     let ended = tokio::time::timeout(Duration::from_secs(5), w.message())
         .await
         .expect("stream ends");
