@@ -123,11 +123,11 @@ pub struct Cli {
     #[arg(long, env = "ROUTEPLANE_LEASE_TTL", default_value = "20s", value_parser = flags::duration_at_least(Duration::from_secs(1)))]
     pub lease_ttl: Duration,
     /// How often each route agent's Heartbeat stream beats (fast failure detection).
-    #[arg(long, env = "ROUTEPLANE_HEARTBEAT_INTERVAL", default_value = "500ms", value_parser = flags::duration_within(Duration::from_millis(50), Duration::from_secs(10)))]
+    #[arg(long, env = "ROUTEPLANE_HEARTBEAT_INTERVAL", default_value = "750ms", value_parser = flags::duration_within(Duration::from_millis(50), Duration::from_secs(10)))]
     pub heartbeat_interval: Duration,
     /// Beats a node may miss in a row before it is declared dead (NotReady at once; its prefixes
-    /// withdrawn): with the interval, 4 × 500ms = 2s by default.
-    #[arg(long, env = "ROUTEPLANE_HEARTBEAT_DETECT_MULTIPLIER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=100))]
+    /// withdrawn): with the interval, 3 × 750ms = 2.25s by default.
+    #[arg(long, env = "ROUTEPLANE_HEARTBEAT_DETECT_MULTIPLIER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]
     pub heartbeat_detect_multiplier: u32,
     /// Flap damping: a node's penalty (1,000 per death) halves every this long; above 2,000 the
     /// node is held down until it is below 750. 0s turns damping off.

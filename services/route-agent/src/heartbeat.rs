@@ -1,5 +1,5 @@
 //! This node's heartbeat: a stream to routeplane-ipam carrying a beat every interval IPAM asks
-//! for (500 ms by default), so that IPAM declares the node dead within its dead interval (2 s) of
+//! for (750 ms by default), so that IPAM declares the node dead within its dead interval (2.25 s) of
 //! the last beat — when this agent is killed, the node freezes or its link is cut — rather than
 //! after the KeepAlive lease (20 s). See ipam.proto's Heartbeat.
 //!

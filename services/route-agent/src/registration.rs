@@ -1,6 +1,7 @@
-//! This node's place in the cluster: registering with routeplane-ipam, keeping the lease alive, and
-//! the allocation IPAM answers with — checked before it is used, cached on disk so that an agent
-//! restarting while IPAM is down serves its pods at once, and published to the agent's loop.
+//! This node's place in the cluster: registering with routeplane-ipam, keeping the node alive (its
+//! heartbeat, `heartbeat.rs`), and the allocation IPAM answers with — checked before it is used,
+//! cached on disk so that an agent restarting while IPAM is down serves its pods at once, and
+//! published to the agent's loop.
 //!
 //! Contract: an allocation is published only when every pod CIDR parses, has the router IP its
 //! first usable address (as IPAM says too), lies inside a pool IPAM lists (ListPools), holds one
@@ -8,7 +9,8 @@
 //! CIDRs than the ones served (the node was deleted and registered again, IPAM's state was lost),
 //! the new ones are published and the old ones dropped: a CIDR IPAM gave to another node is never
 //! served on. Registration is retried until IPAM answers, again when IPAM no longer knows the node
-//! (KeepAlive: NOT_FOUND), when the labels change, and when asked ([`Registration::again`]).
+//! (a heartbeat or KeepAlive: NOT_FOUND), when the labels change, and when asked
+//! ([`Registration::again`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -9,10 +9,10 @@ use clap::Parser;
 use routeplane_runtime::flags;
 use routeplane_runtime::telemetry::TelemetryArgs;
 
-/// routeplane route agent: registers this node with routeplane-ipam and keeps its lease, owns the
-/// node's pod IPs (routeplane-cni asks it over --cni-socket to attach containers), and installs
-/// kernel routes (protocol 194) or eBPF map entries to the pod CIDRs of nodes on directly connected
-/// segments.
+/// routeplane route agent: registers this node with routeplane-ipam and keeps it alive (a heartbeat
+/// every interval IPAM asks for), owns the node's pod IPs (routeplane-cni asks it over --cni-socket
+/// to attach containers), and installs kernel routes (protocol 194) or eBPF map entries to the pod
+/// CIDRs of nodes on directly connected segments.
 #[derive(Debug, Parser)]
 #[command(name = "routeplane-agent", version)]
 pub struct Cli {

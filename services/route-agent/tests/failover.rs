@@ -178,7 +178,7 @@ mod privileged {
         println!("{checks} checks of both ToRs during 30 s of CPU saturation: every route stayed");
         assert!(checks >= 20, "the ToRs were checked throughout ({checks})");
 
-        // IPAM frozen for 3 s, past the 2 s dead interval: the nodes beat on meanwhile, and IPAM
+        // IPAM frozen for 3 s, past the 2.25 s dead interval: the nodes beat on meanwhile, and IPAM
         // must not take its own absence for their deaths.
         let ipam = lab.service("ipam").expect("IPAM runs");
         ipam.signal("-STOP");

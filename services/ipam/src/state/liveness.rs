@@ -1,6 +1,6 @@
 //! Whether a node is alive, without I/O. A node's lease runs until a deadline: a KeepAlive or a
 //! registration by its agent renews it for the lease TTL (20 s), a heartbeat for the dead interval
-//! (4 × 500 ms); the lease clock declares every Ready node past its deadline dead (NotReady, which
+//! (3 × 750 ms); the lease clock declares every Ready node past its deadline dead (NotReady, which
 //! routeplane-bgp withdraws). Two things keep that judgement honest:
 //!
 //! - IPAM judges only what it could observe. When its own clock ran late (the process paused, the
@@ -38,8 +38,8 @@ pub struct LivenessConfig {
 impl Default for LivenessConfig {
     fn default() -> LivenessConfig {
         LivenessConfig {
-            heartbeat_interval: Duration::from_millis(500),
-            detect_multiplier: 4,
+            heartbeat_interval: Duration::from_millis(750),
+            detect_multiplier: 3,
             flap_half_life: Some(Duration::from_secs(60)),
         }
     }
