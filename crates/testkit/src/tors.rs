@@ -65,22 +65,8 @@ impl NodeLab {
         self.ctl
             .ip(&["route", "add", "10.4.36.0/24", "via", "10.4.94.1"]);
         for (tor, extra) in tor_extra.into_iter().enumerate() {
-            let conf = self.dir.join(format!("bird{tor}.conf"));
-            std::fs::write(&conf, bird_conf(tor) + extra).expect("bird.conf");
-            let socket = self.tor_socket(tor);
-            let bird = Service::spawn(
-                &format!("bird{tor}"),
-                Some(self.routers[tor].name()),
-                std::path::Path::new("bird"),
-                &[
-                    "-f",
-                    "-c",
-                    conf.to_str().unwrap_or_default(),
-                    "-s",
-                    socket.to_str().unwrap_or_default(),
-                ],
-            );
-            self.services.push(bird);
+            let ns = self.routers[tor].name().to_string();
+            self.spawn_bird(&format!("bird{tor}"), &ns, &(bird_conf(tor) + extra));
         }
         self.certs.make(&["bgp/bgp"], None);
         let config = self.dir.join("bgp-config.yaml");
@@ -147,13 +133,22 @@ impl NodeLab {
     /// BIRD in node `node`'s namespace on configuration `conf` (a node speaking BGP itself, as
     /// Cilium's and MetalLB's speakers do), its process named `bird-NODE`.
     pub fn start_node_bird(&mut self, node: usize, conf: &str) {
-        let name = self.nodes[node].name.clone();
-        let file = self.dir.join(format!("bird-{name}.conf"));
+        let (name, ns) = (
+            self.nodes[node].name.clone(),
+            self.nodes[node].ns.name().to_string(),
+        );
+        self.spawn_bird(&format!("bird-{name}"), &ns, conf);
+    }
+
+    /// BIRD named `name` in namespace `ns` on `conf`, its files NAME.conf and NAME.ctl in the
+    /// lab's directory (`bird0`, `bird1`: the ToRs, whose sockets [`NodeLab::tor_socket`] names).
+    fn spawn_bird(&mut self, name: &str, ns: &str, conf: &str) {
+        let file = self.dir.join(format!("{name}.conf"));
         std::fs::write(&file, conf).expect("bird.conf");
-        let socket = self.dir.join(format!("bird-{name}.ctl"));
+        let socket = self.dir.join(format!("{name}.ctl"));
         let bird = Service::spawn(
-            &format!("bird-{name}"),
-            Some(self.nodes[node].ns.name()),
+            name,
+            Some(ns),
             std::path::Path::new("bird"),
             &[
                 "-f",
