@@ -28,7 +28,8 @@ pub struct Cluster {
     pub nodes: u32,
 }
 
-fn node_address(i: u32) -> String {
+/// Node `i`'s address on the segment (172.16.0.2 onwards).
+pub fn node_address(i: u32) -> String {
     // 172.16.0.2 onwards: inside the /12, never the agent's.
     let base = u32::from(std::net::Ipv4Addr::new(172, 16, 0, 2));
     std::net::Ipv4Addr::from(base + i).to_string()

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
-use routeplane_bench::median;
+use routeplane_bench::{cpu_seconds, median};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -230,16 +230,4 @@ pub(crate) async fn run_ipam_cell(
         catch_up: catch_up.filter(|_| call == Call::Allocate),
         cpu_us,
     }
-}
-
-/// User and system CPU seconds a process has used, all its threads (/proc/PID/stat utime and
-/// stime, in USER_HZ ticks, 100 a second on Linux whatever the kernel's HZ).
-pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ") state".
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }

@@ -1,0 +1,451 @@
+//! Scale: N simulated nodes (`sim.rs`: registration, pod IPs, heartbeats, Watch streams) against
+//! real routeplane-ipam and routeplane-bgp peered with a real BIRD 2 standing in for the ToR, for
+//! each N asked (100, 1,000, 5,000 by default). Per N it prints: the time for all N to be
+//! registered and advertised at the ToR; pod IPs allocated per second; IPAM's and routeplane-bgp's
+//! CPU (percent of one core) and RSS in steady state (heartbeats and open Watch streams; then with
+//! pod churn besides);
+//! Watch fan-out latency from a change to every watcher (p50/p99); the time for the ToR to reflect a
+//! change made after an IPAM restart, after a routeplane-bgp restart, and after a cold start of both;
+//! and a route agent's time from a cold start to routing N−1 remote nodes (`agent_e2e.rs`).
+//!
+//! Everything runs in two network namespaces the benchmark creates — `cp` (IPAM, routeplane-bgp,
+//! the simulated nodes, on loopback and 192.168.0.10) and `tor` (BIRD, 192.168.0.1) — and removes.
+//! Run it through `bench/run-scale`.
+#![forbid(unsafe_code)]
+
+mod sim;
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use routeplane_bench::{cpu_seconds, percentile};
+use routeplane_testkit::{Netns, Service, bin, metric_sample, scrape};
+
+#[derive(Debug, Parser)]
+#[command(about = "Scale: N simulated nodes against routeplane-ipam, routeplane-bgp and BIRD")]
+struct Args {
+    /// Cluster sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    nodes: Vec<usize>,
+    /// Pod IPs allocated on each node (5,000 × 30 = Kubernetes' 150,000 pods).
+    #[arg(long, default_value_t = 30)]
+    pods_per_node: usize,
+    /// Steady-state window in which CPU is measured.
+    #[arg(long, default_value_t = 10.0)]
+    steady_seconds: f64,
+    /// Pod churn during the window: pods released and allocated again per second.
+    #[arg(long, default_value_t = 50)]
+    churn: u32,
+    /// Changes timed for the Watch fan-out.
+    #[arg(long, default_value_t = 20)]
+    fan_out_changes: usize,
+    /// Fail (exit 1) when a convergence takes longer than this many seconds (the smoke run's bound).
+    #[arg(long)]
+    max_converge_seconds: Option<f64>,
+    /// Fail (exit 1) when the Watch fan-out's p99 is above this many milliseconds.
+    #[arg(long)]
+    max_fan_out_p99_ms: Option<f64>,
+}
+
+const IPAM: &str = "127.0.0.1:50051";
+const IPAM_METRICS: &str = "127.0.0.1:9951";
+const LIMIT: Duration = Duration::from_secs(600);
+
+/// The namespaces, BIRD, and the two services with the arguments to start them again.
+struct Plane {
+    cp: Netns,
+    _tor: Netns,
+    dir: tempfile::TempDir,
+    _bird: Service,
+    ipam: Option<Service>,
+    bgp: Option<Service>,
+}
+
+const BIRD_CONF: &str = "log stderr { warning, error, fatal, bug };
+router id 192.168.0.1;
+protocol device {}
+protocol direct { ipv4; }
+protocol static { ipv4; route 172.16.0.0/12 via 192.168.0.10; }
+protocol bgp routeplane { local 192.168.0.1 as 64512; neighbor 192.168.0.10 as 64513; multihop 2; connect retry time 1; error wait time 1, 5; ipv4 { import all; export none; }; }
+";
+
+impl Plane {
+    fn new() -> Plane {
+        let id = routeplane_testkit::unique_id();
+        let cp = Netns::new(&id, "cp");
+        let tor = Netns::new(&id, "tor");
+        routeplane_testkit::netns::veth(&cp, &format!("up{id}"), &tor, &format!("dn{id}"));
+        cp.ip(&["addr", "add", "192.168.0.10/24", "dev", &format!("up{id}")]);
+        tor.ip(&["addr", "add", "192.168.0.1/24", "dev", &format!("dn{id}")]);
+        // The nodes' segment: their addresses are the next hops the ToR resolves through cp.
+        cp.ip(&[
+            "link", "add", "seg0", "type", "veth", "peer", "name", "seg1",
+        ]);
+        cp.ip(&["addr", "add", "172.16.0.1/12", "dev", "seg0"]);
+        cp.ip(&["link", "set", "seg0", "up"]);
+        cp.ip(&["link", "set", "seg1", "up"]);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        std::fs::write(path("bird.conf"), BIRD_CONF).expect("bird.conf");
+        std::fs::write(path("values.yaml"), "ipam:\n  mode: cluster-pool\n  operator:\n    clusterPoolIPv4PodCIDR: 10.0.0.0/8\n    clusterPoolIPv4MaskSize: 26\n").expect("values.yaml");
+        std::fs::write(
+            path("bgp-config.yaml"),
+            "peers:\n  - peer-address: 192.168.0.1\n    peer-asn: 64512\n    my-asn: 64513\naddress-pools:\n  - {name: default, protocol: bgp, addresses: [192.0.2.0/24]}\n",
+        )
+        .expect("bgp-config.yaml");
+        let bird = Service::spawn(
+            "bird",
+            Some(tor.name()),
+            std::path::Path::new("bird"),
+            &["-f", "-c", &path("bird.conf"), "-s", &path("bird.ctl")],
+        );
+        let mut plane = Plane {
+            cp,
+            _tor: tor,
+            dir,
+            _bird: bird,
+            ipam: None,
+            bgp: None,
+        };
+        plane.start_ipam();
+        plane.start_bgp();
+        plane
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.path().join(f).to_string_lossy().into_owned()
+    }
+
+    fn start_ipam(&mut self) {
+        let (data, values, bgp) = (
+            self.path("ipam"),
+            self.path("values.yaml"),
+            self.path("bgp-config.yaml"),
+        );
+        let mut ipam = Service::spawn(
+            "routeplane-ipam",
+            Some(self.cp.name()),
+            &bin("routeplane-ipam"),
+            &[
+                "--data-dir",
+                &data,
+                "--values",
+                &values,
+                "--bgp-config",
+                &bgp,
+                "--grpc-listen",
+                IPAM,
+                "--metrics-listen",
+                IPAM_METRICS,
+                "--log",
+                "warn,routeplane_runtime=info",
+            ],
+        );
+        ipam.listen_addr("gRPC");
+        self.ipam = Some(ipam);
+    }
+
+    fn start_bgp(&mut self) {
+        let config = self.path("bgp-config.yaml");
+        let mut bgp = Service::spawn(
+            "routeplane-bgp",
+            Some(self.cp.name()),
+            &bin("routeplane-bgp"),
+            &[
+                "--bgp-config",
+                &config,
+                "--ipam",
+                &format!("http://{IPAM}"),
+                "--bgp-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--connect-retry",
+                "1s",
+                // Off, so that a stopped routeplane-bgp's routes leave BIRD and convergence after a
+                // restart is measured from nothing, not from routes BIRD kept.
+                "--graceful-restart-time",
+                "0s",
+                "--log",
+                "warn,routeplane_runtime=info",
+            ],
+        );
+        bgp.listen_addr("gRPC");
+        self.bgp = Some(bgp);
+    }
+
+    /// BIRD's count of routes imported from routeplane-bgp (0 while the session is down).
+    fn imported(&self) -> usize {
+        let socket = std::path::PathBuf::from(self.path("bird.ctl"));
+        let text = routeplane_testkit::bird::birdc(None, &socket, "show protocols all routeplane")
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| {
+                let rest = l.trim().strip_prefix("Routes:")?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+
+    fn has(&self, prefix: &str) -> bool {
+        let socket = std::path::PathBuf::from(self.path("bird.ctl"));
+        routeplane_testkit::bird::birdc(None, &socket, &format!("show route {prefix}"))
+            .is_ok_and(|t| t.contains(prefix))
+    }
+
+    /// Polls until `done` holds; the time it took, and the fewest routes BIRD had meanwhile.
+    fn until(&self, what: &str, from: Instant, done: impl Fn(&Plane) -> bool) -> (Duration, usize) {
+        let mut fewest = usize::MAX;
+        loop {
+            fewest = fewest.min(self.imported());
+            if done(self) {
+                return (from.elapsed(), fewest);
+            }
+            assert!(from.elapsed() < LIMIT, "{what}: not within {LIMIT:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops routeplane-bgp (and IPAM too, `ipam`) and waits until the ToR has dropped every
+    /// route (graceful restart is off).
+    fn stop(&mut self, ipam: bool) {
+        if let Some(mut bgp) = self.bgp.take() {
+            bgp.terminate();
+        }
+        if ipam && let Some(mut i) = self.ipam.take() {
+            i.terminate();
+        }
+        self.until("the ToR drops routeplane's routes", Instant::now(), |p| {
+            p.imported() == 0
+        });
+    }
+
+    fn pid(s: &Option<Service>) -> u32 {
+        s.as_ref().map_or(0, Service::pid)
+    }
+
+    fn rss_mb(s: &Option<Service>) -> f64 {
+        s.as_ref().map_or(0.0, |s| s.rss_kib() as f64 / 1024.0)
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Default)]
+struct Row {
+    nodes: usize,
+    registered: f64,
+    advertised: f64,
+    pods_per_second: f64,
+    ipam_idle_cpu: f64,
+    ipam_cpu: f64,
+    ipam_rss: f64,
+    bgp_cpu: f64,
+    bgp_rss: f64,
+    fan_p50: f64,
+    fan_p99: f64,
+    fan_missing: usize,
+    after_ipam: f64,
+    kept_ipam: usize,
+    after_bgp: f64,
+    after_cold: f64,
+    agent: f64,
+}
+
+fn run(n: usize, args: &Args) -> Row {
+    let mut plane = Plane::new();
+    // From here this thread, and the runtime's threads it starts, live in `cp`.
+    let netns = std::fs::File::open(format!("/var/run/netns/{}", plane.cp.name()))
+        .expect("the namespace's file");
+    nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("entering the benchmark's namespace");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut row = Row {
+        nodes: n,
+        ..Row::default()
+    };
+    let mut sim = rt.block_on(sim::Sim::connect(&format!("http://{IPAM}"), n));
+
+    let start = Instant::now();
+    rt.block_on(sim.register(64));
+    row.registered = start.elapsed().as_secs_f64();
+    row.advertised = plane
+        .until("all nodes at the ToR", start, |p| p.imported() >= n)
+        .0
+        .as_secs_f64();
+
+    let start = Instant::now();
+    let pods = rt.block_on(sim.allocate_pods(args.pods_per_node, 128));
+    row.pods_per_second = pods as f64 / start.elapsed().as_secs_f64();
+
+    let revision = metric_sample(
+        &scrape(None, IPAM_METRICS).unwrap_or_default(),
+        "routeplane_ipam_revision",
+    )
+    .unwrap_or(0.0) as u64;
+    rt.block_on(async {
+        sim.start_agents(revision);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    });
+    let cpu = |p: &Plane| {
+        (
+            cpu_seconds(Plane::pid(&p.ipam)).unwrap_or(0.0),
+            cpu_seconds(Plane::pid(&p.bgp)).unwrap_or(0.0),
+        )
+    };
+    // Idle: heartbeats and open Watch streams only; then with pod churn besides.
+    let (ipam0, _) = cpu(&plane);
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(args.steady_seconds));
+    let (ipam1, bgp1) = cpu(&plane);
+    row.ipam_idle_cpu = (ipam1 - ipam0) / window.elapsed().as_secs_f64() * 100.0;
+    let window = Instant::now();
+    rt.block_on(sim.churn(args.steady_seconds, args.churn));
+    let seconds = window.elapsed().as_secs_f64();
+    let (ipam2, bgp2) = cpu(&plane);
+    row.ipam_cpu = (ipam2 - ipam1) / seconds * 100.0;
+    row.bgp_cpu = (bgp2 - bgp1) / seconds * 100.0;
+    row.ipam_rss = Plane::rss_mb(&plane.ipam);
+    row.bgp_rss = Plane::rss_mb(&plane.bgp);
+
+    let (latencies, missing) =
+        rt.block_on(sim.fan_out(args.fan_out_changes, Duration::from_millis(250)));
+    row.fan_missing = missing;
+    if !latencies.is_empty() {
+        row.fan_p50 = percentile(latencies.clone(), 50.0);
+        row.fan_p99 = percentile(latencies, 99.0);
+    }
+
+    // IPAM restarted: a node registered after it reaches the ToR, and no route left meanwhile.
+    let start = Instant::now();
+    if let Some(mut ipam) = plane.ipam.take() {
+        ipam.terminate();
+    }
+    plane.start_ipam();
+    let cidr = rt.block_on(sim.register_extra(n, LIMIT));
+    let (took, fewest) = plane.until("a new node at the ToR after IPAM's restart", start, |p| {
+        p.has(&cidr)
+    });
+    row.after_ipam = took.as_secs_f64();
+    row.kept_ipam = fewest;
+
+    // routeplane-bgp restarted (graceful restart off: the ToR drops every route), timed from the
+    // new process's start.
+    plane.stop(false);
+    let start = Instant::now();
+    plane.start_bgp();
+    row.after_bgp = plane
+        .until(
+            "every route back after routeplane-bgp's restart",
+            start,
+            |p| p.imported() > n,
+        )
+        .0
+        .as_secs_f64();
+
+    // Both stopped, both started: the whole control plane cold, timed from IPAM's start.
+    plane.stop(true);
+    let start = Instant::now();
+    plane.start_ipam();
+    plane.start_bgp();
+    let cidr = rt.block_on(sim.register_extra(n + 1, LIMIT));
+    row.after_cold = plane
+        .until(
+            "every route and a new node after a cold start",
+            start,
+            |p| p.imported() > n + 1 && p.has(&cidr),
+        )
+        .0
+        .as_secs_f64();
+    sim.stop();
+    drop(rt);
+    drop(plane);
+
+    let cluster = routeplane_bench::agent_e2e::Cluster::new(n.saturating_sub(1) as u32);
+    row.agent = cluster.kernel_routes().as_secs_f64();
+    row
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut rows = Vec::new();
+    for &n in &args.nodes {
+        eprintln!("--> {n} simulated nodes");
+        let row = run(n, &args);
+        eprintln!("{row:?}");
+        rows.push(row);
+    }
+    println!(
+        "\nScale: simulated nodes against routeplane-ipam + routeplane-bgp + BIRD ({} pods per node, {} pods/s churn)\n",
+        args.pods_per_node, args.churn
+    );
+    println!(
+        "| nodes | registered s | at ToR s | pod IPs/s | IPAM CPU % idle | with churn | IPAM RSS MB | BGP CPU % | BGP RSS MB | fan-out p50 ms | fan-out p99 ms | ToR after IPAM restart s | after BGP restart s | after cold start s | agent, N−1 routes s |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.3} |",
+            r.nodes,
+            r.registered,
+            r.advertised,
+            r.pods_per_second,
+            r.ipam_idle_cpu,
+            r.ipam_cpu,
+            r.ipam_rss,
+            r.bgp_cpu,
+            r.bgp_rss,
+            r.fan_p50,
+            r.fan_p99,
+            r.after_ipam,
+            r.after_bgp,
+            r.after_cold,
+            r.agent
+        );
+    }
+    for r in &rows {
+        if r.kept_ipam < r.nodes {
+            println!(
+                "\n{} nodes: the ToR had only {} routes at one point during IPAM's restart",
+                r.nodes, r.kept_ipam
+            );
+        }
+        if r.fan_missing > 0 {
+            println!(
+                "\n{} nodes: {} fan-out arrivals missing",
+                r.nodes, r.fan_missing
+            );
+        }
+    }
+    if let Some(max) = args.max_fan_out_p99_ms
+        && let Some(r) = rows.iter().find(|r| r.fan_p99 > max)
+    {
+        eprintln!(
+            "bench/run-scale: Watch fan-out p99 {:.1} ms at {} nodes, above its bound of {max} ms",
+            r.fan_p99, r.nodes
+        );
+        std::process::exit(1);
+    }
+    if let Some(max) = args.max_converge_seconds {
+        let worst = rows
+            .iter()
+            .flat_map(|r| [r.advertised, r.after_ipam, r.after_bgp, r.after_cold])
+            .fold(0.0, f64::max);
+        if worst > max
+            || rows
+                .iter()
+                .any(|r| r.fan_missing > 0 || r.kept_ipam < r.nodes)
+        {
+            eprintln!(
+                "bench/run-scale: over its bounds (worst convergence {worst:.2} s, bound {max} s; or a fan-out arrival missing, or routes lost in IPAM's restart)"
+            );
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! N simulated nodes, each doing what a route agent does to routeplane-ipam: register, allocate its
+//! pods' IPs, beat on the Heartbeat stream, and follow the Watch feed — reopening either stream
+//! after IPAM restarts, as the agent does. Simulated nodes share HTTP/2 connections, fifty to one
+//! (a real agent has its own; IPAM serves at most 128 streams per connection).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use routeplane_api::ipam::v1 as pb;
+use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Nodes per shared connection.
+const PER_CONNECTION: usize = 50;
+
+pub fn name(i: usize) -> String {
+    format!("sim-{i}")
+}
+
+/// The cluster's simulated agents.
+pub struct Sim {
+    endpoint: String,
+    channels: Vec<Channel>,
+    pub nodes: usize,
+    stop: Arc<AtomicBool>,
+    /// (revision, when it reached a watcher), from every watcher.
+    arrivals: mpsc::UnboundedReceiver<(u64, Instant)>,
+    arrivals_tx: mpsc::UnboundedSender<(u64, Instant)>,
+}
+
+impl Sim {
+    pub async fn connect(endpoint: &str, nodes: usize) -> Sim {
+        let mut channels = Vec::new();
+        for _ in 0..nodes.div_ceil(PER_CONNECTION).max(1) {
+            channels.push(connect(endpoint).await);
+        }
+        let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
+        Sim {
+            endpoint: endpoint.to_string(),
+            channels,
+            nodes,
+            stop: Arc::new(AtomicBool::new(false)),
+            arrivals,
+            arrivals_tx,
+        }
+    }
+
+    pub fn client(&self, i: usize) -> IpamClient<Channel> {
+        IpamClient::new(self.channels[i / PER_CONNECTION].clone())
+    }
+
+    /// Registers every node, `concurrency` at a time.
+    pub async fn register(&self, concurrency: usize) {
+        futures::stream::iter(0..self.nodes)
+            .map(|i| {
+                let mut c = self.client(i);
+                async move {
+                    c.register_node(pb::RegisterNodeRequest {
+                        name: name(i),
+                        addresses: vec![routeplane_bench::agent_e2e::node_address(i as u32)],
+                        labels: Default::default(),
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("RegisterNode {}: {s}", name(i)));
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect::<()>()
+            .await;
+    }
+
+    /// Allocates `per_node` pod IPs on every node, `concurrency` at a time; returns how many.
+    pub async fn allocate_pods(&self, per_node: usize, concurrency: usize) -> usize {
+        futures::stream::iter((0..self.nodes).flat_map(|i| (0..per_node).map(move |p| (i, p))))
+            .map(|(i, p)| {
+                let mut c = self.client(i);
+                async move {
+                    c.allocate_pod_ip(pb::AllocatePodIpRequest {
+                        node: name(i),
+                        owner: format!("default/pod-{p}"),
+                        family: 0,
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("AllocatePodIP on {}: {s}", name(i)));
+                }
+            })
+            .buffer_unordered(concurrency)
+            .count()
+            .await
+    }
+
+    /// Starts every node's heartbeat and Watch (from `revision`: live events only, as agents
+    /// that already hold the state).
+    pub fn start_agents(&self, revision: u64) {
+        for i in 0..self.nodes {
+            let channel = self.channels[i / PER_CONNECTION].clone();
+            tokio::spawn(heartbeat(channel.clone(), name(i), self.stop.clone()));
+            tokio::spawn(watch(
+                channel,
+                revision,
+                self.arrivals_tx.clone(),
+                self.stop.clone(),
+            ));
+        }
+    }
+
+    /// Pod churn for `seconds`: `rate` pods a second released and allocated again across the
+    /// cluster.
+    pub async fn churn(&self, seconds: f64, rate: u32) {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut k = 0usize;
+        while Instant::now() < end {
+            tick.tick().await;
+            let i = k % self.nodes;
+            k += 1;
+            let mut c = self.client(i);
+            let owner = "default/churn".to_string();
+            let _ = c
+                .release_pod_ip(pb::ReleasePodIpRequest {
+                    node: name(i),
+                    owner: owner.clone(),
+                })
+                .await;
+            let _ = c
+                .allocate_pod_ip(pb::AllocatePodIpRequest {
+                    node: name(i),
+                    owner,
+                    family: 0,
+                })
+                .await;
+        }
+    }
+
+    /// Watch fan-out: `changes` changes (a node's labels), `gap` apart; for each, the time from
+    /// the call to its event's arrival at every watcher. Returns the latencies in milliseconds and
+    /// how many arrivals were missing (watchers that never saw a change).
+    pub async fn fan_out(&mut self, changes: usize, gap: Duration) -> (Vec<f64>, usize) {
+        while self.arrivals.try_recv().is_ok() {}
+        let mut sent = Vec::new();
+        let mut c = self.client(0);
+        for k in 0..changes {
+            let start = Instant::now();
+            let node = c
+                .register_node(pb::RegisterNodeRequest {
+                    name: name(0),
+                    addresses: vec![routeplane_bench::agent_e2e::node_address(0)],
+                    labels: [("fan-out".to_string(), k.to_string())].into(),
+                })
+                .await
+                .unwrap_or_else(|s| panic!("RegisterNode for the fan-out: {s}"))
+                .into_inner();
+            sent.push((node.revision, start));
+            tokio::time::sleep(gap).await;
+        }
+        // The last change's stragglers.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut latencies = Vec::new();
+        while let Ok((revision, at)) = self.arrivals.try_recv() {
+            if let Some((_, start)) = sent.iter().find(|(r, _)| *r == revision) {
+                latencies.push(at.saturating_duration_since(*start).as_secs_f64() * 1e3);
+            }
+        }
+        let missing = (changes * self.nodes).saturating_sub(latencies.len());
+        (latencies, missing)
+    }
+
+    /// A node registered after the simulated ones (to see a change reach the ToR), retried
+    /// until IPAM answers; its pod CIDR.
+    pub async fn register_extra(&self, i: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut c = IpamClient::new(connect(&self.endpoint).await);
+            match c
+                .register_node(pb::RegisterNodeRequest {
+                    name: name(i),
+                    addresses: vec![routeplane_bench::agent_e2e::node_address(i as u32)],
+                    labels: Default::default(),
+                })
+                .await
+            {
+                Ok(n) => return n.into_inner().pod_cidrs[0].clone(),
+                Err(s) if Instant::now() > deadline => panic!("RegisterNode {}: {s}", name(i)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A channel that connects lazily and reconnects by itself (IPAM restarts under it).
+async fn connect(endpoint: &str) -> Channel {
+    Endpoint::from_shared(endpoint.to_string())
+        .expect("an endpoint")
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+async fn heartbeat(channel: Channel, name: String, stop: Arc<AtomicBool>) {
+    let beat = pb::HeartbeatRequest { name };
+    while !stop.load(Ordering::Relaxed) {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(beat.clone());
+        let mut c = IpamClient::new(channel.clone());
+        let Ok(answers) = c.heartbeat(ReceiverStream::new(rx)).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut answers = answers.into_inner();
+        let every = match answers.message().await {
+            Ok(Some(a)) => Duration::from_millis(u64::from(a.interval_ms).max(50)),
+            _ => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let _ = tx.try_send(beat.clone());
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                },
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn watch(
+    channel: Channel,
+    mut revision: u64,
+    arrivals: mpsc::UnboundedSender<(u64, Instant)>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut c = IpamClient::new(channel.clone())
+            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
+        let Ok(stream) = c
+            .watch(pb::WatchRequest {
+                from_revision: revision,
+                ..Default::default()
+            })
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        while let Ok(Some(event)) = stream.message().await {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if event.revision > revision {
+                revision = event.revision;
+                let _ = arrivals.send((revision, Instant::now()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
