@@ -702,7 +702,11 @@ mod privileged {
         let pod = lab.add_pod(0, "old");
         let (old_cidrs, old_routers) = lab.node_allocation("n1");
         // IPAM forgets the node (deleted with force, as after a lost state) and gives its CIDR to
-        // another node: the agent must learn its new CIDR and drop the old one.
+        // another node: the agent must learn its new CIDR and drop the old one. The agent is frozen
+        // meanwhile: its next heartbeat (within 750 ms) would register it again at once and take a
+        // CIDR before the intruder does.
+        let agent = lab.service("n1").expect("n1's agent runs");
+        agent.signal("-STOP");
         lab.ipam("DeleteNode", r#"{"name": "n1", "force": true}"#)
             .unwrap();
         // IPAM hands node CIDRs out round the pool: seven others first, then the intruder gets
@@ -731,6 +735,7 @@ mod privileged {
         );
         lab.ipam("DeleteNode", r#"{"name": "filler0", "force": true}"#)
             .unwrap();
+        agent.signal("-CONT");
         let (new_cidrs, new_routers) =
             wait_until("n1 registered again", Duration::from_secs(20), || match lab
                 .ipam("GetNode", r#"{"name": "n1"}"#)

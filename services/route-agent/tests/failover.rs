@@ -217,9 +217,9 @@ mod privileged {
     fn a_node_that_keeps_dying_is_held_down_until_it_is_steady() {
         require();
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        // A 10 s half-life: three deaths about 3 s apart pass 2,000 (about 2,400), which decays
-        // below 750 in about 1.7 half-lives.
-        let (mut lab, cidrs) = lab(&["--flap-half-life", "10s"]);
+        // A 20 s half-life: three deaths up to 12 s apart pass 2,000 (about 2,100–2,600, however
+        // loaded the machine), which decays below 750 in under two half-lives.
+        let (mut lab, cidrs) = lab(&["--flap-half-life", "20s"]);
         let node = |lab: &NodeLab| {
             lab.ipam("GetNode", r#"{"name": "n1"}"#)
                 .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()))
@@ -246,13 +246,13 @@ mod privileged {
             "held down: withdrawn"
         );
         assert!((0..2).all(|t| lab.tor_has(t, &cidrs[1])), "n2 untouched");
-        lab.wait("n1 back once its penalty decayed", LIMIT, || {
+        lab.wait("n1 back once its penalty decayed", 3 * LIMIT, || {
             let n = node(&lab);
             n["ready"] == true && n["heldDown"] != true
         });
         let held = down.elapsed();
         println!("n1 was held down for {held:.1?}");
-        assert!(held >= Duration::from_secs(8), "{held:?}");
+        assert!(held >= Duration::from_secs(15), "{held:?}");
         lab.wait("n1 back at both ToRs", LIMIT, || {
             (0..2).all(|t| lab.tor_has(t, &cidrs[0]))
         });

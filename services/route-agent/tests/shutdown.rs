@@ -35,7 +35,11 @@ mod privileged {
         lab.start_agent(0, &[]);
         lab.start_agent(1, &["--drain-on-shutdown", "false"]);
         lab.wait("both agents registered", LIMIT, || {
-            state(&lab, "n1").0 && state(&lab, "n2").0
+            // Not registered yet is not an error here: GetNode answers NOT_FOUND until then.
+            ["n1", "n2"].iter().all(|n| {
+                lab.ipam("GetNode", &format!(r#"{{"name": "{n}"}}"#))
+                    .is_ok_and(|v| v["ready"] == true)
+            })
         });
         assert_eq!(state(&lab, "n1"), (true, false, false), "not drained");
 
