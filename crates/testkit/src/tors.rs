@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::bird::{birdc, parse_routes};
-use crate::lab::{IPAM_ADDR, NodeLab};
+use crate::lab::{IPAM_ADDR, NodeLab, OPERATOR};
 use crate::{Service, bin};
 
 /// (address, our AS, its AS) of each ToR.
@@ -20,6 +20,9 @@ pub const TORS: [(&str, u32, u32); 2] =
 
 /// routeplane-bgp's metrics in `ctl`.
 pub const BGP_METRICS: &str = "127.0.0.1:9952";
+
+/// routeplane-bgp's gRPC API in `ctl` (a port of the lab's own namespace).
+pub const BGP_GRPC: &str = "127.0.0.1:9180";
 
 /// IPAM's metrics in `ctl` (as [`NodeLab::start_ipam`] starts it).
 pub const IPAM_METRICS: &str = "127.0.0.1:9951";
@@ -79,7 +82,7 @@ impl NodeLab {
             "--bgp-listen",
             "127.0.0.1:0",
             "--grpc-listen",
-            "127.0.0.1:0",
+            BGP_GRPC,
             "--metrics-listen",
             BGP_METRICS,
             "--connect-retry",
@@ -164,6 +167,17 @@ impl NodeLab {
     /// Whether ToR `tor` has a route to `prefix` from routeplane-bgp.
     pub fn tor_has(&self, tor: usize, prefix: &str) -> bool {
         self.tor_prefixes(tor).iter().any(|p| p == prefix)
+    }
+
+    /// One call to routeplane-bgp's API with grpcurl (from `ctl`, as the lab's operator).
+    pub fn bgp(&self, method: &str, body: &str) -> Result<serde_json::Value, String> {
+        crate::grpcurl_with(
+            Some(self.ctl.name()),
+            &self.certs.grpcurl_flags(OPERATOR),
+            BGP_GRPC,
+            &format!("routeplane.bgp.v1.Bgp/{method}"),
+            body,
+        )
     }
 
     /// IPAM's /metrics (empty when it does not answer).

@@ -32,6 +32,8 @@ pub struct FeedNode {
     pub ready: bool,
     /// Drained: announced with GRACEFUL_SHUTDOWN, then withdrawn (IPAM's DrainNode).
     pub draining: bool,
+    /// NotReady because it flapped: IPAM holds it down until its damping penalty decays.
+    pub held_down: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +125,7 @@ fn node(n: &pb::Node, stats: &FeedStats) -> FeedNode {
         pod_cidrs,
         ready: n.ready,
         draining: n.draining,
+        held_down: n.held_down,
     }
 }
 

@@ -45,6 +45,8 @@ pub struct NodeView {
     pub announce: bool,
     /// Drained (IPAM's DrainNode): while still announced, its paths carry GRACEFUL_SHUTDOWN.
     pub draining: bool,
+    /// Held down by IPAM for flapping (NotReady while its damping penalty decays): for explanations.
+    pub held_down: bool,
     /// Stable ADD-PATH identifier of this node's paths.
     pub path_id: u32,
 }
@@ -224,6 +226,11 @@ impl Inputs<'_> {
         if !node.announce {
             return Err(if node.draining {
                 format!("node {} is drained and its drain delay is over", node.name)
+            } else if node.held_down {
+                format!(
+                    "node {} is held down for flapping (IPAM keeps it NotReady until its damping penalty decays)",
+                    node.name
+                )
             } else {
                 format!(
                     "node {} is NotReady and its grace period is over",

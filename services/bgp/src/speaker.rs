@@ -282,6 +282,7 @@ impl State {
                 announce: (s.node.ready || s.not_ready_since.is_some_and(|t| now < t + grace))
                     && s.draining_since.is_none_or(|t| now < t + drain_delay),
                 draining: s.node.draining,
+                held_down: s.node.held_down,
                 path_id: s.path_id,
             })
             .collect();

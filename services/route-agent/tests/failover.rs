@@ -246,6 +246,20 @@ mod privileged {
             "held down: withdrawn"
         );
         assert!((0..2).all(|t| lab.tor_has(t, &cidrs[1])), "n2 untouched");
+        // An operator asking routeplane-bgp why is told it is the damping, not a plain NotReady.
+        let why = lab
+            .bgp("ExplainPrefix", &format!(r#"{{"prefix": "{}"}}"#, cidrs[0]))
+            .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+        let reasons: Vec<&str> = why["sources"][0]["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["reason"].as_str())
+            .collect();
+        assert!(
+            reasons.len() == 2 && reasons.iter().all(|r| r.contains("held down for flapping")),
+            "{why}"
+        );
         lab.wait("n1 back once its penalty decayed", 3 * LIMIT, || {
             let n = node(&lab);
             n["ready"] == true && n["heldDown"] != true

@@ -34,6 +34,7 @@ fn node(name: &str, addr: &str, cidr: &str, label: Option<&str>, path_id: u32) -
         ready: true,
         announce: true,
         draining: false,
+        held_down: false,
         path_id,
     }
 }
@@ -156,6 +157,21 @@ fn not_ready_nodes_disappear_once_their_grace_is_over() {
     assert_eq!(
         prefixes(&inputs.desired(&peers[0])),
         [("10.5.113.0/24".into(), "10.4.94.12".into())]
+    );
+    let why = |inputs: &Inputs| {
+        inputs.explain(&"10.5.112.0/24".parse().unwrap())[0]
+            .outcome
+            .clone()
+            .unwrap_err()
+    };
+    assert!(why(&inputs).contains("n94a is NotReady and its grace period is over"));
+    // Held down by IPAM's damping: said so, as that is what the operator must wait for.
+    nodes[0].held_down = true;
+    let inputs = inputs_of(&nodes, &[], &[], &peers);
+    assert!(
+        why(&inputs).contains("n94a is held down for flapping"),
+        "{}",
+        why(&inputs)
     );
 }
 
