@@ -23,8 +23,10 @@ pub enum Ended {
     NotRegistered,
     /// IPAM predates Heartbeat (UNIMPLEMENTED): renew with KeepAlive instead.
     Unsupported,
-    /// Anything else (IPAM unreachable, restarting, refusing): try again shortly.
+    /// The stream could not be opened (IPAM unreachable, restarting, refusing): try again shortly.
     Failed(String),
+    /// The stream was open and beating, then ended: a new outage, worth a warning of its own.
+    Lost(String),
 }
 
 fn ended(status: &tonic::Status) -> Ended {
@@ -32,6 +34,27 @@ fn ended(status: &tonic::Status) -> Ended {
         tonic::Code::NotFound => Ended::NotRegistered,
         tonic::Code::Unimplemented => Ended::Unsupported,
         _ => Ended::Failed(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// One warning per outage: when a stream that was beating ends, and when the first attempt to open
+/// one fails — not for every retry after it (one each 0.5 s while IPAM is away).
+#[derive(Debug, Default)]
+pub struct Outage {
+    warned: bool,
+}
+
+impl Outage {
+    /// Whether this end of a stream deserves a warning.
+    pub fn warn(&mut self, ended: &Ended) -> bool {
+        match ended {
+            Ended::Lost(_) => {
+                self.warned = true;
+                true
+            }
+            Ended::Failed(_) => !std::mem::replace(&mut self.warned, true),
+            Ended::NotRegistered | Ended::Unsupported => false,
+        }
     }
 }
 
@@ -79,8 +102,11 @@ pub async fn run(id: &Identity) -> Ended {
             }
             answer = answers.message() => match answer {
                 Ok(Some(a)) => report(&a),
-                Ok(None) => return Ended::Failed("IPAM ended the Heartbeat stream".into()),
-                Err(s) => return ended(&s),
+                Ok(None) => return Ended::Lost("IPAM ended the Heartbeat stream".into()),
+                Err(s) => return match ended(&s) {
+                    Ended::Failed(e) => Ended::Lost(e),
+                    other => other,
+                },
             },
         }
     }
@@ -99,6 +125,21 @@ fn report(answer: &pb::HeartbeatResponse) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_outage_is_warned_of_once() {
+        let (failed, lost) = (Ended::Failed("refused".into()), Ended::Lost("reset".into()));
+        let mut o = Outage::default();
+        assert!(o.warn(&failed), "IPAM away at start");
+        assert!(
+            !o.warn(&failed) && !o.warn(&failed),
+            "its retries are quiet"
+        );
+        assert!(o.warn(&lost), "beating again, then lost: a new outage");
+        assert!(!o.warn(&failed), "and its retries quiet");
+        assert!(o.warn(&lost), "every loss of a beating stream");
+        assert!(!o.warn(&Ended::NotRegistered));
+    }
 
     #[test]
     fn the_interval_ipam_asks_for_is_bounded() {

@@ -316,7 +316,7 @@ const HEARTBEAT_RETRY: Duration = Duration::from_millis(500);
 async fn keep_lease(id: &mut Identity, again: &Notify, shutdown: &Shutdown) -> Next {
     let mut heartbeats = true;
     let mut period = Duration::from_secs(5);
-    let mut warned = false;
+    let mut outage = crate::heartbeat::Outage::default();
     loop {
         let mut labels = id.labels.clone();
         let interrupted = async {
@@ -329,7 +329,8 @@ async fn keep_lease(id: &mut Identity, again: &Notify, shutdown: &Shutdown) -> N
         };
         let step = async {
             if heartbeats {
-                match crate::heartbeat::run(id).await {
+                let ended = crate::heartbeat::run(id).await;
+                match &ended {
                     Ended::NotRegistered => return Some(Next::Register),
                     Ended::Unsupported => {
                         tracing::warn!(
@@ -337,10 +338,14 @@ async fn keep_lease(id: &mut Identity, again: &Notify, shutdown: &Shutdown) -> N
                         );
                         heartbeats = false;
                     }
-                    Ended::Failed(e) => {
-                        if !warned {
-                            tracing::warn!(error = %e, "the heartbeat stream to IPAM failed; opening it again");
-                            warned = true;
+                    Ended::Lost(e) | Ended::Failed(e) => {
+                        if outage.warn(&ended) {
+                            let what = if matches!(ended, Ended::Lost(_)) {
+                                "was lost"
+                            } else {
+                                "could not be opened"
+                            };
+                            tracing::warn!(error = %e, "the heartbeat stream to IPAM {what}; trying every {HEARTBEAT_RETRY:?} (said once per outage)");
                         }
                         tokio::time::sleep(HEARTBEAT_RETRY).await;
                     }
