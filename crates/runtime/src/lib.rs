@@ -6,13 +6,14 @@
 //! v1alpha, since grpcurl 1.8 asks v1alpha), and [`metrics::serve`] exposes a Prometheus registry on
 //! `/metrics`. [`tls`] loads the certificates of mutual TLS and re-reads them; [`authz`] decides
 //! from the caller's certificate who may call what; [`dial`] makes the clients' channels the same
-//! way. Both servers stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
+//! way; [`limits`] raises the open-files limit a server of thousands of clients needs. Both servers stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
 #![forbid(unsafe_code)]
 
 pub mod authz;
 pub mod dial;
 pub mod flags;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod probe;
 pub mod ratelimit;

@@ -24,6 +24,7 @@ pub enum ServeError {
 pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let cli = std::sync::Arc::new(cli);
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-bgp", &cli.telemetry)?;
+    routeplane_runtime::limits::raise_open_files_logged();
     let (settings, notes) = cli.load()?;
     for note in notes {
         tracing::info!("{note}");

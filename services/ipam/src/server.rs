@@ -136,6 +136,7 @@ const ETCD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(cli: Cli) -> Result<(), ServeError> {
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-ipam", &cli.telemetry)?;
+    routeplane_runtime::limits::raise_open_files_logged();
     let loaded = cli.load()?;
     let shutdown = Shutdown::on_signals();
     // Certificates and the listen address are checked before any state is opened.

@@ -339,6 +339,7 @@ fn one_shots(cli: &Cli) -> Option<Result<(), AgentError>> {
 
 pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let _telemetry = routeplane_runtime::telemetry::init("routeplane-agent", &cli.telemetry)?;
+    routeplane_runtime::limits::raise_open_files_logged();
     if let Some(done) = one_shots(&cli) {
         return done;
     }
