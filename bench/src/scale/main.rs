@@ -8,6 +8,11 @@
 //! change made after an IPAM restart, after a routeplane-bgp restart, and after a cold start of both;
 //! and a route agent's time from a cold start to routing N−1 remote nodes (`agent_e2e.rs`).
 //!
+//! By default the simulated nodes share plaintext connections (50 to one); `--tls` makes each dial
+//! as a real agent does — mutual TLS, one connection for its calls and heartbeat and one for its
+//! Watch (10,000 TLS connections at 5,000 nodes) — with routeplane-bgp on TLS too, so that the
+//! per-connection and decryption costs a real cluster pays are in IPAM's CPU figures.
+//!
 //! Everything runs in two network namespaces the benchmark creates — `cp` (IPAM, routeplane-bgp,
 //! the simulated nodes, on loopback and 192.168.0.10) and `tor` (BIRD, 192.168.0.1) — and removes.
 //! Run it through `bench/run-scale`.
@@ -20,6 +25,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use routeplane_bench::{cpu_seconds, percentile};
+use routeplane_runtime::dial::Dialer;
+use routeplane_runtime::tls::{Security, Tls, TlsFiles};
+use routeplane_testkit::certs::Certs;
 use routeplane_testkit::{Netns, Service, bin, metric_sample, scrape};
 
 #[derive(Debug, Parser)]
@@ -46,6 +54,12 @@ struct Args {
     /// Fail (exit 1) when the Watch fan-out's p99 is above this many milliseconds.
     #[arg(long)]
     max_fan_out_p99_ms: Option<f64>,
+    /// Mutual TLS and connections of their own, as real agents: each simulated node dials two
+    /// (calls and heartbeat; Watch) with an operator certificate, routeplane-bgp dials IPAM over
+    /// TLS, and IPAM runs with --rate-limit 0 (real agents have an identity each, so no one
+    /// identity's limit would be shared by all).
+    #[arg(long)]
+    tls: bool,
 }
 
 const IPAM: &str = "127.0.0.1:50051";
@@ -60,7 +74,12 @@ struct Plane {
     _bird: Service,
     ipam: Option<Service>,
     bgp: Option<Service>,
+    /// With `--tls`: the CA, IPAM's, routeplane-bgp's and the simulated nodes' certificates.
+    certs: Option<Certs>,
 }
+
+/// The simulated nodes' identity under `--tls`.
+const SIM_IDENTITY: &str = "operator/sim";
 
 const BIRD_CONF: &str = "log stderr { warning, error, fatal, bug };
 router id 192.168.0.1;
@@ -71,7 +90,7 @@ protocol bgp routeplane { local 192.168.0.1 as 64512; neighbor 192.168.0.10 as 6
 ";
 
 impl Plane {
-    fn new() -> Plane {
+    fn new(tls: bool) -> Plane {
         let id = routeplane_testkit::unique_id();
         let cp = Netns::new(&id, "cp");
         let tor = Netns::new(&id, "tor");
@@ -94,6 +113,12 @@ impl Plane {
             "peers:\n  - peer-address: 192.168.0.1\n    peer-asn: 64512\n    my-asn: 64513\naddress-pools:\n  - {name: default, protocol: bgp, addresses: [192.0.2.0/24]}\n",
         )
         .expect("bgp-config.yaml");
+        let certs = tls.then(|| {
+            Certs::new(
+                &dir.path().join("certs"),
+                &["ipam/ipam", "bgp/bgp", SIM_IDENTITY],
+            )
+        });
         let bird = Service::spawn(
             "bird",
             Some(tor.name()),
@@ -107,10 +132,32 @@ impl Plane {
             _bird: bird,
             ipam: None,
             bgp: None,
+            certs,
         };
         plane.start_ipam();
         plane.start_bgp();
         plane
+    }
+
+    /// IPAM's URL, https:// under `--tls`.
+    fn ipam_url(&self) -> String {
+        match self.certs {
+            Some(_) => format!("https://{IPAM}"),
+            None => format!("http://{IPAM}"),
+        }
+    }
+
+    /// How the simulated nodes dial: as agents do, under `--tls`.
+    fn dialer(&self) -> Option<Dialer> {
+        let certs = self.certs.as_ref()?;
+        let (cert, key) = certs.pair(SIM_IDENTITY);
+        let tls = Tls::load(TlsFiles {
+            ca: certs.ca(),
+            cert,
+            key,
+        })
+        .unwrap_or_else(|e| panic!("the simulated nodes' certificate: {e}"));
+        Some(Dialer::new(Security::Tls(std::sync::Arc::new(tls))))
     }
 
     fn path(&self, f: &str) -> String {
@@ -123,24 +170,33 @@ impl Plane {
             self.path("values.yaml"),
             self.path("bgp-config.yaml"),
         );
+        let mut args: Vec<String> = [
+            "--data-dir",
+            data.as_str(),
+            "--values",
+            values.as_str(),
+            "--bgp-config",
+            bgp.as_str(),
+            "--grpc-listen",
+            IPAM,
+            "--metrics-listen",
+            IPAM_METRICS,
+            "--log",
+            "warn,routeplane_runtime=info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(certs) = &self.certs {
+            args.extend(certs.service_flags("ipam/ipam"));
+            args.extend(["--rate-limit".to_string(), "0".to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut ipam = Service::spawn(
             "routeplane-ipam",
             Some(self.cp.name()),
             &bin("routeplane-ipam"),
-            &[
-                "--data-dir",
-                &data,
-                "--values",
-                &values,
-                "--bgp-config",
-                &bgp,
-                "--grpc-listen",
-                IPAM,
-                "--metrics-listen",
-                IPAM_METRICS,
-                "--log",
-                "warn,routeplane_runtime=info",
-            ],
+            &args,
         );
         ipam.listen_addr("gRPC");
         self.ipam = Some(ipam);
@@ -148,30 +204,38 @@ impl Plane {
 
     fn start_bgp(&mut self) {
         let config = self.path("bgp-config.yaml");
+        let mut args: Vec<String> = [
+            "--bgp-config",
+            config.as_str(),
+            "--ipam",
+            &self.ipam_url(),
+            "--bgp-listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--connect-retry",
+            "1s",
+            // Off, so that a stopped routeplane-bgp's routes leave BIRD and convergence after a
+            // restart is measured from nothing, not from routes BIRD kept.
+            "--graceful-restart-time",
+            "0s",
+            "--log",
+            "warn,routeplane_runtime=info",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(certs) = &self.certs {
+            args.extend(certs.service_flags("bgp/bgp"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut bgp = Service::spawn(
             "routeplane-bgp",
             Some(self.cp.name()),
             &bin("routeplane-bgp"),
-            &[
-                "--bgp-config",
-                &config,
-                "--ipam",
-                &format!("http://{IPAM}"),
-                "--bgp-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--connect-retry",
-                "1s",
-                // Off, so that a stopped routeplane-bgp's routes leave BIRD and convergence after a
-                // restart is measured from nothing, not from routes BIRD kept.
-                "--graceful-restart-time",
-                "0s",
-                "--log",
-                "warn,routeplane_runtime=info",
-            ],
+            &args,
         );
         bgp.listen_addr("gRPC");
         self.bgp = Some(bgp);
@@ -255,7 +319,7 @@ struct Row {
 }
 
 fn run(n: usize, args: &Args) -> Row {
-    let mut plane = Plane::new();
+    let mut plane = Plane::new(args.tls);
     // From here this thread, and the runtime's threads it starts, live in `cp`.
     let netns = std::fs::File::open(format!("/var/run/netns/{}", plane.cp.name()))
         .expect("the namespace's file");
@@ -270,7 +334,7 @@ fn run(n: usize, args: &Args) -> Row {
         nodes: n,
         ..Row::default()
     };
-    let mut sim = rt.block_on(sim::Sim::connect(&format!("http://{IPAM}"), n));
+    let mut sim = rt.block_on(sim::Sim::connect(&plane.ipam_url(), n, plane.dialer()));
 
     let start = Instant::now();
     rt.block_on(sim.register(64));
@@ -374,6 +438,9 @@ fn run(n: usize, args: &Args) -> Row {
 
 fn main() {
     let args = Args::parse();
+    // 10,000 connections under --tls at 5,000 nodes: past a soft limit of 1,024.
+    routeplane_runtime::limits::raise_open_files()
+        .unwrap_or_else(|e| panic!("raising the open-files limit: {e}"));
     let mut rows = Vec::new();
     for &n in &args.nodes {
         eprintln!("--> {n} simulated nodes");
@@ -382,8 +449,14 @@ fn main() {
         rows.push(row);
     }
     println!(
-        "\nScale: simulated nodes against routeplane-ipam + routeplane-bgp + BIRD ({} pods per node, {} pods/s churn)\n",
-        args.pods_per_node, args.churn
+        "\nScale: simulated nodes against routeplane-ipam + routeplane-bgp + BIRD ({} pods per node, {} pods/s churn; {})\n",
+        args.pods_per_node,
+        args.churn,
+        if args.tls {
+            "mutual TLS, two connections per node, as agents"
+        } else {
+            "plaintext, 50 nodes per connection"
+        }
     );
     println!(
         "| nodes | registered s | at ToR s | pod IPs/s | IPAM CPU % idle | with churn | IPAM RSS MB | BGP CPU % | BGP RSS MB | fan-out p50 ms | fan-out p99 ms | ToR after IPAM restart s | after BGP restart s | after cold start s | agent, N−1 routes s |"

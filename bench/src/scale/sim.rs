@@ -1,7 +1,9 @@
 //! N simulated nodes, each doing what a route agent does to routeplane-ipam: register, allocate its
 //! pods' IPs, beat on the Heartbeat stream, and follow the Watch feed — reopening either stream
-//! after IPAM restarts, as the agent does. Simulated nodes share HTTP/2 connections, fifty to one
-//! (a real agent has its own; IPAM serves at most 128 streams per connection).
+//! after IPAM restarts, as the agent does. By default simulated nodes share plaintext HTTP/2
+//! connections, fifty to one (IPAM serves at most 128 streams per connection); with a [`Dialer`]
+//! (`--tls`) each dials as a real agent does: mutual TLS, and a connection of its own for its calls
+//! and heartbeat and another for its Watch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +12,16 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use routeplane_runtime::dial::Dialer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 /// Nodes per shared connection.
 const PER_CONNECTION: usize = 50;
+
+/// Connections dialled at once when each node has its own (TLS handshakes, on both sides).
+const DIAL_CONCURRENCY: usize = 32;
 
 pub fn name(i: usize) -> String {
     format!("sim-{i}")
@@ -24,7 +30,12 @@ pub fn name(i: usize) -> String {
 /// The cluster's simulated agents.
 pub struct Sim {
     endpoint: String,
+    dialer: Option<Dialer>,
+    /// Calls and heartbeats: node i uses `channels[i / per_connection]`; its Watch the one
+    /// `watch_offset` after it (0: the same).
     channels: Vec<Channel>,
+    per_connection: usize,
+    watch_offset: usize,
     pub nodes: usize,
     stop: Arc<AtomicBool>,
     /// (revision, when it reached a watcher), from every watcher.
@@ -33,15 +44,25 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub async fn connect(endpoint: &str, nodes: usize) -> Sim {
-        let mut channels = Vec::new();
-        for _ in 0..nodes.div_ceil(PER_CONNECTION).max(1) {
-            channels.push(connect(endpoint).await);
-        }
+    pub async fn connect(endpoint: &str, nodes: usize, dialer: Option<Dialer>) -> Sim {
+        let (per_connection, streams) = match dialer {
+            Some(_) => (1, 2),
+            None => (PER_CONNECTION, 1),
+        };
+        let count = nodes.div_ceil(per_connection).max(1);
+        let channels = futures::stream::iter(0..count * streams)
+            .map(|_| dial(endpoint, dialer.as_ref()))
+            .buffered(DIAL_CONCURRENCY)
+            .map(|c| c.unwrap_or_else(|e| panic!("dialling IPAM at {endpoint}: {e}")))
+            .collect()
+            .await;
         let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
         Sim {
             endpoint: endpoint.to_string(),
+            dialer,
             channels,
+            per_connection,
+            watch_offset: if streams == 2 { count } else { 0 },
             nodes,
             stop: Arc::new(AtomicBool::new(false)),
             arrivals,
@@ -50,7 +71,11 @@ impl Sim {
     }
 
     pub fn client(&self, i: usize) -> IpamClient<Channel> {
-        IpamClient::new(self.channels[i / PER_CONNECTION].clone())
+        IpamClient::new(self.channel(i))
+    }
+
+    fn channel(&self, i: usize) -> Channel {
+        self.channels[i / self.per_connection].clone()
     }
 
     /// Registers every node, `concurrency` at a time.
@@ -97,10 +122,9 @@ impl Sim {
     /// that already hold the state).
     pub fn start_agents(&self, revision: u64) {
         for i in 0..self.nodes {
-            let channel = self.channels[i / PER_CONNECTION].clone();
-            tokio::spawn(heartbeat(channel.clone(), name(i), self.stop.clone()));
+            tokio::spawn(heartbeat(self.channel(i), name(i), self.stop.clone()));
             tokio::spawn(watch(
-                channel,
+                self.channels[i / self.per_connection + self.watch_offset].clone(),
                 revision,
                 self.arrivals_tx.clone(),
                 self.stop.clone(),
@@ -174,7 +198,14 @@ impl Sim {
     pub async fn register_extra(&self, i: usize, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            let mut c = IpamClient::new(connect(&self.endpoint).await);
+            let mut c = match dial(&self.endpoint, self.dialer.as_ref()).await {
+                Ok(channel) => IpamClient::new(channel),
+                Err(e) if Instant::now() > deadline => panic!("dialling IPAM: {e}"),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             match c
                 .register_node(pb::RegisterNodeRequest {
                     name: name(i),
@@ -195,12 +226,16 @@ impl Sim {
     }
 }
 
-/// A channel that connects lazily and reconnects by itself (IPAM restarts under it).
-async fn connect(endpoint: &str) -> Channel {
-    Endpoint::from_shared(endpoint.to_string())
-        .expect("an endpoint")
-        .tcp_nodelay(true)
-        .connect_lazy()
+/// A channel that reconnects by itself (IPAM restarts under it): plaintext and lazy, or as an
+/// agent dials (mutual TLS, connected before it returns).
+async fn dial(endpoint: &str, dialer: Option<&Dialer>) -> Result<Channel, String> {
+    match dialer {
+        Some(d) => d.connect(endpoint).await.map_err(|e| e.to_string()),
+        None => Ok(Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect_lazy()),
+    }
 }
 
 async fn heartbeat(channel: Channel, name: String, stop: Arc<AtomicBool>) {
