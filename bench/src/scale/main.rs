@@ -139,6 +139,22 @@ impl Plane {
         plane
     }
 
+    /// Starts `program` in `cp` on `args` — with its certificate as `identity` under `--tls` (and
+    /// IPAM with no rate limit: the simulated nodes share one identity) — once it listens.
+    fn spawn(&self, program: &str, identity: &str, args: &[&str]) -> Service {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if let Some(certs) = &self.certs {
+            args.extend(certs.service_flags(identity));
+            if program == "routeplane-ipam" {
+                args.extend(["--rate-limit".to_string(), "0".to_string()]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut service = Service::spawn(program, Some(self.cp.name()), &bin(program), &args);
+        service.listen_addr("gRPC");
+        service
+    }
+
     /// IPAM's URL, https:// under `--tls`.
     fn ipam_url(&self) -> String {
         match self.certs {
@@ -170,7 +186,7 @@ impl Plane {
             self.path("values.yaml"),
             self.path("bgp-config.yaml"),
         );
-        let mut args: Vec<String> = [
+        let args = [
             "--data-dir",
             data.as_str(),
             "--values",
@@ -183,32 +199,19 @@ impl Plane {
             IPAM_METRICS,
             "--log",
             "warn,routeplane_runtime=info",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(certs) = &self.certs {
-            args.extend(certs.service_flags("ipam/ipam"));
-            args.extend(["--rate-limit".to_string(), "0".to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut ipam = Service::spawn(
-            "routeplane-ipam",
-            Some(self.cp.name()),
-            &bin("routeplane-ipam"),
-            &args,
-        );
-        ipam.listen_addr("gRPC");
+        ];
+        let ipam = self.spawn("routeplane-ipam", "ipam/ipam", &args);
         self.ipam = Some(ipam);
     }
 
     fn start_bgp(&mut self) {
         let config = self.path("bgp-config.yaml");
-        let mut args: Vec<String> = [
+        let ipam = self.ipam_url();
+        let args = [
             "--bgp-config",
             config.as_str(),
             "--ipam",
-            &self.ipam_url(),
+            ipam.as_str(),
             "--bgp-listen",
             "127.0.0.1:0",
             "--grpc-listen",
@@ -223,21 +226,8 @@ impl Plane {
             "0s",
             "--log",
             "warn,routeplane_runtime=info",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(certs) = &self.certs {
-            args.extend(certs.service_flags("bgp/bgp"));
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut bgp = Service::spawn(
-            "routeplane-bgp",
-            Some(self.cp.name()),
-            &bin("routeplane-bgp"),
-            &args,
-        );
-        bgp.listen_addr("gRPC");
+        ];
+        let bgp = self.spawn("routeplane-bgp", "bgp/bgp", &args);
         self.bgp = Some(bgp);
     }
 
