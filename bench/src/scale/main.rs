@@ -139,15 +139,12 @@ impl Plane {
         plane
     }
 
-    /// Starts `program` in `cp` on `args` — with its certificate as `identity` under `--tls` (and
-    /// IPAM with no rate limit: the simulated nodes share one identity) — once it listens.
+    /// Starts `program` in `cp` on `args` — with its certificate as `identity` under `--tls` —
+    /// once it listens.
     fn spawn(&self, program: &str, identity: &str, args: &[&str]) -> Service {
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if let Some(certs) = &self.certs {
             args.extend(certs.service_flags(identity));
-            if program == "routeplane-ipam" {
-                args.extend(["--rate-limit".to_string(), "0".to_string()]);
-            }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut service = Service::spawn(program, Some(self.cp.name()), &bin(program), &args);
@@ -197,6 +194,10 @@ impl Plane {
             IPAM,
             "--metrics-listen",
             IPAM_METRICS,
+            // Under --tls the simulated nodes share one identity (real agents have one each), so
+            // no per-identity limit; a plaintext listener has none anyway.
+            "--rate-limit",
+            "0",
             "--log",
             "warn,routeplane_runtime=info",
         ];

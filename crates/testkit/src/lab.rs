@@ -537,11 +537,25 @@ impl NodeLab {
 
     /// One call to routeplane-ipam with grpcurl (from `ctl`).
     pub fn ipam(&self, method: &str, body: &str) -> Result<serde_json::Value, String> {
+        self.operator_call(
+            IPAM_ADDR,
+            &format!("routeplane.ipam.v1.Ipam/{method}"),
+            body,
+        )
+    }
+
+    /// One grpcurl call from `ctl` as the lab's operator to `addr`'s `service/method`.
+    pub(crate) fn operator_call(
+        &self,
+        addr: &str,
+        method: &str,
+        body: &str,
+    ) -> Result<serde_json::Value, String> {
         crate::grpcurl_with(
             Some(self.ctl.name()),
             &self.certs.grpcurl_flags(OPERATOR),
-            IPAM_ADDR,
-            &format!("routeplane.ipam.v1.Ipam/{method}"),
+            addr,
+            method,
             body,
         )
     }

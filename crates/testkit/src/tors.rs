@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::bird::{birdc, parse_routes};
-use crate::lab::{IPAM_ADDR, NodeLab, OPERATOR};
+use crate::lab::{IPAM_ADDR, NodeLab};
 use crate::{Service, bin};
 
 /// (address, our AS, its AS) of each ToR.
@@ -171,13 +171,7 @@ impl NodeLab {
 
     /// One call to routeplane-bgp's API with grpcurl (from `ctl`, as the lab's operator).
     pub fn bgp(&self, method: &str, body: &str) -> Result<serde_json::Value, String> {
-        crate::grpcurl_with(
-            Some(self.ctl.name()),
-            &self.certs.grpcurl_flags(OPERATOR),
-            BGP_GRPC,
-            &format!("routeplane.bgp.v1.Bgp/{method}"),
-            body,
-        )
+        self.operator_call(BGP_GRPC, &format!("routeplane.bgp.v1.Bgp/{method}"), body)
     }
 
     /// IPAM's /metrics (empty when it does not answer).
