@@ -24,6 +24,25 @@ const SLED_SEGMENT: usize = 8 << 20;
 const SLED_SEGMENT_BEFORE: usize = 512 << 10;
 
 fn open_sled(path: &Path, segment: usize) -> sled::Result<sled::Db> {
+    // sled lets go of its file lock only when the last of its threads holding the dropped Db ends,
+    // a moment after the drop: a reopen in the same process (--copy-store reads back the store it
+    // just wrote) can meet its own lock still held. Bounded, so that another process holding the
+    // store is still reported, after 2 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open_sled_once(path, segment) {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(path: &Path, segment: usize) -> sled::Result<sled::Db> {
     // No background flushes: what is durable in sled is what a checkpoint flushed, and the log
     // holds everything after it. (sled's default flushes every 500 ms, which made a crash lose
     // less than the design allows for and so hid mistakes in what the log keeps.)
