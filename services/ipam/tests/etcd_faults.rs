@@ -411,12 +411,30 @@ async fn everything_restarted_under_load_keeps_every_acknowledged_allocation() {
     let mut c = common::Server::attach(&format!("http://127.0.0.1:{leading}"))
         .client()
         .await;
-    let listed = c
+    let served: BTreeMap<String, String> = c
         .list_service_i_ps(pb::ListServiceIPsRequest::default())
         .await
         .unwrap()
         .into_inner()
         .service_ips
-        .len();
-    assert_eq!(listed, seen.services.len());
+        .into_iter()
+        .map(|s| (s.service, s.ip))
+        .collect();
+    // A Service IP committed whose answer died with the SIGKILL is held though never
+    // acknowledged (the caller's retry gets the same one): served must equal what etcd holds,
+    // and hold every acknowledged one.
+    let prefix = format!("{PREFIX}s/");
+    let held: BTreeMap<String, String> = cluster
+        .get_prefix(&prefix)
+        .into_iter()
+        .map(|(key, value)| {
+            let record = serde_json::from_str::<serde_json::Value>(&value).unwrap();
+            let service = key.strip_prefix(&prefix).unwrap().to_string();
+            (service, record["ip"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(served, held);
+    for (service, ip) in &seen.services {
+        assert_eq!(served.get(service), Some(ip), "Service {service}");
+    }
 }
