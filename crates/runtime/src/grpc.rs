@@ -39,8 +39,10 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// How long a client has to finish its TLS handshake before the connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Handshakes in progress at once; connections beyond it are closed at once, so a flood of idle
-/// connections costs a bounded amount of memory.
+/// Handshakes in progress at once. Past it the listener stops accepting until one ends: a herd of
+/// clients (every agent back to a restarted IPAM) waits in the kernel's accept queue and is served
+/// in turn — closed at once, each would come back at once, a retry storm that held 5,000 nodes'
+/// agents off a cold-started IPAM for 105 s — and a flood of idle connections costs bounded memory.
 pub const MAX_HANDSHAKES: usize = 256;
 
 /// One service's gRPC listener: what it serves, who may call what, and how it is secured.
@@ -162,6 +164,13 @@ fn tls_incoming(
     tokio::spawn(async move {
         let pending = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         loop {
+            let permit = tokio::select! {
+                () = shutdown.wait() => return,
+                permit = pending.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
             let accepted = tokio::select! {
                 () = shutdown.wait() => return,
                 accepted = listener.accept() => accepted,
@@ -174,10 +183,6 @@ fn tls_incoming(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
-            };
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, "{MAX_HANDSHAKES} TLS handshakes in progress: connection closed");
-                continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());

@@ -427,6 +427,54 @@ async fn the_services_own_client_dials_with_mutual_tls_and_is_authorized_by_its_
     }
 }
 
+/// Every agent back at once (a restarted IPAM, 5,000 nodes): more TLS handshakes at once than the
+/// server does at a time (MAX_HANDSHAKES, 256) are queued and served in turn, none refused — a
+/// client closed at once would come straight back, and thousands doing so kept a cold-started
+/// control plane busy for 105 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_of_clients_past_the_handshake_limit_is_served_in_turn() {
+    const HERD: usize = 600;
+    routeplane_runtime::limits::raise_open_files().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(&dir.path().join("tls"), &IDS);
+    let server = start_with(&certs, &dir.path().join("data"), &["--rate-limit", "0"]);
+    let (cert, key) = certs.pair("operator/admin");
+    let tls = std::sync::Arc::new(
+        Tls::load(TlsFiles {
+            ca: certs.ca(),
+            cert,
+            key,
+        })
+        .unwrap(),
+    );
+    let url = format!("https://{}", server.grpc);
+    let answers = futures::future::join_all((0..HERD).map(|_| {
+        let dialer = Dialer::new(Security::Tls(tls.clone()));
+        let url = url.clone();
+        async move {
+            let channel = dialer.connect(&url).await.map_err(|e| e.to_string())?;
+            let mut c = pb::ipam_client::IpamClient::new(channel);
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                c.list_pools(pb::ListPoolsRequest {}),
+            )
+            .await
+            .map_err(|_| "no answer within 30 s".to_string())?
+            .map_err(|s| s.to_string())?;
+            // Held until all have answered: every connection open at once.
+            Ok::<_, String>(c)
+        }
+    }))
+    .await;
+    let failed: Vec<&String> = answers.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {HERD} clients failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
 /// A TLS client of the server as `id`.
 async fn client_as(
     certs: &Certs,
