@@ -6,14 +6,17 @@
 //! v1alpha, since grpcurl 1.8 asks v1alpha), and [`metrics::serve`] exposes a Prometheus registry on
 //! `/metrics`. [`tls`] loads the certificates of mutual TLS and re-reads them; [`authz`] decides
 //! from the caller's certificate who may call what; [`dial`] makes the clients' channels the same
-//! way; [`limits`] raises the open-files limit a server of thousands of clients needs. Both servers stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
+//! way, and [`link`] shares one of them between a process's callers, which retry with
+//! [`backoff`]'s jittered pauses; [`limits`] raises the open-files limit a server of thousands of clients needs. Both servers stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod backoff;
 pub mod dial;
 pub mod flags;
 pub mod grpc;
 pub mod limits;
+pub mod link;
 pub mod metrics;
 pub mod probe;
 pub mod ratelimit;

@@ -5,8 +5,9 @@
 //! off a watcher that fell behind (ABORTED), stopping (UNAVAILABLE), the connection dropping —
 //! resumes from the last revision it delivered (IPAM answers with a fresh snapshot when it cannot
 //! replay), until shutdown. Nothing is skipped silently: an entry that does not parse (an address,
-//! a CIDR, a Service IP) is logged with what it was and counted in [`FeedStats`]. Reconnects back
-//! off from 200 ms to 5 s, and start again from 200 ms once a connection has delivered an event.
+//! a CIDR, a Service IP) is logged with what it was and counted in [`FeedStats`]. The stream rides
+//! the process's shared [`Link`] to IPAM (the agent's one connection); reconnects back off from
+//! 200 ms to 5 s, jittered, and start again from 200 ms once a connection has delivered an event.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::watch_event::Event as E;
 use routeplane_net::Cidr;
-use routeplane_runtime::dial::Dialer;
+use routeplane_runtime::backoff::Backoff;
+use routeplane_runtime::link::Link;
 use routeplane_runtime::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
@@ -147,45 +149,9 @@ fn service(s: &pb::ServiceIp, stats: &FeedStats) -> Option<FeedService> {
     }
 }
 
-/// The pause before reconnecting: doubling from [`Backoff::FIRST`] to [`Backoff::MOST`], back to
-/// the first once a connection has worked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff(Duration);
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(200);
-    pub const MOST: Duration = Duration::from_secs(5);
-
-    pub fn new() -> Backoff {
-        Backoff(Self::FIRST)
-    }
-
-    /// The pause to take now; the next one is longer.
-    pub fn pause(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(Self::MOST);
-        now
-    }
-
-    /// A connection delivered: the next disconnect starts over.
-    pub fn reset(&mut self) {
-        self.0 = Self::FIRST;
-    }
-
-    /// The pause after a connection ended, having `delivered` events or not.
-    pub fn after(&mut self, delivered: bool) -> Duration {
-        if delivered {
-            self.reset();
-        }
-        self.pause()
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff::new()
-    }
-}
+/// The first pause before reconnecting, and the longest.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+pub const BACKOFF_MOST: Duration = Duration::from_secs(5);
 
 fn operator_entry(e: pb::OperatorEntry) -> FeedOperatorEntry {
     FeedOperatorEntry {
@@ -207,26 +173,26 @@ pub enum Follow {
 
 /// Follows IPAM until shutdown, reconnecting with backoff.
 pub async fn run(
-    endpoint: String,
-    dialer: Dialer,
+    link: Arc<Link>,
     follow_what: Follow,
     tx: mpsc::UnboundedSender<FeedEvent>,
     stats: Arc<FeedStats>,
     shutdown: Shutdown,
 ) {
+    let endpoint = link.list().to_string();
     let mut revision = 0;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MOST);
     while !shutdown.is_triggered() {
         let mut delivered = false;
         let result = tokio::select! {
-            r = follow(&endpoint, &dialer, follow_what, &mut revision, &tx, &stats, &mut delivered) => r,
+            r = follow(&link, follow_what, &mut revision, &tx, &stats, &mut delivered) => r,
             () = shutdown.wait() => return,
         };
         let _ = tx.send(FeedEvent::Connected(false));
         match result {
             Ok(()) => tracing::warn!(%endpoint, revision, "IPAM ended the Watch stream; resuming"),
             Err(e) => {
-                tracing::warn!(%endpoint, revision, error = %e, "IPAM Watch interrupted; resuming")
+                tracing::warn!(%endpoint, revision, error = %e.message(), code = ?e.code(), "IPAM Watch interrupted; resuming")
             }
         }
         tokio::select! {
@@ -236,16 +202,29 @@ pub async fn run(
     }
 }
 
+/// One Watch stream on the link's connection (a failure that may be the connection's makes the
+/// next attempt dial again).
 async fn follow(
-    endpoint: &str,
-    dialer: &Dialer,
+    link: &Link,
     follow_what: Follow,
     revision: &mut u64,
     tx: &mpsc::UnboundedSender<FeedEvent>,
     stats: &FeedStats,
     delivered: &mut bool,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = pb::ipam_client::IpamClient::new(dialer.connect(endpoint).await?)
+) -> Result<(), tonic::Status> {
+    link.call(|channel| stream(channel, follow_what, revision, tx, stats, delivered))
+        .await
+}
+
+async fn stream(
+    channel: tonic::transport::Channel,
+    follow_what: Follow,
+    revision: &mut u64,
+    tx: &mpsc::UnboundedSender<FeedEvent>,
+    stats: &FeedStats,
+    delivered: &mut bool,
+) -> Result<(), tonic::Status> {
+    let mut client = pb::ipam_client::IpamClient::new(channel)
         .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
     let mut stream = client
         .watch(pb::WatchRequest {
@@ -340,25 +319,5 @@ mod tests {
         };
         assert_eq!(service(&bad, &stats), None);
         assert_eq!(stats.skipped(), 3);
-    }
-
-    #[test]
-    fn backoff_grows_to_its_ceiling_and_starts_over_after_a_connection_that_worked() {
-        let mut b = Backoff::new();
-        let pauses: Vec<Duration> = (0..7).map(|_| b.pause()).collect();
-        assert_eq!(pauses[0], Backoff::FIRST);
-        assert_eq!(pauses[1], Duration::from_millis(400));
-        assert_eq!(pauses[6], Backoff::MOST);
-        assert_eq!(
-            b.after(false),
-            Backoff::MOST,
-            "nothing delivered: still waiting long"
-        );
-        assert_eq!(
-            b.after(true),
-            Backoff::FIRST,
-            "not 5 s for ever after five disconnects"
-        );
-        assert_eq!(b.after(false), Duration::from_millis(400));
     }
 }

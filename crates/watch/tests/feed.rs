@@ -7,6 +7,7 @@
 //! test can freeze it (a busy process) while IPAM keeps committing.
 
 use routeplane_runtime::dial::Dialer;
+use routeplane_runtime::link::Link;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -61,7 +62,8 @@ impl Follower {
                     }
                 });
                 let what = routeplane_watch::Follow::Allocations;
-                routeplane_watch::run(endpoint, Dialer::loopback_only(), what, tx, s, sd).await;
+                let link = Arc::new(Link::new(Dialer::loopback_only(), &endpoint));
+                routeplane_watch::run(link, what, tx, s, sd).await;
             });
         });
         Follower {

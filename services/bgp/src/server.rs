@@ -57,8 +57,10 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     ));
     let feed_stats = Arc::new(routeplane_watch::FeedStats::default());
     tokio::spawn(routeplane_watch::run(
-        cli.ipam.clone(),
-        dialer.clone(),
+        Arc::new(routeplane_runtime::link::Link::new(
+            dialer.clone(),
+            &cli.ipam,
+        )),
         routeplane_watch::Follow::WithOperatorEntries,
         feed_tx,
         feed_stats.clone(),

@@ -103,8 +103,9 @@ pub struct Machinery {
     pub uplinks: Vec<String>,
     /// What following the IPAM feed met (for the metrics).
     pub feed: Arc<routeplane_watch::FeedStats>,
-    /// How IPAM is dialled (mutual TLS or not).
-    pub dialer: routeplane_runtime::dial::Dialer,
+    /// The agent's one connection to IPAM (mutual TLS or not): registration, heartbeat, Watch
+    /// and pod reports share it.
+    pub ipam: Arc<routeplane_runtime::link::Link>,
 }
 
 /// The node's own pod CIDR routes: `<pod CIDR> dev rp_host`, so that what is not a pod's /32 goes
@@ -355,6 +356,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     dialer
         .check(&cli.ipam)
         .map_err(routeplane_runtime::RuntimeError::from)?;
+    let ipam = Arc::new(routeplane_runtime::link::Link::new(dialer, &cli.ipam));
     let kernel = Arc::new(Kernel::connect()?);
     let name = match &cli.node_name {
         Some(n) => n.clone(),
@@ -389,8 +391,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     );
     let registration = crate::registration::start(
         Identity {
-            ipam: cli.ipam.clone(),
-            dialer: dialer.clone(),
+            ipam: ipam.clone(),
             name: name.clone(),
             addresses: addresses.clone(),
             labels,
@@ -418,8 +419,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     .await?;
     tokio::spawn(crate::pods::report::run(
         pods.clone(),
-        cli.ipam.clone(),
-        dialer.clone(),
+        ipam.clone(),
         shutdown.clone(),
     ));
     let machinery = Machinery {
@@ -429,11 +429,11 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         ebpf_routes: cli.datapath == DatapathKind::Ebpf,
         uplinks: cli.uplink_interfaces.clone(),
         feed,
-        dialer,
+        ipam,
     };
     follow(&cli, &machinery, &shared, registration, &shutdown).await;
     if cli.drain_on_shutdown {
-        match crate::registration::drain_for_shutdown(&cli.ipam, &machinery.dialer, &name).await {
+        match crate::registration::drain_for_shutdown(&machinery.ipam, &name).await {
             Ok(()) => tracing::info!(
                 "node drained until this agent registers again: its prefixes go with GRACEFUL_SHUTDOWN"
             ),
@@ -455,8 +455,7 @@ async fn follow(
 ) {
     let (tx, mut feed) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(routeplane_watch::run(
-        cli.ipam.clone(),
-        m.dialer.clone(),
+        m.ipam.clone(),
         routeplane_watch::Follow::Allocations,
         tx,
         m.feed.clone(),

@@ -38,7 +38,7 @@ fn ended(status: &tonic::Status) -> Ended {
 }
 
 /// One warning per outage: when a stream that was beating ends, and when the first attempt to open
-/// one fails — not for every retry after it (one each 0.5 s while IPAM is away).
+/// one fails — not for every retry after it (one every few seconds while IPAM is away).
 #[derive(Debug, Default)]
 pub struct Outage {
     warned: bool,
@@ -64,15 +64,24 @@ pub fn interval(answer: &pb::HeartbeatResponse) -> Duration {
         .clamp(Duration::from_millis(50), Duration::from_secs(10))
 }
 
-/// Opens the stream and beats until it ends.
+/// Opens the stream on the agent's connection to IPAM and beats until it ends; a stream that
+/// failed or was lost makes the next one dial again (a new connection, or another replica).
 pub async fn run(id: &Identity) -> Ended {
-    let channel = match id.dialer.connect(&id.ipam).await {
-        Ok(c) => c,
+    let leased = match id.ipam.channel().await {
+        Ok(l) => l,
         Err(e) => return Ended::Failed(e.to_string()),
     };
+    let ended = beat(leased.channel.clone(), &id.name).await;
+    if matches!(ended, Ended::Failed(_) | Ended::Lost(_)) {
+        id.ipam.failed(&leased);
+    }
+    ended
+}
+
+async fn beat(channel: tonic::transport::Channel, name: &str) -> Ended {
     let mut client = pb::ipam_client::IpamClient::new(channel);
     let beat = pb::HeartbeatRequest {
-        name: id.name.clone(),
+        name: name.to_string(),
     };
     let (tx, rx) = mpsc::channel(1);
     // The first beat names the node; IPAM answers once it has taken it.

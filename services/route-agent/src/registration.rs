@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use routeplane_api::ipam::v1 as pb;
 use routeplane_net::Cidr;
+use routeplane_runtime::backoff::Backoff;
+use routeplane_runtime::link::Link;
 use routeplane_runtime::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -168,8 +170,8 @@ impl Registration {
 
 /// Everything registration needs.
 pub struct Identity {
-    pub ipam: String,
-    pub dialer: routeplane_runtime::dial::Dialer,
+    /// The agent's one connection to IPAM, shared with its Watch and pod reports.
+    pub ipam: Arc<Link>,
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub labels: watch::Receiver<BTreeMap<String, String>>,
@@ -198,19 +200,16 @@ const SHUTDOWN_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 
 /// On SIGTERM: drains the node until this agent registers again (RFC 8326 at the ToRs, see
 /// `--drain-on-shutdown`). Bounded by SHUTDOWN_DRAIN_TIMEOUT.
-pub async fn drain_for_shutdown(
-    ipam: &str,
-    dialer: &routeplane_runtime::dial::Dialer,
-    name: &str,
-) -> Result<(), String> {
+pub async fn drain_for_shutdown(ipam: &Link, name: &str) -> Result<(), String> {
     let call = async {
-        let mut c = pb::ipam_client::IpamClient::new(
-            dialer.connect(ipam).await.map_err(|e| e.to_string())?,
-        );
-        c.drain_node(pb::DrainNodeRequest {
-            name: name.to_string(),
-            cancel: false,
-            until_registered: true,
+        ipam.call(|channel| async move {
+            pb::ipam_client::IpamClient::new(channel)
+                .drain_node(pb::DrainNodeRequest {
+                    name: name.to_string(),
+                    cancel: false,
+                    until_registered: true,
+                })
+                .await
         })
         .await
         .map_err(|s| s.message().to_string())?;
@@ -222,29 +221,25 @@ pub async fn drain_for_shutdown(
 }
 
 async fn register_once(id: &Identity, kernel: &Kernel) -> Result<NodeAllocation, String> {
-    let mut c = pb::ipam_client::IpamClient::new(
-        id.dialer
-            .connect(&id.ipam)
-            .await
-            .map_err(|e| e.to_string())?,
-    )
-    .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
     let labels = id.labels.borrow().clone();
-    let node = c
-        .register_node(pb::RegisterNodeRequest {
-            name: id.name.clone(),
-            addresses: id.addresses.iter().map(ToString::to_string).collect(),
-            labels: labels.into_iter().collect::<HashMap<_, _>>(),
+    let request = pb::RegisterNodeRequest {
+        name: id.name.clone(),
+        addresses: id.addresses.iter().map(ToString::to_string).collect(),
+        labels: labels.into_iter().collect::<HashMap<_, _>>(),
+    };
+    let (node, pools) = id
+        .ipam
+        .call(|channel| async move {
+            let mut c = pb::ipam_client::IpamClient::new(channel)
+                .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
+            let node = c.register_node(request).await?.into_inner();
+            let pools = c.list_pools(pb::ListPoolsRequest {}).await?.into_inner();
+            Ok((node, pools))
         })
         .await
-        .map_err(|s| format!("RegisterNode: {}", s.message()))?
-        .into_inner();
+        .map_err(|s| format!("registering with IPAM: {}", s.message()))?;
     let alloc = NodeAllocation::from_ipam(&node.name, &node.pod_cidrs, &node.router_ips)?;
-    let pools: Vec<Cidr> = c
-        .list_pools(pb::ListPoolsRequest {})
-        .await
-        .map_err(|s| format!("ListPools: {}", s.message()))?
-        .into_inner()
+    let pools: Vec<Cidr> = pools
         .pod_pools
         .iter()
         .filter_map(|p| p.cidr.parse().ok())
@@ -284,11 +279,11 @@ async fn run(
             }
             Err(e) => {
                 if !warned {
-                    tracing::warn!(error = %e, "registration failed; retrying every second");
+                    tracing::warn!(error = %e, "registration failed; retrying about every second");
                     warned = true;
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue 'register,
+                    () = tokio::time::sleep(routeplane_runtime::backoff::jitter(Duration::from_secs(1))) => continue 'register,
                     () = again.notified() => continue 'register,
                     () = shutdown.wait() => return,
                 }
@@ -307,8 +302,12 @@ enum Next {
     Shutdown,
 }
 
-/// How soon a heartbeat stream that failed is opened again: within IPAM's dead interval.
-const HEARTBEAT_RETRY: Duration = Duration::from_millis(500);
+/// How soon a heartbeat stream that failed is opened again: the first retry well within IPAM's
+/// dead interval (a stream lost while IPAM lives), then backing off to a few seconds while IPAM is
+/// away (a restarted IPAM gives every node its lease TTL before judging it) — jittered, so that
+/// thousands of agents do not come back to a restarted IPAM in the same instant.
+const HEARTBEAT_RETRY_FIRST: Duration = Duration::from_millis(500);
+const HEARTBEAT_RETRY_MOST: Duration = Duration::from_secs(4);
 
 /// Keeps this node alive in IPAM: beats on the Heartbeat stream (`heartbeat.rs`), or — with an
 /// IPAM that has none — renews with KeepAlive a few times per lease TTL. Returns when the node must
@@ -317,6 +316,7 @@ async fn keep_lease(id: &mut Identity, again: &Notify, shutdown: &Shutdown) -> N
     let mut heartbeats = true;
     let mut period = Duration::from_secs(5);
     let mut outage = crate::heartbeat::Outage::default();
+    let mut retry = Backoff::new(HEARTBEAT_RETRY_FIRST, HEARTBEAT_RETRY_MOST);
     loop {
         let mut labels = id.labels.clone();
         let interrupted = async {
@@ -345,9 +345,10 @@ async fn keep_lease(id: &mut Identity, again: &Notify, shutdown: &Shutdown) -> N
                             } else {
                                 "could not be opened"
                             };
-                            tracing::warn!(error = %e, "the heartbeat stream to IPAM {what}; trying every {HEARTBEAT_RETRY:?} (said once per outage)");
+                            tracing::warn!(error = %e, "the heartbeat stream to IPAM {what}; retrying after {HEARTBEAT_RETRY_FIRST:?} to {HEARTBEAT_RETRY_MOST:?} (said once per outage)");
                         }
-                        tokio::time::sleep(HEARTBEAT_RETRY).await;
+                        let lost = matches!(ended, Ended::Lost(_));
+                        tokio::time::sleep(retry.after(lost)).await;
                     }
                 }
                 return None;
@@ -379,18 +380,15 @@ async fn keep_lease(id: &mut Identity, again: &Notify, shutdown: &Shutdown) -> N
 }
 
 async fn keep_alive(id: &Identity) -> Result<pb::KeepAliveResponse, tonic::Status> {
-    let mut c = pb::ipam_client::IpamClient::new(
-        id.dialer
-            .connect(&id.ipam)
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
-    )
-    .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
-    c.keep_alive(pb::KeepAliveRequest {
-        name: id.name.clone(),
-    })
-    .await
-    .map(tonic::Response::into_inner)
+    let name = id.name.clone();
+    id.ipam
+        .call(|channel| async move {
+            pb::ipam_client::IpamClient::new(channel)
+                .keep_alive(pb::KeepAliveRequest { name })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use routeplane_api::ipam::v1 as pb;
+use routeplane_runtime::link::Link;
 use routeplane_runtime::shutdown::Shutdown;
 
 use super::PodNetwork;
@@ -19,12 +20,7 @@ const GATHER: Duration = Duration::from_millis(50);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reports until shutdown.
-pub async fn run(
-    pods: Arc<PodNetwork>,
-    ipam: String,
-    dialer: routeplane_runtime::dial::Dialer,
-    shutdown: Shutdown,
-) {
+pub async fn run(pods: Arc<PodNetwork>, ipam: Arc<Link>, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let (_, pending) = pods.reported();
@@ -56,18 +52,16 @@ pub async fn run(
                 })
                 .collect(),
         };
-        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut c = pb::ipam_client::IpamClient::new(
-                dialer
-                    .connect(&ipam)
+        let answer = tokio::time::timeout(
+            CALL_TIMEOUT,
+            ipam.call(|channel| async move {
+                pb::ipam_client::IpamClient::new(channel)
+                    .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
+                    .sync_pod_i_ps(request)
                     .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
-            )
-            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
-            c.sync_pod_i_ps(request)
-                .await
-                .map(tonic::Response::into_inner)
-        })
+                    .map(tonic::Response::into_inner)
+            }),
+        )
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 10 s")));
         match answer {
