@@ -2,8 +2,8 @@
 //! pods' IPs, beat on the Heartbeat stream, and follow the Watch feed — reopening either stream
 //! after IPAM restarts, as the agent does. By default simulated nodes share plaintext HTTP/2
 //! connections, fifty to one (IPAM serves at most 128 streams per connection); with a [`Dialer`]
-//! (`--tls`) each dials as a real agent does: mutual TLS, and a connection of its own for its calls
-//! and heartbeat and another for its Watch.
+//! (`--tls`) each dials as a real agent does: mutual TLS, one connection of its own for its calls,
+//! heartbeat and Watch. Streams that end are reopened after the agent's jittered backoff.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
+use routeplane_runtime::backoff::Backoff;
 use routeplane_runtime::dial::Dialer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,11 +32,9 @@ pub fn name(i: usize) -> String {
 pub struct Sim {
     endpoint: String,
     dialer: Option<Dialer>,
-    /// Calls and heartbeats: node i uses `channels[i / per_connection]`; its Watch the one
-    /// `watch_offset` after it (0: the same).
+    /// Node i's calls, heartbeat and Watch use `channels[i / per_connection]`.
     channels: Vec<Channel>,
     per_connection: usize,
-    watch_offset: usize,
     pub nodes: usize,
     stop: Arc<AtomicBool>,
     /// (revision, when it reached a watcher), from every watcher.
@@ -45,12 +44,12 @@ pub struct Sim {
 
 impl Sim {
     pub async fn connect(endpoint: &str, nodes: usize, dialer: Option<Dialer>) -> Sim {
-        let (per_connection, streams) = match dialer {
-            Some(_) => (1, 2),
-            None => (PER_CONNECTION, 1),
+        let per_connection = match dialer {
+            Some(_) => 1,
+            None => PER_CONNECTION,
         };
         let count = nodes.div_ceil(per_connection).max(1);
-        let channels = futures::stream::iter(0..count * streams)
+        let channels = futures::stream::iter(0..count)
             .map(|_| dial(endpoint, dialer.as_ref()))
             .buffered(DIAL_CONCURRENCY)
             .map(|c| c.unwrap_or_else(|e| panic!("dialling IPAM at {endpoint}: {e}")))
@@ -62,7 +61,6 @@ impl Sim {
             dialer,
             channels,
             per_connection,
-            watch_offset: if streams == 2 { count } else { 0 },
             nodes,
             stop: Arc::new(AtomicBool::new(false)),
             arrivals,
@@ -124,7 +122,7 @@ impl Sim {
         for i in 0..self.nodes {
             tokio::spawn(heartbeat(self.channel(i), name(i), self.stop.clone()));
             tokio::spawn(watch(
-                self.channels[i / self.per_connection + self.watch_offset].clone(),
+                self.channel(i),
                 revision,
                 self.arrivals_tx.clone(),
                 self.stop.clone(),
@@ -238,21 +236,34 @@ async fn dial(endpoint: &str, dialer: Option<&Dialer>) -> Result<Channel, String
     }
 }
 
+/// The route agent's pauses between attempts (registration.rs, watch crate).
+fn heartbeat_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(4))
+}
+
+fn watch_backoff() -> Backoff {
+    Backoff::new(
+        routeplane_watch::BACKOFF_FIRST,
+        routeplane_watch::BACKOFF_MOST,
+    )
+}
+
 async fn heartbeat(channel: Channel, name: String, stop: Arc<AtomicBool>) {
     let beat = pb::HeartbeatRequest { name };
+    let mut retry = heartbeat_backoff();
     while !stop.load(Ordering::Relaxed) {
         let (tx, rx) = mpsc::channel(1);
         let _ = tx.try_send(beat.clone());
         let mut c = IpamClient::new(channel.clone());
         let Ok(answers) = c.heartbeat(ReceiverStream::new(rx)).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(retry.after(false)).await;
             continue;
         };
         let mut answers = answers.into_inner();
         let every = match answers.message().await {
             Ok(Some(a)) => Duration::from_millis(u64::from(a.interval_ms).max(50)),
             _ => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(retry.after(false)).await;
                 continue;
             }
         };
@@ -272,7 +283,7 @@ async fn heartbeat(channel: Channel, name: String, stop: Arc<AtomicBool>) {
                 },
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(retry.after(true)).await;
     }
 }
 
@@ -282,6 +293,7 @@ async fn watch(
     arrivals: mpsc::UnboundedSender<(u64, Instant)>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut retry = watch_backoff();
     while !stop.load(Ordering::Relaxed) {
         let mut c = IpamClient::new(channel.clone())
             .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES);
@@ -292,11 +304,13 @@ async fn watch(
             })
             .await
         else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(retry.after(false)).await;
             continue;
         };
         let mut stream = stream.into_inner();
+        let mut delivered = false;
         while let Ok(Some(event)) = stream.message().await {
+            delivered = true;
             if stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -305,6 +319,6 @@ async fn watch(
                 let _ = arrivals.send((revision, Instant::now()));
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(retry.after(delivered)).await;
     }
 }
