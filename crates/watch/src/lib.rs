@@ -273,6 +273,12 @@ async fn stream(
                 }
             },
             Some(E::ServiceIpReleased(s)) => FeedEvent::ServiceReleased(s.service),
+            // A bookmark: resume from here (IPAM's shutdown), nothing to deliver.
+            Some(E::Progress(_)) => {
+                *revision = ev.revision;
+                *delivered = true;
+                continue;
+            }
             None => {
                 stats.skip(format_args!(
                     "an event of revision {} (of no kind this client knows)",

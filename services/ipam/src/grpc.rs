@@ -227,6 +227,10 @@ fn watch_event(item: WatchItem) -> pb::WatchEvent {
                 operator_entries: operator.into_iter().map(Into::into).collect(),
             })),
         },
+        WatchItem::Progress(revision) => pb::WatchEvent {
+            revision,
+            event: Some(E::Progress(pb::Progress {})),
+        },
         WatchItem::Event(e) => pb::WatchEvent {
             revision: e.revision,
             event: Some(match &e.event {

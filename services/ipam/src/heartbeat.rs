@@ -92,11 +92,14 @@ pub async fn serve(
         let ipam = open.0.clone();
         // Ends when the agent ends the stream or its connection dies: the lease runs on and the
         // lease clock judges. Each message read is a beat; a slow reader only delays reading.
-        // On shutdown it ends at once, UNAVAILABLE: the agent beats on at the next IPAM.
+        // On shutdown it ends at once, UNAVAILABLE: the agent beats on at the next IPAM. (One
+        // shutdown future for the stream's life, not one registered and dropped per beat.)
+        let stopping = ipam.shutting_down();
+        tokio::pin!(stopping);
         loop {
             let beat = tokio::select! {
                 beat = beats.message() => beat,
-                () = ipam.shutting_down() => {
+                () = &mut stopping => {
                     let _ = tx
                         .send(Err(Status::unavailable(
                             "routeplane-ipam is shutting down: beat on at the next one",

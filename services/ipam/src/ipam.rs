@@ -93,6 +93,8 @@ pub enum WatchItem {
         last: bool,
     },
     Event(Arc<crate::model::RevisionedEvent>),
+    /// A bookmark: the watcher has everything through this revision.
+    Progress(Revision),
 }
 
 impl Ipam {
@@ -283,13 +285,37 @@ impl Ipam {
         let Some(commits) = core.commits.clone() else {
             return;
         };
-        for m in core.state.expire_leases(now) {
+        let expiry = core.state.expire_leases(now);
+        if expiry.spared > 0 {
+            self.liveness
+                .spared
+                .fetch_add(expiry.spared as u64, Ordering::Relaxed);
+            if expiry.sparing_began {
+                tracing::warn!(
+                    nodes = expiry.spared,
+                    "the leases of a third of the nodes or more ran out together: more likely this IPAM (overloaded) or its network than that many nodes failing; their leases are extended for up to {:?} before any is declared dead",
+                    crate::state::MASS_EXPIRY_GRACE
+                );
+            }
+        }
+        let many = expiry.deaths.len() > 10;
+        if many {
+            tracing::warn!(
+                nodes = expiry.deaths.len(),
+                "nodes declared dead (no heartbeat or KeepAlive in time): NotReady"
+            );
+        }
+        for m in expiry.deaths {
             if let Some(crate::model::Event::NodeUpdated(n)) = &m.event {
                 self.liveness.deaths.fetch_add(1, Ordering::Relaxed);
-                if n.held_down {
-                    tracing::warn!(node = %n.name, "node declared dead (no heartbeat or KeepAlive in time): NotReady, and held down for flapping");
-                } else {
-                    tracing::warn!(node = %n.name, "node declared dead (no heartbeat or KeepAlive in time): NotReady");
+                // Named one by one unless many died at once (then the count above).
+                if !many {
+                    let held = if n.held_down {
+                        ", and held down for flapping"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(node = %n.name, "node declared dead (no heartbeat or KeepAlive in time): NotReady{held}");
                 }
             }
             // A closed queue means shutdown or a failed disk: the committer refuses it either way.
@@ -512,6 +538,7 @@ impl Ipam {
             operator,
         };
         let (start, live) = self.feed.subscribe(from);
+        let feed = self.feed.clone();
         let chunk = self.options.snapshot_chunk.max(1);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -537,7 +564,7 @@ impl Ipam {
                     last
                 }
             };
-            forward_live(tx, live, last, shutdown).await;
+            forward_live(tx, live, last, shutdown, feed).await;
         });
         rx
     }
@@ -602,6 +629,37 @@ impl Outbox {
     }
 }
 
+/// On shutdown: forwards what was published and not yet sent, then a bookmark at the feed's
+/// revision — so that every watcher resumes at the restarted IPAM from there (nothing to replay
+/// when nothing changed) instead of every one of thousands asking for a whole snapshot because
+/// changes it does not follow (pod IPs) moved the revision past the last event it saw. The
+/// revision is read before the queue is drained: publication sends every event up to it first
+/// (`Feed::publish`, under the same lock). Returns the bookmark's revision, or None when the
+/// watcher fell behind or went.
+async fn catch_up(
+    tx: &Outbox,
+    live: &mut broadcast::Receiver<Arc<crate::model::RevisionedEvent>>,
+    mut last: Revision,
+    feed: &crate::commit::Feed,
+) -> Option<Revision> {
+    let through = feed.revision();
+    loop {
+        match live.try_recv() {
+            Ok(e) if e.revision <= last => {}
+            Ok(e) => {
+                let revision = e.revision;
+                tx.send_event(e, last).await.ok()?;
+                last = revision;
+            }
+            Err(broadcast::error::TryRecvError::Empty) => break,
+            Err(_) => return None,
+        }
+    }
+    let through = through.max(last);
+    tx.send(WatchItem::Progress(through), last).await.ok()?;
+    Some(through)
+}
+
 /// Sends the snapshot a chunk at a time, each copied out of the shared state only when there is
 /// room for it.
 async fn send_snapshot(
@@ -634,12 +692,16 @@ async fn forward_live(
     mut live: broadcast::Receiver<Arc<crate::model::RevisionedEvent>>,
     mut last: Revision,
     shutdown: Shutdown,
+    feed: Arc<crate::commit::Feed>,
 ) {
     loop {
         let received = tokio::select! {
             r = live.recv() => r,
             _ = tx.closed() => return,
             _ = shutdown.wait() => {
+                if let Some(through) = catch_up(&tx, &mut live, last, &feed).await {
+                    last = through;
+                }
                 tx.end(IpamError::Unavailable(format!("routeplane-ipam is shutting down; resume with fromRevision={last}"))).await;
                 return;
             }

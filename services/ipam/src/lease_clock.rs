@@ -18,6 +18,8 @@ use crate::ipam::Ipam;
 pub struct LivenessStats {
     /// Nodes declared dead (a lease or heartbeat that ran out).
     pub deaths: AtomicU64,
+    /// Expiries not believed: part of a mass expiry, the lease extended (`state/liveness.rs`).
+    pub spared: AtomicU64,
     /// Times the clock found IPAM had stalled, and the time given back for it.
     pub stalls: AtomicU64,
     pub stalled_nanos: AtomicU64,

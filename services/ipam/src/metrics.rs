@@ -86,6 +86,12 @@ impl Collector for IpamCollector {
         )?;
         counter(
             &mut e,
+            "routeplane_ipam_mass_expiry_spared",
+            "Lease expiries not believed at once: a third of the nodes or more ran out together (IPAM overloaded or cut off, more likely than that many deaths), so their leases were extended, for at most 20 s",
+            live.spared.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
             "routeplane_ipam_stalls",
             "Times routeplane-ipam found it had not run for longer than a lease-clock tick (paused, starved of CPU) and gave every lease the time back",
             live.stalls.load(Ordering::Relaxed),

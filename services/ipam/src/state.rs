@@ -22,7 +22,9 @@ use crate::service_pools::{ServicePool, ServicePools};
 mod liveness;
 mod operator;
 mod pod_ips;
-pub use liveness::{Beat, LivenessConfig, MAX_HOLD_DOWN_HALF_LIVES};
+pub use liveness::{
+    Beat, Expiry, LivenessConfig, MASS_EXPIRY_GRACE, MASS_EXPIRY_MIN, MAX_HOLD_DOWN_HALF_LIVES,
+};
 pub use operator::{DEFAULT_MAX_OPERATOR_ENTRIES, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 pub use pod_ips::{AgentPod, PodIps, ReportedPod, SyncOutcome};
 
@@ -159,6 +161,8 @@ pub struct IpamState {
     revision: Revision,
     lease_ttl: Duration,
     liveness: LivenessConfig,
+    /// Recent deaths, and whether IPAM is sparing a mass expiry (`state/liveness.rs`).
+    mass: liveness::MassExpiry,
     max_pods_per_node: usize,
     /// Which operator entries exist (their values are in the durable image).
     operator: BTreeSet<OperatorKey>,
@@ -222,6 +226,7 @@ impl IpamState {
             revision: persisted.revision,
             lease_ttl: config.lease_ttl,
             liveness: config.liveness,
+            mass: liveness::MassExpiry::default(),
             max_pods_per_node: config.max_pods_per_node,
             // Restored whatever the cap: lowering it refuses new entries, it loses none.
             operator: persisted.operator.iter().map(OperatorEntry::name).collect(),

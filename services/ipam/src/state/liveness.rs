@@ -10,6 +10,13 @@
 //!   each death adds a penalty of 1,000 that halves every half-life; above 2,000 the node is held
 //!   down (NotReady, `held_down`, however steady its heartbeat) until the penalty decays below 750.
 //!   The penalty is capped so that no hold-down outlasts [`MAX_HOLD_DOWN_HALF_LIVES`] half-lives.
+//! - A mass expiry is not believed at once. When the leases of a third of the nodes (at least
+//!   [`MASS_EXPIRY_MIN`]) run out within one dead interval, the likelier cause is IPAM (overloaded,
+//!   its beats unread) or its network, not that many nodes failing together: withdrawing them all
+//!   would black-hole a live cluster, and the storm of events it makes loads IPAM further. Their
+//!   leases are extended, for at most [`MASS_EXPIRY_GRACE`]; nodes still silent after that are
+//!   declared dead. Kubernetes' node lifecycle controller stops evicting for the same reason when
+//!   most of a zone goes NotReady at once.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +30,31 @@ const SUPPRESS_ABOVE: f64 = 2000.0;
 const REUSE_BELOW: f64 = 750.0;
 /// RFC 2439's maximum hold-down, in half-lives of decay from the ceiling to the reuse threshold.
 pub const MAX_HOLD_DOWN_HALF_LIVES: u32 = 6;
+
+/// Fewest expiries at once that can be a mass expiry: below it, a small cluster's deaths are
+/// always believed.
+pub const MASS_EXPIRY_MIN: usize = 10;
+/// The longest a mass expiry is spared: the KeepAlive lease TTL, the detection time before
+/// heartbeats.
+pub const MASS_EXPIRY_GRACE: Duration = Duration::from_secs(20);
+
+/// Deaths within the last dead interval, and since when a mass expiry is being spared.
+#[derive(Debug, Clone, Default)]
+pub(super) struct MassExpiry {
+    recent: std::collections::VecDeque<Instant>,
+    sparing_since: Option<Instant>,
+}
+
+/// What one tick of the lease clock decided.
+#[derive(Debug, Default)]
+pub struct Expiry {
+    /// One mutation per node declared dead.
+    pub deaths: Vec<Mutation>,
+    /// Nodes whose leases ran out and were extended: a mass expiry (see the module).
+    pub spared: usize,
+    /// This tick began sparing (worth one warning, not one per tick).
+    pub sparing_began: bool,
+}
 
 /// How liveness is judged (`--heartbeat-interval`, `--heartbeat-detect-multiplier`,
 /// `--flap-half-life`).
@@ -164,16 +196,52 @@ impl IpamState {
     }
 
     /// Declares every Ready node whose lease ran out dead (NotReady, held down when it died too
-    /// often), one mutation each.
-    pub fn expire_leases(&mut self, now: Instant) -> Vec<Mutation> {
+    /// often), one mutation each — unless that is a mass expiry, whose leases are extended
+    /// instead (see the module).
+    pub fn expire_leases(&mut self, now: Instant) -> Expiry {
         let expired: Vec<String> = self
             .nodes
             .values()
             .filter(|e| e.node.ready && e.lease_deadline <= now)
             .map(|e| e.node.name.clone())
             .collect();
+        let window = self.liveness.dead_after();
+        let mass = &mut self.mass;
+        while mass
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > window)
+        {
+            mass.recent.pop_front();
+        }
+        if expired.is_empty() {
+            mass.sparing_since = None;
+            return Expiry::default();
+        }
+        let ready = self.nodes.values().filter(|e| e.node.ready).count();
+        let failing = mass.recent.len() + expired.len();
+        // Of the nodes Ready at the window's start: those Ready now and those that died in it.
+        let population = ready + mass.recent.len();
+        let is_mass = failing >= MASS_EXPIRY_MIN && failing * 3 > population;
+        let since = *mass.sparing_since.get_or_insert(now);
+        if is_mass && now.saturating_duration_since(since) < MASS_EXPIRY_GRACE {
+            for name in &expired {
+                if let Some(e) = self.nodes.get_mut(name) {
+                    e.lease_deadline = now + window;
+                }
+            }
+            return Expiry {
+                deaths: Vec::new(),
+                spared: expired.len(),
+                sparing_began: since == now,
+            };
+        }
+        if !is_mass {
+            mass.sparing_since = None;
+        }
+        mass.recent.extend(std::iter::repeat_n(now, expired.len()));
         let half_life = self.liveness.flap_half_life;
-        expired
+        let deaths = expired
             .iter()
             .map(|name| {
                 let held_down = match (self.nodes.get_mut(name), half_life) {
@@ -182,7 +250,12 @@ impl IpamState {
                 };
                 self.set_ready(name, false, held_down)
             })
-            .collect()
+            .collect();
+        Expiry {
+            deaths,
+            spared: 0,
+            sparing_began: false,
+        }
     }
 
     /// IPAM itself was stalled for `lost`: every lease gets that time back, since beats sent

@@ -339,7 +339,7 @@ impl Change {
                 c.name = s.service.clone();
                 c.service_ip = Some((s.service, s.ip, s.pool));
             }
-            Event::OperatorEntries(_) => return None,
+            Event::OperatorEntries(_) | Event::Progress(_) => return None,
         }
         Some(c)
     }

@@ -358,20 +358,28 @@ fn leases_expire_to_not_ready_and_renew() {
     let t0 = Instant::now();
     s.register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t0)
         .unwrap();
-    assert!(s.expire_leases(t0 + Duration::from_secs(9)).is_empty());
+    assert!(
+        s.expire_leases(t0 + Duration::from_secs(9))
+            .deaths
+            .is_empty()
+    );
     assert_eq!(
         s.keep_alive("a", t0 + Duration::from_secs(9)).unwrap(),
         (false, None)
     );
     assert!(
-        s.expire_leases(t0 + Duration::from_secs(18)).is_empty(),
+        s.expire_leases(t0 + Duration::from_secs(18))
+            .deaths
+            .is_empty(),
         "renewed at 9s, so alive until 19s"
     );
-    let expired = s.expire_leases(t0 + Duration::from_secs(19));
+    let expired = s.expire_leases(t0 + Duration::from_secs(19)).deaths;
     assert_eq!(expired.len(), 1);
     assert!(matches!(&expired[0].event, Some(Event::NodeUpdated(n)) if !n.ready));
     assert!(
-        s.expire_leases(t0 + Duration::from_secs(30)).is_empty(),
+        s.expire_leases(t0 + Duration::from_secs(30))
+            .deaths
+            .is_empty(),
         "NotReady is reported once"
     );
     let (back, m) = s.keep_alive("a", t0 + Duration::from_secs(31)).unwrap();
@@ -588,7 +596,7 @@ fn a_cluster_update_neither_renews_a_lease_nor_revives_a_node() {
         .unwrap();
     assert!(n.ready && n.labels == labels);
     assert_eq!(
-        s.expire_leases(t0 + Duration::from_secs(10)).len(),
+        s.expire_leases(t0 + Duration::from_secs(10)).deaths.len(),
         1,
         "the lease still ends 10 s after the agent's registration"
     );
@@ -606,6 +614,7 @@ fn a_cluster_update_neither_renews_a_lease_nor_revives_a_node() {
     );
 }
 
+mod mass_expiry;
 mod pod_ips;
 
 /// AddPoolCidr from the API refuses what would hand out nonsense: a mask that is no node CIDR
@@ -693,9 +702,10 @@ fn a_beat_renews_for_the_dead_interval_and_a_silent_node_dies() {
     );
     assert!(
         s.expire_leases(t0 + dead - Duration::from_millis(1))
+            .deaths
             .is_empty()
     );
-    let died = s.expire_leases(t0 + dead);
+    let died = s.expire_leases(t0 + dead).deaths;
     assert!(
         matches!(&died[..], [m] if matches!(&m.event, Some(Event::NodeUpdated(n)) if !n.ready && !n.held_down))
     );
@@ -719,7 +729,7 @@ fn a_node_that_flaps_is_held_down_until_its_penalty_decays() {
     for death in 1..=3 {
         s.beat("a", t).unwrap();
         t += dead;
-        let died = s.expire_leases(t);
+        let died = s.expire_leases(t).deaths;
         let Some(Event::NodeUpdated(n)) = &died[0].event else {
             panic!("death {death}: {died:?}")
         };
@@ -735,7 +745,10 @@ fn a_node_that_flaps_is_held_down_until_its_penalty_decays() {
         .register_node("a", vec![ip("10.4.94.10")], BTreeMap::new(), t)
         .unwrap();
     assert!(!node.ready && node.held_down);
-    assert!(s.expire_leases(t + dead).is_empty(), "no death while down");
+    assert!(
+        s.expire_leases(t + dead).deaths.is_empty(),
+        "no death while down"
+    );
     // Two half-lives later the penalty (about 2,990) is below 750: the next beat revives it.
     let later = t + 2 * half_life + Duration::from_secs(1);
     assert!(s.penalty("a", later) < 750.0);
@@ -764,7 +777,7 @@ fn without_damping_a_flapping_node_always_comes_back() {
     for _ in 0..5 {
         s.beat("a", t).unwrap();
         t += dead;
-        assert_eq!(s.expire_leases(t).len(), 1);
+        assert_eq!(s.expire_leases(t).deaths.len(), 1);
     }
     assert!(s.beat("a", t).unwrap().0.ready);
 }
@@ -780,8 +793,8 @@ fn time_given_back_after_a_stall_of_ipam_is_no_death() {
     // IPAM did not run for 5 s: the beats sent meanwhile are still unread.
     let stalled = Duration::from_secs(5);
     s.give_back(stalled);
-    assert!(s.expire_leases(t0 + stalled + dead / 2).is_empty());
-    assert_eq!(s.expire_leases(t0 + stalled + dead).len(), 1);
+    assert!(s.expire_leases(t0 + stalled + dead / 2).deaths.is_empty());
+    assert_eq!(s.expire_leases(t0 + stalled + dead).deaths.len(), 1);
 }
 
 #[test]
@@ -795,8 +808,9 @@ fn the_agents_shutdown_drain_is_not_a_death() {
     let ttl = s.lease_ttl();
     assert!(
         s.expire_leases(t0 + ttl - Duration::from_millis(1))
+            .deaths
             .is_empty(),
         "the heartbeat stopped, but the agent said it was leaving: the lease TTL holds"
     );
-    assert_eq!(s.expire_leases(t0 + ttl).len(), 1);
+    assert_eq!(s.expire_leases(t0 + ttl).deaths.len(), 1);
 }
