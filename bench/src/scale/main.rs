@@ -54,8 +54,8 @@ struct Args {
     /// Fail (exit 1) when the Watch fan-out's p99 is above this many milliseconds.
     #[arg(long)]
     max_fan_out_p99_ms: Option<f64>,
-    /// Mutual TLS and connections of their own, as real agents: each simulated node dials two
-    /// (calls and heartbeat; Watch) with an operator certificate, routeplane-bgp dials IPAM over
+    /// Mutual TLS and connections of their own, as real agents: each simulated node dials one
+    /// (calls, heartbeat and Watch) with an operator certificate, routeplane-bgp dials IPAM over
     /// TLS, and IPAM runs with --rate-limit 0 (real agents have an identity each, so no one
     /// identity's limit would be shared by all).
     #[arg(long)]
@@ -444,7 +444,7 @@ fn main() {
         args.pods_per_node,
         args.churn,
         if args.tls {
-            "mutual TLS, two connections per node, as agents"
+            "mutual TLS, one connection per node, as agents"
         } else {
             "plaintext, 50 nodes per connection"
         }
