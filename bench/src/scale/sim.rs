@@ -236,9 +236,10 @@ async fn dial(endpoint: &str, dialer: Option<&Dialer>) -> Result<Channel, String
     }
 }
 
-/// The route agent's pauses between attempts (registration.rs, watch crate).
+/// The route agent's pauses between attempts.
 fn heartbeat_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(500), Duration::from_secs(4))
+    use routeplane_agent::registration::{HEARTBEAT_RETRY_FIRST, HEARTBEAT_RETRY_MOST};
+    Backoff::new(HEARTBEAT_RETRY_FIRST, HEARTBEAT_RETRY_MOST)
 }
 
 fn watch_backoff() -> Backoff {

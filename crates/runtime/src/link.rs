@@ -55,10 +55,6 @@ impl Link {
         &self.list
     }
 
-    pub fn dialer(&self) -> &Dialer {
-        &self.dialer
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Leased>> {
         // An Option replaced whole: whatever a panicked holder left is consistent.
         self.current.lock().unwrap_or_else(PoisonError::into_inner)

@@ -306,8 +306,8 @@ enum Next {
 /// dead interval (a stream lost while IPAM lives), then backing off to a few seconds while IPAM is
 /// away (a restarted IPAM gives every node its lease TTL before judging it) — jittered, so that
 /// thousands of agents do not come back to a restarted IPAM in the same instant.
-const HEARTBEAT_RETRY_FIRST: Duration = Duration::from_millis(500);
-const HEARTBEAT_RETRY_MOST: Duration = Duration::from_secs(4);
+pub const HEARTBEAT_RETRY_FIRST: Duration = Duration::from_millis(500);
+pub const HEARTBEAT_RETRY_MOST: Duration = Duration::from_secs(4);
 
 /// Keeps this node alive in IPAM: beats on the Heartbeat stream (`heartbeat.rs`), or — with an
 /// IPAM that has none — renews with KeepAlive a few times per lease TTL. Returns when the node must

@@ -38,11 +38,20 @@ pub const MASS_EXPIRY_MIN: usize = 10;
 /// heartbeats.
 pub const MASS_EXPIRY_GRACE: Duration = Duration::from_secs(20);
 
-/// Deaths within the last dead interval, and since when a mass expiry is being spared.
+/// Deaths within the last dead interval; since when a mass expiry is being spared, and when
+/// leases were last extended for it (the episode ends when they are not needed again).
 #[derive(Debug, Clone, Default)]
 pub(super) struct MassExpiry {
     recent: std::collections::VecDeque<Instant>,
     sparing_since: Option<Instant>,
+    last_spared: Option<Instant>,
+}
+
+impl MassExpiry {
+    fn end_episode(&mut self) {
+        self.sparing_since = None;
+        self.last_spared = None;
+    }
 }
 
 /// What one tick of the lease clock decided.
@@ -215,7 +224,13 @@ impl IpamState {
             mass.recent.pop_front();
         }
         if expired.is_empty() {
-            mass.sparing_since = None;
+            // Spared leases run one more dead interval: only past that unneeded is it over.
+            if mass
+                .last_spared
+                .is_none_or(|t| now.saturating_duration_since(t) > window * 2)
+            {
+                mass.end_episode();
+            }
             return Expiry::default();
         }
         let ready = self.nodes.values().filter(|e| e.node.ready).count();
@@ -225,6 +240,7 @@ impl IpamState {
         let is_mass = failing >= MASS_EXPIRY_MIN && failing * 3 > population;
         let since = *mass.sparing_since.get_or_insert(now);
         if is_mass && now.saturating_duration_since(since) < MASS_EXPIRY_GRACE {
+            mass.last_spared = Some(now);
             for name in &expired {
                 if let Some(e) = self.nodes.get_mut(name) {
                     e.lease_deadline = now + window;
@@ -237,7 +253,7 @@ impl IpamState {
             };
         }
         if !is_mass {
-            mass.sparing_since = None;
+            mass.end_episode();
         }
         mass.recent.extend(std::iter::repeat_n(now, expired.len()));
         let half_life = self.liveness.flap_half_life;

@@ -53,22 +53,26 @@ fn most_nodes_silent_at_once_are_spared_then_declared_dead_after_the_grace() {
     beat_all_but(&mut s, n, &[], later);
     assert!(s.expire_leases(later + dead / 2).deaths.is_empty());
 
-    // Still silent past the grace: declared dead.
+    // Silent again a dead interval later — the same episode — and past the grace, the lease
+    // clock ticking as it does (five times an interval): declared dead, all at once, and not
+    // before the grace since the episode began is out.
+    let began = t0 + dead;
+    let period = s.liveness().heartbeat_interval / 5;
     let t1 = later + dead / 2;
     let mut t = t1;
     let mut spared = 0;
     let deaths = loop {
-        t += dead;
+        t += period;
         let e = s.expire_leases(t);
         spared += e.spared;
         if !e.deaths.is_empty() {
             break e.deaths.len();
         }
-        assert!(t - t1 < MASS_EXPIRY_GRACE + dead * 2, "never declared");
+        assert!(t - began < MASS_EXPIRY_GRACE + dead * 2, "never declared");
     };
     assert_eq!(deaths, n);
     assert!(spared > 0);
-    assert!(t - t1 >= MASS_EXPIRY_GRACE, "{:?}", t - t1);
+    assert!(t - began >= MASS_EXPIRY_GRACE, "{:?}", t - began);
     assert!(s.nodes.values().all(|e| !e.node.ready));
 }
 
@@ -93,4 +97,23 @@ fn a_small_cluster_losing_every_node_is_believed() {
     let dead = s.liveness().dead_after();
     let e = s.expire_leases(t0 + dead);
     assert_eq!((e.deaths.len(), e.spared), (MASS_EXPIRY_MIN - 1, 0));
+}
+
+#[test]
+fn an_episode_ends_once_the_nodes_beat_steadily_and_the_next_gets_its_own_grace() {
+    let t0 = Instant::now();
+    let n = 30;
+    let mut s = cluster(n, t0);
+    let dead = s.liveness().dead_after();
+    let period = s.liveness().heartbeat_interval / 5;
+    assert!(s.expire_leases(t0 + dead).sparing_began);
+    // Beating again for a while, the clock ticking.
+    let mut t = t0 + dead;
+    while t < t0 + dead * 6 {
+        t += period;
+        beat_all_but(&mut s, n, &[], t);
+        assert_eq!(s.expire_leases(t).spared, 0);
+    }
+    let e = s.expire_leases(t + dead);
+    assert_eq!((e.deaths.len(), e.spared, e.sparing_began), (0, n, true));
 }
