@@ -185,7 +185,9 @@ pub async fn run(
     while !shutdown.is_triggered() {
         let mut delivered = false;
         let result = tokio::select! {
-            r = follow(&link, follow_what, &mut revision, &tx, &stats, &mut delivered) => r,
+            // On the link's connection: a failure that may be the connection's makes the next
+            // attempt dial again.
+            r = link.call(|channel| stream(channel, follow_what, &mut revision, &tx, &stats, &mut delivered)) => r,
             () = shutdown.wait() => return,
         };
         let _ = tx.send(FeedEvent::Connected(false));
@@ -202,20 +204,7 @@ pub async fn run(
     }
 }
 
-/// One Watch stream on the link's connection (a failure that may be the connection's makes the
-/// next attempt dial again).
-async fn follow(
-    link: &Link,
-    follow_what: Follow,
-    revision: &mut u64,
-    tx: &mpsc::UnboundedSender<FeedEvent>,
-    stats: &FeedStats,
-    delivered: &mut bool,
-) -> Result<(), tonic::Status> {
-    link.call(|channel| stream(channel, follow_what, revision, tx, stats, delivered))
-        .await
-}
-
+/// One Watch stream, delivering until it ends.
 async fn stream(
     channel: tonic::transport::Channel,
     follow_what: Follow,
