@@ -9,8 +9,8 @@
 //! and a route agent's time from a cold start to routing N−1 remote nodes (`agent_e2e.rs`).
 //!
 //! By default the simulated nodes share plaintext connections (50 to one); `--tls` makes each dial
-//! as a real agent does — mutual TLS, one connection for its calls and heartbeat and one for its
-//! Watch (10,000 TLS connections at 5,000 nodes) — with routeplane-bgp on TLS too, so that the
+//! as a real agent does — mutual TLS, one connection for its calls, heartbeat and Watch (5,000
+//! TLS connections at 5,000 nodes) — with routeplane-bgp on TLS too, so that the
 //! per-connection and decryption costs a real cluster pays are in IPAM's CPU figures.
 //!
 //! Everything runs in two network namespaces the benchmark creates — `cp` (IPAM, routeplane-bgp,
@@ -429,7 +429,7 @@ fn run(n: usize, args: &Args) -> Row {
 
 fn main() {
     let args = Args::parse();
-    // 10,000 connections under --tls at 5,000 nodes: past a soft limit of 1,024.
+    // 5,000 connections under --tls at 5,000 nodes: past a soft limit of 1,024.
     routeplane_runtime::limits::raise_open_files()
         .unwrap_or_else(|e| panic!("raising the open-files limit: {e}"));
     let mut rows = Vec::new();

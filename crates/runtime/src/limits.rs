@@ -1,6 +1,6 @@
-//! The open-files limit a server with thousands of clients needs. Every agent holds two
-//! connections to routeplane-ipam (its heartbeat and its Watch), so 5,000 nodes are 10,000 sockets —
-//! ten times the soft limit of 1,024 that systemd and many shells start a process with, while the
+//! The open-files limit a server with thousands of clients needs. Every agent holds a connection
+//! to routeplane-ipam (its calls, heartbeat and Watch), so 5,000 nodes are 5,000 sockets —
+//! five times the soft limit of 1,024 that systemd and many shells start a process with, while the
 //! hard limit (524,288 under systemd, 1,048,576 in containerd's and Docker's containers) allows far
 //! more. Past the soft limit `accept` fails with EMFILE and the node looks dead to IPAM. So each
 //! service raises its soft limit to the hard one at start, as Go's runtime has done for every Go

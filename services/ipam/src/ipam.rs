@@ -298,7 +298,7 @@ impl Ipam {
                 );
             }
         }
-        let many = expiry.deaths.len() > 10;
+        let many = expiry.deaths.len() > NAMED_DEATHS_PER_TICK;
         if many {
             tracing::warn!(
                 nodes = expiry.deaths.len(),
@@ -569,6 +569,10 @@ impl Ipam {
         rx
     }
 }
+
+/// Deaths in one lease-clock tick that are logged one line each; more are logged as a count, so
+/// that a mass death is not thousands of lines.
+const NAMED_DEATHS_PER_TICK: usize = 10;
 
 /// How long a watcher may go without taking a message before it is cut off, by default.
 pub const WATCH_SEND_DEADLINE: Duration = Duration::from_secs(30);

@@ -1,5 +1,5 @@
 //! More clients than the soft open-files limit the server was started with (1,024 under systemd
-//! and most shells; 5,000 agents hold 10,000 connections): routeplane-ipam raises its soft limit
+//! and most shells; 5,000 agents hold 5,000 connections): routeplane-ipam raises its soft limit
 //! to the hard one at start, so that every client is served rather than refused with EMFILE at
 //! accept. This file holds one test because it lowers the limit its own process starts children
 //! with.
