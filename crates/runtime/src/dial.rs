@@ -148,6 +148,13 @@ impl Dialer {
     /// (as tonic's `connect`). It reconnects by itself to the same URL, each time with the TLS
     /// files as they are then; a caller whose calls fail UNAVAILABLE connects again to move on.
     pub async fn connect(&self, list: &str) -> Result<Channel, DialError> {
+        self.connect_peer(list).await.map(|(channel, _)| channel)
+    }
+
+    /// [`Dialer::connect`], and the address its connection reached — whichever replica accepted,
+    /// whatever a name resolved to; updated when the channel reconnects by itself: where a route
+    /// agent sends its heartbeat datagrams.
+    pub async fn connect_peer(&self, list: &str) -> Result<(Channel, Peer), DialError> {
         let urls = urls(list);
         let first = match urls.as_slice() {
             [] => return self.connect_one(list).await,
@@ -159,9 +166,9 @@ impl Dialer {
             let at = (first + i) % urls.len();
             let Some(url) = urls.get(at) else { continue };
             match self.connect_one(url).await {
-                Ok(channel) => {
+                Ok(connected) => {
                     self.lock_answered().insert(list.to_string(), at);
-                    return Ok(channel);
+                    return Ok(connected);
                 }
                 // A URL this process may not dial is a configuration error, not a replica down.
                 Err(DialError::Refused(e)) => return Err(DialError::Refused(e)),
@@ -179,8 +186,9 @@ impl Dialer {
         self.answered.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn connect_one(&self, url: &str) -> Result<Channel, DialError> {
+    async fn connect_one(&self, url: &str) -> Result<(Channel, Peer), DialError> {
         let target = self.target(url)?;
+        let peer = Peer::default();
         let endpoint = Endpoint::from_shared(target.endpoint.clone())
             .map_err(|e| TlsError::Url {
                 url: url.to_string(),
@@ -191,51 +199,85 @@ impl Dialer {
             .http2_keep_alive_interval(crate::grpc::KEEPALIVE_INTERVAL)
             .keep_alive_timeout(crate::grpc::KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let connected = match target.tls {
-            None => endpoint.connect().await,
-            Some(tls) => {
-                let host = target.host;
-                let connector = tower::service_fn(move |uri: Uri| {
-                    let tls = tls.clone();
-                    let host = host.clone();
-                    async move { handshake(&uri, &host, &tls).await }
-                });
-                endpoint.connect_with_connector(connector).await
+        let host = target.host;
+        let tls = target.tls;
+        let reached = peer.clone();
+        // Our own connector, TLS or not: it records the address each connection reached.
+        let connector = tower::service_fn(move |uri: Uri| {
+            let (tls, host, reached) = (tls.clone(), host.clone(), reached.clone());
+            async move {
+                let tcp = tcp_connect(&uri, &host).await?;
+                reached.set(tcp.peer_addr().ok());
+                let io: Box<dyn Stream> = match tls {
+                    Some(tls) => Box::new(handshake(tcp, &host, &tls).await?),
+                    None => Box::new(tcp),
+                };
+                Ok::<_, std::io::Error>(TokioIo::new(io))
             }
-        };
-        connected.map_err(|source| DialError::Connect {
-            url: url.to_string(),
-            source,
-        })
+        });
+        let connected = endpoint.connect_with_connector(connector).await;
+        connected
+            .map(|channel| (channel, peer))
+            .map_err(|source| DialError::Connect {
+                url: url.to_string(),
+                source,
+            })
     }
 }
 
-async fn handshake(
-    uri: &Uri,
-    host: &str,
-    tls: &Tls,
-) -> std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+async fn tcp_connect(uri: &Uri, host: &str) -> std::io::Result<TcpStream> {
     let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
     let authority = uri
         .authority()
         .ok_or_else(|| invalid(format!("{uri} has no host:port")))?;
     let port = authority.port_u16().unwrap_or(443);
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|e| invalid(format!("{host} is not a server name: {e}")))?;
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP connect timed out")
         })??;
     tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    host: &str,
+    tls: &Tls,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{host} is not a server name: {e}"),
+        )
+    })?;
     let connector = tokio_rustls::TlsConnector::from(tls.client_config());
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
         })??;
-    Ok(TokioIo::new(stream))
+    Ok(stream)
 }
+
+/// The address a channel's connection reached (the last one, when it reconnected).
+#[derive(Clone, Debug, Default)]
+pub struct Peer(Arc<Mutex<Option<std::net::SocketAddr>>>);
+
+impl Peer {
+    fn set(&self, addr: Option<std::net::SocketAddr>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = addr;
+    }
+
+    pub fn get(&self) -> Option<std::net::SocketAddr> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection, with or without TLS: one type for tonic's connector.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 #[cfg(test)]
 mod tests {

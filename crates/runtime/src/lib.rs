@@ -7,7 +7,7 @@
 //! `/metrics`. [`tls`] loads the certificates of mutual TLS and re-reads them; [`authz`] decides
 //! from the caller's certificate who may call what; [`dial`] makes the clients' channels the same
 //! way, and [`link`] shares one of them between a process's callers, which retry with
-//! [`backoff`]'s jittered pauses; [`limits`] raises the open-files limit a server of thousands of clients needs. Both servers stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
+//! [`backoff`]'s jittered pauses; [`heartbeat_datagram`] is the agents' authenticated UDP beat; [`limits`] raises the open-files limit a server of thousands of clients needs. Both servers stop cleanly when the [`shutdown::Shutdown`] token fires, which SIGTERM and SIGINT do.
 #![forbid(unsafe_code)]
 
 pub mod authz;
@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod dial;
 pub mod flags;
 pub mod grpc;
+pub mod heartbeat_datagram;
 pub mod limits;
 pub mod link;
 pub mod metrics;

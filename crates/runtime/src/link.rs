@@ -16,12 +16,14 @@ use std::sync::{Mutex, PoisonError};
 
 use tonic::transport::Channel;
 
-use crate::dial::{DialError, Dialer};
+use crate::dial::{DialError, Dialer, Peer};
 
 /// A channel from the link, and which connection it was.
 #[derive(Clone, Debug)]
 pub struct Leased {
     pub channel: Channel,
+    /// The address the connection reached (of several replicas, the one that accepted).
+    pub peer: Peer,
     generation: u64,
 }
 
@@ -70,10 +72,11 @@ impl Link {
         if let Some(leased) = self.lock().clone() {
             return Ok(leased);
         }
-        let channel = self.dialer.connect(&self.list).await?;
+        let (channel, peer) = self.dialer.connect_peer(&self.list).await?;
         *generation += 1;
         let leased = Leased {
             channel,
+            peer,
             generation: *generation,
         };
         *self.lock() = Some(leased.clone());
