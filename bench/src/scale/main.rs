@@ -345,7 +345,7 @@ fn run(n: usize, args: &Args) -> Row {
     )
     .unwrap_or(0.0) as u64;
     rt.block_on(async {
-        sim.start_agents(revision);
+        sim.start_agents(revision).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     });
     let cpu = |p: &Plane| {

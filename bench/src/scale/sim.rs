@@ -1,5 +1,5 @@
 //! N simulated nodes, each doing what a route agent does to routeplane-ipam: register, allocate its
-//! pods' IPs, beat on the Heartbeat stream, and follow the Watch feed — reopening either stream
+//! pods' IPs, beat (on the Heartbeat stream, then with heartbeat datagrams), and follow the Watch feed — reopening either stream
 //! after IPAM restarts, as the agent does. By default simulated nodes share plaintext HTTP/2
 //! connections, fifty to one (IPAM serves at most 128 streams per connection); with a [`Dialer`]
 //! (`--tls`) each dials as a real agent does: mutual TLS, one connection of its own for its calls,
@@ -14,6 +14,7 @@ use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use routeplane_runtime::backoff::Backoff;
 use routeplane_runtime::dial::Dialer;
+use routeplane_runtime::heartbeat_datagram::{Header, SessionKey};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -118,9 +119,15 @@ impl Sim {
 
     /// Starts every node's heartbeat and Watch (from `revision`: live events only, as agents
     /// that already hold the state).
-    pub fn start_agents(&self, revision: u64) {
+    pub async fn start_agents(&self, revision: u64) {
+        let datagrams = Arc::new(Datagrams::new(&self.endpoint).await);
         for i in 0..self.nodes {
-            tokio::spawn(heartbeat(self.channel(i), name(i), self.stop.clone()));
+            tokio::spawn(heartbeat(
+                self.channel(i),
+                name(i),
+                datagrams.clone(),
+                self.stop.clone(),
+            ));
             tokio::spawn(watch(
                 self.channel(i),
                 revision,
@@ -249,7 +256,69 @@ fn watch_backoff() -> Backoff {
     )
 }
 
-async fn heartbeat(channel: Channel, name: String, stop: Arc<AtomicBool>) {
+/// Where simulated nodes send heartbeat datagrams from (one socket for all: IPAM goes by the
+/// session, not the source), and the IPAM host they go to.
+pub struct Datagrams {
+    socket: tokio::net::UdpSocket,
+    host: String,
+}
+
+impl Datagrams {
+    pub async fn new(endpoint: &str) -> Datagrams {
+        let uri: tonic::transport::Uri = endpoint
+            .parse()
+            .unwrap_or_else(|e| panic!("the IPAM endpoint {endpoint}: {e}"));
+        let host = uri.host().unwrap_or("127.0.0.1").to_string();
+        let socket = tokio::net::UdpSocket::bind("0.0.0.0:0")
+            .await
+            .unwrap_or_else(|e| panic!("a UDP socket for heartbeat datagrams: {e}"));
+        Datagrams { socket, host }
+    }
+}
+
+/// A stream's datagram session as the agent keeps it.
+struct Session {
+    to: std::net::SocketAddr,
+    key: SessionKey,
+    id: u64,
+    sequence: u64,
+}
+
+impl Session {
+    async fn open(from: &Datagrams, offer: Option<&pb::DatagramSession>) -> Option<Session> {
+        let offer = offer?;
+        let port = u16::try_from(offer.port).ok()?;
+        let to = tokio::net::lookup_host((from.host.as_str(), port))
+            .await
+            .ok()?
+            .next()?;
+        Some(Session {
+            to,
+            key: SessionKey::from_bytes(&offer.key)?,
+            id: offer.id,
+            sequence: 0,
+        })
+    }
+
+    fn send(&mut self, from: &Datagrams) -> bool {
+        self.sequence += 1;
+        let d = Header {
+            session: self.id,
+            sequence: self.sequence,
+        }
+        .seal(&self.key);
+        from.socket.try_send_to(&d, self.to).is_ok()
+    }
+}
+
+/// Beats as the route agent does (`heartbeat.rs`): datagrams when IPAM offers them, on the stream
+/// until IPAM hears them and whenever it stops.
+async fn heartbeat(
+    channel: Channel,
+    name: String,
+    datagrams: Arc<Datagrams>,
+    stop: Arc<AtomicBool>,
+) {
     let beat = pb::HeartbeatRequest { name };
     let mut retry = heartbeat_backoff();
     while !stop.load(Ordering::Relaxed) {
@@ -261,13 +330,16 @@ async fn heartbeat(channel: Channel, name: String, stop: Arc<AtomicBool>) {
             continue;
         };
         let mut answers = answers.into_inner();
-        let every = match answers.message().await {
-            Ok(Some(a)) => Duration::from_millis(u64::from(a.interval_ms).max(50)),
+        let first = match answers.message().await {
+            Ok(Some(a)) => a,
             _ => {
                 tokio::time::sleep(retry.after(false)).await;
                 continue;
             }
         };
+        let every = Duration::from_millis(u64::from(first.interval_ms).max(50));
+        let mut session = Session::open(&datagrams, first.datagrams.as_ref()).await;
+        let mut heard = false;
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
@@ -276,10 +348,18 @@ async fn heartbeat(channel: Channel, name: String, stop: Arc<AtomicBool>) {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let _ = tx.try_send(beat.clone());
+                    let sent = session.as_mut().is_some_and(|s| s.send(&datagrams));
+                    if !heard || !sent {
+                        let _ = tx.try_send(beat.clone());
+                    }
                 }
                 answer = answers.message() => match answer {
-                    Ok(Some(_)) => {}
+                    Ok(Some(a)) => {
+                        if heard && !a.datagrams_heard {
+                            let _ = tx.try_send(beat.clone());
+                        }
+                        heard = a.datagrams_heard;
+                    }
                     _ => break,
                 },
             }

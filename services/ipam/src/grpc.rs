@@ -16,17 +16,23 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::IpamError;
+use crate::heartbeat_datagrams::Sessions;
 use crate::ipam::{Ipam, WatchItem};
 use crate::model::{Drain, Event, Node, OperatorEntry, ServiceIp};
 use crate::state::{PodIps, ReportedPod};
 
 pub struct IpamGrpc {
     ipam: Arc<Ipam>,
+    /// Heartbeat datagram sessions, unless --heartbeat-datagrams=off.
+    datagrams: Option<Arc<Sessions>>,
 }
 
 impl IpamGrpc {
-    pub fn new(ipam: Arc<Ipam>) -> pb::ipam_server::IpamServer<IpamGrpc> {
-        pb::ipam_server::IpamServer::new(IpamGrpc { ipam })
+    pub fn new(
+        ipam: Arc<Ipam>,
+        datagrams: Option<Arc<Sessions>>,
+    ) -> pb::ipam_server::IpamServer<IpamGrpc> {
+        pb::ipam_server::IpamServer::new(IpamGrpc { ipam, datagrams })
             .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
     }
 }
@@ -543,7 +549,7 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         &self,
         req: Request<tonic::Streaming<pb::HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        crate::heartbeat::serve(self.ipam.clone(), req).await
+        crate::heartbeat::serve(self.ipam.clone(), self.datagrams.clone(), req).await
     }
 
     type HeartbeatStream = crate::heartbeat::HeartbeatStream;

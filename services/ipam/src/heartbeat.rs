@@ -6,7 +6,9 @@
 //! refused (NOT_FOUND, PERMISSION_DENIED) before any beat counts; every later beat names the same
 //! node (INVALID_ARGUMENT ends the stream otherwise). IPAM answers the first beat with the timers
 //! and then only when the node's state changes (it came back, it is held down), so that thousands
-//! of agents beating cost one read each, not a read and a write.
+//! of agents beating cost one read each, not a read and a write. With datagrams on, the first
+//! answer offers a session, and the agent's beats come as UDP datagrams instead
+//! (`heartbeat_datagrams.rs`); the stream stays open to carry the answers and to end the session.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::heartbeat_datagrams::{SessionGuard, Sessions, Told};
 use crate::ipam::Ipam;
 use crate::state::Beat;
 
@@ -47,19 +50,49 @@ impl Drop for Open {
     }
 }
 
-fn answer(ipam: &Ipam, beat: Beat) -> pb::HeartbeatResponse {
+/// The answer telling `told`; the first also offers the datagram session.
+pub(crate) fn answer(
+    ipam: &Ipam,
+    told: Told,
+    offer: Option<pb::DatagramSession>,
+) -> pb::HeartbeatResponse {
     let config = ipam.liveness();
     let millis = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
     pb::HeartbeatResponse {
         interval_ms: millis(config.heartbeat_interval),
         dead_after_ms: millis(config.dead_after()),
-        ready: beat.ready,
-        held_down: beat.held_down,
+        ready: told.beat.ready,
+        held_down: told.beat.held_down,
+        datagrams: offer,
+        datagrams_heard: told.heard,
+    }
+}
+
+/// What the agent was last told, where the stream's task keeps it: in its datagram session, or
+/// here when IPAM takes no datagrams.
+enum Telling {
+    Session(Arc<Sessions>, SessionGuard),
+    Stream(Told),
+}
+
+impl Telling {
+    /// A beat on the stream found `beat`: the answer to send, if it changed anything.
+    fn found(&mut self, beat: Beat) -> Option<Told> {
+        match self {
+            Telling::Session(sessions, guard) => {
+                sessions.found(guard.id, beat, None).map(|(_, t)| t)
+            }
+            Telling::Stream(told) => (told.beat != beat).then(|| {
+                told.beat = beat;
+                *told
+            }),
+        }
     }
 }
 
 pub async fn serve(
     ipam: Arc<Ipam>,
+    datagrams: Option<Arc<Sessions>>,
     req: Request<Streaming<pb::HeartbeatRequest>>,
 ) -> Result<Response<HeartbeatStream>, Status> {
     let caller = Caller::of(&req);
@@ -83,17 +116,28 @@ pub async fn serve(
         ));
     }
     caller.for_node(&name)?;
-    let mut last = ipam.heartbeat(&name).await?;
-    let (tx, rx) = mpsc::channel(4);
-    tx.try_send(Ok(answer(&ipam, last)))
+    let beat = ipam.heartbeat(&name).await?;
+    // Room for the first answer and the changes queued behind it; a change that finds it full
+    // (the agent stopped reading) is dropped, and the next one tells the state as it is then.
+    let (tx, rx) = mpsc::channel(8);
+    let told = Told { beat, heard: false };
+    let (mut telling, offer) = match datagrams {
+        Some(sessions) => {
+            let (guard, offer) = sessions.open(&name, beat, tx.clone())?;
+            (Telling::Session(sessions, guard), Some(offer))
+        }
+        None => (Telling::Stream(told), None),
+    };
+    tx.try_send(Ok(answer(&ipam, told, offer)))
         .map_err(|_| Status::internal("the Heartbeat answer could not be queued"))?;
     let open = Open::new(ipam);
     tokio::spawn(async move {
         let ipam = open.0.clone();
         // Ends when the agent ends the stream or its connection dies: the lease runs on and the
-        // lease clock judges. Each message read is a beat; a slow reader only delays reading.
-        // On shutdown it ends at once, UNAVAILABLE: the agent beats on at the next IPAM. (One
-        // shutdown future for the stream's life, not one registered and dropped per beat.)
+        // lease clock judges; the datagram session ends with it (`telling` dropped). Each message
+        // read is a beat; a slow reader only delays reading. On shutdown it ends at once,
+        // UNAVAILABLE: the agent beats on at the next IPAM. (One shutdown future for the
+        // stream's life, not one registered and dropped per beat.)
         let stopping = ipam.shutting_down();
         tokio::pin!(stopping);
         loop {
@@ -119,10 +163,10 @@ pub async fn serve(
                 return;
             }
             match ipam.heartbeat(&name).await {
-                Ok(now) if now == last => {}
                 Ok(now) => {
-                    last = now;
-                    if tx.send(Ok(answer(&ipam, now))).await.is_err() {
+                    if let Some(told) = telling.found(now)
+                        && tx.send(Ok(answer(&ipam, told, None))).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -132,6 +176,7 @@ pub async fn serve(
                 }
             }
         }
+        drop(telling);
         drop(open);
     });
     Ok(Response::new(ReceiverStream::new(rx)))

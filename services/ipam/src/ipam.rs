@@ -75,6 +75,12 @@ pub struct Ipam {
     storage: StorageConfig,
 }
 
+/// A change applied: done, or its flush still to wait for.
+pub(crate) enum Begun<T> {
+    Done(T),
+    Flushing(T, oneshot::Receiver<Result<()>>),
+}
+
 /// What the state lock guards: the core, and the queue its mutations go to — swapped together
 /// when storage fails (no queue: writes refused) and when it is reopened.
 struct Core {
@@ -231,29 +237,42 @@ impl Ipam {
         &self,
         op: impl FnOnce(&mut IpamState) -> Result<(T, Option<Mutation>)>,
     ) -> Result<T> {
-        let wait = {
-            let mut core = self.lock();
-            let Some(commits) = core.commits.clone() else {
-                return Err(self.refused());
-            };
-            let (out, mutation) = op(&mut core.state)?;
-            let revision = core.state.revision();
-            if mutation.is_none() && self.stats.durable_revision.load(Ordering::Relaxed) >= revision
-            {
-                return Ok(out);
-            }
-            let (done, wait) = oneshot::channel();
-            commits
-                .send(Commit {
-                    revision,
-                    mutation,
-                    done: Some(done),
-                })
-                .map_err(|_| self.refused())?;
-            (out, wait)
+        self.finish(self.begin(op)?).await
+    }
+
+    /// Applies `op` and queues its mutation, without waiting: done when there is nothing to flush.
+    fn begin<T>(
+        &self,
+        op: impl FnOnce(&mut IpamState) -> Result<(T, Option<Mutation>)>,
+    ) -> Result<Begun<T>> {
+        let mut core = self.lock();
+        let Some(commits) = core.commits.clone() else {
+            return Err(self.refused());
         };
-        match wait.1.await {
-            Ok(Ok(())) => Ok(wait.0),
+        let (out, mutation) = op(&mut core.state)?;
+        let revision = core.state.revision();
+        if mutation.is_none() && self.stats.durable_revision.load(Ordering::Relaxed) >= revision {
+            return Ok(Begun::Done(out));
+        }
+        let (done, wait) = oneshot::channel();
+        commits
+            .send(Commit {
+                revision,
+                mutation,
+                done: Some(done),
+            })
+            .map_err(|_| self.refused())?;
+        Ok(Begun::Flushing(out, wait))
+    }
+
+    /// Waits for a begun change to be flushed.
+    pub(crate) async fn finish<T>(&self, begun: Begun<T>) -> Result<T> {
+        let (out, wait) = match begun {
+            Begun::Done(out) => return Ok(out),
+            Begun::Flushing(out, wait) => (out, wait),
+        };
+        match wait.await {
+            Ok(Ok(())) => Ok(out),
             // The supervisor puts the service in degraded mode (or fails it).
             Ok(Err(IpamError::StorageFull(e))) => Err(IpamError::StorageFull(format!(
                 "this change was refused: {e}"
@@ -378,6 +397,12 @@ impl Ipam {
     /// A heartbeat from the node's agent (see [`IpamState::beat`]).
     pub async fn heartbeat(&self, name: &str) -> Result<Beat> {
         self.commit(|s| s.beat(name, Instant::now())).await
+    }
+
+    /// A beat taken off the async runtime (heartbeat datagrams' reader thread): done at once
+    /// unless it revives the node, whose change is then flushing ([`Ipam::finish`] waits).
+    pub(crate) fn heartbeat_now(&self, name: &str) -> Result<Begun<Beat>> {
+        self.begin(|s| s.beat(name, Instant::now()))
     }
 
     /// IPAM did not run for `lost`: every lease gets it back (`lease_clock.rs`).

@@ -30,6 +30,7 @@ pub mod error;
 pub mod etcd;
 pub mod grpc;
 pub mod heartbeat;
+pub mod heartbeat_datagrams;
 pub mod image;
 pub mod ipam;
 pub mod journal;

@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::heartbeat_datagrams::{REFUSALS, Sessions};
 use crate::ipam::Ipam;
 
 #[derive(Debug)]
@@ -299,9 +300,46 @@ pub fn standby_registry() -> Registry {
     registry
 }
 
-/// A registry holding the IPAM collector.
-pub fn registry(ipam: Arc<Ipam>) -> Registry {
+/// A registry holding the IPAM collector, and the heartbeat datagrams' when they are taken.
+pub fn registry(ipam: Arc<Ipam>, datagrams: Option<Arc<Sessions>>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(IpamCollector(ipam)));
+    if let Some(sessions) = datagrams {
+        registry.register_collector(Box::new(DatagramCollector(sessions)));
+    }
     registry
+}
+
+#[derive(Debug)]
+struct DatagramCollector(Arc<Sessions>);
+
+impl Collector for DatagramCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = &self.0.stats;
+        counter(
+            &mut e,
+            "routeplane_ipam_heartbeat_datagrams_taken",
+            "Heartbeat datagrams taken as beats (the session's tag, a new sequence)",
+            stats.taken.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "routeplane_ipam_heartbeat_datagrams_unheard",
+            "Times an agent was told its heartbeat datagrams stopped arriving while its stream stayed open (it beats on the stream until they arrive again): a firewall on the UDP port, or a stalled agent",
+            stats.unheard.load(Ordering::Relaxed),
+        )?;
+        let refused = ConstCounter::new(0u64);
+        let mut family = e.encode_descriptor(
+            "routeplane_ipam_heartbeat_datagrams_refused",
+            "Heartbeat datagrams dropped: malformed, of no open session, with a wrong tag, or replayed",
+            None,
+            refused.metric_type(),
+        )?;
+        for (why, count) in REFUSALS.iter().zip(&stats.refused) {
+            let labels = [("reason", why.reason())];
+            ConstCounter::new(count.load(Ordering::Relaxed))
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }

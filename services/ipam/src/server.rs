@@ -192,7 +192,20 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
     ) {
         leadership.announce(&addr.to_string()).await;
     }
-    let mut registry = crate::metrics::registry(ipam.clone());
+    let datagrams = match (cli.heartbeat_datagrams, grpc_listener.local_addr()) {
+        (true, Ok(addr)) => {
+            let socket = crate::heartbeat_datagrams::bind(addr)?;
+            let sessions = Arc::new(crate::heartbeat_datagrams::Sessions::new(
+                addr.port(),
+                ipam.liveness().heartbeat_interval,
+            ));
+            tracing::info!(udp = %addr, "taking heartbeat datagrams");
+            crate::heartbeat_datagrams::start(socket, sessions.clone(), ipam.clone())?;
+            Some(sessions)
+        }
+        _ => None,
+    };
+    let mut registry = crate::metrics::registry(ipam.clone(), datagrams.clone());
     let server = GrpcServer::new(
         crate::GRPC_SERVICE,
         crate::grpc::policy,
@@ -215,7 +228,7 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
             shutdown.clone(),
         ));
     }
-    let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone()));
+    let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone(), datagrams));
     let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     if let Ok(Err(e)) = metrics_task.await {

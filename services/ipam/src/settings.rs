@@ -125,6 +125,11 @@ pub struct Cli {
     /// How often each route agent's Heartbeat stream beats (fast failure detection).
     #[arg(long, env = "ROUTEPLANE_HEARTBEAT_INTERVAL", default_value = "750ms", value_parser = flags::duration_within(Duration::from_millis(50), Duration::from_secs(10)))]
     pub heartbeat_interval: Duration,
+    /// Take agents' beats as authenticated UDP datagrams on the gRPC listener's address and port
+    /// (ipam.proto, Heartbeat): a datagram costs IPAM a fraction of a message on the stream, which
+    /// stays the fallback. false: beats come on the stream only (no UDP port opened).
+    #[arg(long, env = "ROUTEPLANE_HEARTBEAT_DATAGRAMS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub heartbeat_datagrams: bool,
     /// Beats a node may miss in a row before it is declared dead (NotReady at once; its prefixes
     /// withdrawn): with the interval, 3 × 750ms = 2.25s by default.
     #[arg(long, env = "ROUTEPLANE_HEARTBEAT_DETECT_MULTIPLIER", default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]

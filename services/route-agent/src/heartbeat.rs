@@ -1,7 +1,9 @@
 //! This node's heartbeat: a stream to routeplane-ipam carrying a beat every interval IPAM asks
 //! for (750 ms by default), so that IPAM declares the node dead within its dead interval (2.25 s) of
 //! the last beat — when this agent is killed, the node freezes or its link is cut — rather than
-//! after the KeepAlive lease (20 s). See ipam.proto's Heartbeat.
+//! after the KeepAlive lease (20 s). See ipam.proto's Heartbeat. When IPAM offers a datagram
+//! session, each beat is also a UDP datagram, and once IPAM says it hears them the stream carries
+//! beats only while it does not (a firewall on the UDP port): the stream stays the fallback.
 //!
 //! Contract: [`run`] returns only when the stream ends, saying why: the node is not registered
 //! (register again), IPAM has no Heartbeat (fall back to KeepAlive), or a failure to retry. A beat
@@ -11,6 +13,8 @@
 use std::time::Duration;
 
 use routeplane_api::ipam::v1 as pb;
+use routeplane_runtime::dial::Peer;
+use routeplane_runtime::heartbeat_datagram::{self, Header, SessionKey};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -71,14 +75,14 @@ pub async fn run(id: &Identity) -> Ended {
         Ok(l) => l,
         Err(e) => return Ended::Failed(e.to_string()),
     };
-    let ended = beat(leased.channel.clone(), &id.name).await;
+    let ended = beat(leased.channel.clone(), &leased.peer, &id.name).await;
     if matches!(ended, Ended::Failed(_) | Ended::Lost(_)) {
         id.ipam.failed(&leased);
     }
     ended
 }
 
-async fn beat(channel: tonic::transport::Channel, name: &str) -> Ended {
+async fn beat(channel: tonic::transport::Channel, peer: &Peer, name: &str) -> Ended {
     let mut client = pb::ipam_client::IpamClient::new(channel);
     let beat = pb::HeartbeatRequest {
         name: name.to_string(),
@@ -98,19 +102,51 @@ async fn beat(channel: tonic::transport::Channel, name: &str) -> Ended {
         Err(s) => return ended(&s),
     };
     let every = interval(&first);
-    tracing::info!(interval = ?every, dead_after_ms = first.dead_after_ms, "beating on IPAM's Heartbeat stream");
-    report(&first);
+    let mut datagrams = match &first.datagrams {
+        Some(offer) => match Datagrams::open(peer.get(), offer).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot send heartbeat datagrams to IPAM: beating on the stream");
+                None
+            }
+        },
+        None => None,
+    };
+    tracing::info!(interval = ?every, dead_after_ms = first.dead_after_ms, datagrams = datagrams.is_some(), "beating on IPAM's Heartbeat stream");
+    report(None, &first);
+    let port = first.datagrams.as_ref().map_or(0, |d| d.port);
+    let mut told = first;
+    let mut warned_unheard = false;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                // Full: the last beat is still unsent (a stalled connection); this one is dropped.
-                let _ = tx.try_send(beat.clone());
+                let sent = datagrams.as_mut().map(Datagrams::send);
+                // On the stream too until IPAM hears the datagrams, and whenever one cannot go.
+                if !told.datagrams_heard || !matches!(sent, Some(Ok(()))) {
+                    // Full: the last beat is still unsent (a stalled connection); this one is
+                    // dropped.
+                    let _ = tx.try_send(beat.clone());
+                }
             }
             answer = answers.message() => match answer {
-                Ok(Some(a)) => report(&a),
+                Ok(Some(a)) => {
+                    report(Some(&told), &a);
+                    if datagrams.is_some() && told.datagrams_heard != a.datagrams_heard {
+                        if a.datagrams_heard {
+                            tracing::debug!("IPAM hears this node's heartbeat datagrams: beating with those only");
+                        } else {
+                            if !std::mem::replace(&mut warned_unheard, true) {
+                                tracing::warn!("IPAM stopped hearing this node's heartbeat datagrams (UDP port {port}): beating on the stream until it hears them again");
+                            }
+                            // At once: the dead interval is running.
+                            let _ = tx.try_send(beat.clone());
+                        }
+                    }
+                    told = a;
+                }
                 Ok(None) => return Ended::Lost("IPAM ended the Heartbeat stream".into()),
                 Err(s) => return match ended(&s) {
                     Ended::Failed(e) => Ended::Lost(e),
@@ -121,8 +157,78 @@ async fn beat(channel: tonic::transport::Channel, name: &str) -> Ended {
     }
 }
 
-fn report(answer: &pb::HeartbeatResponse) {
-    match (answer.ready, answer.held_down) {
+/// This node's heartbeat datagrams (routeplane-runtime's `heartbeat_datagram.rs`): one a tick to
+/// the session IPAM offered, at the address of the IPAM dialled.
+struct Datagrams {
+    socket: tokio::net::UdpSocket,
+    key: SessionKey,
+    session: u64,
+    sequence: u64,
+}
+
+impl Datagrams {
+    /// To `peer`, the address of the IPAM this stream is open to (the replica that accepted it,
+    /// not whatever its name resolves to first).
+    async fn open(
+        peer: Option<std::net::SocketAddr>,
+        offer: &pb::DatagramSession,
+    ) -> Result<Datagrams, String> {
+        let key = SessionKey::from_bytes(&offer.key).ok_or_else(|| {
+            format!(
+                "IPAM offered a {}-byte session key where {} are due",
+                offer.key.len(),
+                heartbeat_datagram::KEY_LEN
+            )
+        })?;
+        let port = u16::try_from(offer.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("IPAM offered UDP port {}: not a port", offer.port))?;
+        let to = std::net::SocketAddr::new(
+            peer.ok_or("the address of IPAM's connection is not known")?
+                .ip(),
+            port,
+        );
+        let any: std::net::SocketAddr = if to.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(any)
+            .await
+            .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        socket
+            .connect(to)
+            .await
+            .map_err(|e| format!("cannot address UDP {to}: {e}"))?;
+        Ok(Datagrams {
+            socket,
+            key,
+            session: offer.id,
+            sequence: 0,
+        })
+    }
+
+    /// Sends the next beat; an error (no route, or ICMP port unreachable reported from the last
+    /// one) means this beat goes on the stream.
+    fn send(&mut self) -> std::io::Result<()> {
+        self.sequence += 1;
+        let datagram = Header {
+            session: self.session,
+            sequence: self.sequence,
+        }
+        .seal(&self.key);
+        self.socket.try_send(&datagram).map(|_| ())
+    }
+}
+
+/// Logs the node's state when it changed (answers also come when only `datagrams_heard` did).
+fn report(before: Option<&pb::HeartbeatResponse>, answer: &pb::HeartbeatResponse) {
+    let state = |a: &pb::HeartbeatResponse| (a.ready, a.held_down);
+    if before.is_some_and(|b| state(b) == state(answer)) {
+        return;
+    }
+    match state(answer) {
         (true, _) => tracing::info!("IPAM counts this node Ready"),
         (false, true) => tracing::warn!(
             "IPAM holds this node down for flapping (it died and came back too often): its prefixes stay withdrawn until that decays"

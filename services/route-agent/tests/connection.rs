@@ -1,7 +1,9 @@
 //! The agent's one connection to IPAM (issue #15, scale): registration, the heartbeat, the Watch
 //! feed and pod reports ride a single mutual-TLS HTTP/2 connection, so that 5,000 nodes cost IPAM
 //! 5,000 connections, not twice that plus a new one per pod report; after IPAM restarts, the agent
-//! is back on one connection, beating and following. Privileged: root, ip, ss, grpcurl.
+//! is back on one connection, beating and following. Its beats come as heartbeat datagrams (UDP
+//! beside that connection, not another connection), before and after the restart. Privileged:
+//! root, ip, ss, grpcurl.
 
 use std::time::Duration;
 
@@ -50,6 +52,26 @@ mod privileged {
             == Some(1.0)
     }
 
+    /// IPAM's count of heartbeat datagrams taken.
+    fn datagrams_taken(lab: &NodeLab) -> f64 {
+        let metrics =
+            routeplane_testkit::scrape(Some(lab.ctl.name()), "127.0.0.1:9951").unwrap_or_default();
+        routeplane_testkit::metric_sample(
+            &metrics,
+            "routeplane_ipam_heartbeat_datagrams_taken_total",
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// The node's beats come as datagrams (UDP, from the node's namespace to IPAM's): the count
+    /// grows by three from what it is now.
+    fn beating_with_datagrams(lab: &NodeLab) {
+        let from = datagrams_taken(lab);
+        lab.wait("n1's beats taken as heartbeat datagrams", LIMIT, || {
+            datagrams_taken(lab) >= from + 3.0
+        });
+    }
+
     /// The count once it has held still for a second (a connection being replaced shows two for
     /// a moment), within LIMIT.
     fn steady_connections(lab: &NodeLab) -> Vec<String> {
@@ -79,6 +101,7 @@ mod privileged {
             lab.agent_metric(0, "routeplane_agent_synced") == Some(1.0)
         });
         lab.wait_agent_ready(0);
+        beating_with_datagrams(&lab);
         // A pod: its IP reported to IPAM (SyncPodIPs) on the same connection.
         let pod = lab.add_pod(0, "web");
         lab.wait("the pod reported to IPAM", LIMIT, || {
@@ -106,6 +129,7 @@ mod privileged {
         lab.wait("n1 beating at the restarted IPAM", LIMIT, || {
             ready(&lab) && beating(&lab)
         });
+        beating_with_datagrams(&lab);
         let held = steady_connections(&lab);
         assert_eq!(
             held.len(),

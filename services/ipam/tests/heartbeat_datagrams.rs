@@ -1,0 +1,211 @@
+//! Heartbeat datagrams against a real routeplane-ipam on loopback: the session offered on the
+//! Heartbeat stream, beats as UDP datagrams keeping a node alive with no message on the stream,
+//! the agent told in time when its datagrams stop (and kept alive by beating on the stream), and
+//! what a hostile sender can do — replays, forgeries, garbage, a closed session's datagrams —
+//! keeping nothing alive.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Server;
+use routeplane_api::ipam::v1 as pb;
+use routeplane_runtime::heartbeat_datagram::{Header, LEN, SessionKey};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+type Client = pb::ipam_client::IpamClient<tonic::transport::Channel>;
+
+async fn ready(c: &Client) -> bool {
+    c.clone()
+        .get_node(pb::GetNodeRequest { name: "a".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .ready
+}
+
+/// The next answer on the stream, within `limit`.
+async fn answer(
+    answers: &mut tonic::Streaming<pb::HeartbeatResponse>,
+    limit: Duration,
+) -> pb::HeartbeatResponse {
+    tokio::time::timeout(limit, answers.message())
+        .await
+        .unwrap_or_else(|_| panic!("an answer within {limit:?}"))
+        .unwrap()
+        .unwrap()
+}
+
+struct Beats {
+    socket: UdpSocket,
+    key: SessionKey,
+    id: u64,
+    sequence: u64,
+}
+
+impl Beats {
+    fn sealed(&mut self) -> [u8; LEN] {
+        self.sequence += 1;
+        Header {
+            session: self.id,
+            sequence: self.sequence,
+        }
+        .seal(&self.key)
+    }
+
+    async fn send(&self, datagram: &[u8]) {
+        self.socket.send(datagram).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_keep_a_node_alive_and_nothing_forged_or_replayed_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // Beats every 100 ms, dead after 300 ms.
+    let server = Server::start(dir.path(), &["--heartbeat-interval", "100ms"]);
+    let mut c = server.client().await;
+    c.register_node(pb::RegisterNodeRequest {
+        name: "a".into(),
+        addresses: vec!["10.4.94.10".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let beat = pb::HeartbeatRequest { name: "a".into() };
+    tx.send(beat.clone()).await.unwrap();
+    let mut answers = c
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answer(&mut answers, Duration::from_secs(5)).await;
+    let offer = first.datagrams.expect("a datagram session offered");
+    assert!(first.ready && !first.datagrams_heard);
+    assert_eq!(
+        offer.port,
+        u32::from(server.grpc.port()),
+        "beside the gRPC listener"
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .connect((server.grpc.ip(), server.grpc.port()))
+        .await
+        .unwrap();
+    let mut beats = Beats {
+        socket,
+        key: SessionKey::from_bytes(&offer.key).expect("a 32-byte key"),
+        id: offer.id,
+        sequence: 0,
+    };
+
+    // Datagrams only, for 1.5 s (five dead intervals): heard, and the node stays Ready.
+    let mut heard = false;
+    for _ in 0..15 {
+        let d = beats.sealed();
+        beats.send(&d).await;
+        if let Ok(Some(a)) = tokio::time::timeout(Duration::from_millis(100), answers.message())
+            .await
+            .unwrap_or(Ok(None))
+        {
+            heard |= a.datagrams_heard;
+        }
+    }
+    assert!(heard, "IPAM said it hears the datagrams");
+    assert!(ready(&c).await, "kept alive by datagrams alone");
+    assert_eq!(server.metric("routeplane_ipam_node_deaths_total"), 0.0);
+    assert!(server.metric("routeplane_ipam_heartbeat_datagrams_taken_total") >= 14.0);
+
+    // The datagrams stop (a firewall on the UDP port): IPAM says so before the dead interval runs
+    // out, and beats on the stream keep the node alive.
+    let told = answer(&mut answers, Duration::from_secs(2)).await;
+    assert!(!told.datagrams_heard, "{told:?}");
+    tx.send(beat.clone()).await.unwrap();
+    assert!(ready(&c).await, "told before the dead interval ran out");
+    for _ in 0..10 {
+        tx.send(beat.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready(&c).await, "kept alive on the stream");
+    assert_eq!(server.metric("routeplane_ipam_node_deaths_total"), 0.0);
+
+    // Only what a hostile sender has: the last datagram again, an old one, one under another key,
+    // a flipped bit, garbage. The node dies as if silent.
+    let last = beats.sealed();
+    beats.send(&last).await;
+    let stranger = Header {
+        session: offer.id,
+        sequence: u64::MAX,
+    }
+    .seal(&SessionKey::generate().unwrap().0);
+    let mut flipped = beats.sealed();
+    flipped[25] ^= 0x10;
+    let silent = Instant::now();
+    while ready(&c).await {
+        assert!(
+            silent.elapsed() < Duration::from_secs(3),
+            "kept alive by forgeries"
+        );
+        beats.send(&last).await;
+        beats.send(&stranger).await;
+        beats.send(&flipped).await;
+        beats.send(b"RPB1 and then some garbage").await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        silent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        silent.elapsed()
+    );
+    assert_eq!(server.metric("routeplane_ipam_node_deaths_total"), 1.0);
+    let refused = |why: &str| {
+        server.metric(&format!(
+            "routeplane_ipam_heartbeat_datagrams_refused_total{{reason=\"{why}\"}}"
+        ))
+    };
+    assert!(refused("replayed") >= 1.0);
+    assert!(refused("bad_tag") >= 2.0);
+    assert!(refused("malformed") >= 1.0);
+
+    // The stream ends: so does its session; its next datagram names none.
+    drop(tx);
+    drop(answers);
+    let before = refused("unknown_session");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused("unknown_session") == before {
+        assert!(
+            Instant::now() < deadline,
+            "a closed session's datagram taken"
+        );
+        let d = beats.sealed();
+        beats.send(&d).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!ready(&c).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_datagrams_off_no_session_is_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--heartbeat-datagrams=false"]);
+    let mut c = server.client().await;
+    c.register_node(pb::RegisterNodeRequest {
+        name: "a".into(),
+        addresses: vec!["10.4.94.10".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let beats = tokio_stream::iter(vec![pb::HeartbeatRequest { name: "a".into() }]);
+    let mut answers = c.heartbeat(beats).await.unwrap().into_inner();
+    let first = answer(&mut answers, Duration::from_secs(5)).await;
+    assert!(first.ready);
+    assert_eq!(first.datagrams, None);
+    assert!(
+        !server
+            .scrape()
+            .contains("routeplane_ipam_heartbeat_datagrams"),
+        "no datagram metrics without datagrams"
+    );
+}
