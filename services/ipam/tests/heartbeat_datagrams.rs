@@ -25,6 +25,16 @@ async fn ready(c: &Client) -> bool {
         .ready
 }
 
+async fn register_a(c: &mut Client) {
+    c.register_node(pb::RegisterNodeRequest {
+        name: "a".into(),
+        addresses: vec!["10.4.94.10".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 /// The next answer on the stream, within `limit`.
 async fn answer(
     answers: &mut tonic::Streaming<pb::HeartbeatResponse>,
@@ -65,13 +75,7 @@ async fn datagrams_keep_a_node_alive_and_nothing_forged_or_replayed_does() {
     // Beats every 100 ms, dead after 300 ms.
     let server = Server::start(dir.path(), &["--heartbeat-interval", "100ms"]);
     let mut c = server.client().await;
-    c.register_node(pb::RegisterNodeRequest {
-        name: "a".into(),
-        addresses: vec!["10.4.94.10".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    register_a(&mut c).await;
     let (tx, rx) = mpsc::channel(4);
     let beat = pb::HeartbeatRequest { name: "a".into() };
     tx.send(beat.clone()).await.unwrap();
@@ -190,13 +194,7 @@ async fn with_datagrams_off_no_session_is_offered() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--heartbeat-datagrams=false"]);
     let mut c = server.client().await;
-    c.register_node(pb::RegisterNodeRequest {
-        name: "a".into(),
-        addresses: vec!["10.4.94.10".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    register_a(&mut c).await;
     let beats = tokio_stream::iter(vec![pb::HeartbeatRequest { name: "a".into() }]);
     let mut answers = c.heartbeat(beats).await.unwrap().into_inner();
     let first = answer(&mut answers, Duration::from_secs(5)).await;
