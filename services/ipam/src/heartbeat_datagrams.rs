@@ -254,6 +254,9 @@ pub fn bind(grpc: SocketAddr) -> Result<std::net::UdpSocket, IpamError> {
 /// a dead interval of 2.25 s — and 10 ms of beats fit the socket's default buffer many times.
 const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
+/// How long the end of a session's stream waits for room in its queue (an agent not reading).
+const END_WAIT: Duration = Duration::from_secs(10);
+
 /// The most datagrams read in one go.
 const BATCH_MOST: usize = 4096;
 
@@ -314,30 +317,41 @@ fn beat(
     runtime: &tokio::runtime::Handle,
 ) {
     match ipam.heartbeat_now(node) {
-        Ok(Begun::Done(beat)) => tell(sessions, ipam, id, Ok(beat)),
+        Ok(Begun::Done(beat)) => tell(sessions, ipam, id, Ok(beat), runtime),
         Ok(flushing) => {
-            let (sessions, ipam) = (sessions.clone(), ipam.clone());
+            let (sessions, ipam, handle) = (sessions.clone(), ipam.clone(), runtime.clone());
             runtime.spawn(async move {
                 let found = ipam.finish(flushing).await;
-                tell(&sessions, &ipam, id, found);
+                tell(&sessions, &ipam, id, found, &handle);
             });
         }
-        Err(e) => tell(sessions, ipam, id, Err(e)),
+        Err(e) => tell(sessions, ipam, id, Err(e), runtime),
     }
 }
 
 /// Answers on the session's stream what a datagram's beat found, when it changed anything.
-fn tell(sessions: &Sessions, ipam: &Ipam, id: u64, found: Result<Beat, IpamError>) {
+fn tell(
+    sessions: &Sessions,
+    ipam: &Ipam,
+    id: u64,
+    found: Result<Beat, IpamError>,
+    runtime: &tokio::runtime::Handle,
+) {
     match found {
         Ok(beat) => {
             if let Some((answers, told)) = sessions.found(id, beat, Some(true)) {
                 let _ = answers.try_send(Ok(crate::heartbeat::answer(ipam, told, None)));
             }
         }
-        // Its node is gone (deleted): the stream ends with why, as a beat on it would.
+        // Its node is gone (deleted): the stream ends with why, as a beat on it would. Waiting
+        // for room if need be: the session is closed, so an agent not told would go on sending
+        // datagrams nobody takes instead of beating or registering again.
         Err(e) => {
             if let Some(answers) = sessions.close(id) {
-                let _ = answers.try_send(Err(e.into()));
+                let status: Status = e.into();
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(END_WAIT, answers.send(Err(status))).await;
+                });
             }
         }
     }

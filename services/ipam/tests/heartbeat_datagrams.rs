@@ -55,6 +55,19 @@ struct Beats {
 }
 
 impl Beats {
+    /// Datagrams of the session `offer`, to the server's UDP port.
+    async fn to(server: &Server, offer: &pb::DatagramSession) -> Beats {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = u16::try_from(offer.port).expect("a port");
+        socket.connect((server.grpc.ip(), port)).await.unwrap();
+        Beats {
+            socket,
+            key: SessionKey::from_bytes(&offer.key).expect("a 32-byte key"),
+            id: offer.id,
+            sequence: 0,
+        }
+    }
+
     fn sealed(&mut self) -> [u8; LEN] {
         self.sequence += 1;
         Header {
@@ -92,17 +105,7 @@ async fn datagrams_keep_a_node_alive_and_nothing_forged_or_replayed_does() {
         u32::from(server.grpc.port()),
         "beside the gRPC listener"
     );
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    socket
-        .connect((server.grpc.ip(), server.grpc.port()))
-        .await
-        .unwrap();
-    let mut beats = Beats {
-        socket,
-        key: SessionKey::from_bytes(&offer.key).expect("a 32-byte key"),
-        id: offer.id,
-        sequence: 0,
-    };
+    let mut beats = Beats::to(&server, &offer).await;
 
     // Datagrams only, for 1.5 s (five dead intervals): heard, and the node stays Ready.
     let mut heard = false;
@@ -187,6 +190,48 @@ async fn datagrams_keep_a_node_alive_and_nothing_forged_or_replayed_does() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!ready(&c).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_while_beating_with_datagrams_has_its_stream_ended_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--heartbeat-interval", "100ms"]);
+    let mut c = server.client().await;
+    register_a(&mut c).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(pb::HeartbeatRequest { name: "a".into() })
+        .await
+        .unwrap();
+    let mut answers = c
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let offer = answer(&mut answers, Duration::from_secs(5))
+        .await
+        .datagrams
+        .expect("a datagram session offered");
+    let mut beats = Beats::to(&server, &offer).await;
+    c.delete_node(pb::DeleteNodeRequest {
+        name: "a".into(),
+        force: true,
+    })
+    .await
+    .unwrap();
+    // The next datagram's beat finds no node: the stream ends saying so (register again).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ended = loop {
+        assert!(Instant::now() < deadline, "the stream did not end");
+        let d = beats.sealed();
+        beats.send(&d).await;
+        match tokio::time::timeout(Duration::from_millis(100), answers.message()).await {
+            Ok(Err(status)) => break status,
+            Ok(Ok(None)) => panic!("the stream ended without saying why"),
+            Ok(Ok(Some(_))) | Err(_) => {}
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::NotFound, "{ended:?}");
+    drop(tx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
