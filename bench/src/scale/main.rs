@@ -60,6 +60,11 @@ struct Args {
     /// identity's limit would be shared by all).
     #[arg(long)]
     tls: bool,
+    /// Keep every routeplane-ipam and routeplane-bgp process's log (warnings, and the runtime's
+    /// connection lines) in this directory, a file per process started, named by cluster size,
+    /// service and start; without it they are dropped with the run.
+    #[arg(long)]
+    logs: Option<std::path::PathBuf>,
 }
 
 const IPAM: &str = "127.0.0.1:50051";
@@ -76,6 +81,12 @@ struct Plane {
     bgp: Option<Service>,
     /// With `--tls`: the CA, IPAM's, routeplane-bgp's and the simulated nodes' certificates.
     certs: Option<Certs>,
+    /// Where stopped services' logs go (`--logs`), and how many processes were started so far.
+    logs: Option<std::path::PathBuf>,
+    started: usize,
+    nodes: usize,
+    /// Nodes IPAM declared dead, summed over the IPAM processes stopped so far.
+    deaths: f64,
 }
 
 /// The simulated nodes' identity under `--tls`.
@@ -90,7 +101,7 @@ protocol bgp routeplane { local 192.168.0.1 as 64512; neighbor 192.168.0.10 as 6
 ";
 
 impl Plane {
-    fn new(tls: bool) -> Plane {
+    fn new(tls: bool, nodes: usize, logs: Option<std::path::PathBuf>) -> Plane {
         let id = routeplane_testkit::unique_id();
         let cp = Netns::new(&id, "cp");
         let tor = Netns::new(&id, "tor");
@@ -133,6 +144,10 @@ impl Plane {
             ipam: None,
             bgp: None,
             certs,
+            logs,
+            started: 0,
+            nodes,
+            deaths: 0.0,
         };
         plane.start_ipam();
         plane.start_bgp();
@@ -141,15 +156,47 @@ impl Plane {
 
     /// Starts `program` in `cp` on `args` — with its certificate as `identity` under `--tls` —
     /// once it listens.
-    fn spawn(&self, program: &str, identity: &str, args: &[&str]) -> Service {
+    fn spawn(&mut self, program: &str, identity: &str, args: &[&str]) -> Service {
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if let Some(certs) = &self.certs {
             args.extend(certs.service_flags(identity));
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut service = Service::spawn(program, Some(self.cp.name()), &bin(program), &args);
+        self.started += 1;
+        let name = format!("{}-{program}-{}", self.nodes, self.started);
+        let mut service = Service::spawn(&name, Some(self.cp.name()), &bin(program), &args);
         service.listen_addr("gRPC");
         service
+    }
+
+    /// Nodes the running IPAM declared dead so far.
+    fn ipam_deaths(&self) -> f64 {
+        metric_sample(
+            &scrape(None, IPAM_METRICS).unwrap_or_default(),
+            "routeplane_ipam_node_deaths_total",
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// Stops IPAM (counting its deaths first) and keeps its log.
+    fn stop_ipam(&mut self) {
+        if self.ipam.is_some() {
+            self.deaths += self.ipam_deaths();
+        }
+        let ipam = self.ipam.take();
+        self.retire(ipam);
+    }
+
+    /// SIGTERM to a service, waited for; its log kept under `--logs`.
+    fn retire(&self, service: Option<Service>) {
+        let Some(mut s) = service else { return };
+        s.terminate();
+        if let Some(dir) = &self.logs {
+            let path = dir.join(format!("{}.log", s.name()));
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&path, s.log()))
+                .unwrap_or_else(|e| panic!("keeping a log in {}: {e}", path.display()));
+        }
     }
 
     /// IPAM's URL, https:// under `--tls`.
@@ -267,11 +314,10 @@ impl Plane {
     /// Stops routeplane-bgp (and IPAM too, `ipam`) and waits until the ToR has dropped every
     /// route (graceful restart is off).
     fn stop(&mut self, ipam: bool) {
-        if let Some(mut bgp) = self.bgp.take() {
-            bgp.terminate();
-        }
-        if ipam && let Some(mut i) = self.ipam.take() {
-            i.terminate();
+        let bgp = self.bgp.take();
+        self.retire(bgp);
+        if ipam {
+            self.stop_ipam();
         }
         self.until("the ToR drops routeplane's routes", Instant::now(), |p| {
             p.imported() == 0
@@ -302,6 +348,10 @@ struct Row {
     fan_p50: f64,
     fan_p99: f64,
     fan_missing: usize,
+    /// IPAM's CPU per event delivered to a watcher during the fan-out, microseconds.
+    fan_cpu_us: f64,
+    /// Nodes IPAM declared dead over the whole run (none of them stopped beating).
+    deaths: f64,
     after_ipam: f64,
     kept_ipam: usize,
     after_bgp: f64,
@@ -310,7 +360,7 @@ struct Row {
 }
 
 fn run(n: usize, args: &Args) -> Row {
-    let mut plane = Plane::new(args.tls);
+    let mut plane = Plane::new(args.tls, n, args.logs.clone());
     // From here this thread, and the runtime's threads it starts, live in `cp`.
     let netns = std::fs::File::open(format!("/var/run/netns/{}", plane.cp.name()))
         .expect("the namespace's file");
@@ -330,6 +380,7 @@ fn run(n: usize, args: &Args) -> Row {
     let start = Instant::now();
     rt.block_on(sim.register(64));
     row.registered = start.elapsed().as_secs_f64();
+    rt.block_on(async { sim.start_heartbeats() });
     row.advertised = plane
         .until("all nodes at the ToR", start, |p| p.imported() >= n)
         .0
@@ -345,7 +396,7 @@ fn run(n: usize, args: &Args) -> Row {
     )
     .unwrap_or(0.0) as u64;
     rt.block_on(async {
-        sim.start_agents(revision).await;
+        sim.start_watches(revision);
         tokio::time::sleep(Duration::from_secs(3)).await;
     });
     let cpu = |p: &Plane| {
@@ -369,8 +420,23 @@ fn run(n: usize, args: &Args) -> Row {
     row.ipam_rss = Plane::rss_mb(&plane.ipam);
     row.bgp_rss = Plane::rss_mb(&plane.bgp);
 
+    // CPU per event delivered, IPAM's beside the simulated watchers' own (all on this machine's
+    // cores: what a change costs the two ends), less what IPAM spends idle meanwhile.
+    let (ipam0, sim0, window) = (
+        cpu(&plane).0,
+        cpu_seconds(std::process::id()).unwrap_or(0.0),
+        Instant::now(),
+    );
     let (latencies, missing) =
         rt.block_on(sim.fan_out(args.fan_out_changes, Duration::from_millis(250)));
+    let delivered = latencies.len().max(1) as f64;
+    let idle = row.ipam_idle_cpu / 100.0 * window.elapsed().as_secs_f64();
+    row.fan_cpu_us = (cpu(&plane).0 - ipam0 - idle).max(0.0) / delivered * 1e6;
+    eprintln!(
+        "fan-out: CPU per event delivered: IPAM {:.1} µs, simulated watchers {:.1} µs",
+        row.fan_cpu_us,
+        (cpu_seconds(std::process::id()).unwrap_or(0.0) - sim0) / delivered * 1e6
+    );
     row.fan_missing = missing;
     if !latencies.is_empty() {
         row.fan_p50 = percentile(latencies.clone(), 50.0);
@@ -379,9 +445,7 @@ fn run(n: usize, args: &Args) -> Row {
 
     // IPAM restarted: a node registered after it reaches the ToR, and no route left meanwhile.
     let start = Instant::now();
-    if let Some(mut ipam) = plane.ipam.take() {
-        ipam.terminate();
-    }
+    plane.stop_ipam();
     plane.start_ipam();
     let cidr = rt.block_on(sim.register_extra(n, LIMIT));
     let (took, fewest) = plane.until("a new node at the ToR after IPAM's restart", start, |p| {
@@ -420,6 +484,8 @@ fn run(n: usize, args: &Args) -> Row {
         .as_secs_f64();
     sim.stop();
     drop(rt);
+    plane.stop(true);
+    row.deaths = plane.deaths;
     drop(plane);
 
     let cluster = routeplane_bench::agent_e2e::Cluster::new(n.saturating_sub(1) as u32);
@@ -450,12 +516,14 @@ fn main() {
         }
     );
     println!(
-        "| nodes | registered s | at ToR s | pod IPs/s | IPAM CPU % idle | with churn | IPAM RSS MB | BGP CPU % | BGP RSS MB | fan-out p50 ms | fan-out p99 ms | ToR after IPAM restart s | after BGP restart s | after cold start s | agent, N−1 routes s |"
+        "| nodes | registered s | at ToR s | pod IPs/s | IPAM CPU % idle | with churn | IPAM RSS MB | BGP CPU % | BGP RSS MB | fan-out p50 ms | fan-out p99 ms | IPAM CPU µs per event sent | ToR after IPAM restart s | after BGP restart s | after cold start s | nodes declared dead | agent, N−1 routes s |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in &rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {:.3} |",
             r.nodes,
             r.registered,
             r.advertised,
@@ -467,9 +535,11 @@ fn main() {
             r.bgp_rss,
             r.fan_p50,
             r.fan_p99,
+            r.fan_cpu_us,
             r.after_ipam,
             r.after_bgp,
             r.after_cold,
+            r.deaths,
             r.agent
         );
     }

@@ -41,6 +41,7 @@ pub struct Sim {
     /// (revision, when it reached a watcher), from every watcher.
     arrivals: mpsc::UnboundedReceiver<(u64, Instant)>,
     arrivals_tx: mpsc::UnboundedSender<(u64, Instant)>,
+    datagrams: Arc<Datagrams>,
 }
 
 impl Sim {
@@ -57,6 +58,7 @@ impl Sim {
             .collect()
             .await;
         let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
+        let datagrams = Arc::new(Datagrams::new(endpoint).await);
         Sim {
             endpoint: endpoint.to_string(),
             dialer,
@@ -66,6 +68,7 @@ impl Sim {
             stop: Arc::new(AtomicBool::new(false)),
             arrivals,
             arrivals_tx,
+            datagrams,
         }
     }
 
@@ -117,17 +120,27 @@ impl Sim {
             .await
     }
 
-    /// Starts every node's heartbeat and Watch (from `revision`: live events only, as agents
-    /// that already hold the state).
-    pub async fn start_agents(&self, revision: u64) {
-        let datagrams = Arc::new(Datagrams::new(&self.endpoint).await);
+    /// Starts every node's heartbeat, as an agent does right after it registers: the lease
+    /// registration grants runs out otherwise while thousands of pods are still being allocated.
+    pub fn start_heartbeats(&self) {
         for i in 0..self.nodes {
-            tokio::spawn(heartbeat(
-                self.channel(i),
-                name(i),
-                datagrams.clone(),
-                self.stop.clone(),
-            ));
+            self.beat(self.channel(i), i);
+        }
+    }
+
+    fn beat(&self, channel: Channel, i: usize) {
+        tokio::spawn(heartbeat(
+            channel,
+            name(i),
+            self.datagrams.clone(),
+            self.stop.clone(),
+        ));
+    }
+
+    /// Starts every node's Watch from `revision`: live events only, as agents that already hold
+    /// the state.
+    pub fn start_watches(&self, revision: u64) {
+        for i in 0..self.nodes {
             tokio::spawn(watch(
                 self.channel(i),
                 revision,
@@ -189,29 +202,45 @@ impl Sim {
         // The last change's stragglers.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut latencies = Vec::new();
+        let mut per_change = vec![Vec::new(); sent.len()];
         while let Ok((revision, at)) = self.arrivals.try_recv() {
-            if let Some((_, start)) = sent.iter().find(|(r, _)| *r == revision) {
-                latencies.push(at.saturating_duration_since(*start).as_secs_f64() * 1e3);
+            if let Some(k) = sent.iter().position(|(r, _)| *r == revision) {
+                let ms = at.saturating_duration_since(sent[k].1).as_secs_f64() * 1e3;
+                latencies.push(ms);
+                per_change[k].push(ms);
             }
+        }
+        // Where the time goes: the first arrival of a change is the call's own latency (its
+        // commit), the spread after it the fan-out.
+        let first: Vec<f64> = per_change
+            .iter()
+            .filter_map(|l| l.iter().copied().reduce(f64::min))
+            .collect();
+        if !first.is_empty() {
+            eprintln!(
+                "fan-out: first arrival of a change p50 {:.1} ms, max {:.1} ms",
+                routeplane_bench::percentile(first.clone(), 50.0),
+                first.iter().copied().fold(0.0, f64::max)
+            );
         }
         let missing = (changes * self.nodes).saturating_sub(latencies.len());
         (latencies, missing)
     }
 
     /// A node registered after the simulated ones (to see a change reach the ToR), retried
-    /// until IPAM answers; its pod CIDR.
+    /// until IPAM answers, and beating from then on; its pod CIDR.
     pub async fn register_extra(&self, i: usize, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            let mut c = match dial(&self.endpoint, self.dialer.as_ref()).await {
-                Ok(channel) => IpamClient::new(channel),
+            let channel = match dial(&self.endpoint, self.dialer.as_ref()).await {
+                Ok(channel) => channel,
                 Err(e) if Instant::now() > deadline => panic!("dialling IPAM: {e}"),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            match c
+            match IpamClient::new(channel.clone())
                 .register_node(pb::RegisterNodeRequest {
                     name: name(i),
                     addresses: vec![routeplane_bench::agent_e2e::node_address(i as u32)],
@@ -219,7 +248,10 @@ impl Sim {
                 })
                 .await
             {
-                Ok(n) => return n.into_inner().pod_cidrs[0].clone(),
+                Ok(n) => {
+                    self.beat(channel, i);
+                    return n.into_inner().pod_cidrs[0].clone();
+                }
                 Err(s) if Instant::now() > deadline => panic!("RegisterNode {}: {s}", name(i)),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
