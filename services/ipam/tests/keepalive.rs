@@ -14,11 +14,11 @@ use common::Server;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use routeplane_runtime::dial::Dialer;
-use routeplane_runtime::grpc::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use routeplane_runtime::grpc::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, SERVER_KEEPALIVE_INTERVAL};
 
 /// Interval and timeout, and time for a PING to be due and the close to reach the other side.
-fn detection_bound() -> Duration {
-    KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(10)
+fn detection_bound(interval: Duration) -> Duration {
+    interval + KEEPALIVE_TIMEOUT + Duration::from_secs(10)
 }
 
 /// SIGSTOP or SIGCONT to a process group (grpcurl runs behind pyenv and Python wrappers).
@@ -44,7 +44,7 @@ async fn a_watcher_notices_a_server_that_went_silent() {
 
     let stopped = Instant::now();
     server.signal("-STOP");
-    let ended = tokio::time::timeout(detection_bound(), watch.message()).await;
+    let ended = tokio::time::timeout(detection_bound(KEEPALIVE_INTERVAL), watch.message()).await;
     server.signal("-CONT");
     let after = stopped.elapsed();
     match ended {
@@ -81,7 +81,7 @@ async fn the_server_ends_the_watch_of_a_client_that_went_silent() {
 
     signal_group("-STOP", pgid);
     let stopped = Instant::now();
-    while watchers() > 0.0 && stopped.elapsed() < detection_bound() {
+    while watchers() > 0.0 && stopped.elapsed() < detection_bound(SERVER_KEEPALIVE_INTERVAL) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let left = watchers();
