@@ -160,6 +160,9 @@ pub struct IpamState {
     address_owners: HashMap<IpAddr, String>,
     revision: Revision,
     lease_ttl: Duration,
+    /// Set when nodes were restored: the end of the full lease each got, which no renewal
+    /// shortens (`state/liveness.rs`).
+    restart_lease_until: Option<Instant>,
     liveness: LivenessConfig,
     /// Recent deaths, and whether IPAM is sparing a mass expiry (`state/liveness.rs`).
     mass: liveness::MassExpiry,
@@ -225,6 +228,7 @@ impl IpamState {
             address_owners: HashMap::new(),
             revision: persisted.revision,
             lease_ttl: config.lease_ttl,
+            restart_lease_until: (!persisted.nodes.is_empty()).then(|| now + config.lease_ttl),
             liveness: config.liveness,
             mass: liveness::MassExpiry::default(),
             max_pods_per_node: config.max_pods_per_node,

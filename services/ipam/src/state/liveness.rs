@@ -1,7 +1,12 @@
 //! Whether a node is alive, without I/O. A node's lease runs until a deadline: a KeepAlive or a
 //! registration by its agent renews it for the lease TTL (20 s), a heartbeat for the dead interval
 //! (3 × 750 ms); the lease clock declares every Ready node past its deadline dead (NotReady, which
-//! routeplane-bgp withdraws). Two things keep that judgement honest:
+//! routeplane-bgp withdraws). These keep that judgement honest:
+//!
+//! - After a restart every node has one lease TTL to come back, and no renewal within it ends
+//!   its lease sooner: at 5,000 nodes the agents' reconnections (TLS handshakes) saturate IPAM
+//!   for seconds, and a node whose first beat was taken, its next ones late, died — a thousand
+//!   of them in one measured restart, two Watch events each to every watcher.
 //!
 //! - IPAM judges only what it could observe. When its own clock ran late (the process paused, the
 //!   CPU starved), beats may be waiting unread in its sockets: every deadline is moved on by the
@@ -173,10 +178,14 @@ impl IpamState {
         };
         // One lookup of the node per beat (thousands a second at scale), not two.
         let half_life = self.liveness.flap_half_life;
+        let floor = self.restart_lease_until;
         let entry = self.entry_mut(name)?;
         let held = still_held(entry, now, half_life);
         let (ready, held_down) = (!held, held);
-        entry.lease_deadline = now + period;
+        // A beat never cuts short the full lease a restart gave: thousands of agents reconnect at
+        // once (a TLS handshake each), and a beat the saturated server takes late must not kill
+        // a node its first beat had just moved to a 2.25 s lease.
+        entry.lease_deadline = floor.map_or(now + period, |f| f.max(now + period));
         let before = (entry.node.ready, entry.node.held_down);
         let beat = Beat { ready, held_down };
         if before == (ready, held_down) {

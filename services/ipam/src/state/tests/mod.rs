@@ -814,3 +814,38 @@ fn the_agents_shutdown_drain_is_not_a_death() {
     );
     assert_eq!(s.expire_leases(t0 + ttl).deaths.len(), 1);
 }
+
+#[test]
+fn no_beat_shortens_the_lease_a_restart_gave_and_beats_after_it_run_as_usual() {
+    let mut s = seed();
+    let mut store = MemStore::default();
+    if let Some(m) = register_mutation(&mut s, "a", "10.4.94.10") {
+        store.apply(&m);
+    }
+    let t0 = Instant::now();
+    let (mut r, _) = IpamState::restore(config(SEED_VALUES, LB), store.persisted(), t0).unwrap();
+    let (ttl, dead) = (r.lease_ttl(), r.liveness().dead_after());
+    assert!(
+        dead < ttl / 2,
+        "the test needs a beat's lease well inside the TTL"
+    );
+    // Its first beat comes at once, the next never (taken late by a saturated server, say).
+    r.beat("a", t0 + Duration::from_millis(100)).unwrap();
+    assert!(
+        r.expire_leases(t0 + ttl - Duration::from_millis(1))
+            .deaths
+            .is_empty(),
+        "a beat within the restart's lease cut it short"
+    );
+    assert_eq!(r.expire_leases(t0 + ttl).deaths.len(), 1, "dead at its end");
+    // After it, a beat renews for the dead interval only.
+    let later = t0 + ttl * 2;
+    r.beat("a", later).unwrap();
+    assert!(r.expire_leases(later + dead / 2).deaths.is_empty());
+    assert_eq!(r.expire_leases(later + dead).deaths.len(), 1);
+    // A fresh state (nothing restored) has no such lease: a beat's is the dead interval at once.
+    let mut f = seed();
+    register(&mut f, "b", "10.4.94.11");
+    f.beat("b", t0).unwrap();
+    assert_eq!(f.expire_leases(t0 + dead).deaths.len(), 1);
+}
