@@ -20,20 +20,40 @@ use crate::heartbeat_datagrams::Sessions;
 use crate::ipam::{Ipam, WatchItem};
 use crate::model::{Drain, Event, Node, OperatorEntry, ServiceIp};
 use crate::state::{PodIps, ReportedPod};
+use crate::watch_wire::{EncodedEvents, EncodedStream, WatchOnce};
 
 pub struct IpamGrpc {
     ipam: Arc<Ipam>,
     /// Heartbeat datagram sessions, unless --heartbeat-datagrams=off.
     datagrams: Option<Arc<Sessions>>,
+    /// Live events encoded once for every watcher (`watch_wire.rs`).
+    encoded: EncodedEvents,
 }
 
 impl IpamGrpc {
-    pub fn new(
-        ipam: Arc<Ipam>,
-        datagrams: Option<Arc<Sessions>>,
-    ) -> pb::ipam_server::IpamServer<IpamGrpc> {
-        pb::ipam_server::IpamServer::new(IpamGrpc { ipam, datagrams })
-            .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
+    /// The service: the generated server, with Watch served by [`IpamGrpc::watch_encoded`].
+    pub fn service(ipam: Arc<Ipam>, datagrams: Option<Arc<Sessions>>) -> WatchOnce {
+        WatchOnce::new(IpamGrpc {
+            ipam,
+            datagrams,
+            encoded: EncodedEvents::default(),
+        })
+    }
+
+    /// The change feed, each item encoded (a live event once for all watchers).
+    pub fn watch_encoded(
+        self: &Arc<Self>,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<EncodedStream>, Status> {
+        let operator = req.get_ref().operator_entries;
+        if operator {
+            Caller::of(&req).for_control_plane("a Watch with operator entries")?;
+        }
+        let rx = self.ipam.watch(req.get_ref().from_revision, operator);
+        let grpc = self.clone();
+        let stream = ReceiverStream::new(rx)
+            .map(move |item| item.map(|i| grpc.encoded.encode(i)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -213,7 +233,7 @@ fn changed((revision, changed): (u64, u64)) -> Response<pb::OperatorEntriesChang
     Response::new(pb::OperatorEntriesChanged { revision, changed })
 }
 
-fn watch_event(item: WatchItem) -> pb::WatchEvent {
+pub(crate) fn watch_event(item: WatchItem) -> pb::WatchEvent {
     use pb::watch_event::Event as E;
     match item {
         WatchItem::Snapshot {
@@ -587,14 +607,10 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         }))
     }
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let operator = req.get_ref().operator_entries;
-        if operator {
-            Caller::of(&req).for_control_plane("a Watch with operator entries")?;
-        }
-        let rx = self.ipam.watch(req.get_ref().from_revision, operator);
-        let stream =
-            ReceiverStream::new(rx).map(|item| item.map(watch_event).map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+    /// Never called: [`WatchOnce`] serves Watch (`watch_wire.rs`).
+    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        Err(Status::internal(
+            "Watch is served by watch_wire::WatchOnce, not the generated server",
+        ))
     }
 }

@@ -50,3 +50,4 @@ pub mod state;
 pub mod store;
 pub mod store_check;
 pub mod wal;
+pub mod watch_wire;

@@ -228,7 +228,7 @@ pub async fn run(cli: Cli) -> Result<(), ServeError> {
             shutdown.clone(),
         ));
     }
-    let routes = tonic::service::Routes::new(IpamGrpc::new(ipam.clone(), datagrams));
+    let routes = tonic::service::Routes::new(IpamGrpc::service(ipam.clone(), datagrams));
     let served = server.serve(grpc_listener, routes, shutdown.clone()).await;
     shutdown.trigger();
     if let Ok(Err(e)) = metrics_task.await {
