@@ -11,14 +11,13 @@ use futures::Stream;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_net::{Cidr, Family};
 use routeplane_runtime::authz::{Access, Caller};
-use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::IpamError;
 use crate::heartbeat_datagrams::Sessions;
 use crate::ipam::{Ipam, WatchItem};
-use crate::model::{Drain, Event, Node, OperatorEntry, ServiceIp};
+use crate::model::{Drain, Event, Node, OperatorEntry, RevisionedEvent, ServiceIp};
 use crate::state::{PodIps, ReportedPod};
 use crate::watch_wire::{EncodedEvents, EncodedStream, WatchOnce};
 
@@ -51,8 +50,13 @@ impl IpamGrpc {
         }
         let rx = self.ipam.watch(req.get_ref().from_revision, operator);
         let grpc = self.clone();
-        let stream = ReceiverStream::new(rx)
-            .map(move |item| item.map(|i| grpc.encoded.encode(i)).map_err(Status::from));
+        // A batch becomes its events back to back, which the HTTP/2 stream takes in one write.
+        let stream = futures::StreamExt::flat_map(ReceiverStream::new(rx), move |item| {
+            futures::stream::iter(match item {
+                Ok(item) => grpc.encoded.encode(item).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(Status::from(e))],
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -233,7 +237,8 @@ fn changed((revision, changed): (u64, u64)) -> Response<pb::OperatorEntriesChang
     Response::new(pb::OperatorEntriesChanged { revision, changed })
 }
 
-pub(crate) fn watch_event(item: WatchItem) -> pb::WatchEvent {
+/// The messages an item makes: one, or a batch's events one after another.
+pub(crate) fn watch_messages(item: WatchItem) -> Vec<pb::WatchEvent> {
     use pb::watch_event::Event as E;
     match item {
         WatchItem::Snapshot {
@@ -243,7 +248,7 @@ pub(crate) fn watch_event(item: WatchItem) -> pb::WatchEvent {
             operator,
             first,
             last,
-        } => pb::WatchEvent {
+        } => vec![pb::WatchEvent {
             revision,
             event: Some(E::Snapshot(pb::Snapshot {
                 nodes: nodes.iter().map(Into::into).collect(),
@@ -252,36 +257,40 @@ pub(crate) fn watch_event(item: WatchItem) -> pb::WatchEvent {
                 last,
                 operator_entries: operator.into_iter().map(Into::into).collect(),
             })),
-        },
-        WatchItem::Progress(revision) => pb::WatchEvent {
+        }],
+        WatchItem::Progress(revision) => vec![pb::WatchEvent {
             revision,
             event: Some(E::Progress(pb::Progress {})),
-        },
-        WatchItem::Event(e) => pb::WatchEvent {
-            revision: e.revision,
-            event: Some(match &e.event {
-                Event::NodeUpdated(n) => E::NodeUpdated(n.into()),
-                Event::NodeDeleted { name, pod_cidrs } => E::NodeDeleted(pb::NodeDeleted {
-                    name: name.clone(),
-                    pod_cidrs: pod_cidrs.clone(),
-                }),
-                Event::ServiceIpAssigned(s) => E::ServiceIpAssigned(s.into()),
-                Event::ServiceIpReleased(s) => E::ServiceIpReleased(s.into()),
-                Event::OperatorEntries { put, deleted } => {
-                    E::OperatorEntries(pb::OperatorEntries {
-                        put: put.iter().map(Into::into).collect(),
-                        deleted: deleted
-                            .iter()
-                            .map(|k| pb::OperatorEntry {
-                                kind: k.kind.clone(),
-                                key: k.key.clone(),
-                                value: String::new(),
-                            })
-                            .collect(),
-                    })
-                }
+        }],
+        WatchItem::Event(e) => vec![event_message(&e)],
+        WatchItem::Events(events) => events.iter().map(|e| event_message(e)).collect(),
+    }
+}
+
+pub(crate) fn event_message(e: &RevisionedEvent) -> pb::WatchEvent {
+    use pb::watch_event::Event as E;
+    pb::WatchEvent {
+        revision: e.revision,
+        event: Some(match &e.event {
+            Event::NodeUpdated(n) => E::NodeUpdated(n.into()),
+            Event::NodeDeleted { name, pod_cidrs } => E::NodeDeleted(pb::NodeDeleted {
+                name: name.clone(),
+                pod_cidrs: pod_cidrs.clone(),
             }),
-        },
+            Event::ServiceIpAssigned(s) => E::ServiceIpAssigned(s.into()),
+            Event::ServiceIpReleased(s) => E::ServiceIpReleased(s.into()),
+            Event::OperatorEntries { put, deleted } => E::OperatorEntries(pb::OperatorEntries {
+                put: put.iter().map(Into::into).collect(),
+                deleted: deleted
+                    .iter()
+                    .map(|k| pb::OperatorEntry {
+                        kind: k.kind.clone(),
+                        key: k.key.clone(),
+                        value: String::new(),
+                    })
+                    .collect(),
+            }),
+        }),
     }
 }
 

@@ -23,21 +23,15 @@ use tonic::server::{NamedService, ServerStreamingService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstDecoder;
 
-use crate::grpc::{IpamGrpc, watch_event};
+use crate::grpc::{IpamGrpc, event_message, watch_messages};
 use crate::ipam::WatchItem;
-use crate::model::Revision;
+use crate::model::{Revision, RevisionedEvent};
 
 const WATCH_PATH: &str = "/routeplane.ipam.v1.Ipam/Watch";
 
 /// A `WatchEvent` already encoded.
 #[derive(Clone, Debug)]
 pub struct EncodedEvent(Bytes);
-
-impl EncodedEvent {
-    fn of(item: WatchItem) -> EncodedEvent {
-        EncodedEvent(watch_event(item).encode_to_vec().into())
-    }
-}
 
 /// The live event encoded last. Watchers take each event one after another, so one slot serves
 /// nearly all of them; a watcher at another revision (replaying, behind) just encodes its own.
@@ -47,21 +41,29 @@ pub struct EncodedEvents {
 }
 
 impl EncodedEvents {
-    pub fn encode(&self, item: WatchItem) -> EncodedEvent {
-        let WatchItem::Event(e) = &item else {
-            // Snapshots and bookmarks are each watcher's own.
-            return EncodedEvent::of(item);
-        };
-        let revision = e.revision;
+    /// An item's messages, encoded: a live event (alone or in a batch) from the slot when it is
+    /// the one encoded last; snapshots and bookmarks, which are each watcher's own, afresh.
+    pub fn encode(&self, item: WatchItem) -> Vec<EncodedEvent> {
+        match item {
+            WatchItem::Event(e) => vec![self.event(&e)],
+            WatchItem::Events(events) => events.iter().map(|e| self.event(e)).collect(),
+            other => watch_messages(other)
+                .iter()
+                .map(|m| EncodedEvent(m.encode_to_vec().into()))
+                .collect(),
+        }
+    }
+
+    fn event(&self, e: &RevisionedEvent) -> EncodedEvent {
         if let Some((r, bytes)) = &*self.slot()
-            && *r == revision
+            && *r == e.revision
         {
             return EncodedEvent(bytes.clone());
         }
         // Encoded outside the lock: two threads missing together both encode, harmlessly.
-        let encoded = EncodedEvent::of(item);
-        *self.slot() = Some((revision, encoded.0.clone()));
-        encoded
+        let bytes = Bytes::from(event_message(e).encode_to_vec());
+        *self.slot() = Some((e.revision, bytes.clone()));
+        EncodedEvent(bytes)
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<(Revision, Bytes)>> {
@@ -174,22 +176,40 @@ mod tests {
         }))
     }
 
+    fn bytes(item: WatchItem) -> Vec<Vec<u8>> {
+        watch_messages(item)
+            .iter()
+            .map(|m| m.encode_to_vec())
+            .collect()
+    }
+
     #[test]
-    fn an_event_is_encoded_as_the_generated_server_would_and_once() {
+    fn events_are_encoded_as_the_generated_server_would_and_once() {
         let cache = EncodedEvents::default();
         let first = cache.encode(event(7, "a"));
-        let expected = watch_event(event(7, "a")).encode_to_vec();
-        assert_eq!(&first.0[..], &expected[..]);
+        assert_eq!(
+            first.iter().map(|e| e.0.to_vec()).collect::<Vec<_>>(),
+            bytes(event(7, "a"))
+        );
         // The second watcher gets the same buffer, not a copy.
         let second = cache.encode(event(7, "a"));
-        assert_eq!(first.0.as_ptr(), second.0.as_ptr());
-        // The next revision is encoded afresh; a bookmark is never taken from the slot.
-        let next = cache.encode(event(8, "b"));
-        assert_eq!(&next.0[..], &watch_event(event(8, "b")).encode_to_vec()[..]);
+        assert_eq!(first[0].0.as_ptr(), second[0].0.as_ptr());
+        // A batch is its events one by one, the one encoded last taken from the slot.
+        let WatchItem::Event(seven) = event(7, "a") else {
+            unreachable!()
+        };
+        let WatchItem::Event(eight) = event(8, "b") else {
+            unreachable!()
+        };
+        let batch = cache.encode(WatchItem::Events(vec![seven, eight]));
+        assert_eq!(batch.len(), 2);
+        assert_eq!(&batch[0].0[..], &first[0].0[..]);
+        assert_eq!(vec![batch[1].0.to_vec()], bytes(event(8, "b")));
+        // A bookmark is never taken from the slot.
         let bookmark = cache.encode(WatchItem::Progress(8));
         assert_eq!(
-            pb::WatchEvent::decode(&bookmark.0[..]).unwrap(),
-            watch_event(WatchItem::Progress(8))
+            pb::WatchEvent::decode(&bookmark[0].0[..]).unwrap(),
+            watch_messages(WatchItem::Progress(8))[0]
         );
     }
 }
