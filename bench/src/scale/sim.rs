@@ -227,6 +227,45 @@ impl Sim {
         (latencies, missing)
     }
 
+    /// A burst: `changes` changes (node labels) made at once, 64 calls in flight — as when a
+    /// rack of nodes dies or returns. Returns the seconds from the first call until every watcher
+    /// has the last of them (or `None` when some did not within `limit`), and how many watchers
+    /// had it.
+    pub async fn burst(&mut self, changes: usize, limit: Duration) -> (Option<f64>, usize) {
+        while self.arrivals.try_recv().is_ok() {}
+        let start = Instant::now();
+        let revisions: Vec<u64> = futures::stream::iter(0..changes)
+            .map(|k| {
+                let i = k % self.nodes;
+                let mut c = self.client(i);
+                async move {
+                    c.register_node(pb::RegisterNodeRequest {
+                        name: name(i),
+                        addresses: vec![routeplane_bench::agent_e2e::node_address(i as u32)],
+                        labels: [("burst".to_string(), k.to_string())].into(),
+                    })
+                    .await
+                    .unwrap_or_else(|s| panic!("RegisterNode for the burst: {s}"))
+                    .into_inner()
+                    .revision
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let last = revisions.into_iter().max().unwrap_or(0);
+        let mut have = 0;
+        while have < self.nodes && start.elapsed() < limit {
+            match tokio::time::timeout(Duration::from_millis(100), self.arrivals.recv()).await {
+                Ok(Some((revision, _))) if revision == last => have += 1,
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => break,
+            }
+        }
+        let took = (have >= self.nodes).then(|| start.elapsed().as_secs_f64());
+        (took, have)
+    }
+
     /// A node registered after the simulated ones (to see a change reach the ToR), retried
     /// until IPAM answers, and beating from then on; its pod CIDR.
     pub async fn register_extra(&self, i: usize, limit: Duration) -> String {
