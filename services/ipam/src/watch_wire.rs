@@ -8,6 +8,7 @@
 //! unchanged. The bytes are the same `WatchEvent` a client decodes — only who encodes them, and
 //! how often, differs.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,16 +34,22 @@ const WATCH_PATH: &str = "/routeplane.ipam.v1.Ipam/Watch";
 #[derive(Clone, Debug)]
 pub struct EncodedEvent(Bytes);
 
-/// The live event encoded last. Watchers take each event one after another, so one slot serves
-/// nearly all of them; a watcher at another revision (replaying, behind) just encodes its own.
+/// How many of the latest live events are kept encoded: a burst's batch (up to 256 events,
+/// `ipam.rs`) is taken by every watcher in turn, so each of its events must still be here when the
+/// next watcher comes to it. They are the newest eighth of the events the feed's broadcast keeps
+/// anyway (4,096 by default, `--watch-buffer`), so at most that much again in memory.
+const KEPT: usize = 512;
+
+/// The latest live events, encoded, by revision. Watchers take the same events one after another,
+/// so nearly every one is encoded once; a watcher further behind (replaying) encodes its own.
 #[derive(Default)]
 pub struct EncodedEvents {
-    last: Mutex<Option<(Revision, Bytes)>>,
+    latest: Mutex<VecDeque<(Revision, Bytes)>>,
 }
 
 impl EncodedEvents {
-    /// An item's messages, encoded: a live event (alone or in a batch) from the slot when it is
-    /// the one encoded last; snapshots and bookmarks, which are each watcher's own, afresh.
+    /// An item's messages, encoded: live events (alone or in a batch) from the kept ones where
+    /// they are; snapshots and bookmarks, which are each watcher's own, afresh.
     pub fn encode(&self, item: WatchItem) -> Vec<EncodedEvent> {
         match item {
             WatchItem::Event(e) => vec![self.event(&e)],
@@ -55,20 +62,29 @@ impl EncodedEvents {
     }
 
     fn event(&self, e: &RevisionedEvent) -> EncodedEvent {
-        if let Some((r, bytes)) = &*self.slot()
-            && *r == e.revision
         {
-            return EncodedEvent(bytes.clone());
+            let latest = self.latest();
+            // Kept in revision order.
+            if let Ok(i) = latest.binary_search_by_key(&e.revision, |(r, _)| *r) {
+                return EncodedEvent(latest[i].1.clone());
+            }
         }
         // Encoded outside the lock: two threads missing together both encode, harmlessly.
         let bytes = Bytes::from(event_message(e).encode_to_vec());
-        *self.slot() = Some((e.revision, bytes.clone()));
+        let mut latest = self.latest();
+        // Only newer than all kept: an older one is a watcher replaying alone.
+        if latest.back().is_none_or(|(r, _)| *r < e.revision) {
+            if latest.len() == KEPT {
+                latest.pop_front();
+            }
+            latest.push_back((e.revision, bytes.clone()));
+        }
         EncodedEvent(bytes)
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(Revision, Bytes)>> {
-        // A cache: whatever a panicked holder left is a valid entry or none.
-        self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    fn latest(&self) -> std::sync::MutexGuard<'_, VecDeque<(Revision, Bytes)>> {
+        // A cache: whatever a panicked holder left is valid entries in order.
+        self.latest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -194,7 +210,7 @@ mod tests {
         // The second watcher gets the same buffer, not a copy.
         let second = cache.encode(event(7, "a"));
         assert_eq!(first[0].0.as_ptr(), second[0].0.as_ptr());
-        // A batch is its events one by one, the one encoded last taken from the slot.
+        // A batch is its events one by one, those encoded before taken as they were.
         let WatchItem::Event(seven) = event(7, "a") else {
             unreachable!()
         };
@@ -203,13 +219,45 @@ mod tests {
         };
         let batch = cache.encode(WatchItem::Events(vec![seven, eight]));
         assert_eq!(batch.len(), 2);
-        assert_eq!(&batch[0].0[..], &first[0].0[..]);
+        assert_eq!(batch[0].0.as_ptr(), first[0].0.as_ptr());
         assert_eq!(vec![batch[1].0.to_vec()], bytes(event(8, "b")));
-        // A bookmark is never taken from the slot.
+        // The next watcher through the same batch encodes nothing again, the first event included.
+        let WatchItem::Event(seven) = event(7, "a") else {
+            unreachable!()
+        };
+        let WatchItem::Event(eight) = event(8, "b") else {
+            unreachable!()
+        };
+        let again = cache.encode(WatchItem::Events(vec![seven, eight]));
+        assert_eq!(again[0].0.as_ptr(), first[0].0.as_ptr());
+        assert_eq!(again[1].0.as_ptr(), batch[1].0.as_ptr());
+        // A bookmark is never taken from what is kept.
         let bookmark = cache.encode(WatchItem::Progress(8));
         assert_eq!(
             pb::WatchEvent::decode(&bookmark[0].0[..]).unwrap(),
             watch_messages(WatchItem::Progress(8))[0]
         );
+    }
+
+    #[test]
+    fn the_latest_events_are_kept_and_no_more() {
+        let cache = EncodedEvents::default();
+        let first = cache.encode(event(1, "a"));
+        for r in 2..=KEPT as Revision {
+            cache.encode(event(r, "a"));
+        }
+        // All kept: the first still shared.
+        assert_eq!(
+            cache.encode(event(1, "a"))[0].0.as_ptr(),
+            first[0].0.as_ptr()
+        );
+        cache.encode(event(KEPT as Revision + 1, "a"));
+        assert_eq!(cache.latest().len(), KEPT);
+        // The oldest went: encoded again, and not kept (older than every kept one).
+        assert_ne!(
+            cache.encode(event(1, "a"))[0].0.as_ptr(),
+            first[0].0.as_ptr()
+        );
+        assert_eq!(cache.latest().front().map(|(r, _)| *r), Some(2));
     }
 }
