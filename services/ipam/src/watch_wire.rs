@@ -35,8 +35,8 @@ const WATCH_PATH: &str = "/routeplane.ipam.v1.Ipam/Watch";
 pub struct EncodedEvent(Bytes);
 
 /// How many of the latest live events are kept encoded: a burst's batch (up to 256 events,
-/// `ipam.rs`) is taken by every watcher in turn, so each of its events must still be here when the
-/// next watcher comes to it. They are the newest eighth of the events the feed's broadcast keeps
+/// `ipam/watch_feed.rs`) is taken by every watcher in turn, so each of its events must still be
+/// here when the next watcher comes to it. They are the newest eighth of the events the feed's broadcast keeps
 /// anyway (4,096 by default, `--watch-buffer`), so at most that much again in memory.
 const KEPT: usize = 512;
 
