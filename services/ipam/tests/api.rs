@@ -37,15 +37,7 @@ async fn beating(
     tokio::sync::mpsc::Sender<pb::HeartbeatRequest>,
     tonic::Streaming<pb::HeartbeatResponse>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::HeartbeatRequest { name: name.into() })
-        .await
-        .unwrap();
-    let mut answers = c
-        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut answers) = common::open_heartbeat(c, name).await;
     assert!(answers.message().await.unwrap().unwrap().ready);
     (tx, answers)
 }

@@ -12,7 +12,6 @@ use common::Server;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_runtime::heartbeat_datagram::{Header, LEN, SessionKey};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 type Client = pb::ipam_client::IpamClient<tonic::transport::Channel>;
 
@@ -89,14 +88,8 @@ async fn datagrams_keep_a_node_alive_and_nothing_forged_or_replayed_does() {
     let server = Server::start(dir.path(), &["--heartbeat-interval", "100ms"]);
     let mut c = server.client().await;
     register_a(&mut c).await;
-    let (tx, rx) = mpsc::channel(4);
     let beat = pb::HeartbeatRequest { name: "a".into() };
-    tx.send(beat.clone()).await.unwrap();
-    let mut answers = c
-        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut answers) = common::open_heartbeat(&mut c, "a").await;
     let first = answer(&mut answers, Duration::from_secs(5)).await;
     let offer = first.datagrams.expect("a datagram session offered");
     assert!(first.ready && !first.datagrams_heard);
@@ -198,15 +191,7 @@ async fn a_node_deleted_while_beating_with_datagrams_has_its_stream_ended_not_fo
     let server = Server::start(dir.path(), &["--heartbeat-interval", "100ms"]);
     let mut c = server.client().await;
     register_a(&mut c).await;
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(pb::HeartbeatRequest { name: "a".into() })
-        .await
-        .unwrap();
-    let mut answers = c
-        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut answers) = common::open_heartbeat(&mut c, "a").await;
     let offer = answer(&mut answers, Duration::from_secs(5))
         .await
         .datagrams

@@ -241,3 +241,24 @@ impl Store {
         Server::start(data_dir, &refs)
     }
 }
+
+/// Opens a Heartbeat stream for `name` with its first beat sent: the sender for more beats
+/// (dropping it ends the stream) and the server's answers, none read yet.
+pub async fn open_heartbeat(
+    c: &mut Client,
+    name: &str,
+) -> (
+    tokio::sync::mpsc::Sender<routeplane_api::ipam::v1::HeartbeatRequest>,
+    tonic::Streaming<routeplane_api::ipam::v1::HeartbeatResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(routeplane_api::ipam::v1::HeartbeatRequest { name: name.into() })
+        .await
+        .expect("the beat channel is open: its receiver is the request stream");
+    let answers = c
+        .heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_or_else(|e| panic!("Heartbeat for {name} refused: {e:?}"))
+        .into_inner();
+    (tx, answers)
+}
