@@ -5,6 +5,8 @@
 //! CPU (percent of one core) and RSS in steady state (heartbeats and open Watch streams; then with
 //! pod churn besides);
 //! Watch fan-out latency from a change to every watcher (p50/p99) and IPAM's CPU per event sent;
+//! the same fan-out timed to each watcher's connection by its packets, with IPAM first on the CPU
+//! (`capture.rs`: the simulated watchers share IPAM's cores, real agents do not);
 //! the time until every watcher has a burst of changes made at once (`--burst`, as a rack of nodes
 //! dying) and IPAM's CPU for it; nodes IPAM declared dead over the run; the time for the ToR to reflect a
 //! change made after an IPAM restart, after a routeplane-bgp restart, and after a cold start of both;
@@ -20,6 +22,7 @@
 //! Run it through `bench/run-scale`.
 #![forbid(unsafe_code)]
 
+mod capture;
 mod sim;
 
 use std::os::fd::AsFd;
@@ -356,6 +359,9 @@ struct Row {
     fan_missing: usize,
     /// IPAM's CPU per event delivered to a watcher during the fan-out, microseconds.
     fan_cpu_us: f64,
+    /// The fan-out to each watcher's socket, IPAM first on the CPU (`sockets.rs`): p50, p99 ms.
+    socket_p50: f64,
+    socket_p99: f64,
     /// Seconds until every watcher had a burst of changes made at once (None: not in 120 s), and
     /// IPAM's CPU seconds meanwhile.
     burst: Option<f64>,
@@ -452,6 +458,7 @@ fn run(n: usize, args: &Args) -> Row {
         row.fan_p50 = percentile(latencies.clone(), 50.0);
         row.fan_p99 = percentile(latencies, 99.0);
     }
+    (row.socket_p50, row.socket_p99) = socket_fan_out(&rt, &mut sim, &plane, args.fan_out_changes);
     let ipam0 = cpu(&plane).0;
     let (took, have) = rt.block_on(sim.burst(args.burst, Duration::from_secs(120)));
     row.burst = took;
@@ -510,6 +517,71 @@ fn run(n: usize, args: &Args) -> Row {
     row
 }
 
+/// The fan-out timed to each watcher's connection with IPAM's threads first on the CPU
+/// (`capture.rs`): `changes` changes, each once every watcher has read the one before. p50 and
+/// p99 in milliseconds.
+fn socket_fan_out(
+    rt: &tokio::runtime::Runtime,
+    sim: &mut sim::Sim,
+    plane: &Plane,
+    changes: usize,
+) -> (f64, f64) {
+    let ipam = Plane::pid(&plane.ipam);
+    let port: u16 = IPAM
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("IPAM's port");
+    let capture = capture::Capture::start(port).unwrap_or_else(|e| panic!("{e}"));
+    capture::renice(ipam, -19).unwrap_or_else(|e| panic!("{e}"));
+    // When each change began, and when the simulated watchers read it (beside).
+    let (mut starts, mut read, mut late) = (Vec::new(), Vec::new(), 0);
+    for k in 0..changes {
+        let began = std::time::SystemTime::now();
+        let (revision, start) = rt.block_on(sim.change("fan-out-sockets", k));
+        let have =
+            rt.block_on(sim.until_every_watcher_has(revision, start + Duration::from_secs(10)));
+        late += sim.nodes - have.len();
+        read.extend(
+            have.iter()
+                .map(|at| at.duration_since(start).as_secs_f64() * 1e3),
+        );
+        starts.push(began);
+    }
+    capture::renice(ipam, 0).unwrap_or_else(|e| panic!("{e}"));
+    // tcpdump reads what the kernel holds for it before it is stopped (a stop drops the rest).
+    std::thread::sleep(Duration::from_secs(1));
+    let (packets, dropped) = capture.stop().unwrap_or_else(|e| panic!("{e}"));
+    let (mut latencies, mut sent, mut counts) = (Vec::new(), 0, Vec::new());
+    for (k, start) in starts.iter().enumerate() {
+        let end = starts
+            .get(k + 1)
+            .copied()
+            .unwrap_or(std::time::SystemTime::now());
+        let (l, s) = capture::arrivals(&packets, port, *start, end);
+        counts.push(l.len());
+        latencies.extend(l);
+        sent += s;
+    }
+    eprintln!(
+        "fan-out to the sockets: {} arrivals timed of {} changes × {} watchers; left out {sent} connections that sent after a change; {dropped} packets dropped by the capture; {late} watcher reads over 10 s; connections per change {counts:?}",
+        latencies.len(),
+        changes,
+        sim.nodes
+    );
+    if latencies.is_empty() || read.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    eprintln!(
+        "fan-out to the sockets: read by the simulated watchers (IPAM first) p50 {:.1} ms, p99 {:.1} ms",
+        percentile(read.clone(), 50.0),
+        percentile(read, 99.0)
+    );
+    (
+        percentile(latencies.clone(), 50.0),
+        percentile(latencies, 99.0),
+    )
+}
+
 fn main() {
     let args = Args::parse();
     // 5,000 connections under --tls at 5,000 nodes: past a soft limit of 1,024.
@@ -533,14 +605,14 @@ fn main() {
         }
     );
     println!(
-        "| nodes | registered s | at ToR s | pod IPs/s | IPAM CPU % idle | with churn | IPAM RSS MB | BGP CPU % | BGP RSS MB | fan-out p50 ms | fan-out p99 ms | IPAM CPU µs per event sent | burst to every watcher s | its IPAM CPU s | ToR after IPAM restart s | after BGP restart s | after cold start s | nodes declared dead | agent, N−1 routes s |"
+        "| nodes | registered s | at ToR s | pod IPs/s | IPAM CPU % idle | with churn | IPAM RSS MB | BGP CPU % | BGP RSS MB | fan-out p50 ms | fan-out p99 ms | to the sockets, IPAM first, p50 ms | p99 ms | IPAM CPU µs per event sent | burst to every watcher s | its IPAM CPU s | ToR after IPAM restart s | after BGP restart s | after cold start s | nodes declared dead | agent, N−1 routes s |"
     );
     println!(
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {:.3} |",
+            "| {} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {:.3} |",
             r.nodes,
             r.registered,
             r.advertised,
@@ -552,6 +624,8 @@ fn main() {
             r.bgp_rss,
             r.fan_p50,
             r.fan_p99,
+            r.socket_p50,
+            r.socket_p99,
             r.fan_cpu_us,
             r.burst
                 .map_or_else(|| "over 120".to_string(), |s| format!("{s:.2}")),

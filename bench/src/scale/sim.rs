@@ -184,19 +184,8 @@ impl Sim {
     pub async fn fan_out(&mut self, changes: usize, gap: Duration) -> (Vec<f64>, usize) {
         while self.arrivals.try_recv().is_ok() {}
         let mut sent = Vec::new();
-        let mut c = self.client(0);
         for k in 0..changes {
-            let start = Instant::now();
-            let node = c
-                .register_node(pb::RegisterNodeRequest {
-                    name: name(0),
-                    addresses: vec![routeplane_bench::agent_e2e::node_address(0)],
-                    labels: [("fan-out".to_string(), k.to_string())].into(),
-                })
-                .await
-                .unwrap_or_else(|s| panic!("RegisterNode for the fan-out: {s}"))
-                .into_inner();
-            sent.push((node.revision, start));
+            sent.push(self.change("fan-out", k).await);
             tokio::time::sleep(gap).await;
         }
         // The last change's stragglers.
@@ -227,6 +216,40 @@ impl Sim {
         (latencies, missing)
     }
 
+    /// A change: node 0's label `key` set to `k`. Its revision, and when the call began.
+    pub async fn change(&self, key: &str, k: usize) -> (u64, Instant) {
+        let start = Instant::now();
+        let node = self
+            .client(0)
+            .register_node(pb::RegisterNodeRequest {
+                name: name(0),
+                addresses: vec![routeplane_bench::agent_e2e::node_address(0)],
+                labels: [(key.to_string(), k.to_string())].into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("RegisterNode for a change ({key}): {s}"))
+            .into_inner();
+        (node.revision, start)
+    }
+
+    /// Waits until every watcher has `revision` (arrivals of it from now on), at most until
+    /// `deadline`: when each that had it read it.
+    pub async fn until_every_watcher_has(
+        &mut self,
+        revision: u64,
+        deadline: Instant,
+    ) -> Vec<Instant> {
+        let mut have = Vec::new();
+        while have.len() < self.nodes && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(100), self.arrivals.recv()).await {
+                Ok(Some((r, at))) if r == revision => have.push(at),
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => break,
+            }
+        }
+        have
+    }
+
     /// A burst: `changes` changes (node labels) made at once, 64 calls in flight — as when a
     /// rack of nodes dies or returns. Returns the seconds from the first call until every watcher
     /// has the last of them (or `None` when some did not within `limit`), and how many watchers
@@ -254,14 +277,10 @@ impl Sim {
             .collect()
             .await;
         let last = revisions.into_iter().max().unwrap_or(0);
-        let mut have = 0;
-        while have < self.nodes && start.elapsed() < limit {
-            match tokio::time::timeout(Duration::from_millis(100), self.arrivals.recv()).await {
-                Ok(Some((revision, _))) if revision == last => have += 1,
-                Ok(Some(_)) | Err(_) => {}
-                Ok(None) => break,
-            }
-        }
+        let have = self
+            .until_every_watcher_has(last, start + limit)
+            .await
+            .len();
         let took = (have >= self.nodes).then(|| start.elapsed().as_secs_f64());
         (took, have)
     }
