@@ -563,7 +563,7 @@ fn socket_fan_out(
         sent += s;
     }
     eprintln!(
-        "fan-out to the sockets: {} arrivals timed of {} changes × {} watchers; left out {sent} connections that sent after a change; {dropped} packets dropped by the capture; {late} watcher reads over 10 s; connections per change {counts:?}",
+        "fan-out to the sockets: {} connections timed over {} changes to {} watchers; left out {sent} connections that sent after a change; {dropped} packets dropped by the capture; {late} watcher reads over 10 s; connections per change {counts:?}",
         latencies.len(),
         changes,
         sim.nodes
