@@ -15,7 +15,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A TCP packet carrying data, as captured.
 #[derive(Debug, PartialEq)]
@@ -30,8 +31,13 @@ pub struct Capture {
     child: Child,
     /// The capture file, read from tcpdump's stdout as it comes.
     reader: std::thread::JoinHandle<std::io::Result<Vec<u8>>>,
-    stderr: BufReader<std::process::ChildStderr>,
+    /// tcpdump's messages, a line at a time, read by a thread of their own so that every wait
+    /// for one is bounded.
+    messages: mpsc::Receiver<String>,
 }
+
+/// The longest wait for tcpdump to listen, or to end once told to.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 impl Capture {
     /// Starts tcpdump in this thread's network namespace and waits until it listens.
@@ -55,19 +61,37 @@ impl Capture {
             let mut bytes = Vec::new();
             stdout.read_to_end(&mut bytes).map(|_| bytes)
         });
-        let mut stderr = BufReader::new(stderr);
-        let mut line = String::new();
-        while !line.contains("listening on") {
-            line.clear();
-            if stderr.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-                let _ = child.wait();
-                return Err(format!("tcpdump ended before it listened: {line}"));
+        let (lines, messages) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match messages.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("listening on") => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(match e {
+                        RecvTimeoutError::Timeout => {
+                            format!("tcpdump did not listen within {PATIENCE:?}")
+                        }
+                        RecvTimeoutError::Disconnected => {
+                            "tcpdump ended before it listened".to_string()
+                        }
+                    });
+                }
             }
         }
         Ok(Capture {
             child,
             reader,
-            stderr,
+            messages,
         })
     }
 
@@ -81,11 +105,27 @@ impl Capture {
         if !interrupted.success() {
             return Err("kill -INT tcpdump failed".to_string());
         }
+        // Its last lines say what it captured and dropped; it ends after them.
+        let deadline = Instant::now() + PATIENCE;
         let mut rest = String::new();
-        self.stderr
-            .read_to_string(&mut rest)
-            .map_err(|e| e.to_string())?;
-        self.child.wait().map_err(|e| e.to_string())?;
+        while let Ok(line) = self
+            .messages
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        // Its stderr closed as it ends: the exit follows at once.
+        while self.child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!(
+                    "tcpdump did not end within {PATIENCE:?} of SIGINT: {rest}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let bytes = self
             .reader
             .join()
