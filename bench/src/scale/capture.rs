@@ -98,13 +98,7 @@ impl Capture {
     /// Stops the capture: the packets, and how many the kernel dropped (each a first packet
     /// possibly missed, which can only make an arrival look later).
     pub fn stop(mut self) -> Result<(Vec<Packet>, u64), String> {
-        let interrupted = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .map_err(|e| format!("kill -INT tcpdump: {e}"))?;
-        if !interrupted.success() {
-            return Err("kill -INT tcpdump failed".to_string());
-        }
+        routeplane_bench::sh(&["kill", "-INT", &self.child.id().to_string()]);
         // Its last lines say what it captured and dropped; it ends after them.
         let deadline = Instant::now() + PATIENCE;
         let mut rest = String::new();
@@ -229,27 +223,18 @@ pub fn arrivals(
 }
 
 /// Sets the nice value of every thread `pid` has now (threads it starts later take their
-/// creator's).
-pub fn renice(pid: u32, nice: i32) -> Result<(), String> {
+/// creator's); a failure panics with renice's message.
+pub fn renice(pid: u32, nice: i32) {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map_err(|e| format!("listing the threads of {pid}: {e}"))?;
+        .unwrap_or_else(|e| panic!("listing the threads of {pid}: {e}"));
     let tids: Vec<String> = tasks
         .filter_map(|t| t.ok())
         .map(|t| t.file_name().to_string_lossy().into_owned())
         .collect();
-    let out = Command::new("renice")
-        .args(["-n", &nice.to_string(), "-p"])
-        .args(&tids)
-        .output()
-        .map_err(|e| format!("running renice: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "renice -n {nice} of {pid}'s threads: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    let nice = nice.to_string();
+    let mut args = vec!["renice", "-n", &nice, "-p"];
+    args.extend(tids.iter().map(String::as_str));
+    routeplane_bench::sh(&args);
 }
 
 #[cfg(test)]

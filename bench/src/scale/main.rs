@@ -535,12 +535,12 @@ fn socket_fan_out(
     idle_percent: f64,
 ) -> (f64, f64) {
     let ipam = Plane::pid(&plane.ipam);
-    let port: u16 = IPAM
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("IPAM's port");
+    let port = IPAM
+        .parse::<std::net::SocketAddr>()
+        .expect("IPAM is an address")
+        .port();
     let capture = capture::Capture::start(port).unwrap_or_else(|e| panic!("{e}"));
-    capture::renice(ipam, -19).unwrap_or_else(|e| panic!("{e}"));
+    capture::renice(ipam, -19);
     // When each change began, and when the simulated watchers read it (beside).
     let (mut starts, mut read, mut late) = (Vec::new(), Vec::new(), 0);
     let (cpu0, window) = (cpu_seconds(ipam).unwrap_or(0.0), Instant::now());
@@ -556,7 +556,7 @@ fn socket_fan_out(
         );
         starts.push(began);
     }
-    capture::renice(ipam, 0).unwrap_or_else(|e| panic!("{e}"));
+    capture::renice(ipam, 0);
     // IPAM's CPU over the phase, less its idle, per connection written: here each write also
     // wakes a simulated watcher that is waiting its turn.
     let busy = cpu_seconds(ipam).unwrap_or(0.0)
