@@ -2,7 +2,7 @@
 //! Heartbeat stream, beats as UDP datagrams keeping a node alive with no message on the stream,
 //! the agent told in time when its datagrams stop (and kept alive by beating on the stream), and
 //! what a hostile sender can do — replays, forgeries, garbage, a closed session's datagrams —
-//! keeping nothing alive.
+//! keeping nothing alive, and a flood of them killing nothing.
 
 mod common;
 
@@ -235,5 +235,115 @@ async fn with_datagrams_off_no_session_is_offered() {
             .scrape()
             .contains("routeplane_ipam_heartbeat_datagrams"),
         "no datagram metrics without datagrams"
+    );
+}
+
+/// How long the flood below lasts.
+const FLOOD: Duration = Duration::from_secs(3);
+
+/// Sends, from a socket of its own, as fast as it can for [`FLOOD`]: datagrams forged under the
+/// node's own session (a tag under another key), datagrams of a session that does not exist, and
+/// garbage. Returns how many the kernel took.
+fn flood(to: std::net::SocketAddr, session: u64, seed: u64) -> u64 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(to).unwrap();
+    let key = SessionKey::generate().unwrap().0;
+    let forged = Header {
+        session,
+        sequence: u64::MAX - seed,
+    }
+    .seal(&key);
+    let unknown = Header {
+        session: session ^ (0x5eed << 16) ^ seed,
+        sequence: 1,
+    }
+    .seal(&key);
+    let garbage = b"RPB1\xff\xff not a heartbeat";
+    let (until, mut sent) = (Instant::now() + FLOOD, 0);
+    while Instant::now() < until {
+        for d in [&forged[..], &unknown[..], &garbage[..]] {
+            // A full queue refuses some: the flood goes on.
+            if socket.send(d).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
+/// A hostile sender floods the UDP port (forgeries under the node's own session, unknown
+/// sessions, garbage) from two sockets for 3 s while the node beats as an agent does — one
+/// datagram an interval, and on the stream too while IPAM does not say it hears them. Most
+/// datagrams, the node's among them, are lost in the kernel's full queue; the node is not declared
+/// dead, none of the flood is taken, and all of it that IPAM read is counted refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagram_flood_does_not_kill_a_node_that_beats_as_an_agent_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // Beats every 250 ms, dead after 750 ms.
+    let server = Server::start(dir.path(), &["--heartbeat-interval", "250ms"]);
+    let mut c = server.client().await;
+    register_a(&mut c).await;
+    let beat = pb::HeartbeatRequest { name: "a".into() };
+    let (tx, mut answers) = common::open_heartbeat(&mut c, "a").await;
+    let first = answer(&mut answers, Duration::from_secs(5)).await;
+    let offer = first.datagrams.expect("a datagram session offered");
+    let mut beats = Beats::to(&server, &offer).await;
+    let port = u16::try_from(offer.port).expect("a port");
+    let to = std::net::SocketAddr::new(server.grpc.ip(), port);
+    let flooders: Vec<_> = (0..2)
+        .map(|seed| std::thread::spawn(move || flood(to, offer.id, seed)))
+        .collect();
+
+    // The agent, for the flood and a second after it.
+    let (mut heard, mut stream_beats, mut told_unheard) = (first.datagrams_heard, 0, 0);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let end = Instant::now() + FLOOD + Duration::from_secs(1);
+    while Instant::now() < end {
+        tokio::select! {
+            _ = tick.tick() => {
+                let d = beats.sealed();
+                beats.send(&d).await;
+                if !heard && tx.try_send(beat.clone()).is_ok() {
+                    stream_beats += 1;
+                }
+            }
+            a = answers.message() => {
+                let a = a.expect("the stream stays open").expect("an answer");
+                assert!(a.ready, "the node went down during the flood: {a:?}");
+                if heard && !a.datagrams_heard {
+                    told_unheard += 1;
+                    // At once, as the agent does: the dead interval is running.
+                    if tx.try_send(beat.clone()).is_ok() {
+                        stream_beats += 1;
+                    }
+                }
+                heard = a.datagrams_heard;
+            }
+        }
+    }
+    let sent: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
+    let refused: f64 = ["malformed", "unknown_session", "bad_tag", "replayed"]
+        .iter()
+        .map(|why| {
+            server.metric(&format!(
+                "routeplane_ipam_heartbeat_datagrams_refused_total{{reason=\"{why}\"}}"
+            ))
+        })
+        .sum();
+    let taken = server.metric("routeplane_ipam_heartbeat_datagrams_taken_total");
+    println!(
+        "flood: {sent} datagrams sent in {FLOOD:?}, {refused} read and refused; the node's beats: {} datagrams, {taken} taken, {stream_beats} on the stream, told unheard {told_unheard} times",
+        beats.sequence
+    );
+    assert_eq!(server.metric("routeplane_ipam_node_deaths_total"), 0.0);
+    assert!(ready(&c).await, "the node is Ready after the flood");
+    assert!(
+        taken <= beats.sequence as f64,
+        "more taken ({taken}) than the node sent ({})",
+        beats.sequence
+    );
+    assert!(
+        refused >= 10_000.0,
+        "the flood hardly reached IPAM: {refused} refused of {sent} sent"
     );
 }
