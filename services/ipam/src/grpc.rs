@@ -529,6 +529,12 @@ impl pb::ipam_server::Ipam for IpamGrpc {
         let (pods, services) = self.ipam.pools();
         Ok(Response::new(pb::ListPoolsResponse {
             pod_pools: pods.into_iter().map(Into::into).collect(),
+            nodes: self
+                .ipam
+                .pod_ips_per_node()
+                .into_iter()
+                .map(|(node, pod_ips_used)| pb::NodePodIPs { node, pod_ips_used })
+                .collect(),
             service_pools: services
                 .into_iter()
                 .map(|(c, total, used)| pb::ServicePool {

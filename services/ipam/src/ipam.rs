@@ -513,6 +513,11 @@ impl Ipam {
         self.lock().state.pod_ip_count()
     }
 
+    /// Every node, by name, with the pod IPs it holds.
+    pub fn pod_ips_per_node(&self) -> Vec<(String, u64)> {
+        self.lock().state.pod_ips_per_node()
+    }
+
     pub async fn add_pool_cidr(&self, cidr: Cidr, mask: Option<u8>) -> Result<PodPoolView> {
         self.commit(|s| s.add_pool_cidr(cidr, mask)).await
     }

@@ -665,6 +665,14 @@ impl IpamState {
         self.nodes.values().map(|e| e.pod_ip_count() as u64).sum()
     }
 
+    /// Every node, by name, with the pod IPs it holds.
+    pub fn pod_ips_per_node(&self) -> Vec<(String, u64)> {
+        self.nodes
+            .iter()
+            .map(|(name, e)| (name.clone(), e.pod_ip_count() as u64))
+            .collect()
+    }
+
     /// Adds a pool CIDR at runtime. Idempotent for the same CIDR and mask.
     pub fn add_pool_cidr(
         &mut self,

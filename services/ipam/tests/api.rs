@@ -93,6 +93,15 @@ async fn seed_pool_takes_eight_nodes_refuses_the_ninth_and_grows(store: &Store) 
         .unwrap()
         .into_inner();
     assert_eq!(ninth.pod_cidrs, vec!["10.5.128.0/24"]);
+    for owner in ["default/p", "default/q"] {
+        c.allocate_pod_ip(pb::AllocatePodIpRequest {
+            node: "node-3".into(),
+            owner: owner.into(),
+            family: 0,
+        })
+        .await
+        .unwrap();
+    }
     let pools = c
         .list_pools(pb::ListPoolsRequest {})
         .await
@@ -106,7 +115,23 @@ async fn seed_pool_takes_eight_nodes_refuses_the_ninth_and_grows(store: &Store) 
     assert_eq!((seed.node_cidrs_used, seed.node_cidrs_free), (8, 0));
     assert_eq!(
         (seed.pod_ips_capacity, seed.pod_ips_used, seed.pod_ips_free),
-        (8 * 253, 0, 8 * 253)
+        (8 * 253, 2, 8 * 253 - 2)
+    );
+    // Each node's pod IPs, by name, in the same answer.
+    let per_node: Vec<(&str, u64)> = pools
+        .nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.pod_ips_used))
+        .collect();
+    let expected: Vec<(String, u64)> = (0..9)
+        .map(|i| (format!("node-{i}"), if i == 3 { 2 } else { 0 }))
+        .collect();
+    assert_eq!(
+        per_node,
+        expected
+            .iter()
+            .map(|(n, k)| (n.as_str(), *k))
+            .collect::<Vec<_>>()
     );
     assert_eq!(pools.service_pools[0].addresses, vec!["10.5.120.0/21"]);
 }

@@ -145,6 +145,14 @@ fn every_command_prints_a_table_and_json_against_real_services() {
     assert_eq!(usage["pod_pools"][0]["node_cidrs_total"], 1024, "{usage}");
     assert_eq!(usage["nodes"][0]["pod_ips_used"], 3, "{usage}");
     assert_eq!(
+        (
+            &usage["nodes"][1]["node"],
+            &usage["nodes"][1]["pod_ips_used"]
+        ),
+        (&serde_json::json!("n2"), &serde_json::json!(0)),
+        "{usage}"
+    );
+    assert_eq!(
         usage["nodes"][0]["pod_ips_capacity"], 253,
         "a /24 less network, router, broadcast"
     );

@@ -1,6 +1,8 @@
 //! routeplane-ipam's views: `nodes`, `ipam show` (calicoctl ipam show: usage per pool and per
 //! node), `drain NODE`, `watch`.
 
+use std::collections::HashMap;
+
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use routeplane_api::ipam::v1::watch_event::Event;
@@ -201,29 +203,13 @@ pub async fn show(c: &Conn) -> Result<Usage, CtlError> {
         .answer(client(c).list_pools(request(pb::ListPoolsRequest {})).await)
         .await?;
     let all = list_nodes(c).await?;
-    // One call per node: on a large cluster that takes a while, so it says how far it got.
-    let progress = Progress::new();
-    let mut nodes = Vec::new();
-    for (i, n) in all.iter().enumerate() {
-        progress.step("reading pod IPs per node", i, all.len());
-        let req = request(pb::ListPodIPsRequest {
-            node: n.name.clone(),
-        });
-        let held = match c.answer(client(c).list_pod_i_ps(req).await).await {
-            Ok(r) => r.allocations,
-            Err(e) => {
-                progress.done();
-                return Err(e);
-            }
-        };
-        nodes.push(NodeUsage {
-            node: n.name.clone(),
-            pod_cidrs: n.pod_cidrs.clone(),
-            pod_ips_used: held.iter().map(|a| a.ips.len() as u64).sum(),
-            pod_ips_capacity: n.pod_cidrs.iter().map(|c| usable(c)).sum(),
-        });
-    }
-    progress.done();
+    let nodes = match held_per_node(&pools.nodes, all.len()) {
+        Some(held) => all
+            .iter()
+            .map(|n| usage(n, held.get(n.name.as_str()).copied().unwrap_or(0)))
+            .collect(),
+        None => usage_by_node_calls(c, &all).await?,
+    };
     Ok(Usage {
         pod_pools: pools
             .pod_pools
@@ -251,6 +237,52 @@ pub async fn show(c: &Conn) -> Result<Usage, CtlError> {
             })
             .collect(),
     })
+}
+
+/// The pod IPs each node holds, from ListPools — or None when IPAM reported none for nodes it
+/// has: an IPAM older than the field, to be asked node by node.
+fn held_per_node(reported: &[pb::NodePodIPs], nodes: usize) -> Option<HashMap<&str, u64>> {
+    if reported.is_empty() && nodes > 0 {
+        return None;
+    }
+    Some(
+        reported
+            .iter()
+            .map(|n| (n.node.as_str(), n.pod_ips_used))
+            .collect(),
+    )
+}
+
+fn usage(n: &Node, pod_ips_used: u64) -> NodeUsage {
+    NodeUsage {
+        node: n.name.clone(),
+        pod_cidrs: n.pod_cidrs.clone(),
+        pod_ips_used,
+        pod_ips_capacity: n.pod_cidrs.iter().map(|c| usable(c)).sum(),
+    }
+}
+
+/// Against an older IPAM: one ListPodIPs per node, which on a large cluster takes a while, so it
+/// says how far it got.
+async fn usage_by_node_calls(c: &Conn, all: &[Node]) -> Result<Vec<NodeUsage>, CtlError> {
+    let progress = Progress::new();
+    let mut nodes = Vec::new();
+    for (i, n) in all.iter().enumerate() {
+        progress.step("reading pod IPs per node", i, all.len());
+        let req = request(pb::ListPodIPsRequest {
+            node: n.name.clone(),
+        });
+        let held = match c.answer(client(c).list_pod_i_ps(req).await).await {
+            Ok(r) => r.allocations,
+            Err(e) => {
+                progress.done();
+                return Err(e);
+            }
+        };
+        nodes.push(usage(n, held.iter().map(|a| a.ips.len() as u64).sum()));
+    }
+    progress.done();
+    Ok(nodes)
 }
 
 #[derive(Debug, Serialize)]
@@ -400,4 +432,28 @@ pub async fn watch(
         output::write(&text)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(node: &str, pod_ips_used: u64) -> pb::NodePodIPs {
+        pb::NodePodIPs {
+            node: node.into(),
+            pod_ips_used,
+        }
+    }
+
+    #[test]
+    fn pod_ips_per_node_come_from_list_pools_unless_an_older_ipam_sent_none() {
+        let listed = [reported("n1", 3), reported("n2", 0)];
+        let held = held_per_node(&listed, 2).unwrap();
+        assert_eq!((held["n1"], held["n2"]), (3, 0));
+        assert!(
+            held_per_node(&[], 2).is_none(),
+            "nodes but no counts: ask each"
+        );
+        assert!(held_per_node(&[], 0).unwrap().is_empty(), "no nodes at all");
+    }
 }
