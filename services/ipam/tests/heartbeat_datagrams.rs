@@ -46,6 +46,34 @@ async fn answer(
         .unwrap()
 }
 
+/// IPAM beating every `interval` with node "a" registered and its Heartbeat stream open: the
+/// stream's two ends, and IPAM's first answer with the datagram session it offers.
+struct Beating {
+    server: Server,
+    c: Client,
+    tx: tokio::sync::mpsc::Sender<pb::HeartbeatRequest>,
+    answers: tonic::Streaming<pb::HeartbeatResponse>,
+    first: pb::HeartbeatResponse,
+    offer: pb::DatagramSession,
+}
+
+async fn beating(dir: &std::path::Path, interval: &str) -> Beating {
+    let server = Server::start(dir, &["--heartbeat-interval", interval]);
+    let mut c = server.client().await;
+    register_a(&mut c).await;
+    let (tx, mut answers) = common::open_heartbeat(&mut c, "a").await;
+    let first = answer(&mut answers, Duration::from_secs(5)).await;
+    let offer = first.datagrams.clone().expect("a datagram session offered");
+    Beating {
+        server,
+        c,
+        tx,
+        answers,
+        first,
+        offer,
+    }
+}
+
 struct Beats {
     socket: UdpSocket,
     key: SessionKey,
@@ -85,13 +113,15 @@ impl Beats {
 async fn datagrams_keep_a_node_alive_and_nothing_forged_or_replayed_does() {
     let dir = tempfile::tempdir().unwrap();
     // Beats every 100 ms, dead after 300 ms.
-    let server = Server::start(dir.path(), &["--heartbeat-interval", "100ms"]);
-    let mut c = server.client().await;
-    register_a(&mut c).await;
+    let Beating {
+        server,
+        c,
+        tx,
+        mut answers,
+        first,
+        offer,
+    } = beating(dir.path(), "100ms").await;
     let beat = pb::HeartbeatRequest { name: "a".into() };
-    let (tx, mut answers) = common::open_heartbeat(&mut c, "a").await;
-    let first = answer(&mut answers, Duration::from_secs(5)).await;
-    let offer = first.datagrams.expect("a datagram session offered");
     assert!(first.ready && !first.datagrams_heard);
     assert_eq!(
         offer.port,
@@ -188,14 +218,14 @@ async fn datagrams_keep_a_node_alive_and_nothing_forged_or_replayed_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_deleted_while_beating_with_datagrams_has_its_stream_ended_not_found() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--heartbeat-interval", "100ms"]);
-    let mut c = server.client().await;
-    register_a(&mut c).await;
-    let (tx, mut answers) = common::open_heartbeat(&mut c, "a").await;
-    let offer = answer(&mut answers, Duration::from_secs(5))
-        .await
-        .datagrams
-        .expect("a datagram session offered");
+    let Beating {
+        server,
+        mut c,
+        tx,
+        mut answers,
+        offer,
+        ..
+    } = beating(dir.path(), "100ms").await;
     let mut beats = Beats::to(&server, &offer).await;
     c.delete_node(pb::DeleteNodeRequest {
         name: "a".into(),
@@ -280,13 +310,15 @@ fn flood(to: std::net::SocketAddr, session: u64, seed: u64) -> u64 {
 async fn a_datagram_flood_does_not_kill_a_node_that_beats_as_an_agent_does() {
     let dir = tempfile::tempdir().unwrap();
     // Beats every 250 ms, dead after 750 ms.
-    let server = Server::start(dir.path(), &["--heartbeat-interval", "250ms"]);
-    let mut c = server.client().await;
-    register_a(&mut c).await;
+    let Beating {
+        server,
+        c,
+        tx,
+        mut answers,
+        first,
+        offer,
+    } = beating(dir.path(), "250ms").await;
     let beat = pb::HeartbeatRequest { name: "a".into() };
-    let (tx, mut answers) = common::open_heartbeat(&mut c, "a").await;
-    let first = answer(&mut answers, Duration::from_secs(5)).await;
-    let offer = first.datagrams.expect("a datagram session offered");
     let mut beats = Beats::to(&server, &offer).await;
     let port = u16::try_from(offer.port).expect("a port");
     let to = std::net::SocketAddr::new(server.grpc.ip(), port);
