@@ -204,6 +204,7 @@ pub async fn show(c: &Conn) -> Result<Usage, CtlError> {
         .await?;
     let all = list_nodes(c).await?;
     let nodes = match held_per_node(&pools.nodes, all.len()) {
+        // A node registered between the two calls is not in the counts: it holds none yet.
         Some(held) => all
             .iter()
             .map(|n| usage(n, held.get(n.name.as_str()).copied().unwrap_or(0)))
