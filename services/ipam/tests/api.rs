@@ -118,21 +118,15 @@ async fn seed_pool_takes_eight_nodes_refuses_the_ninth_and_grows(store: &Store) 
         (8 * 253, 2, 8 * 253 - 2)
     );
     // Each node's pod IPs, by name, in the same answer.
-    let per_node: Vec<(&str, u64)> = pools
+    let per_node: Vec<(String, u64)> = pools
         .nodes
         .iter()
-        .map(|n| (n.node.as_str(), n.pod_ips_used))
+        .map(|n| (n.node.clone(), n.pod_ips_used))
         .collect();
     let expected: Vec<(String, u64)> = (0..9)
         .map(|i| (format!("node-{i}"), if i == 3 { 2 } else { 0 }))
         .collect();
-    assert_eq!(
-        per_node,
-        expected
-            .iter()
-            .map(|(n, k)| (n.as_str(), *k))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(per_node, expected);
     assert_eq!(pools.service_pools[0].addresses, vec!["10.5.120.0/21"]);
 }
 
