@@ -4,6 +4,7 @@
 //! after the KeepAlive lease (20 s). See ipam.proto's Heartbeat. When IPAM offers a datagram
 //! session, each beat is also a UDP datagram, and once IPAM says it hears them the stream carries
 //! beats only while it does not (a firewall on the UDP port): the stream stays the fallback.
+//! Until IPAM's first answer arrives the stream beats every 250 ms ([`beating_until`]).
 //!
 //! Contract: [`run`] returns only when the stream ends, saying why: the node is not registered
 //! (register again), IPAM has no Heartbeat (fall back to KeepAlive), or a failure to retry. A beat
@@ -92,13 +93,18 @@ async fn beat(channel: tonic::transport::Channel, peer: &Peer, name: &str) -> En
     if tx.try_send(beat.clone()).is_err() {
         return Ended::Failed("the first beat could not be queued".into());
     }
-    let mut answers = match client.heartbeat(ReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return ended(&s),
-    };
-    let first = match answers.message().await {
-        Ok(Some(a)) => a,
-        Ok(None) => return Ended::Failed("IPAM ended the Heartbeat stream at once".into()),
+    let first = beating_until(&tx, &beat, async {
+        let mut answers = client
+            .heartbeat(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = answers.message().await?;
+        Ok::<_, tonic::Status>((answers, first))
+    })
+    .await;
+    let (mut answers, first) = match first {
+        Ok((answers, Some(a))) => (answers, a),
+        Ok((_, None)) => return Ended::Failed("IPAM ended the Heartbeat stream at once".into()),
         Err(s) => return ended(&s),
     };
     let every = interval(&first);
@@ -153,6 +159,39 @@ async fn beat(channel: tonic::transport::Channel, peer: &Peer, name: &str) -> En
                     other => other,
                 },
             },
+        }
+    }
+}
+
+/// How often the stream beats until IPAM's first answer says how often IPAM wants beats: a third
+/// of IPAM's default interval (750 ms), so that an IPAM set to an interval down to this is still
+/// beaten within its dead interval.
+pub const BEFORE_THE_ANSWER: Duration = Duration::from_millis(250);
+
+/// Awaits `answer` — the stream's response and its first message — beating on the stream every
+/// [`BEFORE_THE_ANSWER`] meanwhile. IPAM's lease runs from the first beat, but its answer goes out
+/// on the connection that carries this node's Watch feed too, behind whatever IPAM is writing it:
+/// a burst of events (a rack of 500 nodes coming back at 5,000 nodes) held first answers for
+/// longer than the dead interval, and nodes that waited for them unbeating were declared dead
+/// again as they returned. Beats IPAM has not read yet wait in the stream (the first is the
+/// only one read before the answer is queued) and count when read; a beat that finds the last
+/// still queued is dropped, as on the beating stream.
+pub async fn beating_until<T>(
+    tx: &mpsc::Sender<pb::HeartbeatRequest>,
+    beat: &pb::HeartbeatRequest,
+    answer: impl std::future::Future<Output = T>,
+) -> T {
+    let mut tick = tokio::time::interval(BEFORE_THE_ANSWER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is now, and the first beat is queued already.
+    tick.tick().await;
+    tokio::pin!(answer);
+    loop {
+        tokio::select! {
+            a = &mut answer => return a,
+            _ = tick.tick() => {
+                let _ = tx.try_send(beat.clone());
+            }
         }
     }
 }
@@ -265,6 +304,52 @@ mod tests {
         assert_eq!(interval(&ask(500)), Duration::from_millis(500));
         assert_eq!(interval(&ask(0)), Duration::from_millis(50), "no busy loop");
         assert_eq!(interval(&ask(u32::MAX)), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beats_go_on_while_the_first_answer_is_late() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let beat = pb::HeartbeatRequest { name: "n1".into() };
+        tx.try_send(beat.clone()).unwrap();
+        assert_eq!(rx.recv().await, Some(beat.clone()), "the first beat");
+        // IPAM reads beats as they come while its answer is 3 s late (past a dead interval of
+        // 2.25 s): each read is a renewal.
+        let reader = tokio::spawn(async move {
+            let mut at = Vec::new();
+            while let Some(b) = rx.recv().await {
+                assert_eq!(b.name, "n1");
+                at.push(tokio::time::Instant::now());
+            }
+            at
+        });
+        let start = tokio::time::Instant::now();
+        let answer = beating_until(&tx, &beat, async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            "the answer"
+        })
+        .await;
+        assert_eq!(answer, "the answer");
+        let answered = tokio::time::Instant::now();
+        drop(tx);
+        let at = reader.await.unwrap();
+        // At 250, 500, … 2,750 ms, and at 3 s unless the answer came first.
+        assert!(
+            (11..=12).contains(&at.len()),
+            "a beat every 250 ms for 3 s: {at:?}"
+        );
+        let mut last = start;
+        for t in at.into_iter().chain([answered]) {
+            assert!(t - last <= BEFORE_THE_ANSWER, "no gap longer than 250 ms");
+            last = t;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prompt_answer_sends_no_extra_beat() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let beat = pb::HeartbeatRequest { name: "n1".into() };
+        assert_eq!(beating_until(&tx, &beat, async { 7 }).await, 7);
+        assert!(rx.try_recv().is_err(), "the first beat alone");
     }
 
     #[test]
