@@ -226,12 +226,38 @@ pub fn arrivals(
 /// Sets the nice value of every thread `pid` has now (threads it starts later take their
 /// creator's); a failure panics with renice's message.
 pub fn renice(pid: u32, nice: i32) {
+    let tids: Vec<String> = threads(pid).into_iter().map(|(tid, _)| tid).collect();
+    renice_tids(&tids, nice);
+}
+
+/// Sets the nice value of this process's threads named `name`.
+pub fn renice_threads(name: &str, nice: i32) {
+    let tids: Vec<String> = threads(std::process::id())
+        .into_iter()
+        .filter(|(_, comm)| comm == name)
+        .map(|(tid, _)| tid)
+        .collect();
+    assert!(!tids.is_empty(), "no thread named {name} to renice");
+    renice_tids(&tids, nice);
+}
+
+/// The threads of `pid`: each one's id and name.
+fn threads(pid: u32) -> Vec<(String, String)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap_or_else(|e| panic!("listing the threads of {pid}: {e}"));
-    let tids: Vec<String> = tasks
+    tasks
         .filter_map(|t| t.ok())
-        .map(|t| t.file_name().to_string_lossy().into_owned())
-        .collect();
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            (
+                t.file_name().to_string_lossy().into_owned(),
+                comm.trim_end().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn renice_tids(tids: &[String], nice: i32) {
     let nice = nice.to_string();
     let mut args = vec!["renice", "-n", &nice, "-p"];
     args.extend(tids.iter().map(String::as_str));

@@ -3,13 +3,16 @@
 //! after IPAM restarts, as the agent does. By default simulated nodes share plaintext HTTP/2
 //! connections, fifty to one (IPAM serves at most 128 streams per connection); with a [`Dialer`]
 //! (`--tls`) each dials as a real agent does: mutual TLS, one connection of its own for its calls,
-//! heartbeat and Watch. Streams that end are reopened after the agent's jittered backoff.
+//! heartbeat and Watch. Streams that end are reopened after the agent's jittered backoff. The
+//! heartbeats run on a thread of their own (`Sim::beats`), and a range of nodes can be silenced
+//! and revived (a rack dying, `rack.rs`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use routeplane_agent::heartbeat::beating_until;
 use routeplane_api::ipam::v1 as pb;
 use routeplane_api::ipam::v1::ipam_client::IpamClient;
 use routeplane_runtime::backoff::Backoff;
@@ -18,6 +21,9 @@ use routeplane_runtime::heartbeat_datagram::{Header, SessionKey};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+/// The name of the thread the simulated nodes' heartbeats run on.
+pub const BEATS_THREAD: &str = "sim-beats";
 
 /// Nodes per shared connection.
 const PER_CONNECTION: usize = 50;
@@ -38,6 +44,15 @@ pub struct Sim {
     per_connection: usize,
     pub nodes: usize,
     stop: Arc<AtomicBool>,
+    /// Nodes in this range stop beating (a rack dying); empty while every node beats.
+    silent: Arc<Silent>,
+    /// Heartbeat tasks running.
+    beaters: Arc<AtomicUsize>,
+    /// Where the heartbeat tasks run: a thread of their own, so that beats leave on time while
+    /// the runtime that reads 5,000 watchers' events is busy with a burst of them — a real agent
+    /// reads one watcher's. Sharing it, a rack of 500 coming back had the simulated nodes' beats
+    /// fall to half their rate, and thousands of them were rightly declared dead.
+    beats: tokio::runtime::Runtime,
     /// (revision, when it reached a watcher), from every watcher.
     arrivals: mpsc::UnboundedReceiver<(u64, Instant)>,
     arrivals_tx: mpsc::UnboundedSender<(u64, Instant)>,
@@ -66,6 +81,14 @@ impl Sim {
             per_connection,
             nodes,
             stop: Arc::new(AtomicBool::new(false)),
+            silent: Arc::new(Silent::default()),
+            beaters: Arc::new(AtomicUsize::new(0)),
+            beats: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name(BEATS_THREAD)
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("the heartbeats' runtime: {e}")),
             arrivals,
             arrivals_tx,
             datagrams,
@@ -129,12 +152,49 @@ impl Sim {
     }
 
     fn beat(&self, channel: Channel, i: usize) {
-        tokio::spawn(heartbeat(
-            channel,
-            name(i),
-            self.datagrams.clone(),
+        let (stop, silent, datagrams) = (
             self.stop.clone(),
-        ));
+            self.silent.clone(),
+            self.datagrams.clone(),
+        );
+        let running = Running::new(&self.beaters);
+        self.beats.spawn(async move {
+            let stopped = move || stop.load(Ordering::Relaxed) || silent.holds(i);
+            heartbeat(channel, name(i), datagrams, stopped).await;
+            drop(running);
+        });
+    }
+
+    /// Nodes `from..to` stop beating, as a rack losing power: each heartbeat stream ends, as the
+    /// agent's process does, when its next beat is due.
+    pub fn silence(&self, from: usize, to: usize) {
+        self.silent.from.store(from, Ordering::Relaxed);
+        self.silent.to.store(to, Ordering::Relaxed);
+    }
+
+    /// The silenced nodes beat again, once their old heartbeat tasks have ended (at most a few
+    /// seconds: a task waiting out a backoff ends after it), so that no node has two.
+    pub async fn revive(&self) {
+        let (from, to) = (
+            self.silent.from.load(Ordering::Relaxed),
+            self.silent.to.load(Ordering::Relaxed),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let others = self.beaters.load(Ordering::Relaxed);
+        while self.beaters.load(Ordering::Relaxed) + (to - from) > self.nodes {
+            assert!(
+                Instant::now() < deadline,
+                "{} heartbeat tasks for {} nodes, {} of them silenced, 30 s after they were to beat again ({others} then): a silenced node's task did not end",
+                self.beaters.load(Ordering::Relaxed),
+                self.nodes,
+                to - from
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.silence(0, 0);
+        for i in from..to {
+            self.beat(self.channel(i), i);
+        }
     }
 
     /// Starts every node's Watch from `revision`: live events only, as agents that already hold
@@ -316,8 +376,66 @@ impl Sim {
         }
     }
 
+    /// What IPAM says of nodes `range` that are not Ready, for a failure's message: each name
+    /// with `held_down` or `not ready`, and the beaters running.
+    pub async fn not_ready(&self, range: std::ops::Range<usize>) -> String {
+        let nodes = match self.client(0).list_nodes(pb::ListNodesRequest {}).await {
+            Ok(r) => r.into_inner().nodes,
+            Err(s) => return format!("ListNodes failed: {s}"),
+        };
+        let names: std::collections::HashSet<String> = range.map(name).collect();
+        let out: Vec<String> = nodes
+            .iter()
+            .filter(|n| names.contains(&n.name) && !n.ready)
+            .map(|n| {
+                let why = if n.held_down {
+                    "held down"
+                } else {
+                    "not ready"
+                };
+                format!("{} {why}", n.name)
+            })
+            .collect();
+        format!(
+            "{} of {} not Ready ({} heartbeat tasks running): {}",
+            out.len(),
+            names.len(),
+            self.beaters.load(Ordering::Relaxed),
+            out.join(", ")
+        )
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The nodes that do not beat: `from..to`.
+#[derive(Debug, Default)]
+struct Silent {
+    from: AtomicUsize,
+    to: AtomicUsize,
+}
+
+impl Silent {
+    fn holds(&self, i: usize) -> bool {
+        (self.from.load(Ordering::Relaxed)..self.to.load(Ordering::Relaxed)).contains(&i)
+    }
+}
+
+/// Counts a task as running until it is dropped.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn new(count: &Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -402,30 +520,28 @@ impl Session {
 }
 
 /// Beats as the route agent does (`heartbeat.rs`): datagrams when IPAM offers them, on the stream
-/// until IPAM hears them and whenever it stops.
+/// until IPAM hears them and whenever it stops; ends, its stream with it, once `stopped`.
 async fn heartbeat(
     channel: Channel,
     name: String,
     datagrams: Arc<Datagrams>,
-    stop: Arc<AtomicBool>,
+    stopped: impl Fn() -> bool,
 ) {
     let beat = pb::HeartbeatRequest { name };
     let mut retry = heartbeat_backoff();
-    while !stop.load(Ordering::Relaxed) {
+    while !stopped() {
         let (tx, rx) = mpsc::channel(1);
         let _ = tx.try_send(beat.clone());
         let mut c = IpamClient::new(channel.clone());
-        let Ok(answers) = c.heartbeat(ReceiverStream::new(rx)).await else {
+        let opened = beating_until(&tx, &beat, async {
+            let mut answers = c.heartbeat(ReceiverStream::new(rx)).await?.into_inner();
+            let first = answers.message().await?;
+            Ok::<_, tonic::Status>((answers, first))
+        })
+        .await;
+        let Ok((mut answers, Some(first))) = opened else {
             tokio::time::sleep(retry.after(false)).await;
             continue;
-        };
-        let mut answers = answers.into_inner();
-        let first = match answers.message().await {
-            Ok(Some(a)) => a,
-            _ => {
-                tokio::time::sleep(retry.after(false)).await;
-                continue;
-            }
         };
         let every = Duration::from_millis(u64::from(first.interval_ms).max(50));
         let mut session = Session::open(&datagrams, first.datagrams.as_ref()).await;
@@ -435,7 +551,7 @@ async fn heartbeat(
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if stop.load(Ordering::Relaxed) {
+                    if stopped() {
                         return;
                     }
                     let sent = session.as_mut().is_some_and(|s| s.send(&datagrams));
