@@ -103,6 +103,31 @@ impl Link {
         result
     }
 
+    /// [`Link::call`] with at most `limit` for the answer: past it the call ends
+    /// DEADLINE_EXCEEDED and the connection is reported failed, as for any connection failure —
+    /// a timeout around [`Link::call`] would drop the call before it could report, and a stalled
+    /// connection (a frozen replica, a path that drops everything) would serve the next call too.
+    pub async fn call_within<T, F, Fut>(
+        &self,
+        limit: std::time::Duration,
+        call: F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call(|channel| async move {
+            tokio::time::timeout(limit, call(channel))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(format!(
+                        "no answer within {limit:?}"
+                    )))
+                })
+        })
+        .await
+    }
+
     /// `leased` failed for its connection's sake: the next caller dials again, unless it was
     /// replaced already.
     pub fn failed(&self, leased: &Leased) {
@@ -193,6 +218,31 @@ mod tests {
         let same = link.channel().await.unwrap();
         assert_eq!(same.generation, again.generation);
         assert_eq!(settled(&accepted, 2).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_an_answer_in_time_ends_and_the_next_caller_dials_again() {
+        let (url, accepted) = counting().await;
+        let link = Link::new(Dialer::loopback_only(), &url);
+        let before = link.channel().await.unwrap();
+        let limit = std::time::Duration::from_millis(200);
+        let status = link
+            .call_within(limit, |_channel| {
+                std::future::pending::<Result<(), tonic::Status>>()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("200ms"), "{status}");
+        let after = link.channel().await.unwrap();
+        assert_ne!(after.generation, before.generation, "dialled again");
+        assert_eq!(settled(&accepted, 2).await, 2);
+        // An answer in time leaves the connection as it is.
+        let answer = link
+            .call_within(limit, |_channel| async { Ok::<_, tonic::Status>(7) })
+            .await;
+        assert_eq!(answer.unwrap(), 7);
+        assert_eq!(link.channel().await.unwrap().generation, after.generation);
     }
 
     #[tokio::test]

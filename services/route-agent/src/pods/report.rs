@@ -52,18 +52,15 @@ pub async fn run(pods: Arc<PodNetwork>, ipam: Arc<Link>, shutdown: Shutdown) {
                 })
                 .collect(),
         };
-        let answer = tokio::time::timeout(
-            CALL_TIMEOUT,
-            ipam.call(|channel| async move {
+        let answer = ipam
+            .call_within(CALL_TIMEOUT, |channel| async move {
                 pb::ipam_client::IpamClient::new(channel)
                     .max_decoding_message_size(routeplane_api::MAX_MESSAGE_BYTES)
                     .sync_pod_i_ps(request)
                     .await
                     .map(tonic::Response::into_inner)
-            }),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 10 s")));
+            })
+            .await;
         match answer {
             Ok(r) if r.accepted => {
                 let reserved = r
