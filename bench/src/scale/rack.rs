@@ -9,9 +9,9 @@
 //! simulated agents' beats, which run on a thread of their own) and the simulated agents' reading
 //! of their Watch feeds last — as in a cluster, where none of those shares a host with 5,000
 //! agents (BIRD on the ToR, IPAM and routeplane-bgp on control-plane nodes) and each agent reads
-//! only its own feed.
-//! Then the rack beats again, and the phase ends once the ToR has every route back and every
-//! watcher has caught up, so that what follows is not measured against its backlog.
+//! only its own feed. Then the rack beats again, and the phase ends once the ToR has every route
+//! back and every watcher has caught up, so that what follows is not measured against its
+//! backlog.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
